@@ -1,0 +1,11 @@
+"""Key backends for oubli: one interface (:class:`kms.base.KeyManager`), several backends."""
+
+from kms.base import (
+    DataKey,
+    KeyDestroyed,
+    KeyManager,
+    KmsError,
+    KmsUnavailable,
+)
+
+__all__ = ["DataKey", "KeyDestroyed", "KeyManager", "KmsError", "KmsUnavailable"]

@@ -1,0 +1,138 @@
+"""The KMS seam: the one interface every key backend implements.
+
+A *subject key* lives only in the KMS and never leaves it. It wraps the subject's
+data-encryption key (DEK); the wrapped DEK is stored in the database next to the
+ciphertext, the plaintext DEK only in a bounded in-process cache. Destroying the
+subject key therefore makes every stored copy of the wrapped DEK, and so every copy
+of the subject's ciphertext, useless.
+
+Backends translate their own exceptions (hvac, sqlite3, ...) into the errors below;
+nothing foreign crosses this seam.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class KmsError(Exception):
+    """Root of every KMS error. Messages name key ids only, never key material."""
+
+    def __init__(self, message: str, *, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class KeyDestroyed(KmsError):
+    """The key does not exist (destroyed, or never created): its data is unrecoverable."""
+
+
+class KmsUnavailable(KmsError):
+    """The KMS could not be reached or answered with a server error; safe to retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """A fresh DEK: the plaintext for immediate use, the wrapped form for storage."""
+
+    plaintext: bytes
+    wrapped: bytes
+    key_version: int
+
+    def __repr__(self) -> str:  # never print key material
+        return f"DataKey(wrapped=<{len(self.wrapped)} bytes>, key_version={self.key_version})"
+
+
+class KeyManager(abc.ABC):
+    """A KMS holding one non-exportable key per subject.
+
+    Key ids are chosen by the caller and must be random (they appear in KMS audit
+    logs and request paths): ``[a-z0-9_-]{1,64}``, never derived from personal data.
+
+    Every method counts as KMS round trips what it sends to the KMS; ``calls`` is the
+    running total, so tests and metrics can check that the hot path makes none.
+    """
+
+    #: Short name written into shred receipts, e.g. ``"vault-transit"``.
+    backend_name: str = "abstract"
+
+    def __init__(self) -> None:
+        self._calls = 0
+        self._calls_lock = threading.Lock()
+
+    @property
+    def calls(self) -> int:
+        """Number of KMS round trips made so far by this instance."""
+        return self._calls
+
+    def _count(self, n: int = 1) -> None:
+        with self._calls_lock:
+            self._calls += n
+
+    @abc.abstractmethod
+    def create_key(self, key_id: str) -> None:
+        """Create a new subject key named ``key_id``.
+
+        Raises:
+            KmsError: the key already exists or the id is invalid.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def generate_data_key(self, key_id: str) -> DataKey:
+        """Return a new random 32-byte DEK and its form wrapped by ``key_id``.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        """Return the plaintext DEK that ``key_id`` wrapped into ``wrapped``.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist (the subject was shredded).
+            KmsError: ``wrapped`` was not produced by ``key_id``.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    def unwrap_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | KmsError]:
+        """Unwrap several DEKs; per item either the DEK or the error for that item.
+
+        Backends that can batch override this; the default makes one call per item.
+
+        Raises:
+            KmsUnavailable: the KMS could not be reached (nothing is returned).
+        """
+        results: list[bytes | KmsError] = []
+        for key_id, wrapped in items:
+            try:
+                results.append(self.unwrap(key_id, wrapped))
+            except KmsUnavailable:
+                raise
+            except KmsError as e:
+                results.append(e)
+        return results
+
+    @abc.abstractmethod
+    def destroy_key(self, key_id: str) -> None:
+        """Destroy ``key_id`` for good. Idempotent: destroying a missing key succeeds.
+
+        Raises:
+            KmsUnavailable: the KMS could not be reached; the key may still exist.
+        """
+
+    @abc.abstractmethod
+    def key_exists(self, key_id: str) -> bool:
+        """Whether ``key_id`` exists (used to confirm a shred).
+
+        Raises:
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default is no-op
+        """Release connections and files."""

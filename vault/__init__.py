@@ -1,0 +1,1 @@
+"""oubli: an encrypted personal-data vault with crypto-shredding."""

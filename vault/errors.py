@@ -1,0 +1,72 @@
+"""Domain errors: one root, typed fields, messages that never hold a personal-data value.
+
+The gRPC layer maps each class to a status code in one table
+(:data:`vault.grpc_errors.STATUS_BY_ERROR`); the KMS and database adapters translate
+their own exceptions into these before they reach the domain.
+"""
+
+from __future__ import annotations
+
+
+class OubliError(Exception):
+    """Root of every domain error.
+
+    Attributes:
+        reason: stable, machine-readable UPPER_SNAKE code (google.rpc.ErrorInfo.reason).
+        metadata: non-personal context (ids, limits, names of fields — never values).
+    """
+
+    reason = "OUBLI_ERROR"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata
+
+
+class InvalidArgument(OubliError):
+    """A request field is malformed; ``field`` names it (the name, never its value)."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, **metadata: str) -> None:
+        super().__init__(message, field=field, **metadata)
+        self.field = field
+
+
+class SubjectNotFound(OubliError):
+    reason = "SUBJECT_NOT_FOUND"
+
+
+class RecordNotFound(OubliError):
+    reason = "RECORD_NOT_FOUND"
+
+
+class SubjectShredded(OubliError):
+    """The subject was erased (or its erasure is under way): it is refused for good."""
+
+    reason = "SUBJECT_SHREDDED"
+
+
+class KeyDestroyedError(OubliError):
+    """The subject's key is gone from the KMS, e.g. reading an old database copy."""
+
+    reason = "KEY_DESTROYED"
+
+
+class VersionConflict(OubliError):
+    """Optimistic concurrency: the record changed since the caller read it."""
+
+    reason = "VERSION_CONFLICT"
+
+
+class IntegrityFailure(OubliError):
+    """A ciphertext failed authentication: tampered with, or moved to another place."""
+
+    reason = "CIPHERTEXT_INTEGRITY"
+
+
+class Unavailable(OubliError):
+    """The KMS or the database is unreachable; nothing was written, safe to retry."""
+
+    reason = "BACKEND_UNAVAILABLE"
