@@ -66,7 +66,9 @@ class RecordPlace:
 
 
 def encode_fields(fields: Mapping[str, str]) -> bytes:
-    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 def decode_fields(plaintext: bytes) -> dict[str, str]:

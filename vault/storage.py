@@ -60,9 +60,7 @@ def make_engine(url: str) -> Engine:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (no-op when already there)."""
     config = AlembicConfig()
-    config.set_main_option(
-        "script_location", str(resources.files("vault").joinpath("migrations"))
-    )
+    config.set_main_option("script_location", str(resources.files("vault").joinpath("migrations")))
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
@@ -176,7 +174,9 @@ class Storage:
     def record_count(self, subject_id: str) -> int:
         with self._session() as s:
             count = s.scalar(
-                select(func.count()).select_from(RecordRow).where(RecordRow.subject_id == subject_id)
+                select(func.count())
+                .select_from(RecordRow)
+                .where(RecordRow.subject_id == subject_id)
             )
             return int(count or 0)
 
@@ -259,9 +259,7 @@ class Storage:
         with self._session() as s:
             return [_record(row) for row in s.scalars(query)]
 
-    def update_record(
-        self, record: StoredRecord, expected_version: int
-    ) -> bool:
+    def update_record(self, record: StoredRecord, expected_version: int) -> bool:
         """Compare-and-set on ``version``; False when the stored version differs."""
         with self._session() as s:
             result = s.execute(
@@ -291,4 +289,6 @@ class Storage:
 
 
 def _receipt(row: ShredReceiptRow) -> Receipt:
-    return Receipt(row.subject_id, row.key_id, row.kms_backend, row.records_deleted, row.shredded_at)
+    return Receipt(
+        row.subject_id, row.key_id, row.kms_backend, row.records_deleted, row.shredded_at
+    )

@@ -1,0 +1,81 @@
+"""Client-side exceptions, one per gRPC status the API documents.
+
+Each carries the status code, the server's message (never personal data) and the
+``reason`` from the google.rpc.ErrorInfo detail (e.g. ``SUBJECT_SHREDDED``).
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class OubliClientError(Exception):
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str = "", field: str = ""
+    ) -> None:
+        super().__init__(f"{code.name}: {message}" + (f" [{reason}]" if reason else ""))
+        self.code = code
+        self.message = message
+        self.reason = reason
+        #: For INVALID_ARGUMENT: the request field at fault.
+        self.field = field
+
+
+class InvalidArgument(OubliClientError):
+    pass
+
+
+class NotFound(OubliClientError):
+    """Unknown subject or record, or an erased one (reason SUBJECT_SHREDDED/KEY_DESTROYED)."""
+
+
+class AlreadyExists(OubliClientError):
+    pass
+
+
+class Conflict(OubliClientError):
+    """ABORTED: the record changed since it was read (stale expected_version)."""
+
+
+class PermissionDenied(OubliClientError):
+    pass
+
+
+class Unavailable(OubliClientError):
+    """The server, its KMS or its database is unreachable; nothing was written."""
+
+
+class DataLoss(OubliClientError):
+    """A stored ciphertext failed authentication."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[OubliClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Conflict,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> OubliClientError:
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    reason = field = ""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                if bad.field_violations:
+                    field = bad.field_violations[0].field
+    return _BY_CODE.get(code, OubliClientError)(code, message, reason, field)

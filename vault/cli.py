@@ -1,0 +1,171 @@
+"""The ``oubli`` command line: run the server, run a dev stack, act on subjects."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from clients.errors import OubliClientError
+from clients.oubli_client import OubliClient
+from vault.catalog import CatalogError
+from vault.config import ConfigError, ServerConfig
+from vault.errors import OubliError
+from vault.logs import configure_logging
+
+app = typer.Typer(help="oubli: encrypted personal-data vault with crypto-shredding.")
+subject_app = typer.Typer(help="Act on one subject through a running server.")
+app.add_typer(subject_app, name="subject")
+err = Console(stderr=True)
+
+Target = Annotated[
+    str, typer.Option("--target", envvar="OUBLI_TARGET", help="host:port of the server")
+]
+
+
+def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
+    from vault.server import serve
+
+    try:
+        serve(config, ready_file)
+    except (OubliError, CatalogError) as e:
+        err.print(f"[red]cannot start:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    listen: Annotated[str | None, typer.Option(help="host:port (default 127.0.0.1:50051)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    kms: Annotated[str | None, typer.Option(help="local | vault")] = None,
+    keystore: Annotated[Path | None, typer.Option(help="local keystore file")] = None,
+    vault_addr: Annotated[str | None, typer.Option(help="Vault/OpenBao address")] = None,
+    vault_token: Annotated[
+        str | None, typer.Option(help="Vault token (prefer the VAULT_TOKEN variable)")
+    ] = None,
+    vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="policy catalog TOML")] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="write the bound port here once serving")
+    ] = None,
+) -> None:
+    """Serve gRPC. Default: SQLite + local keystore under ./oubli-data."""
+    configure_logging()
+    try:
+        config = ServerConfig.from_env(
+            os.environ,
+            listen=listen,
+            data_dir=data_dir,
+            database_url=database_url,
+            kms=kms,
+            keystore_path=keystore,
+            vault_addr=vault_addr,
+            vault_token=vault_token,
+            vault_mount=vault_mount,
+            catalog_path=catalog,
+        )
+    except ConfigError as e:
+        err.print(f"[red]invalid configuration:[/red] {e}")
+        raise typer.Exit(2) from None
+    _run_server(config, ready_file)
+
+
+@app.command()
+def dev(
+    listen: Annotated[str, typer.Option(help="host:port")] = "127.0.0.1:50051",
+    ready_file: Annotated[Path | None, typer.Option(help="write the bound port here")] = None,
+) -> None:
+    """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary)."""
+    from kms.openbao_process import OpenBaoDevServer
+
+    configure_logging()
+    with (
+        tempfile.TemporaryDirectory(prefix="oubli-dev-") as tmp,
+        OpenBaoDevServer(Path(tmp) / "openbao.log") as bao,
+    ):
+        err.print(f"OpenBao dev server at {bao.address}; data in {tmp} (deleted on exit)")
+        config = ServerConfig.from_env(
+            {},
+            listen=listen,
+            data_dir=Path(tmp),
+            kms="vault",
+            vault_addr=bao.address,
+            vault_token=bao.token,
+        )
+        _run_server(config, ready_file)
+
+
+def _client_call(target: str) -> OubliClient:
+    return OubliClient(target)
+
+
+@subject_app.command("create")
+def subject_create(target: Target = "127.0.0.1:50051") -> None:
+    """Create a subject; prints its id."""
+    try:
+        with _client_call(target) as client:
+            print(client.create_subject().subject_id)
+    except OubliClientError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+
+
+@subject_app.command("export")
+def subject_export(
+    subject_id: str,
+    target: Target = "127.0.0.1:50051",
+    output: Annotated[Path | None, typer.Option("-o", help="file (default stdout)")] = None,
+) -> None:
+    """Export a subject's data as JSON (portability)."""
+    try:
+        with _client_call(target) as client:
+            document = client.export_subject(subject_id)
+    except OubliClientError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    text = json.dumps(document, ensure_ascii=False, indent=2)
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+
+
+@subject_app.command("shred")
+def subject_shred(
+    subject_id: str,
+    target: Target = "127.0.0.1:50051",
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Erase a subject for good by destroying its key; prints the receipt as JSON."""
+    if not yes and not typer.confirm(f"Destroy subject {subject_id} for good?"):
+        raise typer.Exit(1)
+    try:
+        with _client_call(target) as client:
+            receipt = client.shred_subject(subject_id)
+    except OubliClientError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    print(
+        json.dumps(
+            {
+                "subject_id": receipt.subject_id,
+                "key_id": receipt.key_id,
+                "shredded_at": receipt.shredded_at.isoformat(),
+                "records_deleted": receipt.records_deleted,
+                "kms_backend": receipt.kms_backend,
+                "residual_risk": receipt.residual_risk,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,127 @@
+"""Server wiring: configuration -> KMS, database, domain, gRPC server.
+
+Registers oubli's services, gRPC health checking and server reflection.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from clients.oubli_v1 import vault_pb2 as pb
+from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from kms.base import KeyManager, KmsError
+from kms.local_keystore import LocalKeystore
+from kms.vault_transit import VaultTransitKeyManager
+from vault.catalog import Catalog
+from vault.clock import Clock, utc_now
+from vault.config import ServerConfig
+from vault.errors import Unavailable
+from vault.grpc_api import RecordServicer, SubjectServicer
+from vault.interceptors import ServiceInterceptor
+from vault.keycache import DataKeyCache
+from vault.service import VaultService
+from vault.storage import Storage, make_engine, migrate
+
+log = structlog.get_logger("oubli.server")
+
+SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
+
+
+def build_kms(config: ServerConfig) -> KeyManager:
+    if config.kms == "vault":
+        assert config.vault is not None
+        kms = VaultTransitKeyManager(
+            config.vault.address, config.vault.token, mount_point=config.vault.mount
+        )
+        try:
+            kms.ensure_mount(cache_size=config.vault.cache_size)
+        except KmsError as e:
+            raise Unavailable(f"cannot prepare the Transit mount: {e}") from e
+        return kms
+    return LocalKeystore(config.resolved_keystore_path)
+
+
+def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
+    if not config.database_url:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(config.resolved_database_url)
+    migrate(engine)
+    return VaultService(
+        Storage(engine),
+        build_kms(config),
+        Catalog.load(config.catalog_path),
+        tenant=config.tenant,
+        cache=DataKeyCache(config.cache_entries, config.cache_ttl_seconds),
+        clock=clock,
+    )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    vault: VaultService
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.vault.kms.close()
+        self.vault.storage.engine.dispose()
+
+
+def start_server(
+    config: ServerConfig, vault: VaultService | None = None, clock: Clock = utc_now
+) -> RunningServer:
+    vault = vault or build_vault(config, clock)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        interceptors=[ServiceInterceptor()],
+        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+    )
+    pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
+    pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise Unavailable("cannot listen on the configured address")
+    server.start()
+    return RunningServer(server, port, vault, health_servicer)
+
+
+def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight calls and stop."""
+    running = start_server(config)
+    log.info(
+        "serving",
+        port=running.port,
+        kms=running.vault.kms.backend_name,
+        database=running.vault.storage.engine.dialect.name,
+        pid=os.getpid(),
+    )
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(str(running.port))
+        tmp.replace(ready_file)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    running.stop()
