@@ -96,11 +96,13 @@ class LocalKeystore(KeyManager):
             raise
 
     def generate_data_key(self, key_id: str) -> DataKey:
+        check_key_id(key_id)
         version, kek = self._latest(key_id)
         dek = self._random_bytes(DEK_LEN)
         return DataKey(dek, wrap_dek(key_id, kek, version, dek, self._random_bytes), version)
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        check_key_id(key_id)
         version = wrapped_key_version(key_id, wrapped)
         rows = self._execute(
             "SELECT key_bytes FROM subject_keys WHERE key_id = ? AND version = ?",
@@ -113,6 +115,7 @@ class LocalKeystore(KeyManager):
         return unwrap_dek(key_id, kek, wrapped)
 
     def destroy_key(self, key_id: str) -> None:
+        check_key_id(key_id)
         self._execute("DELETE FROM subject_keys WHERE key_id = ?", (key_id,))
         self._scrub_journal()
 
@@ -126,6 +129,7 @@ class LocalKeystore(KeyManager):
         raise KmsUnavailable("local keystore busy: destroyed key not yet scrubbed from journal")
 
     def key_exists(self, key_id: str) -> bool:
+        check_key_id(key_id)
         return bool(self._execute("SELECT 1 FROM subject_keys WHERE key_id = ?", (key_id,)))
 
     def close(self) -> None:

