@@ -28,7 +28,8 @@ import requests
 from kms.base import DataKey, KeyDestroyed, KeyManager, KmsError, KmsUnavailable
 from kms.names import check_key_id
 
-_VERSION = re.compile(rb"vault:v(\d+):")
+# A Transit ciphertext: "vault:v<key version>:<base64>", nothing else (it is sent as text).
+_WRAPPED = re.compile(rb"vault:v(\d{1,10}):[A-Za-z0-9+/]+={0,2}")
 _TRANSIENT = (
     hvac.exceptions.VaultDown,
     hvac.exceptions.InternalServerError,
@@ -137,7 +138,7 @@ class VaultTransitKeyManager(KeyManager):
 
     @staticmethod
     def _version_of(key_id: str, wrapped: bytes) -> int:
-        match = _VERSION.match(wrapped)
+        match = _WRAPPED.fullmatch(wrapped)
         if not match:
             raise KmsError("wrapped data key has an invalid format", key_id=key_id)
         return int(match.group(1))

@@ -8,6 +8,7 @@ is missing, the fixtures fail loudly and so does the suite.
 from __future__ import annotations
 
 import os
+import sys
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,12 +24,20 @@ from kms.openbao_process import OpenBaoDevServer
 from kms.vault_transit import VaultTransitKeyManager
 from vault.catalog import Catalog
 from vault.keycache import DataKeyCache
+from vault.logs import configure_logging
 from vault.service import VaultService
+from tests.stack import Stack, stack_fixture
 from vault.storage import Storage, make_engine, migrate
 
 PG_ADMIN_URL = os.environ.get(
     "OUBLI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _json_logs_to_stderr() -> None:
+    """As in production: JSON lines on stderr (never on stdout, which CLIs use)."""
+    configure_logging(sys.__stderr__)
 
 
 # --- OpenBao ----------------------------------------------------------------------
@@ -141,3 +150,9 @@ def make_vault() -> Callable[..., VaultService]:
         return VaultService(storage, kms, Catalog.load(), **kwargs)  # type: ignore[arg-type]
 
     return build
+
+
+@pytest.fixture(params=["sqlite+local", "postgresql+vault"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """A real gRPC server and client: SQLite + local keystore; PostgreSQL + real OpenBao."""
+    yield from stack_fixture(request, tmp_path)

@@ -57,7 +57,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve gRPC. Default: SQLite + local keystore under ./oubli-data."""
-    configure_logging()
     try:
         config = ServerConfig.from_env(
             os.environ,
@@ -74,6 +73,7 @@ def serve(
     except ConfigError as e:
         err.print(f"[red]invalid configuration:[/red] {e}")
         raise typer.Exit(2) from None
+    configure_logging()
     _run_server(config, ready_file)
 
 

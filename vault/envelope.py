@@ -29,6 +29,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -72,7 +73,13 @@ def encode_fields(fields: Mapping[str, str]) -> bytes:
 
 
 def decode_fields(plaintext: bytes) -> dict[str, str]:
-    decoded = json.loads(plaintext.decode("utf-8"))
+    decoded: Any
+    try:
+        decoded = json.loads(plaintext.decode("utf-8"))
+    except ValueError:
+        # JSONDecodeError.doc and UnicodeDecodeError.object hold the plaintext: raise
+        # outside this block so that no __context__ carries it along.
+        decoded = None
     if not isinstance(decoded, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in decoded.items()
     ):

@@ -42,9 +42,13 @@ class DataKeyCache:
 
     def put(self, key_id: str, key_version: int, dek: bytes) -> None:
         with self._lock:
-            versions = dict(self._cache.get(key_id) or {})
-            versions[key_version] = dek
-            self._cache[key_id] = versions
+            versions = self._cache.get(key_id)
+            if versions is None:
+                self._cache[key_id] = {key_version: dek}
+            else:
+                # In place, not re-inserted: adding a version must not restart the TTL
+                # of the versions already cached (each DEK lives at most ttl_seconds).
+                versions[key_version] = dek
 
     def evict(self, key_id: str) -> None:
         with self._lock:

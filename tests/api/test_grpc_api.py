@@ -23,7 +23,7 @@ from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from kms.memory import InMemoryKeyManager
 from kms.openbao_process import free_port
-from tests.api.conftest import Stack, start_stack
+from tests.stack import Stack, start_stack
 
 CANARY = "zz-canary-7f3a9c-Ophélie.Marchand@example.invalid"
 

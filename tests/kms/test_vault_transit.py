@@ -248,14 +248,14 @@ def unreachable_kms() -> Iterator[VaultTransitKeyManager]:
     kms.close()
 
 
-UNREACHABLE_OPERATIONS: list[tuple[str, Callable[[KeyManager, str], object]]] = [
+UNREACHABLE_OPERATIONS: list[tuple[str, Callable[[VaultTransitKeyManager, str], object]]] = [
     ("create_key", lambda kms, key_id: kms.create_key(key_id)),
     ("generate_data_key", lambda kms, key_id: kms.generate_data_key(key_id)),
     ("unwrap", lambda kms, key_id: kms.unwrap(key_id, b"vault:v1:AAAA")),
     ("unwrap_many", lambda kms, key_id: kms.unwrap_many([(key_id, b"vault:v1:AAAA")])),
     ("destroy_key", lambda kms, key_id: kms.destroy_key(key_id)),
     ("key_exists", lambda kms, key_id: kms.key_exists(key_id)),
-    ("ensure_mount", lambda kms, key_id: kms.ensure_mount()),  # type: ignore[attr-defined]
+    ("ensure_mount", lambda kms, key_id: kms.ensure_mount()),
 ]
 
 
@@ -265,7 +265,7 @@ UNREACHABLE_OPERATIONS: list[tuple[str, Callable[[KeyManager, str], object]]] = 
 def test_unreachable_kms_raises_unavailable(
     unreachable_kms: VaultTransitKeyManager,
     name: str,
-    operation: Callable[[KeyManager, str], object],
+    operation: Callable[[VaultTransitKeyManager, str], object],
 ) -> None:
     with pytest.raises(KmsUnavailable):
         operation(unreachable_kms, new_key_id())

@@ -1,4 +1,7 @@
-"""A real gRPC server (in process) and the Python client, on each storage/KMS stack."""
+"""A real gRPC server (in process) and the Python client, on each storage/KMS stack.
+
+The ``stack`` fixture is registered in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +44,7 @@ def start_stack(database_url: str, kms: KeyManager) -> tuple[RunningServer, Stor
     return start_server(config, vault=vault), storage
 
 
-@pytest.fixture(params=["sqlite+local", "postgresql+vault"])
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def stack_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     """SQLite with the local keystore; PostgreSQL with real OpenBao."""
     db, kms_name = request.param.split("+")
     url: str = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")

@@ -1,0 +1,79 @@
+"""Run ``oubli serve`` / ``oubli dev`` as real processes for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class ServerProcess:
+    """An ``oubli`` server in its own process; stderr (the JSON log) goes to a file."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ready_file = workdir / f"ready-{time.monotonic_ns()}"
+        self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
+        self.args = [*args, "--ready-file", str(self.ready_file)]
+        if args and args[0] in ("serve", "dev") and "--listen" not in args:
+            self.args += ["--listen", "127.0.0.1:0"]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the child's exit
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vault.cli", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            if self.ready_file.exists():
+                self.port = int(self.ready_file.read_text())
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server not ready in time:\n{self.log_path.read_text()}")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
