@@ -8,8 +8,8 @@ is missing, the fixtures fail loudly and so does the suite.
 from __future__ import annotations
 
 import os
-import sys
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,11 +22,11 @@ from kms.local_keystore import LocalKeystore
 from kms.memory import InMemoryKeyManager
 from kms.openbao_process import OpenBaoDevServer
 from kms.vault_transit import VaultTransitKeyManager
+from tests.stack import Stack, stack_fixture
 from vault.catalog import Catalog
 from vault.keycache import DataKeyCache
 from vault.logs import configure_logging
 from vault.service import VaultService
-from tests.stack import Stack, stack_fixture
 from vault.storage import Storage, make_engine, migrate
 
 PG_ADMIN_URL = os.environ.get(

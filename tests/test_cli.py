@@ -8,8 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from clients.oubli_client import OubliClient
-from tests.stack import Stack
 from tests.integration.processes import ServerProcess
+from tests.stack import Stack
 from vault.cli import app
 
 runner = CliRunner()

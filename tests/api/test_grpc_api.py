@@ -74,7 +74,7 @@ def test_export_is_valid_json_against_the_published_schema(stack: Stack) -> None
     pages = sorted(r["fields"]["page"] for r in document["categories"]["usage"]["records"])
     assert pages == ["/a", "/b"]
     # raw bytes are UTF-8 JSON
-    raw = stack.client._subjects.ExportSubject(  # noqa: SLF001
+    raw = stack.client._subjects.ExportSubject(
         pb.ExportSubjectRequest(subject_id=subject.subject_id)
     )
     assert raw.content_type == "application/json"

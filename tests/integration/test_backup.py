@@ -88,7 +88,9 @@ def test_old_database_copy_is_useless_for_the_shredded_subject(
         doomed_record = client.create_record(
             doomed.subject_id, "contact", {"email": "doomed@example.org"}
         )
-        kept_record = client.create_record(kept.subject_id, "contact", {"email": "kept@example.org"})
+        kept_record = client.create_record(
+            kept.subject_id, "contact", {"email": "kept@example.org"}
+        )
         copy_url = (
             _sqlite_copy(url, tmp_path)
             if backend == "sqlite"
@@ -96,9 +98,10 @@ def test_old_database_copy_is_useless_for_the_shredded_subject(
         )
         receipt = client.shred_subject(doomed.subject_id)
     try:
-        with _serve(tmp_path / "b", copy_url, openbao, mount) as old, OubliClient(
-            old.target, max_attempts=1
-        ) as client:
+        with (
+            _serve(tmp_path / "b", copy_url, openbao, mount) as old,
+            OubliClient(old.target, max_attempts=1) as client,
+        ):
             # The copy still says "active" and still holds the wrapped DEK and ciphertext...
             assert client.get_subject(doomed.subject_id).state == "active"
             with pytest.raises(NotFound) as refused:

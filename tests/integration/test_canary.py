@@ -90,7 +90,7 @@ def test_embedded_default_keeps_no_plaintext_anywhere(tmp_path: Path) -> None:
         files_while_running = _files(data_dir)
         _assert_clean(files_while_running)
     assert server.log().count('"event": "rpc"') >= 15  # the log was written
-    files = _files(data_dir) + [server.log_path]
+    files = [*_files(data_dir), server.log_path]
     assert {p.name for p in files} >= {"oubli.db", "keys.db"}
     assert _assert_clean(files) > 10_000
 
@@ -98,21 +98,23 @@ def test_embedded_default_keeps_no_plaintext_anywhere(tmp_path: Path) -> None:
 def test_vault_backend_keeps_no_plaintext_anywhere(
     tmp_path: Path, openbao: OpenBaoDevServer, sqlite_url: str
 ) -> None:
-    with ServerProcess(
-        tmp_path / "run",
-        "serve",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--kms",
-        "vault",
-        "--vault-addr",
-        openbao.address,
-        "--vault-mount",
-        "transit-canary",
-        env={"VAULT_TOKEN": openbao.token},
-    ) as server:
-        with OubliClient(server.target) as client:
-            _plant(client)
-    files = _files(tmp_path / "data") + [server.log_path]
+    with (
+        ServerProcess(
+            tmp_path / "run",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--kms",
+            "vault",
+            "--vault-addr",
+            openbao.address,
+            "--vault-mount",
+            "transit-canary",
+            env={"VAULT_TOKEN": openbao.token},
+        ) as server,
+        OubliClient(server.target) as client,
+    ):
+        _plant(client)
+    files = [*_files(tmp_path / "data"), server.log_path]
     assert _assert_clean(files) > 10_000
     assert openbao.token not in server.log()

@@ -34,9 +34,12 @@ def test_shred_on_one_replica_is_refused_by_the_other_at_once(
         f"transit-{secrets.token_hex(4)}",
     ]
     env = {"VAULT_TOKEN": openbao.token}
-    with ServerProcess(tmp_path / "a", *args, env=env) as a, ServerProcess(
-        tmp_path / "b", *args, env=env
-    ) as b, OubliClient(a.target) as client_a, OubliClient(b.target) as client_b:
+    with (
+        ServerProcess(tmp_path / "a", *args, env=env) as a,
+        ServerProcess(tmp_path / "b", *args, env=env) as b,
+        OubliClient(a.target) as client_a,
+        OubliClient(b.target) as client_b,
+    ):
         subject = client_a.create_subject()
         record = client_a.create_record(subject.subject_id, "contact", {"email": "x@y.z"})
         # B reads it: its cache now holds the subject's DEK.

@@ -198,9 +198,7 @@ def test_shred_destroys_key_rows_and_refuses_subject(
         assert not c.execute(
             select(RecordRow).where(RecordRow.subject_id == subject.subject_id)
         ).all()
-        row = c.execute(
-            select(SubjectRow).where(SubjectRow.subject_id == subject.subject_id)
-        ).one()
+        row = c.execute(select(SubjectRow).where(SubjectRow.subject_id == subject.subject_id)).one()
         assert row.state == "shredded" and row.wrapped_dek is None
     with pytest.raises(SubjectShredded):
         vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")
@@ -246,7 +244,9 @@ def test_shred_interrupted_by_kms_outage_refuses_then_completes_on_retry(
 
 
 def test_shred_interrupted_after_key_destruction_completes_on_retry(
-    storage: Storage, memory_kms: InMemoryKeyManager, make_vault: Builder,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    make_vault: Builder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     vault = make_vault(storage, memory_kms)
@@ -300,7 +300,9 @@ def test_database_copy_without_key_is_key_destroyed(
         make_vault(storage, memory_kms).get_record(subject.subject_id, record.record_id)
 
 
-def test_database_outage_is_unavailable(memory_kms: InMemoryKeyManager, make_vault: Builder) -> None:
+def test_database_outage_is_unavailable(
+    memory_kms: InMemoryKeyManager, make_vault: Builder
+) -> None:
     from vault.storage import make_engine
 
     dead = Storage(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"))
