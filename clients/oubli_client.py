@@ -31,6 +31,9 @@ from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
+#: Exports of large subjects exceed gRPC's default 4 MiB receive limit.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
 _STATES = {
     pb.SUBJECT_STATE_ACTIVE: "active",
     pb.SUBJECT_STATE_SHREDDING: "shredding",
@@ -104,7 +107,9 @@ class OubliClient:
         channel: grpc.Channel | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+        )
         self._owns_channel = channel is None
         self._subjects = pb_grpc.SubjectServiceStub(self._channel)
         self._records = pb_grpc.RecordServiceStub(self._channel)

@@ -47,7 +47,8 @@ class Catalog:
         try:
             return self.categories[name]
         except KeyError:
-            raise InvalidArgument("category", f"unknown category {name}") from None
+            # Not echoed: an unknown name is caller input, which could be anything.
+            raise InvalidArgument("category", "unknown category (see the policy catalog)") from None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str) -> Catalog:

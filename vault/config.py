@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from vault.keycache import MAX_TTL_SECONDS
 
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -68,9 +71,13 @@ class ServerConfig:
             if self.vault is None or not self.vault.address or not self.vault.token:
                 raise ConfigError("--kms vault needs a Vault address and token")
         elif self.kms == "local":
-            url = self.resolved_database_url
-            if url.startswith("sqlite:///"):
-                db = Path(url.removeprefix("sqlite:///")).resolve()
+            # Parsed, not prefix-matched: sqlite+pysqlite:///f.db?timeout=5 is the same file.
+            try:
+                url = make_url(self.resolved_database_url)
+            except ArgumentError:
+                raise ConfigError("database URL is not a valid SQLAlchemy URL") from None
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                db = Path(url.database).resolve()
                 if db == self.resolved_keystore_path:
                     raise ConfigError("the keystore must not be the data database file")
         else:

@@ -32,7 +32,8 @@ def check_fields(fields: Mapping[str, str], allowed: frozenset[str]) -> dict[str
             # The name itself could be anything a caller typed: do not echo it.
             raise InvalidArgument("fields", "field name malformed: expected [a-z][a-z0-9_]{0,63}")
         if name not in allowed:
-            raise InvalidArgument(f"fields.{name}", f"field {name} is not in the category")
+            # Unknown names are caller input, not catalog names: never echoed either.
+            raise InvalidArgument("fields", "a field name is not in the category's field list")
         size = len(value.encode("utf-8", errors="surrogatepass"))
         if size == 0:
             raise InvalidArgument(f"fields.{name}", f"field {name} is empty")
