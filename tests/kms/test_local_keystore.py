@@ -49,9 +49,7 @@ def files_holding(directory: Path, needle: bytes) -> list[str]:
     return [name for name, content in disk_bytes(directory).items() if needle in content]
 
 
-def test_destroyed_key_bytes_leave_the_disk(
-    keystore: LocalKeystore, keystore_path: Path
-) -> None:
+def test_destroyed_key_bytes_leave_the_disk(keystore: LocalKeystore, keystore_path: Path) -> None:
     key_id = new_key_id()
     keystore.create_key(key_id)
     keystore.generate_data_key(key_id)

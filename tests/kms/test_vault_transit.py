@@ -10,7 +10,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from kms.base import KeyDestroyed, KeyManager, KmsError, KmsUnavailable
+from kms.base import KeyDestroyed, KmsError, KmsUnavailable
 from kms.openbao_process import OpenBaoDevServer, free_port
 from kms.vault_transit import VaultTransitKeyManager
 
@@ -98,9 +98,7 @@ def test_destroy_removes_the_transit_key(
     # A read of a missing Transit key answers 404, which hvac maps to InvalidPath.
     with pytest.raises(hvac.exceptions.InvalidPath):
         bao.secrets.transit.read_key(key_id, mount_point=vault_kms.mount_point)
-    answer = bao.adapter.get(
-        f"/v1/{vault_kms.mount_point}/keys/{key_id}", raise_exception=False
-    )
+    answer = bao.adapter.get(f"/v1/{vault_kms.mount_point}/keys/{key_id}", raise_exception=False)
     assert answer.status_code == 404
     assert vault_kms.key_exists(key_id) is False
 
@@ -146,9 +144,7 @@ def test_data_key_is_a_transit_ciphertext(vault_kms: VaultTransitKeyManager) -> 
     assert base64.b64encode(data_key.plaintext) not in data_key.wrapped
 
 
-def test_key_version_follows_rotation(
-    vault_kms: VaultTransitKeyManager, bao: hvac.Client
-) -> None:
+def test_key_version_follows_rotation(vault_kms: VaultTransitKeyManager, bao: hvac.Client) -> None:
     key_id = new_key_id()
     vault_kms.create_key(key_id)
     old = vault_kms.generate_data_key(key_id)
@@ -213,9 +209,7 @@ def test_ensure_mount_is_idempotent(vault_kms: VaultTransitKeyManager, bao: hvac
     assert bao.read(f"{vault_kms.mount_point}/cache-config")["data"]["size"] == 500
 
 
-def test_ensure_mount_creates_a_missing_mount(
-    openbao: OpenBaoDevServer, bao: hvac.Client
-) -> None:
+def test_ensure_mount_creates_a_missing_mount(openbao: OpenBaoDevServer, bao: hvac.Client) -> None:
     mount = f"transit-{secrets.token_hex(4)}"
     kms = VaultTransitKeyManager(openbao.address, openbao.token, mount_point=mount)
     try:

@@ -42,7 +42,7 @@ PLACE = RecordPlace(
 FIELDS = {"email": "alice@example.com", "phone": "+33 1 23 45 67 89"}
 
 field_names = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
-field_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
+field_values = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
 field_maps = st.dictionaries(field_names, field_values, max_size=12)
 
 
@@ -275,9 +275,7 @@ def test_largest_record_round_trips(cipher: RecordCipher) -> None:
 
 
 def _load_vectors() -> list[dict[str, Any]]:
-    vectors: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))[
-        "vectors"
-    ]
+    vectors: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))["vectors"]
     return vectors
 
 
