@@ -44,7 +44,7 @@ class PermissionDenied(OubliClientError):
 
 
 class Unavailable(OubliClientError):
-    """The server, its KMS or its database is unreachable; nothing was written."""
+    """The server, its KMS or its database is unreachable; safe to retry."""
 
 
 class DataLoss(OubliClientError):

@@ -70,6 +70,7 @@ class ShredReceipt:
     records_deleted: int
     kms_backend: str
     residual_risk: str
+    residual_copies_expire_at: datetime
 
 
 def _subject(m: pb.Subject) -> Subject:
@@ -176,6 +177,7 @@ class OubliClient:
             r.records_deleted,
             r.kms_backend,
             r.residual_risk,
+            r.residual_copies_expire_time.ToDatetime(tzinfo=UTC),
         )
 
     def export_subject(self, subject_id: str) -> dict[str, Any]:

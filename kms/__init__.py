@@ -4,8 +4,9 @@ from kms.base import (
     DataKey,
     KeyDestroyed,
     KeyManager,
+    KmsAccessDenied,
     KmsError,
     KmsUnavailable,
 )
 
-__all__ = ["DataKey", "KeyDestroyed", "KeyManager", "KmsError", "KmsUnavailable"]
+__all__ = ["DataKey", "KeyDestroyed", "KeyManager", "KmsAccessDenied", "KmsError", "KmsUnavailable"]

@@ -30,6 +30,10 @@ class KeyDestroyed(KmsError):
     """The key does not exist (destroyed, or never created): its data is unrecoverable."""
 
 
+class KmsAccessDenied(KmsError):
+    """The KMS refused oubli's own credentials (expired token, missing policy)."""
+
+
 class KmsUnavailable(KmsError):
     """The KMS could not be reached or answered with a server error; safe to retry."""
 

@@ -25,7 +25,14 @@ import hvac
 import hvac.exceptions
 import requests
 
-from kms.base import DataKey, KeyDestroyed, KeyManager, KmsError, KmsUnavailable
+from kms.base import (
+    DataKey,
+    KeyDestroyed,
+    KeyManager,
+    KmsAccessDenied,
+    KmsError,
+    KmsUnavailable,
+)
 from kms.names import check_key_id
 
 # A Transit ciphertext: "vault:v<key version>:<base64>", nothing else (it is sent as text).
@@ -55,6 +62,8 @@ def _translated(key_id: str | None) -> Iterator[None]:
         yield
     except _TRANSIENT as e:
         raise KmsUnavailable(f"Vault unreachable: {type(e).__name__}", key_id=key_id) from e
+    except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as e:
+        raise KmsAccessDenied(f"Vault denied access: {type(e).__name__}", key_id=key_id) from e
     except hvac.exceptions.VaultError as e:
         if _is_missing_key(e):
             raise KeyDestroyed("key does not exist", key_id=key_id) from e

@@ -6,14 +6,17 @@ import json
 import os
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
+from kms.base import KmsError
 from vault.catalog import CatalogError
 from vault.config import ConfigError, ServerConfig
 from vault.errors import OubliError
@@ -29,14 +32,26 @@ Target = Annotated[
 ]
 
 
+def _fail(prefix: str, error: Exception, code: int = 1) -> typer.Exit:
+    # escape(): messages quote patterns such as [a-z0-9] that rich would eat as markup.
+    err.print(f"[red]{prefix}[/red] {escape(str(error))}")
+    return typer.Exit(code)
+
+
 def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
     from vault.server import serve
 
     try:
         serve(config, ready_file)
-    except (OubliError, CatalogError) as e:
-        err.print(f"[red]cannot start:[/red] {e}")
-        raise typer.Exit(1) from None
+    except (OubliError, CatalogError, KmsError) as e:
+        raise _fail("cannot start:", e) from None
+
+
+def _config(**overrides: object) -> ServerConfig:
+    try:
+        return ServerConfig.from_env(os.environ, **overrides)
+    except ConfigError as e:
+        raise _fail("invalid configuration:", e, code=2) from None
 
 
 @app.command()
@@ -57,22 +72,17 @@ def serve(
     ] = None,
 ) -> None:
     """Serve gRPC. Default: SQLite + local keystore under ./oubli-data."""
-    try:
-        config = ServerConfig.from_env(
-            os.environ,
-            listen=listen,
-            data_dir=data_dir,
-            database_url=database_url,
-            kms=kms,
-            keystore_path=keystore,
-            vault_addr=vault_addr,
-            vault_token=vault_token,
-            vault_mount=vault_mount,
-            catalog_path=catalog,
-        )
-    except ConfigError as e:
-        err.print(f"[red]invalid configuration:[/red] {e}")
-        raise typer.Exit(2) from None
+    config = _config(
+        listen=listen,
+        data_dir=data_dir,
+        database_url=database_url,
+        kms=kms,
+        keystore_path=keystore,
+        vault_addr=vault_addr,
+        vault_token=vault_token,
+        vault_mount=vault_mount,
+        catalog_path=catalog,
+    )
     configure_logging()
     _run_server(config, ready_file)
 
@@ -102,6 +112,34 @@ def dev(
         _run_server(config, ready_file)
 
 
+@app.command()
+def reconcile(
+    data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    kms: Annotated[str | None, typer.Option(help="local | vault")] = None,
+    keystore: Annotated[Path | None, typer.Option(help="local keystore file")] = None,
+    vault_addr: Annotated[str | None, typer.Option(help="Vault/OpenBao address")] = None,
+    vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
+) -> None:
+    """After restoring a KMS backup: destroy again every key in the shred ledger."""
+    from vault.server import build_vault
+
+    config = _config(
+        data_dir=data_dir,
+        database_url=database_url,
+        kms=kms,
+        keystore_path=keystore,
+        vault_addr=vault_addr,
+        vault_mount=vault_mount,
+    )
+    try:
+        vault = build_vault(config)
+        checked = vault.reconcile_shreds()
+    except (OubliError, CatalogError, KmsError) as e:
+        raise _fail("reconcile failed:", e) from None
+    print(f"{checked} shredded keys confirmed destroyed")
+
+
 def _client_call(target: str) -> OubliClient:
     return OubliClient(target)
 
@@ -113,8 +151,7 @@ def subject_create(target: Target = "127.0.0.1:50051") -> None:
         with _client_call(target) as client:
             print(client.create_subject().subject_id)
     except OubliClientError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail("error:", e) from None
 
 
 @subject_app.command("export")
@@ -128,8 +165,7 @@ def subject_export(
         with _client_call(target) as client:
             document = client.export_subject(subject_id)
     except OubliClientError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail("error:", e) from None
     text = json.dumps(document, ensure_ascii=False, indent=2)
     if output is None:
         sys.stdout.write(text + "\n")
@@ -150,21 +186,25 @@ def subject_shred(
         with _client_call(target) as client:
             receipt = client.shred_subject(subject_id)
     except OubliClientError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail("error:", e) from None
     print(
         json.dumps(
             {
                 "subject_id": receipt.subject_id,
                 "key_id": receipt.key_id,
-                "shredded_at": receipt.shredded_at.isoformat(),
+                "shredded_at": _iso(receipt.shredded_at),
                 "records_deleted": receipt.records_deleted,
                 "kms_backend": receipt.kms_backend,
                 "residual_risk": receipt.residual_risk,
+                "residual_copies_expire_at": _iso(receipt.residual_copies_expire_at),
             },
             indent=2,
         )
     )
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 if __name__ == "__main__":  # pragma: no cover

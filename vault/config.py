@@ -9,13 +9,18 @@ Environment variables (all optional):
     OUBLI_KEYSTORE_PATH   local keystore file (default DATA_DIR/keystore/keys.db)
     OUBLI_CATALOG         policy catalog TOML file (default: the shipped catalog)
     OUBLI_TENANT          tenant/namespace bound into every ciphertext (default "default")
-    VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit)
+    OUBLI_CACHE_ENTRIES   DEK cache bound (default 10000 subjects)
+    OUBLI_CACHE_TTL_SECONDS  DEK cache TTL, at most 60 (default 60)
+    OUBLI_MAX_WORKERS     gRPC worker threads (default 16)
+    OUBLI_KMS_BACKUP_RETENTION_DAYS  how long KMS backups are kept (default 7)
+    VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
+    OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -53,6 +58,9 @@ class ServerConfig:
     cache_entries: int = 10_000
     cache_ttl_seconds: float = MAX_TTL_SECONDS
     max_workers: int = 16
+    #: How long backups of the KMS (Vault snapshots, keystore file copies) are kept;
+    #: shred receipts say when the last copy holding an erased key expires.
+    kms_backup_retention_days: int = 7
 
     @property
     def resolved_database_url(self) -> str:
@@ -65,6 +73,10 @@ class ServerConfig:
     def validate(self) -> ServerConfig:
         if not _TENANT.fullmatch(self.tenant):
             raise ConfigError("tenant must match [a-z0-9][a-z0-9_-]{0,63}")
+        if self.cache_entries < 1 or self.max_workers < 1:
+            raise ConfigError("cache entries and worker count must be >= 1")
+        if self.kms_backup_retention_days < 0:
+            raise ConfigError("KMS backup retention must be >= 0 days")
         if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
             raise ConfigError(f"cache TTL must be in (0, {MAX_TTL_SECONDS}] seconds")
         if self.kms == "vault":
@@ -88,27 +100,46 @@ class ServerConfig:
     def from_env(cls, env: Mapping[str, str], **overrides: object) -> ServerConfig:
         """Defaults, then the environment, then explicit overrides (CLI flags)."""
         values: dict[str, object] = {}
-        if "OUBLI_LISTEN" in env:
-            values["listen"] = env["OUBLI_LISTEN"]
-        if "OUBLI_DATA_DIR" in env:
-            values["data_dir"] = Path(env["OUBLI_DATA_DIR"])
-        if "OUBLI_DATABASE_URL" in env:
-            values["database_url"] = env["OUBLI_DATABASE_URL"]
-        if "OUBLI_KMS" in env:
-            values["kms"] = env["OUBLI_KMS"]
-        if "OUBLI_KEYSTORE_PATH" in env:
-            values["keystore_path"] = Path(env["OUBLI_KEYSTORE_PATH"])
-        if "OUBLI_CATALOG" in env:
-            values["catalog_path"] = Path(env["OUBLI_CATALOG"])
-        if "OUBLI_TENANT" in env:
-            values["tenant"] = env["OUBLI_TENANT"]
+        for name, (attribute, parse) in _ENVIRONMENT.items():
+            if name in env:
+                try:
+                    values[attribute] = parse(env[name])
+                except ValueError:
+                    raise ConfigError(f"{name} is not a valid value") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        kms = values.get("kms", "local")
-        if kms == "vault":
-            address = str(values.pop("vault_addr", None) or env.get("VAULT_ADDR", ""))
-            token = str(values.pop("vault_token", None) or env.get("VAULT_TOKEN", ""))
-            mount = str(values.pop("vault_mount", None) or env.get("OUBLI_VAULT_MOUNT", "transit"))
-            values["vault"] = VaultSettings(address, token, mount)
-        for key in ("vault_addr", "vault_token", "vault_mount"):
-            values.pop(key, None)
+        vault_values = {key: values.pop(key, None) for key in _VAULT_OVERRIDES}
+        if values.get("kms", "local") == "vault":
+            try:
+                cache_size = int(
+                    str(vault_values["vault_cache_size"] or env.get("OUBLI_VAULT_CACHE_SIZE", ""))
+                    or DEFAULT_VAULT_CACHE_SIZE
+                )
+            except ValueError:
+                raise ConfigError("OUBLI_VAULT_CACHE_SIZE is not a valid value") from None
+            values["vault"] = VaultSettings(
+                address=str(vault_values["vault_addr"] or env.get("VAULT_ADDR", "")),
+                token=str(vault_values["vault_token"] or env.get("VAULT_TOKEN", "")),
+                mount=str(vault_values["vault_mount"] or env.get("OUBLI_VAULT_MOUNT", "transit")),
+                cache_size=cache_size,
+            )
         return cls(**values).validate()  # type: ignore[arg-type]
+
+
+#: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
+DEFAULT_VAULT_CACHE_SIZE = 10_000
+
+_VAULT_OVERRIDES = ("vault_addr", "vault_token", "vault_mount", "vault_cache_size")
+
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
+    "OUBLI_LISTEN": ("listen", str),
+    "OUBLI_DATA_DIR": ("data_dir", Path),
+    "OUBLI_DATABASE_URL": ("database_url", str),
+    "OUBLI_KMS": ("kms", str),
+    "OUBLI_KEYSTORE_PATH": ("keystore_path", Path),
+    "OUBLI_CATALOG": ("catalog_path", Path),
+    "OUBLI_TENANT": ("tenant", str),
+    "OUBLI_CACHE_ENTRIES": ("cache_entries", int),
+    "OUBLI_CACHE_TTL_SECONDS": ("cache_ttl_seconds", float),
+    "OUBLI_MAX_WORKERS": ("max_workers", int),
+    "OUBLI_KMS_BACKUP_RETENTION_DAYS": ("kms_backup_retention_days", int),
+}

@@ -41,8 +41,10 @@ NONCE_LEN = 12
 TAG_LEN = 16
 _HEADER = struct.Struct(">BI")
 OVERHEAD = _HEADER.size + NONCE_LEN + TAG_LEN
-#: Upper bound of a record's canonical JSON (see vault.limits for the field limits).
-MAX_PLAINTEXT_BYTES = 1 << 20
+#: Upper bound of a record's canonical JSON. vault.limits caps a record at 256 KiB of
+#: UTF-8; JSON escapes a control character as six bytes (\u0000), so the worst case is
+#: about 6 x 256 KiB plus punctuation: 2 MiB leaves room for it.
+MAX_PLAINTEXT_BYTES = 2 << 20
 MAX_CIPHERTEXT_BYTES = OVERHEAD + MAX_PLAINTEXT_BYTES
 _AAD_LABEL = "oubli-record/v1"
 

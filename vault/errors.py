@@ -54,6 +54,18 @@ class KeyDestroyedError(OubliError):
     reason = "KEY_DESTROYED"
 
 
+class AlreadyExists(OubliError):
+    """A uniqueness rule refused the write (e.g. a second record of a profile category)."""
+
+    reason = "ALREADY_EXISTS"
+
+
+class KmsRefused(OubliError):
+    """The KMS refused oubli itself (e.g. an expired or under-privileged token)."""
+
+    reason = "KMS_REFUSED"
+
+
 class VersionConflict(OubliError):
     """Optimistic concurrency: the record changed since the caller read it."""
 
@@ -67,6 +79,10 @@ class IntegrityFailure(OubliError):
 
 
 class Unavailable(OubliError):
-    """The KMS or the database is unreachable; nothing was written, safe to retry."""
+    """The KMS or the database is unreachable; safe to retry.
+
+    Writes are all-or-nothing; a shred interrupted here has already made the subject
+    refused and completes on retry.
+    """
 
     reason = "BACKEND_UNAVAILABLE"

@@ -61,6 +61,7 @@ def receipt_message(receipt: ShredReceipt) -> pb.ShredReceipt:
         records_deleted=receipt.records_deleted,
         kms_backend=receipt.kms_backend,
         residual_risk=receipt.residual_risk,
+        residual_copies_expire_time=_ts(receipt.residual_copies_expire_at),
     )
 
 

@@ -13,9 +13,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from vault.errors import (
+    AlreadyExists,
     IntegrityFailure,
     InvalidArgument,
     KeyDestroyedError,
+    KmsRefused,
     OubliError,
     RecordNotFound,
     SubjectNotFound,
@@ -23,7 +25,6 @@ from vault.errors import (
     Unavailable,
     VersionConflict,
 )
-from vault.storage import DuplicateRow
 
 ERROR_DOMAIN = "oubli.v1"
 
@@ -36,9 +37,11 @@ STATUS_BY_ERROR: tuple[tuple[type[OubliError], grpc.StatusCode], ...] = (
     (SubjectShredded, grpc.StatusCode.NOT_FOUND),
     (KeyDestroyedError, grpc.StatusCode.NOT_FOUND),
     (VersionConflict, grpc.StatusCode.ABORTED),
-    (DuplicateRow, grpc.StatusCode.ALREADY_EXISTS),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (IntegrityFailure, grpc.StatusCode.DATA_LOSS),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    # oubli's own credentials were refused: an operator must act, retrying will not help.
+    (KmsRefused, grpc.StatusCode.INTERNAL),
 )
 
 

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import collections
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,16 +53,35 @@ def _safe_deserializer(
     return parse
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
 def _request_id(context: grpc.ServicerContext) -> str:
+    """The caller's x-request-id when well formed (ASCII, <= 64 chars), else a new one."""
     for key, value in context.invocation_metadata():
-        if (
-            key == REQUEST_ID_HEADER
-            and isinstance(value, str)
-            and len(value) <= 64
-            and value.replace("-", "").isalnum()
-        ):
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
+):
+    pass
+
+
+def _with_request_id(status: grpc.Status, request_id: str) -> grpc.Status:
+    # abort_with_status replaces the trailing metadata: carry the request id in it.
+    trailers = (*(status.trailing_metadata or ()), (REQUEST_ID_HEADER, request_id))
+    return _Status(status.code, status.details, trailers)
+
+
+_MALFORMED_STATUS = plain_status(
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "request could not be parsed (string fields must be valid UTF-8)",
+    "MALFORMED_REQUEST",
+)
+_INTERNAL_STATUS = plain_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL")
 
 
 if TYPE_CHECKING:
@@ -94,37 +115,45 @@ class ServiceInterceptor(_Interceptor):
             )
         return handler
 
-    def _fail(self, context: grpc.ServicerContext, error: BaseException, bound: Any) -> None:
-        if isinstance(error, OubliError):
+    @staticmethod
+    def _begin(method: str, context: grpc.ServicerContext) -> tuple[str, Any, float]:
+        request_id = _request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        return request_id, log.bind(method=method, request_id=request_id), time.perf_counter()
+
+    @staticmethod
+    def _fail(
+        context: grpc.ServicerContext,
+        error: BaseException | None,
+        request_id: str,
+        bound: Any,
+        start: float,
+    ) -> None:
+        """Log and abort; error None means the request did not parse."""
+        if error is None:
+            bound.info("rpc", code="INVALID_ARGUMENT", reason="MALFORMED_REQUEST", ms=_ms(start))
+            status = _MALFORMED_STATUS
+        elif isinstance(error, OubliError):
+            code = status_code_for(error)
+            bound.info("rpc", code=code.name, reason=error.reason, ms=_ms(start))
             status = error_status(error)
-            bound.info("rpc", code=status_code_for(error).name, reason=error.reason)
-            context.abort_with_status(status)
-        bound.error("rpc", code="INTERNAL", error_type=type(error).__name__)
-        context.abort_with_status(
-            plain_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL")
-        )
+        else:
+            # The exception's text could hold anything: log its type only.
+            bound.error("rpc", code="INTERNAL", error_type=type(error).__name__, ms=_ms(start))
+            status = _INTERNAL_STATUS
+        context.abort_with_status(_with_request_id(status, request_id))
 
     def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            request_id = _request_id(context)
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-            start = time.perf_counter()
-            bound = log.bind(method=method, request_id=request_id)
+            request_id, bound, start = self._begin(method, context)
             if request is _MALFORMED:
-                bound.info("rpc", code="INVALID_ARGUMENT", reason="MALFORMED_REQUEST")
-                context.abort_with_status(
-                    plain_status(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "request could not be parsed (string fields must be valid UTF-8)",
-                        "MALFORMED_REQUEST",
-                    )
-                )
+                self._fail(context, None, request_id, bound, start)
             # oubli's servicers never abort themselves: they raise domain errors, and
             # this is the one place that turns exceptions into statuses.
             try:
                 response = behavior(request, context)
             except Exception as error:
-                self._fail(context, error, bound.bind(ms=_ms(start)))
+                self._fail(context, error, request_id, bound, start)
                 raise  # pragma: no cover - abort_with_status raises
             bound.info("rpc", code="OK", ms=_ms(start))
             return response
@@ -133,22 +162,13 @@ class ServiceInterceptor(_Interceptor):
 
     def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            request_id = _request_id(context)
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-            start = time.perf_counter()
-            bound = log.bind(method=method, request_id=request_id)
+            request_id, bound, start = self._begin(method, context)
             if request is _MALFORMED:
-                context.abort_with_status(
-                    plain_status(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "request could not be parsed (string fields must be valid UTF-8)",
-                        "MALFORMED_REQUEST",
-                    )
-                )
+                self._fail(context, None, request_id, bound, start)
             try:
                 yield from behavior(request, context)
             except Exception as error:
-                self._fail(context, error, bound.bind(ms=_ms(start)))
+                self._fail(context, error, request_id, bound, start)
             bound.info("rpc", code="OK", ms=_ms(start))
 
         return wrapped

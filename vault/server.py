@@ -10,6 +10,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -63,6 +64,7 @@ def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
         tenant=config.tenant,
         cache=DataKeyCache(config.cache_entries, config.cache_ttl_seconds),
         clock=clock,
+        kms_backup_retention=timedelta(days=config.kms_backup_retention_days),
     )
 
 

@@ -12,16 +12,18 @@ import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from kms.base import KeyDestroyed, KeyManager, KmsError, KmsUnavailable
+from kms.base import KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
 from vault.catalog import Cardinality, Catalog
 from vault.clock import Clock, utc_now
 from vault.envelope import RecordCipher, RecordPlace, key_version_of
 from vault.errors import (
+    AlreadyExists,
     IntegrityFailure,
     InvalidArgument,
     KeyDestroyedError,
+    KmsRefused,
     OubliError,
     RecordNotFound,
     SubjectShredded,
@@ -34,7 +36,6 @@ from vault.limits import check_fields, check_origin, check_page_size
 from vault.storage import (
     ACTIVE,
     SHREDDED,
-    DuplicateRow,
     Receipt,
     Storage,
     StoredRecord,
@@ -42,16 +43,21 @@ from vault.storage import (
 )
 
 #: What a shred receipt says about copies oubli cannot reach by itself.
-RESIDUAL_RISK_LOCAL = (
-    "The key was removed from the local keystore file with secure_delete and a WAL "
-    "checkpoint. Backups of the keystore file taken before the shred still hold the key "
-    "until they expire; keep them no longer than the backup policy (7 days)."
-)
-RESIDUAL_RISK_VAULT = (
-    "The Transit key was deleted from Vault. Vault snapshots taken before the shred still "
-    "hold it until they expire (backup policy: 7 days); a restore must be followed by "
-    "reconcile, which destroys again every key in the shred ledger."
-)
+RESIDUAL_RISK = {
+    "vault-transit": (
+        "The Transit key was deleted from Vault. Vault snapshots taken before the shred "
+        "still hold it until they expire (backup retention: {days} days, last copy gone by "
+        "residual_copies_expire_time); restoring one must be followed by `oubli reconcile`, "
+        "which destroys again every key in the shred ledger, before serving traffic."
+    ),
+    "local-keystore": (
+        "The key was removed from the local keystore file with secure_delete and a WAL "
+        "checkpoint. Backups of the keystore file taken before the shred still hold it until "
+        "they expire (backup retention: {days} days, last copy gone by "
+        "residual_copies_expire_time); restoring one must be followed by `oubli reconcile`."
+    ),
+}
+RESIDUAL_RISK_OTHER = "The key was destroyed in the {backend} KMS, which keeps no backups."
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,7 @@ class ShredReceipt:
     records_deleted: int
     kms_backend: str
     residual_risk: str
+    residual_copies_expire_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,9 @@ class RecordPage:
 
 def _kms_error(error: KmsError) -> OubliError:
     if isinstance(error, KmsUnavailable):
-        return Unavailable("key management service unavailable; nothing was changed")
+        return Unavailable("key management service unavailable; safe to retry")
+    if isinstance(error, KmsAccessDenied):
+        return KmsRefused("the key management service refused oubli's credentials")
     if isinstance(error, KeyDestroyed):
         return KeyDestroyedError("the subject's key is destroyed: its data is unrecoverable")
     return IntegrityFailure("the key management service refused the subject's data key")
@@ -112,6 +121,7 @@ class VaultService:
         cache: DataKeyCache | None = None,
         clock: Clock = utc_now,
         random_bytes: RandomBytes = os.urandom,
+        kms_backup_retention: timedelta = timedelta(days=7),
     ) -> None:
         self.storage = storage
         self.kms = kms
@@ -120,6 +130,7 @@ class VaultService:
         self.cache = cache if cache is not None else DataKeyCache()
         self._clock = clock
         self._random_bytes = random_bytes
+        self._kms_backup_retention = kms_backup_retention
         self._cipher = RecordCipher(random_bytes)
 
     # --- subjects -------------------------------------------------------------------
@@ -219,12 +230,14 @@ class VaultService:
         stored = StoredRecord(subject_id, record_id, category, 1, ciphertext, origin, now, now)
         singleton = category if spec.cardinality is Cardinality.ONE else None
         try:
-            self.storage.insert_record(stored, singleton)
-        except DuplicateRow:
-            raise DuplicateRow(
+            inserted = self.storage.insert_record(stored, singleton)
+        except AlreadyExists:
+            raise AlreadyExists(
                 f"category {category} holds one record per subject; update it instead",
                 category=category,
             ) from None
+        if not inserted:  # shredded between the state check and the write
+            raise SubjectShredded("the subject was erased", subject_id=subject_id)
         return RecordView(subject_id, record_id, category, fields, 1, origin, now, now)
 
     def _stored(self, subject_id: str, record_id: str) -> StoredRecord:
@@ -289,6 +302,7 @@ class VaultService:
             now,
         )
         if not self.storage.update_record(updated, expected_version):
+            self._active_subject(subject_id)  # shredded meanwhile?
             raise VersionConflict("record was changed since it was read")
         return RecordView(
             subject_id,
@@ -341,14 +355,31 @@ class VaultService:
         return self._receipt(receipt)
 
     def _receipt(self, receipt: Receipt) -> ShredReceipt:
-        residual = (
-            RESIDUAL_RISK_VAULT if receipt.kms_backend == "vault-transit" else RESIDUAL_RISK_LOCAL
-        )
+        days = self._kms_backup_retention.days
+        template = RESIDUAL_RISK.get(receipt.kms_backend, RESIDUAL_RISK_OTHER)
         return ShredReceipt(
             receipt.subject_id,
             receipt.key_id,
             receipt.shredded_at,
             receipt.records_deleted,
             receipt.kms_backend,
-            residual,
+            template.format(days=days, backend=receipt.kms_backend),
+            receipt.shredded_at + self._kms_backup_retention,
         )
+
+    def reconcile_shreds(self) -> int:
+        """Destroy again every key in the shred ledger; returns how many were checked.
+
+        Run after restoring a KMS backup (Vault snapshot, keystore file copy) and before
+        serving traffic: the restore brought back keys of subjects erased since the
+        backup was taken. Destroying is idempotent, so running it twice is harmless.
+        """
+        checked = 0
+        for key_id in self.storage.shredded_key_ids():
+            self.cache.evict(key_id)
+            try:
+                self.kms.destroy_key(key_id)
+            except KmsError as e:
+                raise _kms_error(e) from e
+            checked += 1
+        return checked

@@ -16,23 +16,27 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from vault.errors import OubliError, SubjectNotFound, Unavailable
+from vault.errors import AlreadyExists, SubjectNotFound, Unavailable
 from vault.models import RecordRow, ShredReceiptRow, SubjectRow
 
 ACTIVE = "active"
 SHREDDING = "shredding"
 SHREDDED = "shredded"
-
-
-class DuplicateRow(OubliError):
-    """A uniqueness constraint refused the row (e.g. a second profile record)."""
-
-    reason = "ALREADY_EXISTS"
 
 
 def make_engine(url: str) -> Engine:
@@ -141,7 +145,7 @@ class Storage:
             with self._sessions.begin() as session:
                 yield session
         except IntegrityError as e:
-            raise DuplicateRow("a row with the same unique key exists") from e
+            raise AlreadyExists("a row with the same unique key exists") from e
         except DBAPIError as e:
             raise Unavailable(f"database error: {type(e.orig).__name__}") from e
         except SQLAlchemyError as e:
@@ -211,6 +215,11 @@ class Storage:
             row.updated_at = now
             return _receipt(receipt)
 
+    def shredded_key_ids(self) -> list[str]:
+        """Every key id in the shred ledger (for reconcile after a KMS restore)."""
+        with self._session() as s:
+            return list(s.scalars(select(ShredReceiptRow.key_id).order_by(ShredReceiptRow.key_id)))
+
     def receipt(self, subject_id: str) -> Receipt | None:
         with self._session() as s:
             row = s.get(ShredReceiptRow, subject_id)
@@ -218,21 +227,37 @@ class Storage:
 
     # --- records --------------------------------------------------------------------
 
-    def insert_record(self, record: StoredRecord, singleton: str | None) -> None:
+    def insert_record(self, record: StoredRecord, singleton: str | None) -> bool:
+        """Insert a record if, and only if, its subject is still active.
+
+        The state check and the insert are one statement, holding a share lock on the
+        subject row (PostgreSQL) or the write lock (SQLite): a shred that starts
+        meanwhile waits for it, and then deletes the row with the others. Returns False
+        when the subject is no longer active.
+        """
+        values = {
+            "subject_id": record.subject_id,
+            "record_id": record.record_id,
+            "category": record.category,
+            "singleton": singleton,
+            "version": record.version,
+            "ciphertext": record.ciphertext,
+            "origin": record.origin,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+        }
+        source = (
+            select(*(literal(v, RecordRow.__table__.c[k].type).label(k) for k, v in values.items()))
+            .select_from(SubjectRow)
+            .where(SubjectRow.subject_id == record.subject_id, SubjectRow.state == ACTIVE)
+            .with_for_update(read=True)
+        )
         with self._session() as s:
-            s.add(
-                RecordRow(
-                    subject_id=record.subject_id,
-                    record_id=record.record_id,
-                    category=record.category,
-                    singleton=singleton,
-                    version=record.version,
-                    ciphertext=record.ciphertext,
-                    origin=record.origin,
-                    created_at=record.created_at,
-                    updated_at=record.updated_at,
-                )
+            # RETURNING, not rowcount: drivers report -1 for INSERT ... SELECT.
+            inserted = s.execute(
+                insert(RecordRow).from_select(list(values), source).returning(RecordRow.record_id)
             )
+            return inserted.first() is not None
 
     def record(self, subject_id: str, record_id: str) -> StoredRecord | None:
         with self._session() as s:
@@ -268,6 +293,10 @@ class Storage:
                     RecordRow.subject_id == record.subject_id,
                     RecordRow.record_id == record.record_id,
                     RecordRow.version == expected_version,
+                    # A shred deletes rows under the row lock this update takes.
+                    select(SubjectRow.subject_id)
+                    .where(SubjectRow.subject_id == record.subject_id, SubjectRow.state == ACTIVE)
+                    .exists(),
                 )
                 .values(
                     version=record.version,

@@ -175,6 +175,7 @@ class ShredReceipt(_message.Message):
     RECORDS_DELETED_FIELD_NUMBER: _builtins.int
     KMS_BACKEND_FIELD_NUMBER: _builtins.int
     RESIDUAL_RISK_FIELD_NUMBER: _builtins.int
+    RESIDUAL_COPIES_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     key_id: _builtins.str
     """Identifier of the destroyed KMS key (random, never personal data)."""
@@ -188,6 +189,12 @@ class ShredReceipt(_message.Message):
     """
     @_builtins.property
     def shred_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def residual_copies_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last backup that may still hold the key expires (shred time plus
+        the configured KMS backup retention, 7 days by default).
+        """
+
     def __init__(
         self,
         *,
@@ -197,10 +204,11 @@ class ShredReceipt(_message.Message):
         records_deleted: _builtins.int = ...,
         kms_backend: _builtins.str = ...,
         residual_risk: _builtins.str = ...,
+        residual_copies_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["shred_time", b"shred_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["residual_copies_expire_time", b"residual_copies_expire_time", "shred_time", b"shred_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kms_backend", b"kms_backend", "records_deleted", b"records_deleted", "residual_risk", b"residual_risk", "shred_time", b"shred_time", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kms_backend", b"kms_backend", "records_deleted", b"records_deleted", "residual_copies_expire_time", b"residual_copies_expire_time", "residual_risk", b"residual_risk", "shred_time", b"shred_time", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -260,3 +260,33 @@ def test_database_outage_is_unavailable(pg_url: str) -> None:
             assert len(kms._keys) == keys_before
     finally:
         server.stop(grace=0)
+
+
+def test_request_id_is_returned_on_success_and_on_error(stack: Stack) -> None:
+    from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+
+    subject = stack.client.create_subject()
+    with grpc.insecure_channel(stack.target) as channel:
+        stub = pb_grpc.SubjectServiceStub(channel)
+        _, call = stub.GetSubject.with_call(
+            pb.GetSubjectRequest(subject_id=subject.subject_id),
+            metadata=(("x-request-id", "req-ok-1"),),
+            timeout=5,
+        )
+        assert dict(call.trailing_metadata())["x-request-id"] == "req-ok-1"
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetSubject(
+                pb.GetSubjectRequest(subject_id="a" * 26),
+                metadata=(("x-request-id", "req-err-2"),),
+                timeout=5,
+            )
+        trailers = dict(raised.value.trailing_metadata())
+        assert trailers["x-request-id"] == "req-err-2"
+        assert "grpc-status-details-bin" in trailers
+        _, call = stub.GetSubject.with_call(
+            pb.GetSubjectRequest(subject_id=subject.subject_id),
+            metadata=(("x-request-id", "has spaces; and * stars"),),
+            timeout=5,
+        )
+        generated = dict(call.trailing_metadata())["x-request-id"]
+        assert generated != "has spaces; and * stars" and len(generated) == 32

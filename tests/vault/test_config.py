@@ -58,7 +58,7 @@ def test_environment_selects_vault() -> None:
     }
     config = ServerConfig.from_env(env)
     assert config.kms == "vault"
-    assert config.vault == VaultSettings("http://127.0.0.1:8200", TOKEN, "oubli-transit")
+    assert config.vault == VaultSettings("http://127.0.0.1:8200", TOKEN, "oubli-transit", 10_000)
 
 
 def test_flags_override_environment() -> None:
@@ -81,7 +81,7 @@ def test_flags_override_environment() -> None:
     assert config.listen == "127.0.0.1:7000"
     assert config.tenant == "from-flag"
     assert config.kms == "vault"
-    assert config.vault == VaultSettings("http://flag:8200", TOKEN, "flag-mount")
+    assert config.vault == VaultSettings("http://flag:8200", TOKEN, "flag-mount", 10_000)
 
 
 def test_unset_flags_keep_the_environment() -> None:
@@ -212,3 +212,34 @@ def test_config_is_frozen() -> None:
     config = ServerConfig.from_env({})
     with pytest.raises(AttributeError):
         config.listen = "0.0.0.0:1"  # type: ignore[misc]
+
+
+def test_cache_and_retention_settings_come_from_the_environment() -> None:
+    config = ServerConfig.from_env(
+        {
+            "OUBLI_CACHE_ENTRIES": "50",
+            "OUBLI_CACHE_TTL_SECONDS": "30",
+            "OUBLI_KMS_BACKUP_RETENTION_DAYS": "14",
+            "OUBLI_KMS": "vault",
+            "VAULT_ADDR": "http://127.0.0.1:8200",
+            "VAULT_TOKEN": "t",
+            "OUBLI_VAULT_CACHE_SIZE": "500",
+        }
+    )
+    assert (config.cache_entries, config.cache_ttl_seconds) == (50, 30.0)
+    assert config.kms_backup_retention_days == 14
+    assert config.vault is not None and config.vault.cache_size == 500
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OUBLI_CACHE_ENTRIES": "many"},
+        {"OUBLI_CACHE_ENTRIES": "0"},
+        {"OUBLI_CACHE_TTL_SECONDS": "61"},
+        {"OUBLI_KMS_BACKUP_RETENTION_DAYS": "-1"},
+    ],
+)
+def test_bad_numbers_are_config_errors(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        ServerConfig.from_env(env)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from kms.memory import InMemoryKeyManager
 from vault.errors import (
+    AlreadyExists,
     InvalidArgument,
     KeyDestroyedError,
     RecordNotFound,
@@ -25,7 +26,7 @@ from vault.errors import (
 from vault.keycache import DataKeyCache
 from vault.models import RecordRow, SubjectRow
 from vault.service import VaultService
-from vault.storage import DuplicateRow, Storage
+from vault.storage import Storage
 
 Builder = Callable[..., VaultService]
 
@@ -71,7 +72,7 @@ def test_stale_version_is_a_conflict(vault: VaultService) -> None:
 def test_profile_category_holds_one_record(vault: VaultService) -> None:
     subject = vault.create_subject()
     vault.create_record(subject.subject_id, "identity", {"given_name": "Ada"}, "customer")
-    with pytest.raises(DuplicateRow):
+    with pytest.raises(AlreadyExists):
         vault.create_record(subject.subject_id, "identity", {"given_name": "Bob"}, "customer")
     # event categories hold many
     for n in range(3):
@@ -326,3 +327,39 @@ def test_times_come_from_the_injected_clock(
     stored = vault.get_record(subject.subject_id, record.record_id)
     assert stored.created_at == datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
     assert stored.updated_at == updated.updated_at == datetime(2030, 1, 1, 0, 2, tzinfo=UTC)
+
+
+def test_write_racing_a_shred_leaves_no_row(
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    make_vault: Builder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create that passed the state check before a shred began writes nothing after it."""
+    vault = make_vault(storage, memory_kms)
+    subject = vault.create_subject()
+    record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
+    real_dek = vault._dek
+
+    def dek_then_shred_starts(info, key_version=None):  # type: ignore[no-untyped-def]
+        dek = real_dek(info, key_version)
+        storage.mark_shredding(subject.subject_id, datetime.now(UTC))
+        return dek
+
+    monkeypatch.setattr(vault, "_dek", dek_then_shred_starts)
+    with pytest.raises(SubjectShredded):
+        vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")
+    with pytest.raises(SubjectShredded):
+        vault.update_record(subject.subject_id, record.record_id, {"email": "b@b.c"}, 1)
+    monkeypatch.undo()
+    assert storage.record_count(subject.subject_id) == 1
+    assert vault.shred_subject(subject.subject_id).records_deleted == 1
+
+
+def test_largest_record_of_escaped_characters_round_trips(vault: VaultService) -> None:
+    """Control characters grow 6x in JSON; a record within the limits still fits."""
+    subject = vault.create_subject()
+    nasty = "\x01" * (64 * 1024 - 20)
+    fields = {"message": nasty, "subject_line": nasty, "channel": nasty, "ticket_id": nasty}
+    record = vault.create_record(subject.subject_id, "support", fields, "support")
+    assert vault.get_record(subject.subject_id, record.record_id).fields == fields
