@@ -29,8 +29,12 @@ HEADER = '"""Generated from proto/ by scripts/gen_proto.py. Do not edit."""\n'
 def generate(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         wkt = Path(protoc.__file__).parent / "_proto"
+        # The mypy-protobuf plugins sit beside this interpreter, which need not be on PATH.
+        bin_dir = Path(sys.executable).parent
         args = [
             "protoc",
+            f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
             f"-I{PROTO_ROOT}",
             f"-I{wkt}",
             f"--python_out={tmp}",
