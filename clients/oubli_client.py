@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -36,9 +36,18 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 _STATES = {
     pb.SUBJECT_STATE_ACTIVE: "active",
+    pb.SUBJECT_STATE_CLOSED: "closed",
     pb.SUBJECT_STATE_SHREDDING: "shredding",
+    pb.SUBJECT_STATE_HELD: "held",
     pb.SUBJECT_STATE_SHREDDED: "shredded",
 }
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    stamp: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    return stamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,12 @@ class Subject:
     created_at: datetime
     updated_at: datetime
     record_count: int
+    restricted: bool = False
+    objections: tuple[str, ...] = ()
+    consents: tuple[str, ...] = ()
+    closed_at: datetime | None = None
+    scheduled_erasure_at: datetime | None = None
+    hold_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +75,7 @@ class Record:
     origin: str
     created_at: datetime
     updated_at: datetime
+    retain_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +87,50 @@ class ShredReceipt:
     kms_backend: str
     residual_risk: str
     residual_copies_expire_at: datetime
+    records_retained: int = 0
+    retained_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RightsRequest:
+    request_id: str
+    subject_id: str
+    kind: str
+    status: str
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionAction:
+    kind: str
+    target: str
+    due_at: datetime
+    records: int
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSummary:
+    dry_run: bool
+    subjects_erased: int
+    buckets_destroyed: int
+    records_destroyed: int
+    ran_at: datetime
+
+
+def _request(m: pb.RightsRequest) -> RightsRequest:
+    return RightsRequest(
+        m.request_id,
+        m.subject_id,
+        m.kind,
+        m.status,
+        m.receive_time.ToDatetime(tzinfo=UTC),
+        m.due_time.ToDatetime(tzinfo=UTC),
+        _time(m, "complete_time"),
+    )
 
 
 def _subject(m: pb.Subject) -> Subject:
@@ -80,6 +140,12 @@ def _subject(m: pb.Subject) -> Subject:
         m.create_time.ToDatetime(tzinfo=UTC),
         m.update_time.ToDatetime(tzinfo=UTC),
         m.record_count,
+        m.restricted,
+        tuple(m.objections),
+        tuple(m.consents),
+        _time(m, "close_time"),
+        _time(m, "scheduled_erasure_time"),
+        _time(m, "hold_until_time"),
     )
 
 
@@ -93,6 +159,7 @@ def _record(m: pb.Record) -> Record:
         m.origin,
         m.create_time.ToDatetime(tzinfo=UTC),
         m.update_time.ToDatetime(tzinfo=UTC),
+        _time(m, "retain_until_time"),
     )
 
 
@@ -114,6 +181,8 @@ class OubliClient:
         self._owns_channel = channel is None
         self._subjects = pb_grpc.SubjectServiceStub(self._channel)
         self._records = pb_grpc.RecordServiceStub(self._channel)
+        self._rights = pb_grpc.RightsServiceStub(self._channel)
+        self._retention = pb_grpc.RetentionServiceStub(self._channel)
         self.timeout = timeout
         self.max_attempts = max_attempts
         self._initial_backoff = initial_backoff
@@ -178,16 +247,27 @@ class OubliClient:
             r.kms_backend,
             r.residual_risk,
             r.residual_copies_expire_time.ToDatetime(tzinfo=UTC),
+            r.records_retained,
+            _time(r, "retained_until_time"),
         )
 
-    def export_subject(self, subject_id: str) -> dict[str, Any]:
+    def export_subject(self, subject_id: str, purpose: str = "portability") -> dict[str, Any]:
         response = self._call(
             self._subjects.ExportSubject,
-            pb.ExportSubjectRequest(subject_id=subject_id),
+            pb.ExportSubjectRequest(subject_id=subject_id, purpose=purpose),
             idempotent=True,
         )
         document: dict[str, Any] = json.loads(response.json)
         return document
+
+    def close_account(self, subject_id: str) -> Subject:
+        request = pb.CloseAccountRequest(subject_id=subject_id)
+        return _subject(self._call(self._subjects.CloseAccount, request, idempotent=False).subject)
+
+    def reopen_account(self, subject_id: str) -> Subject:
+        request = pb.ReopenAccountRequest(subject_id=subject_id)
+        response = self._call(self._subjects.ReopenAccount, request, idempotent=False)
+        return _subject(response.subject)
 
     # --- records --------------------------------------------------------------------
 
@@ -200,17 +280,23 @@ class OubliClient:
         response = self._call(self._records.CreateRecord, request, idempotent=False)
         return _record(response.record)
 
-    def get_record(self, subject_id: str, record_id: str) -> Record:
-        request = pb.GetRecordRequest(subject_id=subject_id, record_id=record_id)
+    def get_record(self, subject_id: str, record_id: str, purpose: str) -> Record:
+        request = pb.GetRecordRequest(subject_id=subject_id, record_id=record_id, purpose=purpose)
         return _record(self._call(self._records.GetRecord, request, idempotent=True).record)
 
-    def list_records(self, subject_id: str, category: str = "", page_size: int = 0) -> list[Record]:
-        """Every record of the subject (all pages)."""
+    def list_records(
+        self, subject_id: str, category: str = "", page_size: int = 0, *, purpose: str
+    ) -> list[Record]:
+        """Every record of the subject readable for ``purpose`` (all pages)."""
         records: list[Record] = []
         token = ""
         while True:
             request = pb.ListRecordsRequest(
-                subject_id=subject_id, category=category, page_size=page_size, page_token=token
+                subject_id=subject_id,
+                category=category,
+                page_size=page_size,
+                page_token=token,
+                purpose=purpose,
             )
             response = self._call(self._records.ListRecords, request, idempotent=True)
             records.extend(_record(m) for m in response.records)
@@ -238,3 +324,98 @@ class OubliClient:
     def delete_record(self, subject_id: str, record_id: str) -> None:
         request = pb.DeleteRecordRequest(subject_id=subject_id, record_id=record_id)
         self._call(self._records.DeleteRecord, request, idempotent=False)
+
+    def record_event(self, subject_id: str, record_id: str, event: str) -> Record:
+        request = pb.RecordEventRequest(subject_id=subject_id, record_id=record_id, event=event)
+        return _record(self._call(self._records.RecordEvent, request, idempotent=False).record)
+
+    # --- rights ---------------------------------------------------------------------
+
+    def access_report(self, subject_id: str) -> dict[str, Any]:
+        request = pb.GetAccessReportRequest(subject_id=subject_id)
+        response = self._call(self._rights.GetAccessReport, request, idempotent=True)
+        document: dict[str, Any] = json.loads(response.json)
+        return document
+
+    def restrict(self, subject_id: str) -> Subject:
+        request = pb.RestrictProcessingRequest(subject_id=subject_id)
+        response = self._call(self._rights.RestrictProcessing, request, idempotent=True)
+        return _subject(response.subject)
+
+    def lift_restriction(self, subject_id: str) -> Subject:
+        request = pb.LiftRestrictionRequest(subject_id=subject_id)
+        response = self._call(self._rights.LiftRestriction, request, idempotent=True)
+        return _subject(response.subject)
+
+    def object_to(self, subject_id: str, purpose: str) -> Subject:
+        request = pb.ObjectToPurposeRequest(subject_id=subject_id, purpose=purpose)
+        response = self._call(self._rights.ObjectToPurpose, request, idempotent=True)
+        return _subject(response.subject)
+
+    def withdraw_objection(self, subject_id: str, purpose: str) -> Subject:
+        request = pb.WithdrawObjectionRequest(subject_id=subject_id, purpose=purpose)
+        response = self._call(self._rights.WithdrawObjection, request, idempotent=True)
+        return _subject(response.subject)
+
+    def grant_consent(self, subject_id: str, consent: str) -> Subject:
+        request = pb.GrantConsentRequest(subject_id=subject_id, consent=consent)
+        response = self._call(self._rights.GrantConsent, request, idempotent=True)
+        return _subject(response.subject)
+
+    def withdraw_consent(self, subject_id: str, consent: str) -> tuple[Subject, int]:
+        """The subject, and how many records stored under the consent were destroyed."""
+        request = pb.WithdrawConsentRequest(subject_id=subject_id, consent=consent)
+        response = self._call(self._rights.WithdrawConsent, request, idempotent=True)
+        return _subject(response.subject), response.records_destroyed
+
+    def create_rights_request(self, subject_id: str, kind: str) -> RightsRequest:
+        request = pb.CreateRightsRequestRequest(subject_id=subject_id, kind=kind)
+        response = self._call(self._rights.CreateRightsRequest, request, idempotent=False)
+        return _request(response.request)
+
+    def close_rights_request(self, request_id: str, status: str = "completed") -> RightsRequest:
+        request = pb.CloseRightsRequestRequest(request_id=request_id, status=status)
+        response = self._call(self._rights.CloseRightsRequest, request, idempotent=False)
+        return _request(response.request)
+
+    def list_rights_requests(
+        self, subject_id: str = "", *, open_only: bool = False, overdue_only: bool = False
+    ) -> list[RightsRequest]:
+        request = pb.ListRightsRequestsRequest(
+            subject_id=subject_id, open_only=open_only, overdue_only=overdue_only
+        )
+        response = self._call(self._rights.ListRightsRequests, request, idempotent=True)
+        return [_request(m) for m in response.requests]
+
+    # --- retention ------------------------------------------------------------------
+
+    def run_retention(
+        self, *, dry_run: bool = False, timeout: float | None = 3600.0
+    ) -> Iterator[RetentionAction | RetentionSummary]:
+        """Each action as it is carried out (or planned, on a dry run), then the summary."""
+        stream = self._retention.RunRetention(
+            pb.RunRetentionRequest(dry_run=dry_run), timeout=timeout
+        )
+        try:
+            for message in stream:
+                if message.HasField("action"):
+                    a = message.action
+                    yield RetentionAction(
+                        a.kind,
+                        a.target,
+                        a.due_time.ToDatetime(tzinfo=UTC),
+                        a.records,
+                        a.done,
+                        a.total,
+                    )
+                else:
+                    m = message.summary
+                    yield RetentionSummary(
+                        m.dry_run,
+                        m.subjects_erased,
+                        m.buckets_destroyed,
+                        m.records_destroyed,
+                        m.run_time.ToDatetime(tzinfo=UTC),
+                    )
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None

@@ -13,9 +13,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient
+from clients.oubli_client import OubliClient, RetentionSummary
 from kms.base import KmsError
 from vault.catalog import CatalogError
 from vault.config import ConfigError, ServerConfig
@@ -25,6 +26,8 @@ from vault.logs import configure_logging
 app = typer.Typer(help="oubli: encrypted personal-data vault with crypto-shredding.")
 subject_app = typer.Typer(help="Act on one subject through a running server.")
 app.add_typer(subject_app, name="subject")
+retention_app = typer.Typer(help="Retention: expire what is due by destroying keys.")
+app.add_typer(retention_app, name="retention")
 err = Console(stderr=True)
 
 Target = Annotated[
@@ -159,11 +162,12 @@ def subject_export(
     subject_id: str,
     target: Target = "127.0.0.1:50051",
     output: Annotated[Path | None, typer.Option("-o", help="file (default stdout)")] = None,
+    purpose: Annotated[str, typer.Option(help="why the data is read")] = "portability",
 ) -> None:
     """Export a subject's data as JSON (portability)."""
     try:
         with _client_call(target) as client:
-            document = client.export_subject(subject_id)
+            document = client.export_subject(subject_id, purpose)
     except OubliClientError as e:
         raise _fail("error:", e) from None
     text = json.dumps(document, ensure_ascii=False, indent=2)
@@ -199,6 +203,54 @@ def subject_shred(
                 "residual_copies_expire_at": _iso(receipt.residual_copies_expire_at),
             },
             indent=2,
+        )
+    )
+
+
+@retention_app.command("run")
+def retention_run(
+    target: Target = "127.0.0.1:50051",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list what would be destroyed; destroy nothing")
+    ] = False,
+) -> None:
+    """Carry out everything due (expired buckets, scheduled erasures). For a scheduler:
+    exits non-zero on failure; safe to run again (idempotent)."""
+    summary: RetentionSummary | None = None
+    try:
+        with (
+            _client_call(target) as client,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            ) as progress,
+        ):
+            task = progress.add_task("planning" if dry_run else "destroying", total=None)
+            for item in client.run_retention(dry_run=dry_run):
+                if isinstance(item, RetentionSummary):
+                    summary = item
+                    continue
+                progress.update(task, completed=item.done, total=item.total)
+                verb = "would destroy" if dry_run else "destroyed"
+                what = "subject" if item.kind == "erase_subject" else "bucket"
+                print(f"{verb} {what} {item.target} ({item.records} records)")
+    except OubliClientError as e:
+        raise _fail("retention run failed:", e) from None
+    if summary is None:
+        raise _fail("retention run failed:", RuntimeError("no summary from the server"))
+    print(
+        json.dumps(
+            {
+                "dry_run": summary.dry_run,
+                "subjects_erased": summary.subjects_erased,
+                "buckets_destroyed": summary.buckets_destroyed,
+                "records_destroyed": summary.records_destroyed,
+                "ran_at": _iso(summary.ran_at),
+            }
         )
     )
 

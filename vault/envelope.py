@@ -13,7 +13,8 @@ Ciphertext byte format (format version 1)::
 
 The plaintext is the record's fields as canonical JSON (UTF-8, keys sorted, no
 whitespace). The associated data binds the ciphertext to its place: a length-prefixed
-encoding of ``"oubli-record/v1"``, tenant, subject id, record id, category and key
+encoding of ``"oubli-record/v1"``, tenant, subject id, record id, category, then —
+only for records under a retention bucket — key scheme and bucket id, then the key
 version. A ciphertext copied to another tenant, subject, record or category — or
 relabelled with another key version — fails authentication.
 
@@ -57,9 +58,20 @@ class RecordPlace:
     subject_id: str
     record_id: str
     category: str
+    #: "subject", or for records under a retention bucket "expiry"/"hold" and its id.
+    key_scheme: str = "subject"
+    bucket_id: str = ""
 
     def associated_data(self, key_version: int) -> bytes:
-        parts = (_AAD_LABEL, self.tenant, self.subject_id, self.record_id, self.category)
+        parts: tuple[str, ...] = (
+            _AAD_LABEL,
+            self.tenant,
+            self.subject_id,
+            self.record_id,
+            self.category,
+        )
+        if self.key_scheme != "subject":
+            parts += (self.key_scheme, self.bucket_id)
         out = bytearray()
         for part in parts:
             raw = part.encode("utf-8")

@@ -42,6 +42,10 @@ class RecordNotFound(OubliError):
     reason = "RECORD_NOT_FOUND"
 
 
+class RequestNotFound(OubliError):
+    reason = "REQUEST_NOT_FOUND"
+
+
 class SubjectShredded(OubliError):
     """The subject was erased (or its erasure is under way): it is refused for good."""
 
@@ -64,6 +68,26 @@ class KmsRefused(OubliError):
     """The KMS refused oubli itself (e.g. an expired or under-privileged token)."""
 
     reason = "KMS_REFUSED"
+
+
+class PermissionDenied(OubliError):
+    """The purpose, the subject's objections, consents or restriction forbid this.
+
+    ``reason`` says which rule: PURPOSE_NOT_ALLOWED, OBJECTED, CONSENT_MISSING,
+    RESTRICTED or ERASED (only legally retained data is left, for its own purposes).
+    """
+
+    def __init__(self, reason: str, message: str, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.reason = reason
+
+
+class FailedPrecondition(OubliError):
+    """The request is valid but the subject is not in a state that allows it."""
+
+    def __init__(self, reason: str, message: str, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.reason = reason
 
 
 class VersionConflict(OubliError):

@@ -6,6 +6,8 @@ vault.interceptors.ServiceInterceptor.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import datetime
 
 import grpc
@@ -14,12 +16,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from vault.clock import Clock
-from vault.export import export_json
+from vault.export import access_report, export_json
+from vault.retention import RetentionJob, RetentionSummary
+from vault.rights import RightsService
 from vault.service import RecordView, ShredReceipt, SubjectView, VaultService
+from vault.storage import RightsRequest
 
 _STATE = {
     "active": pb.SUBJECT_STATE_ACTIVE,
+    "closed": pb.SUBJECT_STATE_CLOSED,
     "shredding": pb.SUBJECT_STATE_SHREDDING,
+    "held": pb.SUBJECT_STATE_HELD,
     "shredded": pb.SUBJECT_STATE_SHREDDED,
 }
 
@@ -30,6 +37,10 @@ def _ts(value: datetime) -> Timestamp:
     return stamp
 
 
+def _maybe_ts(value: datetime | None) -> Timestamp | None:
+    return None if value is None else _ts(value)
+
+
 def subject_message(view: SubjectView) -> pb.Subject:
     return pb.Subject(
         subject_id=view.subject_id,
@@ -37,6 +48,12 @@ def subject_message(view: SubjectView) -> pb.Subject:
         create_time=_ts(view.created_at),
         update_time=_ts(view.updated_at),
         record_count=view.record_count,
+        restricted=view.restricted,
+        objections=view.objections,
+        consents=view.consents,
+        close_time=_maybe_ts(view.closed_at),
+        scheduled_erasure_time=_maybe_ts(view.scheduled_shred_at),
+        hold_until_time=_maybe_ts(view.hold_until),
     )
 
 
@@ -50,6 +67,7 @@ def record_message(view: RecordView) -> pb.Record:
         origin=view.origin,
         create_time=_ts(view.created_at),
         update_time=_ts(view.updated_at),
+        retain_until_time=_maybe_ts(view.retain_until),
     )
 
 
@@ -62,7 +80,34 @@ def receipt_message(receipt: ShredReceipt) -> pb.ShredReceipt:
         kms_backend=receipt.kms_backend,
         residual_risk=receipt.residual_risk,
         residual_copies_expire_time=_ts(receipt.residual_copies_expire_at),
+        records_retained=receipt.records_retained,
+        retained_until_time=_maybe_ts(receipt.retained_until),
     )
+
+
+def request_message(request: RightsRequest) -> pb.RightsRequest:
+    return pb.RightsRequest(
+        request_id=request.request_id,
+        subject_id=request.subject_id,
+        kind=request.kind,
+        status=request.status,
+        receive_time=_ts(request.received_at),
+        due_time=_ts(request.due_at),
+        complete_time=_maybe_ts(request.completed_at),
+    )
+
+
+def request_json(request: RightsRequest) -> dict[str, str | None]:
+    return {
+        "request_id": request.request_id,
+        "kind": request.kind,
+        "status": request.status,
+        "received_at": request.received_at.isoformat().replace("+00:00", "Z"),
+        "due_at": request.due_at.isoformat().replace("+00:00", "Z"),
+        "completed_at": None
+        if request.completed_at is None
+        else request.completed_at.isoformat().replace("+00:00", "Z"),
+    }
 
 
 class SubjectServicer(pb_grpc.SubjectServiceServicer):
@@ -90,8 +135,20 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
     def ExportSubject(
         self, request: pb.ExportSubjectRequest, context: grpc.ServicerContext
     ) -> pb.ExportSubjectResponse:
-        document = export_json(self._vault, request.subject_id, self._clock())
+        document = export_json(self._vault, request.subject_id, self._clock(), request.purpose)
         return pb.ExportSubjectResponse(json=document, content_type="application/json")
+
+    def CloseAccount(
+        self, request: pb.CloseAccountRequest, context: grpc.ServicerContext
+    ) -> pb.CloseAccountResponse:
+        view = self._vault.close_account(request.subject_id)
+        return pb.CloseAccountResponse(subject=subject_message(view))
+
+    def ReopenAccount(
+        self, request: pb.ReopenAccountRequest, context: grpc.ServicerContext
+    ) -> pb.ReopenAccountResponse:
+        view = self._vault.reopen_account(request.subject_id)
+        return pb.ReopenAccountResponse(subject=subject_message(view))
 
 
 class RecordServicer(pb_grpc.RecordServiceServicer):
@@ -109,14 +166,18 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
     def GetRecord(
         self, request: pb.GetRecordRequest, context: grpc.ServicerContext
     ) -> pb.GetRecordResponse:
-        view = self._vault.get_record(request.subject_id, request.record_id)
+        view = self._vault.get_record(request.subject_id, request.record_id, request.purpose)
         return pb.GetRecordResponse(record=record_message(view))
 
     def ListRecords(
         self, request: pb.ListRecordsRequest, context: grpc.ServicerContext
     ) -> pb.ListRecordsResponse:
         page = self._vault.list_records(
-            request.subject_id, request.category, request.page_size, request.page_token
+            request.subject_id,
+            request.category,
+            request.page_size,
+            request.page_token,
+            request.purpose,
         )
         return pb.ListRecordsResponse(
             records=[record_message(r) for r in page.records],
@@ -140,3 +201,114 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
     ) -> pb.DeleteRecordResponse:
         self._vault.delete_record(request.subject_id, request.record_id)
         return pb.DeleteRecordResponse()
+
+    def RecordEvent(
+        self, request: pb.RecordEventRequest, context: grpc.ServicerContext
+    ) -> pb.RecordEventResponse:
+        view = self._vault.record_event(request.subject_id, request.record_id, request.event)
+        return pb.RecordEventResponse(record=record_message(view))
+
+
+class RightsServicer(pb_grpc.RightsServiceServicer):
+    def __init__(self, rights: RightsService) -> None:
+        self._rights = rights
+        self._vault = rights.vault
+
+    def GetAccessReport(
+        self, request: pb.GetAccessReportRequest, context: grpc.ServicerContext
+    ) -> pb.GetAccessReportResponse:
+        requests = [request_json(r) for r in self._rights.list_requests(request.subject_id)]
+        document = access_report(self._vault, request.subject_id, self._vault.clock(), requests)
+        return pb.GetAccessReportResponse(
+            json=json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"),
+            content_type="application/json",
+        )
+
+    def RestrictProcessing(
+        self, request: pb.RestrictProcessingRequest, context: grpc.ServicerContext
+    ) -> pb.RestrictProcessingResponse:
+        view = self._rights.restrict(request.subject_id)
+        return pb.RestrictProcessingResponse(subject=subject_message(view))
+
+    def LiftRestriction(
+        self, request: pb.LiftRestrictionRequest, context: grpc.ServicerContext
+    ) -> pb.LiftRestrictionResponse:
+        view = self._rights.lift_restriction(request.subject_id)
+        return pb.LiftRestrictionResponse(subject=subject_message(view))
+
+    def ObjectToPurpose(
+        self, request: pb.ObjectToPurposeRequest, context: grpc.ServicerContext
+    ) -> pb.ObjectToPurposeResponse:
+        view = self._rights.object_to(request.subject_id, request.purpose)
+        return pb.ObjectToPurposeResponse(subject=subject_message(view))
+
+    def WithdrawObjection(
+        self, request: pb.WithdrawObjectionRequest, context: grpc.ServicerContext
+    ) -> pb.WithdrawObjectionResponse:
+        view = self._rights.withdraw_objection(request.subject_id, request.purpose)
+        return pb.WithdrawObjectionResponse(subject=subject_message(view))
+
+    def GrantConsent(
+        self, request: pb.GrantConsentRequest, context: grpc.ServicerContext
+    ) -> pb.GrantConsentResponse:
+        view = self._rights.grant_consent(request.subject_id, request.consent)
+        return pb.GrantConsentResponse(subject=subject_message(view))
+
+    def WithdrawConsent(
+        self, request: pb.WithdrawConsentRequest, context: grpc.ServicerContext
+    ) -> pb.WithdrawConsentResponse:
+        result = self._rights.withdraw_consent(request.subject_id, request.consent)
+        return pb.WithdrawConsentResponse(
+            subject=subject_message(result.subject), records_destroyed=result.records_destroyed
+        )
+
+    def CreateRightsRequest(
+        self, request: pb.CreateRightsRequestRequest, context: grpc.ServicerContext
+    ) -> pb.CreateRightsRequestResponse:
+        made = self._rights.open_request(request.subject_id, request.kind)
+        return pb.CreateRightsRequestResponse(request=request_message(made))
+
+    def CloseRightsRequest(
+        self, request: pb.CloseRightsRequestRequest, context: grpc.ServicerContext
+    ) -> pb.CloseRightsRequestResponse:
+        closed = self._rights.close_request(request.request_id, request.status or "completed")
+        return pb.CloseRightsRequestResponse(request=request_message(closed))
+
+    def ListRightsRequests(
+        self, request: pb.ListRightsRequestsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRightsRequestsResponse:
+        found = self._rights.list_requests(
+            request.subject_id, open_only=request.open_only, overdue_only=request.overdue_only
+        )
+        return pb.ListRightsRequestsResponse(requests=[request_message(r) for r in found])
+
+
+class RetentionServicer(pb_grpc.RetentionServiceServicer):
+    def __init__(self, job: RetentionJob) -> None:
+        self._job = job
+
+    def RunRetention(
+        self, request: pb.RunRetentionRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RunRetentionResponse]:
+        summary = RetentionSummary(self._job.vault.clock(), request.dry_run)
+        for action, done, total in self._job.steps(dry_run=request.dry_run):
+            summary.actions.append(action)
+            yield pb.RunRetentionResponse(
+                action=pb.RetentionAction(
+                    kind=action.kind,
+                    target=action.target,
+                    due_time=_ts(action.due_at),
+                    records=action.records,
+                    done=done,
+                    total=total,
+                )
+            )
+        yield pb.RunRetentionResponse(
+            summary=pb.RetentionSummary(
+                dry_run=summary.dry_run,
+                subjects_erased=summary.subjects_erased,
+                buckets_destroyed=summary.buckets_destroyed,
+                records_destroyed=summary.records_destroyed,
+                run_time=_ts(summary.ran_at),
+            )
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -16,8 +17,10 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -56,7 +59,7 @@ class SubjectRow(Base):
 
     subject_id: Mapped[str] = mapped_column(String(26), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64))
-    #: active | shredding | shredded
+    #: active | closed | shredding | held (erased but for legal holds) | shredded
     state: Mapped[str] = mapped_column(String(16))
     key_id: Mapped[str] = mapped_column(String(64), unique=True)
     #: The subject's DEK wrapped by its KMS key; NULL once shredded.
@@ -64,6 +67,18 @@ class SubjectRow(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: Right to restriction: only purposes allowed under restriction may read.
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: JSON list of purpose names the subject objected to (right to object).
+    objections: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    #: JSON object: consent name -> ISO time it was granted.
+    consents: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: When the retention job erases a closed account (closure + 6 months by default).
+    scheduled_shred_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    #: For state "held": the hold bucket keeping the legally retained records, and until when.
+    hold_bucket_id: Mapped[str | None] = mapped_column(String(96))
+    hold_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class RecordRow(Base):
@@ -86,6 +101,62 @@ class RecordRow(Base):
     origin: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: subject (the subject's DEK) | expiry (subject DEK AND a bucket) | hold (a bucket only)
+    key_scheme: Mapped[str] = mapped_column(String(8), default="subject", server_default="subject")
+    bucket_id: Mapped[str | None] = mapped_column(String(96), index=True)
+    #: The record is destroyed by then at the latest (NULL: depends on the account).
+    retain_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class RetentionBucketRow(Base):
+    """A KMS key shared by every record that must be gone (or kept) until one month.
+
+    Destroying the bucket's key destroys all of them at once, in every copy of the
+    database: KMS calls grow with the number of buckets, not of records.
+    """
+
+    __tablename__ = "retention_buckets"
+
+    #: e.g. "expiry:technical_logs:2027-11" or "hold:billing:2029-06"
+    bucket_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    category: Mapped[str] = mapped_column(String(64))
+    month: Mapped[str] = mapped_column(String(7))
+    destroy_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary)
+    key_version: Mapped[int] = mapped_column(Integer)
+    #: active | destroying | destroyed
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class KeyLedgerRow(Base):
+    """Every KMS key oubli destroyed (or is about to): reconcile destroys them again."""
+
+    __tablename__ = "key_ledger"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: subject | bucket | retired (a subject key replaced by re-keying)
+    kind: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RightsRequestRow(Base):
+    """A data-subject request, with the date it must be answered by."""
+
+    __tablename__ = "rights_requests"
+
+    request_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(26), index=True)
+    #: access | rectification | erasure | restriction | portability | objection
+    kind: Mapped[str] = mapped_column(String(16))
+    #: open | completed | rejected
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ShredReceiptRow(Base):
@@ -98,3 +169,6 @@ class ShredReceiptRow(Base):
     kms_backend: Mapped[str] = mapped_column(String(32))
     records_deleted: Mapped[int] = mapped_column(Integer)
     shredded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: Records kept under a legal hold, and when the hold's key is destroyed.
+    records_retained: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retained_until: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -27,9 +27,11 @@ from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.config import ServerConfig
 from vault.errors import Unavailable
-from vault.grpc_api import RecordServicer, SubjectServicer
+from vault.grpc_api import RecordServicer, RetentionServicer, RightsServicer, SubjectServicer
 from vault.interceptors import ServiceInterceptor
 from vault.keycache import DataKeyCache
+from vault.retention import RetentionJob
+from vault.rights import RightsService
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
 
@@ -93,6 +95,8 @@ def start_server(
     )
     pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
     pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
+    pb_grpc.add_RightsServiceServicer_to_server(RightsServicer(RightsService(vault)), server)
+    pb_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(RetentionJob(vault)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -100,7 +104,10 @@ def start_server(
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.listen)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as e:  # grpc raises it when the address is taken or invalid
+        raise Unavailable(f"cannot listen on {config.listen}") from e
     if port == 0:
         raise Unavailable("cannot listen on the configured address")
     server.start()

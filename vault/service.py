@@ -1,25 +1,36 @@
-"""The vault's domain: subjects, their records, shredding and export.
+"""The vault's domain: subjects, their records, erasure, retention keys and export.
 
 Plain Python, no gRPC: the servicers in vault.grpc_api only convert messages. Every
 operation reads the subject's state from the database first, so a subject shredded
 through any replica is refused by all of them at once; DEKs come from the in-process
-cache when possible (zero KMS calls), else one unwrap.
+cache when possible (zero KMS calls), else one unwrap. Reads state a purpose, checked
+against the catalog and the subject's objections, consents and restriction
+(vault.policy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from kms.base import KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
-from vault.catalog import Cardinality, Catalog
+from kms.base import DataKey, KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
+from vault.buckets import (
+    EXPIRY,
+    HOLD,
+    BucketKeys,
+    add_months,
+    expiry_record_key,
+    hold_record_key,
+)
+from vault.catalog import Cardinality, Catalog, Category, RetentionKind
 from vault.clock import Clock, utc_now
 from vault.envelope import RecordCipher, RecordPlace, key_version_of
 from vault.errors import (
     AlreadyExists,
+    FailedPrecondition,
     IntegrityFailure,
     InvalidArgument,
     KeyDestroyedError,
@@ -33,9 +44,21 @@ from vault.errors import (
 from vault.ids import RandomBytes, check_id, new_id
 from vault.keycache import DataKeyCache
 from vault.limits import check_fields, check_origin, check_page_size
+from vault.policy import (
+    authorize_read,
+    authorize_subject,
+    authorize_write,
+    readable_categories,
+)
 from vault.storage import (
     ACTIVE,
+    CLOSED,
+    HELD,
+    SCHEME_EXPIRY,
+    SCHEME_HOLD,
+    SCHEME_SUBJECT,
     SHREDDED,
+    WRITABLE,
     Receipt,
     Storage,
     StoredRecord,
@@ -67,6 +90,12 @@ class SubjectView:
     created_at: datetime
     updated_at: datetime
     record_count: int
+    restricted: bool = False
+    objections: tuple[str, ...] = ()
+    consents: tuple[str, ...] = ()
+    closed_at: datetime | None = None
+    scheduled_shred_at: datetime | None = None
+    hold_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +108,7 @@ class RecordView:
     origin: str
     created_at: datetime
     updated_at: datetime
+    retain_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +120,8 @@ class ShredReceipt:
     kms_backend: str
     residual_risk: str
     residual_copies_expire_at: datetime
+    records_retained: int = 0
+    retained_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +130,34 @@ class RecordPage:
     next_page_token: str
 
 
-def _kms_error(error: KmsError) -> OubliError:
+def kms_error(error: KmsError) -> OubliError:
     if isinstance(error, KmsUnavailable):
         return Unavailable("key management service unavailable; safe to retry")
     if isinstance(error, KmsAccessDenied):
         return KmsRefused("the key management service refused oubli's credentials")
     if isinstance(error, KeyDestroyed):
-        return KeyDestroyedError("the subject's key is destroyed: its data is unrecoverable")
-    return IntegrityFailure("the key management service refused the subject's data key")
+        return KeyDestroyedError("the key is destroyed: this data is unrecoverable")
+    return IntegrityFailure("the key management service refused the data key")
+
+
+def subject_view(info: SubjectKeyInfo, record_count: int) -> SubjectView:
+    return SubjectView(
+        info.subject_id,
+        info.state,
+        info.created_at,
+        info.updated_at,
+        record_count,
+        info.restricted,
+        tuple(sorted(info.objections)),
+        tuple(sorted(info.consents)),
+        info.closed_at,
+        info.scheduled_shred_at,
+        info.hold_until,
+    )
 
 
 class VaultService:
-    """Create, read, rectify, delete, export and shred personal data."""
+    """Create, read, rectify, delete, export, retain and shred personal data."""
 
     def __init__(
         self,
@@ -128,24 +176,19 @@ class VaultService:
         self.catalog = catalog
         self.tenant = tenant
         self.cache = cache if cache is not None else DataKeyCache()
-        self._clock = clock
+        self.clock = clock
         self._random_bytes = random_bytes
         self._kms_backup_retention = kms_backup_retention
         self._cipher = RecordCipher(random_bytes)
+        self.buckets = BucketKeys(storage, kms, self.cache, clock, random_bytes, kms_error)
 
     # --- subjects -------------------------------------------------------------------
 
     def create_subject(self) -> SubjectView:
-        now = self._clock()
+        now = self.clock()
         subject_id = new_id(self._random_bytes)
         # The KMS key id is random and unrelated to the subject id.
-        key_id = new_id(self._random_bytes)
-        try:
-            self.kms.create_key(key_id)
-            data_key = self.kms.generate_data_key(key_id)
-        except KmsError as e:
-            self._discard_key(key_id)
-            raise _kms_error(e) from e
+        key_id, data_key = self._new_subject_key()
         info = SubjectKeyInfo(
             subject_id,
             self.tenant,
@@ -162,24 +205,38 @@ class VaultService:
             self._discard_key(key_id)  # no subject row points at it: leave no orphan key
             raise
         self.cache.put(key_id, data_key.key_version, data_key.plaintext)
-        return SubjectView(subject_id, ACTIVE, now, now, 0)
+        return subject_view(info, 0)
+
+    def _new_subject_key(self) -> tuple[str, DataKey]:
+        key_id = new_id(self._random_bytes)
+        try:
+            self.kms.create_key(key_id)
+            return key_id, self.kms.generate_data_key(key_id)
+        except KmsError as e:
+            self._discard_key(key_id)
+            raise kms_error(e) from e
 
     def _discard_key(self, key_id: str) -> None:
         with contextlib.suppress(KmsError):  # best effort: an unused key protects nothing
             self.kms.destroy_key(key_id)
 
-    def get_subject(self, subject_id: str) -> SubjectView:
-        info = self.storage.subject(check_id("subject_id", subject_id))
-        count = self.storage.record_count(subject_id) if info.state == ACTIVE else 0
-        return SubjectView(info.subject_id, info.state, info.created_at, info.updated_at, count)
+    def subject_info(self, subject_id: str) -> SubjectKeyInfo:
+        return self.storage.subject(check_id("subject_id", subject_id))
 
-    def _active_subject(self, subject_id: str) -> SubjectKeyInfo:
-        info = self.storage.subject(check_id("subject_id", subject_id))
-        if info.state != ACTIVE or info.wrapped_dek is None:
+    def get_subject(self, subject_id: str) -> SubjectView:
+        info = self.subject_info(subject_id)
+        count = self.storage.record_count(subject_id) if info.state != SHREDDED else 0
+        return subject_view(info, count)
+
+    def writable_subject(self, subject_id: str) -> SubjectKeyInfo:
+        info = self.subject_info(subject_id)
+        if info.state not in WRITABLE or info.wrapped_dek is None:
             raise SubjectShredded("the subject was erased", subject_id=subject_id)
         return info
 
-    def _dek(self, info: SubjectKeyInfo, key_version: int | None = None) -> bytes:
+    # --- keys -----------------------------------------------------------------------
+
+    def subject_dek(self, info: SubjectKeyInfo, key_version: int | None = None) -> bytes:
         version = info.key_version if key_version is None else key_version
         cached = self.cache.get(info.key_id, version)
         if cached is not None:
@@ -189,30 +246,73 @@ class VaultService:
         try:
             dek = self.kms.unwrap(info.key_id, info.wrapped_dek)
         except KmsError as e:
-            raise _kms_error(e) from e
+            raise kms_error(e) from e
         self.cache.put(info.key_id, version, dek)
         return dek
 
-    def _place(self, info: SubjectKeyInfo, record_id: str, category: str) -> RecordPlace:
-        return RecordPlace(info.tenant, info.subject_id, record_id, category)
+    def _record_key(
+        self, info: SubjectKeyInfo, scheme: str, bucket_id: str | None, key_version: int
+    ) -> bytes:
+        if scheme == SCHEME_SUBJECT:
+            return self.subject_dek(info, key_version)
+        bucket = self.buckets.get(bucket_id or "")
+        if bucket is None:
+            raise KeyDestroyedError("the record's retention period is over: its key is destroyed")
+        bucket_dek = self.buckets.dek(bucket)
+        if scheme == SCHEME_HOLD:
+            return hold_record_key(bucket_dek, bucket.bucket_id, info.subject_id)
+        subject_dek = self.subject_dek(info, key_version)
+        return expiry_record_key(subject_dek, bucket_dek, bucket.bucket_id, info.subject_id)
+
+    def _place(
+        self, info: SubjectKeyInfo, record_id: str, category: str, scheme: str, bucket: str | None
+    ) -> RecordPlace:
+        return RecordPlace(info.tenant, info.subject_id, record_id, category, scheme, bucket or "")
+
+    def _seal(
+        self,
+        info: SubjectKeyInfo,
+        record_id: str,
+        category: str,
+        fields: Mapping[str, str],
+        scheme: str,
+        bucket_id: str | None,
+    ) -> bytes:
+        key = self._record_key(info, scheme, bucket_id, info.key_version)
+        place = self._place(info, record_id, category, scheme, bucket_id)
+        return self._cipher.seal(key, info.key_version, place, fields)
+
+    def _decrypt(self, info: SubjectKeyInfo, stored: StoredRecord) -> dict[str, str]:
+        key = self._record_key(
+            info, stored.key_scheme, stored.bucket_id, key_version_of(stored.ciphertext)
+        )
+        place = self._place(
+            info, stored.record_id, stored.category, stored.key_scheme, stored.bucket_id
+        )
+        return self._cipher.open(key, place, stored.ciphertext)
 
     def _open(self, info: SubjectKeyInfo, stored: StoredRecord) -> RecordView:
-        dek = self._dek(info, key_version_of(stored.ciphertext))
-        fields = self._cipher.open(
-            dek, self._place(info, stored.record_id, stored.category), stored.ciphertext
-        )
         return RecordView(
             stored.subject_id,
             stored.record_id,
             stored.category,
-            fields,
+            self._decrypt(info, stored),
             stored.version,
             stored.origin,
             stored.created_at,
             stored.updated_at,
+            stored.retain_until,
         )
 
     # --- records --------------------------------------------------------------------
+
+    def _placement(self, spec: Category, now: datetime) -> tuple[str, str | None, datetime | None]:
+        """Key scheme, bucket and deadline for a new record of ``spec``."""
+        if spec.retention.kind is RetentionKind.ROLLING:
+            deadline = add_months(now, spec.retention.months)
+            bucket = self.buckets.for_deadline(EXPIRY, spec.name, deadline)
+            return SCHEME_EXPIRY, bucket.bucket_id, bucket.destroy_at
+        return SCHEME_SUBJECT, None, None
 
     def create_record(
         self, subject_id: str, category: str, fields: Mapping[str, str], origin: str
@@ -220,25 +320,39 @@ class VaultService:
         spec = self.catalog.category(category)
         fields = check_fields(fields, spec.fields)
         origin = check_origin(origin)
-        info = self._active_subject(subject_id)
-        dek = self._dek(info)
         record_id = new_id(self._random_bytes)
-        ciphertext = self._cipher.seal(
-            dek, info.key_version, self._place(info, record_id, category), fields
-        )
-        now = self._clock()
-        stored = StoredRecord(subject_id, record_id, category, 1, ciphertext, origin, now, now)
         singleton = category if spec.cardinality is Cardinality.ONE else None
-        try:
-            inserted = self.storage.insert_record(stored, singleton)
-        except AlreadyExists:
-            raise AlreadyExists(
-                f"category {category} holds one record per subject; update it instead",
-                category=category,
-            ) from None
-        if not inserted:  # shredded between the state check and the write
-            raise SubjectShredded("the subject was erased", subject_id=subject_id)
-        return RecordView(subject_id, record_id, category, fields, 1, origin, now, now)
+        for _ in range(3):  # a concurrent re-key changes the subject's key: seal again
+            info = self.writable_subject(subject_id)
+            authorize_write(spec, info)
+            now = self.clock()
+            scheme, bucket_id, retain_until = self._placement(spec, now)
+            ciphertext = self._seal(info, record_id, category, fields, scheme, bucket_id)
+            stored = StoredRecord(
+                subject_id,
+                record_id,
+                category,
+                1,
+                ciphertext,
+                origin,
+                now,
+                now,
+                scheme,
+                bucket_id,
+                retain_until,
+            )
+            try:
+                inserted = self.storage.insert_record(stored, singleton, info.key_id)
+            except AlreadyExists:
+                raise AlreadyExists(
+                    f"category {category} holds one record per subject; update it instead",
+                    category=category,
+                ) from None
+            if inserted:
+                return RecordView(
+                    subject_id, record_id, category, fields, 1, origin, now, now, retain_until
+                )
+        raise Unavailable("the subject's key kept changing; retry")
 
     def _stored(self, subject_id: str, record_id: str) -> StoredRecord:
         stored = self.storage.record(subject_id, check_id("record_id", record_id))
@@ -246,25 +360,50 @@ class VaultService:
             raise RecordNotFound("record not found", record_id=record_id)
         return stored
 
-    def get_record(self, subject_id: str, record_id: str) -> RecordView:
-        info = self._active_subject(subject_id)
-        return self._open(info, self._stored(subject_id, record_id))
+    def get_record(self, subject_id: str, record_id: str, purpose: str) -> RecordView:
+        info = self.subject_info(subject_id)
+        authorize_subject(self.catalog, purpose, info)  # erased subjects: refused first
+        stored = self._stored(subject_id, record_id)
+        authorize_read(self.catalog, self.catalog.category(stored.category), purpose, info)
+        return self._open(info, stored)
+
+    def _readable(self, info: SubjectKeyInfo, purpose: str, category: str) -> list[str]:
+        if category:
+            authorize_read(self.catalog, self.catalog.category(category), purpose, info)
+            return [category]
+        return readable_categories(self.catalog, purpose, info)
 
     def list_records(
-        self, subject_id: str, category: str = "", page_size: int = 0, page_token: str = ""
+        self,
+        subject_id: str,
+        category: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        purpose: str = "",
     ) -> RecordPage:
         limit = check_page_size(page_size)
         if category:
             self.catalog.category(category)
+        self.catalog.purpose(purpose)
         if page_token:
             check_id("page_token", page_token)
-        info = self._active_subject(subject_id)
+        info = self.subject_info(subject_id)
+        categories = self._readable(info, purpose, category)
         stored = self.storage.records(
-            subject_id, category=category or None, after_record_id=page_token, limit=limit + 1
+            subject_id, categories=categories, after_record_id=page_token, limit=limit + 1
         )
         views = [self._open(info, s) for s in stored[:limit]]
         next_token = views[-1].record_id if len(stored) > limit else ""
         return RecordPage(views, next_token)
+
+    def all_records(self, subject_id: str, purpose: str) -> tuple[SubjectKeyInfo, list[RecordView]]:
+        """Every record of the subject readable for ``purpose``, decrypted (export)."""
+        self.catalog.purpose(purpose)
+        info = self.subject_info(subject_id)
+        categories = self._readable(info, purpose, "")
+        return info, [
+            self._open(info, s) for s in self.storage.records(subject_id, categories=categories)
+        ]
 
     def update_record(
         self,
@@ -276,83 +415,204 @@ class VaultService:
     ) -> RecordView:
         if expected_version < 1:
             raise InvalidArgument("expected_version", "expected_version must be >= 1")
-        info = self._active_subject(subject_id)
+        info = self.writable_subject(subject_id)
         current = self._stored(subject_id, record_id)
         spec = self.catalog.category(current.category)
         fields = check_fields(fields, spec.fields)
         origin = check_origin(origin) if origin else current.origin
+        authorize_write(spec, info)
         if current.version != expected_version:
             raise VersionConflict(
-                "record was changed since it was read",
-                current_version=str(current.version),
+                "record was changed since it was read", current_version=str(current.version)
             )
-        dek = self._dek(info)
-        ciphertext = self._cipher.seal(
-            dek, info.key_version, self._place(info, record_id, current.category), fields
+        return self._rewrite(info, current, fields, origin)
+
+    def _rewrite(
+        self,
+        info: SubjectKeyInfo,
+        current: StoredRecord,
+        fields: Mapping[str, str],
+        origin: str,
+        *,
+        scheme: str | None = None,
+        bucket_id: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> RecordView:
+        scheme = scheme or current.key_scheme
+        if bucket_id is None:
+            bucket_id, retain_until = current.bucket_id, current.retain_until
+        ciphertext = self._seal(
+            info, current.record_id, current.category, fields, scheme, bucket_id
         )
-        now = self._clock()
-        updated = StoredRecord(
-            subject_id,
-            record_id,
-            current.category,
-            expected_version + 1,
-            ciphertext,
-            origin,
-            current.created_at,
-            now,
+        now = self.clock()
+        updated = replace(
+            current,
+            version=current.version + 1,
+            ciphertext=ciphertext,
+            origin=origin,
+            updated_at=now,
+            key_scheme=scheme,
+            bucket_id=bucket_id,
+            retain_until=retain_until,
         )
-        if not self.storage.update_record(updated, expected_version):
-            self._active_subject(subject_id)  # shredded meanwhile?
+        if not self.storage.update_record(updated, current.version, info.key_id):
+            self.writable_subject(info.subject_id)  # erased meanwhile?
             raise VersionConflict("record was changed since it was read")
         return RecordView(
-            subject_id,
-            record_id,
+            info.subject_id,
+            current.record_id,
             current.category,
-            fields,
+            dict(fields),
             updated.version,
             origin,
             current.created_at,
             now,
+            retain_until,
         )
 
     def delete_record(self, subject_id: str, record_id: str) -> None:
-        self._active_subject(subject_id)
+        self.writable_subject(subject_id)
         if not self.storage.delete_record(subject_id, check_id("record_id", record_id)):
             raise RecordNotFound("record not found", record_id=record_id)
 
-    def all_records(self, subject_id: str) -> tuple[SubjectKeyInfo, list[RecordView]]:
-        """Every record of an active subject, decrypted (for export)."""
-        info = self._active_subject(subject_id)
-        return info, [self._open(info, s) for s in self.storage.records(subject_id)]
+    def record_event(self, subject_id: str, record_id: str, event: str) -> RecordView:
+        """Record an event that starts a record's retention clock (a ticket resolved).
+
+        The record is re-encrypted under the expiry bucket of its new deadline, so the
+        retention job destroys it with the bucket's key.
+        """
+        info = self.writable_subject(subject_id)
+        current = self._stored(subject_id, record_id)
+        rule = self.catalog.category(current.category).retention
+        if rule.kind is not RetentionKind.AFTER_EVENT or rule.event != event:
+            raise InvalidArgument("event", "this category's retention does not use that event")
+        if current.key_scheme != SCHEME_SUBJECT:
+            raise FailedPrecondition("EVENT_ALREADY_RECORDED", "the event was already recorded")
+        bucket = self.buckets.for_deadline(
+            EXPIRY, current.category, add_months(self.clock(), rule.months)
+        )
+        fields = self._decrypt(info, current)
+        return self._rewrite(
+            info,
+            current,
+            fields,
+            current.origin,
+            scheme=SCHEME_EXPIRY,
+            bucket_id=bucket.bucket_id,
+            retain_until=bucket.destroy_at,
+        )
+
+    # --- account lifecycle ----------------------------------------------------------
+
+    def close_account(self, subject_id: str) -> SubjectView:
+        """Record the account's closure; its erasure is scheduled (6 months by default)."""
+        now = self.clock()
+        months = self.catalog.settings.closed_account_erasure_months
+        if not self.storage.update_subject(
+            check_id("subject_id", subject_id),
+            now,
+            states=(ACTIVE,),
+            state=CLOSED,
+            closed_at=now,
+            scheduled_shred_at=add_months(now, months),
+        ):
+            self._refuse_transition(subject_id, "ACCOUNT_NOT_OPEN", "the account is not open")
+        return self.get_subject(subject_id)
+
+    def reopen_account(self, subject_id: str) -> SubjectView:
+        """Undo a closure before its scheduled erasure."""
+        if not self.storage.update_subject(
+            check_id("subject_id", subject_id),
+            self.clock(),
+            states=(CLOSED,),
+            state=ACTIVE,
+            closed_at=None,
+            scheduled_shred_at=None,
+        ):
+            self._refuse_transition(subject_id, "ACCOUNT_NOT_CLOSED", "the account is not closed")
+        return self.get_subject(subject_id)
+
+    def _refuse_transition(self, subject_id: str, reason: str, message: str) -> None:
+        info = self.subject_info(subject_id)
+        if info.state not in WRITABLE:
+            raise SubjectShredded("the subject was erased", subject_id=subject_id)
+        raise FailedPrecondition(reason, message)
 
     # --- erasure --------------------------------------------------------------------
 
     def shred_subject(self, subject_id: str) -> ShredReceipt:
-        """Erase a subject by destroying its key. Idempotent and safe to retry.
+        """Erase a subject by destroying its key, keeping only what the law requires.
 
         1. mark the subject ``shredding`` (committed: every replica refuses it from now);
-        2. destroy the KMS key (idempotent: an already missing key is fine);
-        3. in one transaction: delete the ciphertext rows, drop the wrapped DEK, mark
-           ``shredded`` and write the receipt to the shred ledger.
+        2. re-encrypt records of legal-hold categories (invoices) under the hold bucket
+           of their deadline (closure, or now, plus the hold period) — one transaction;
+        3. destroy the subject's KMS key (idempotent);
+        4. in one transaction: delete every other record, drop the wrapped DEK, mark the
+           subject ``held`` (legal records remain) or ``shredded``, write the receipt
+           and the key ledger.
 
-        A crash or an outage after step 1 leaves the subject refused; calling again
-        completes the remaining steps. A call on a shredded subject returns its receipt.
+        A crash or outage after step 1 leaves the subject refused; calling again (or the
+        retention job) completes the remaining steps. On an erased subject it returns
+        the receipt.
         """
-        info = self.storage.subject(check_id("subject_id", subject_id))
-        if info.state != SHREDDED:
-            self.storage.mark_shredding(subject_id, self._clock())
-            self.cache.evict(info.key_id)
-            try:
-                self.kms.destroy_key(info.key_id)
-            except KmsError as e:
-                raise _kms_error(e) from e
-            receipt = self.storage.finish_shred(subject_id, self.kms.backend_name, self._clock())
-        else:
+        info = self.subject_info(subject_id)
+        if info.state in (HELD, SHREDDED):
             existing = self.storage.receipt(subject_id)
             if existing is None:  # pragma: no cover - finish_shred writes both at once
-                raise IntegrityFailure("shredded subject without a receipt")
-            receipt = existing
+                raise IntegrityFailure("erased subject without a receipt")
+            return self._receipt(existing)
+        if info.state in WRITABLE:
+            self.storage.mark_shredding(subject_id, self.clock())
+        self._hold_legal_records(info)
+        self.cache.evict(info.key_id)
+        try:
+            self.kms.destroy_key(info.key_id)
+        except KmsError as e:
+            raise kms_error(e) from e
+        held = self.storage.records(subject_id, scheme=SCHEME_HOLD)
+        buckets = [b for b in (self.buckets.get(r.bucket_id or "") for r in held) if b]
+        last = max(buckets, key=lambda b: b.destroy_at, default=None)
+        receipt = self.storage.finish_shred(
+            subject_id,
+            self.kms.backend_name,
+            self.clock(),
+            hold_bucket_id=last.bucket_id if last else None,
+            hold_until=last.destroy_at if last else None,
+        )
         return self._receipt(receipt)
+
+    def _hold_legal_records(self, info: SubjectKeyInfo) -> None:
+        legal = {
+            name: spec
+            for name, spec in self.catalog.categories.items()
+            if spec.retention.kind is RetentionKind.LEGAL_HOLD
+        }
+        pending = self.storage.records(
+            info.subject_id, categories=sorted(legal), scheme=SCHEME_SUBJECT
+        )
+        if not pending:
+            return
+        closure = info.closed_at or self.clock()
+        moved: list[StoredRecord] = []
+        for stored in pending:
+            rule = legal[stored.category].retention
+            bucket = self.buckets.for_deadline(
+                HOLD, stored.category, add_months(closure, rule.months)
+            )
+            fields = self._decrypt(info, stored)
+            ciphertext = self._seal(
+                info, stored.record_id, stored.category, fields, SCHEME_HOLD, bucket.bucket_id
+            )
+            moved.append(
+                replace(
+                    stored,
+                    ciphertext=ciphertext,
+                    key_scheme=SCHEME_HOLD,
+                    bucket_id=bucket.bucket_id,
+                    retain_until=bucket.destroy_at,
+                )
+            )
+        self.storage.move_records(moved)
 
     def _receipt(self, receipt: Receipt) -> ShredReceipt:
         days = self._kms_backup_retention.days
@@ -365,21 +625,75 @@ class VaultService:
             receipt.kms_backend,
             template.format(days=days, backend=receipt.kms_backend),
             receipt.shredded_at + self._kms_backup_retention,
+            receipt.records_retained,
+            receipt.retained_until,
         )
 
+    def rekey(self, subject_id: str, drop_categories: Sequence[str] = (), **flags: object) -> int:
+        """Move a subject to a new KMS key and destroy the old one.
+
+        Records of ``drop_categories`` are deleted, every other record is re-encrypted
+        under the new key: afterwards no copy of the database, backups included, can
+        yield the dropped records. Returns how many records were dropped.
+        """
+        for _ in range(3):
+            info = self.writable_subject(subject_id)
+            records = self.storage.records(subject_id)
+            dropped = [r.record_id for r in records if r.category in drop_categories]
+            key_id, data_key = self._new_subject_key()
+            self.cache.put(key_id, data_key.key_version, data_key.plaintext)
+            new_info = replace(
+                info, key_id=key_id, wrapped_dek=data_key.wrapped, key_version=data_key.key_version
+            )
+            kept = [
+                replace(
+                    r,
+                    ciphertext=self._seal(
+                        new_info,
+                        r.record_id,
+                        r.category,
+                        self._decrypt(info, r),
+                        r.key_scheme,
+                        r.bucket_id,
+                    ),
+                )
+                for r in records
+                if r.category not in drop_categories
+            ]
+            if self.storage.rekey(
+                subject_id,
+                info.key_id,
+                key_id,
+                data_key.wrapped,
+                data_key.key_version,
+                kept,
+                dropped,
+                self.clock(),
+                **flags,
+            ):
+                self.cache.evict(info.key_id)
+                try:
+                    self.kms.destroy_key(info.key_id)
+                except KmsError as e:  # in the ledger: reconcile destroys it later
+                    raise kms_error(e) from e
+                return len(dropped)
+            self.cache.evict(key_id)
+            self._discard_key(key_id)
+        raise Unavailable("the subject kept changing during re-keying; retry")
+
     def reconcile_shreds(self) -> int:
-        """Destroy again every key in the shred ledger; returns how many were checked.
+        """Destroy again every key in the key ledger; returns how many were checked.
 
         Run after restoring a KMS backup (Vault snapshot, keystore file copy) and before
-        serving traffic: the restore brought back keys of subjects erased since the
-        backup was taken. Destroying is idempotent, so running it twice is harmless.
+        serving traffic: the restore brought back keys destroyed since the backup was
+        taken. Destroying is idempotent, so running it twice is harmless.
         """
         checked = 0
-        for key_id in self.storage.shredded_key_ids():
+        for key_id in self.storage.ledger_key_ids():
             self.cache.evict(key_id)
             try:
                 self.kms.destroy_key(key_id)
             except KmsError as e:
-                raise _kms_error(e) from e
+                raise kms_error(e) from e
             checked += 1
         return checked

@@ -7,9 +7,10 @@ one transaction, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -18,12 +19,14 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     Engine,
+    and_,
     create_engine,
     delete,
     event,
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -32,11 +35,30 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from vault.errors import AlreadyExists, SubjectNotFound, Unavailable
-from vault.models import RecordRow, ShredReceiptRow, SubjectRow
+from vault.models import (
+    KeyLedgerRow,
+    RecordRow,
+    RetentionBucketRow,
+    RightsRequestRow,
+    ShredReceiptRow,
+    SubjectRow,
+)
 
 ACTIVE = "active"
+CLOSED = "closed"
 SHREDDING = "shredding"
+HELD = "held"
 SHREDDED = "shredded"
+#: States whose records may be written (and read, purposes permitting).
+WRITABLE = (ACTIVE, CLOSED)
+
+SCHEME_SUBJECT = "subject"
+SCHEME_EXPIRY = "expiry"
+SCHEME_HOLD = "hold"
+
+BUCKET_ACTIVE = "active"
+BUCKET_DESTROYING = "destroying"
+BUCKET_DESTROYED = "destroyed"
 
 
 def make_engine(url: str) -> Engine:
@@ -75,6 +97,8 @@ def migrate(engine: Engine) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SubjectKeyInfo:
+    """A subject's row: state, key, and the flags every access is checked against."""
+
     subject_id: str
     tenant: str
     state: str
@@ -83,6 +107,14 @@ class SubjectKeyInfo:
     key_version: int
     created_at: datetime
     updated_at: datetime
+    restricted: bool = False
+    objections: frozenset[str] = frozenset()
+    #: consent name -> when it was granted
+    consents: dict[str, str] = field(default_factory=dict)
+    closed_at: datetime | None = None
+    scheduled_shred_at: datetime | None = None
+    hold_bucket_id: str | None = None
+    hold_until: datetime | None = None
 
 
 def _subject(row: SubjectRow) -> SubjectKeyInfo:
@@ -95,6 +127,13 @@ def _subject(row: SubjectRow) -> SubjectKeyInfo:
         row.key_version,
         row.created_at,
         row.updated_at,
+        bool(row.restricted),
+        frozenset(json.loads(row.objections or "[]")),
+        dict(json.loads(row.consents or "{}")),
+        row.closed_at,
+        row.scheduled_shred_at,
+        row.hold_bucket_id,
+        row.hold_until,
     )
 
 
@@ -108,6 +147,9 @@ class StoredRecord:
     origin: str
     created_at: datetime
     updated_at: datetime
+    key_scheme: str = SCHEME_SUBJECT
+    bucket_id: str | None = None
+    retain_until: datetime | None = None
 
 
 def _record(row: RecordRow) -> StoredRecord:
@@ -120,6 +162,9 @@ def _record(row: RecordRow) -> StoredRecord:
         row.origin,
         row.created_at,
         row.updated_at,
+        row.key_scheme,
+        row.bucket_id,
+        row.retain_until,
     )
 
 
@@ -130,6 +175,80 @@ class Receipt:
     kms_backend: str
     records_deleted: int
     shredded_at: datetime
+    records_retained: int = 0
+    retained_until: datetime | None = None
+
+
+def _receipt(row: ShredReceiptRow) -> Receipt:
+    return Receipt(
+        row.subject_id,
+        row.key_id,
+        row.kms_backend,
+        row.records_deleted,
+        row.shredded_at,
+        row.records_retained,
+        row.retained_until,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BucketInfo:
+    bucket_id: str
+    kind: str
+    category: str
+    month: str
+    destroy_at: datetime
+    key_id: str
+    wrapped_dek: bytes | None
+    key_version: int
+    state: str
+
+
+def _bucket(row: RetentionBucketRow) -> BucketInfo:
+    return BucketInfo(
+        row.bucket_id,
+        row.kind,
+        row.category,
+        row.month,
+        row.destroy_at,
+        row.key_id,
+        row.wrapped_dek,
+        row.key_version,
+        row.state,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RightsRequest:
+    request_id: str
+    subject_id: str
+    kind: str
+    status: str
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+
+
+def _request(row: RightsRequestRow) -> RightsRequest:
+    return RightsRequest(
+        row.request_id,
+        row.subject_id,
+        row.kind,
+        row.status,
+        row.received_at,
+        row.due_at,
+        row.completed_at,
+    )
+
+
+def _readable() -> Any:
+    """Records whose bucket (if any) still has its key: rows of a destroyed bucket
+    are deleted right after, but a reader must not see them in between."""
+    live = select(RetentionBucketRow.bucket_id).where(
+        RetentionBucketRow.bucket_id == RecordRow.bucket_id,
+        RetentionBucketRow.state == BUCKET_ACTIVE,
+    )
+    return or_(RecordRow.bucket_id.is_(None), live.exists())
 
 
 class Storage:
@@ -165,6 +284,9 @@ class Storage:
                     key_version=info.key_version,
                     created_at=info.created_at,
                     updated_at=info.updated_at,
+                    restricted=False,
+                    objections="[]",
+                    consents="{}",
                 )
             )
 
@@ -177,23 +299,39 @@ class Storage:
 
     def record_count(self, subject_id: str) -> int:
         with self._session() as s:
-            count = s.scalar(
-                select(func.count())
-                .select_from(RecordRow)
-                .where(RecordRow.subject_id == subject_id)
-            )
+            query = select(func.count()).select_from(RecordRow)
+            count = s.scalar(query.where(RecordRow.subject_id == subject_id, _readable()))
             return int(count or 0)
 
-    def mark_shredding(self, subject_id: str, now: datetime) -> None:
+    def update_subject(
+        self, subject_id: str, now: datetime, *, states: Sequence[str], **values: Any
+    ) -> bool:
+        """Change a subject's flags if it is in one of ``states``; False otherwise."""
+        if "objections" in values:
+            values["objections"] = json.dumps(sorted(values["objections"]))
+        if "consents" in values:
+            values["consents"] = json.dumps(values["consents"], sort_keys=True)
         with self._session() as s:
-            s.execute(
+            result = s.execute(
                 update(SubjectRow)
-                .where(SubjectRow.subject_id == subject_id, SubjectRow.state == ACTIVE)
-                .values(state=SHREDDING, updated_at=now)
+                .where(SubjectRow.subject_id == subject_id, SubjectRow.state.in_(states))
+                .values(updated_at=now, **values)
             )
+            return bool(getattr(result, "rowcount", 0))
 
-    def finish_shred(self, subject_id: str, kms_backend: str, now: datetime) -> Receipt:
-        """Delete the ciphertext, forget the wrapped DEK, write the ledger: one transaction."""
+    def mark_shredding(self, subject_id: str, now: datetime) -> None:
+        self.update_subject(subject_id, now, states=WRITABLE, state=SHREDDING)
+
+    def finish_shred(
+        self,
+        subject_id: str,
+        kms_backend: str,
+        now: datetime,
+        hold_bucket_id: str | None = None,
+        hold_until: datetime | None = None,
+    ) -> Receipt:
+        """Delete what may go, keep what is held, forget the wrapped DEK, write the
+        receipt and the key ledger: one transaction."""
         with self._session() as s:
             row = s.get(SubjectRow, subject_id, with_for_update=True)
             if row is None:
@@ -201,39 +339,80 @@ class Storage:
             existing = s.get(ShredReceiptRow, subject_id)
             if existing is not None:
                 return _receipt(existing)
-            deleted = s.execute(delete(RecordRow).where(RecordRow.subject_id == subject_id))
+            deleted = s.execute(
+                delete(RecordRow).where(
+                    RecordRow.subject_id == subject_id, RecordRow.key_scheme != SCHEME_HOLD
+                )
+            )
+            retained = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(RecordRow)
+                    .where(RecordRow.subject_id == subject_id)
+                )
+                or 0
+            )
             receipt = ShredReceiptRow(
                 subject_id=subject_id,
                 key_id=row.key_id,
                 kms_backend=kms_backend,
                 records_deleted=int(getattr(deleted, "rowcount", 0) or 0),
                 shredded_at=now,
+                records_retained=retained,
+                retained_until=hold_until if retained else None,
             )
             s.add(receipt)
-            row.state = SHREDDED
+            self._ledger(s, row.key_id, "subject", now)
+            row.state = HELD if retained else SHREDDED
+            row.hold_bucket_id = hold_bucket_id if retained else None
+            row.hold_until = hold_until if retained else None
             row.wrapped_dek = None
+            row.scheduled_shred_at = None
             row.updated_at = now
             return _receipt(receipt)
-
-    def shredded_key_ids(self) -> list[str]:
-        """Every key id in the shred ledger (for reconcile after a KMS restore)."""
-        with self._session() as s:
-            return list(s.scalars(select(ShredReceiptRow.key_id).order_by(ShredReceiptRow.key_id)))
 
     def receipt(self, subject_id: str) -> Receipt | None:
         with self._session() as s:
             row = s.get(ShredReceiptRow, subject_id)
             return None if row is None else _receipt(row)
 
+    def due_subjects(self, now: datetime, limit: int = 10_000) -> list[str]:
+        """Closed accounts whose erasure is due, and erasures interrupted mid-way."""
+        query = (
+            select(SubjectRow.subject_id)
+            .where(
+                or_(
+                    and_(SubjectRow.state == CLOSED, SubjectRow.scheduled_shred_at <= now),
+                    SubjectRow.state == SHREDDING,
+                )
+            )
+            .order_by(SubjectRow.subject_id)
+            .limit(limit)
+        )
+        with self._session() as s:
+            return list(s.scalars(query))
+
+    # --- key ledger -----------------------------------------------------------------
+
+    @staticmethod
+    def _ledger(s: Session, key_id: str, kind: str, now: datetime) -> None:
+        if s.get(KeyLedgerRow, key_id) is None:
+            s.add(KeyLedgerRow(key_id=key_id, kind=kind, recorded_at=now))
+
+    def ledger_key_ids(self) -> list[str]:
+        """Every key id oubli destroyed (for reconcile after a KMS restore)."""
+        with self._session() as s:
+            return list(s.scalars(select(KeyLedgerRow.key_id).order_by(KeyLedgerRow.key_id)))
+
     # --- records --------------------------------------------------------------------
 
-    def insert_record(self, record: StoredRecord, singleton: str | None) -> bool:
-        """Insert a record if, and only if, its subject is still active.
+    def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:
+        """Insert a record if, and only if, its subject is still writable under ``key_id``.
 
         The state check and the insert are one statement, holding a share lock on the
-        subject row (PostgreSQL) or the write lock (SQLite): a shred that starts
-        meanwhile waits for it, and then deletes the row with the others. Returns False
-        when the subject is no longer active.
+        subject row (PostgreSQL) or the write lock (SQLite): a shred or a re-key that
+        starts meanwhile waits for it, then deletes or re-encrypts the row with the
+        others. Returns False when the subject's state or key changed.
         """
         values = {
             "subject_id": record.subject_id,
@@ -245,11 +424,19 @@ class Storage:
             "origin": record.origin,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
+            "key_scheme": record.key_scheme,
+            "bucket_id": record.bucket_id,
+            "retain_until": record.retain_until,
         }
+        columns = RecordRow.__table__.c
         source = (
-            select(*(literal(v, RecordRow.__table__.c[k].type).label(k) for k, v in values.items()))
+            select(*(literal(v, columns[k].type).label(k) for k, v in values.items()))
             .select_from(SubjectRow)
-            .where(SubjectRow.subject_id == record.subject_id, SubjectRow.state == ACTIVE)
+            .where(
+                SubjectRow.subject_id == record.subject_id,
+                SubjectRow.state.in_(WRITABLE),
+                SubjectRow.key_id == key_id,
+            )
             .with_for_update(read=True)
         )
         with self._session() as s:
@@ -260,32 +447,43 @@ class Storage:
             return inserted.first() is not None
 
     def record(self, subject_id: str, record_id: str) -> StoredRecord | None:
+        query = select(RecordRow).where(
+            RecordRow.subject_id == subject_id, RecordRow.record_id == record_id, _readable()
+        )
         with self._session() as s:
-            row = s.get(RecordRow, (subject_id, record_id))
+            row = s.scalars(query).first()
             return None if row is None else _record(row)
 
     def records(
         self,
         subject_id: str,
         *,
-        category: str | None = None,
+        categories: Sequence[str] | None = None,
         after_record_id: str = "",
         limit: int | None = None,
+        scheme: str | None = None,
     ) -> Sequence[StoredRecord]:
         query = (
             select(RecordRow)
-            .where(RecordRow.subject_id == subject_id, RecordRow.record_id > after_record_id)
+            .where(
+                RecordRow.subject_id == subject_id,
+                RecordRow.record_id > after_record_id,
+                _readable(),
+            )
             .order_by(RecordRow.record_id)
         )
-        if category:
-            query = query.where(RecordRow.category == category)
+        if categories is not None:
+            query = query.where(RecordRow.category.in_(categories))
+        if scheme is not None:
+            query = query.where(RecordRow.key_scheme == scheme)
         if limit is not None:
             query = query.limit(limit)
         with self._session() as s:
             return [_record(row) for row in s.scalars(query)]
 
-    def update_record(self, record: StoredRecord, expected_version: int) -> bool:
-        """Compare-and-set on ``version``; False when the stored version differs."""
+    def update_record(self, record: StoredRecord, expected_version: int, key_id: str) -> bool:
+        """Compare-and-set on ``version`` (and the subject's state and key); False when
+        anything changed since the caller read it."""
         with self._session() as s:
             result = s.execute(
                 update(RecordRow)
@@ -295,7 +493,11 @@ class Storage:
                     RecordRow.version == expected_version,
                     # A shred deletes rows under the row lock this update takes.
                     select(SubjectRow.subject_id)
-                    .where(SubjectRow.subject_id == record.subject_id, SubjectRow.state == ACTIVE)
+                    .where(
+                        SubjectRow.subject_id == record.subject_id,
+                        SubjectRow.state.in_(WRITABLE),
+                        SubjectRow.key_id == key_id,
+                    )
                     .exists(),
                 )
                 .values(
@@ -303,6 +505,9 @@ class Storage:
                     ciphertext=record.ciphertext,
                     origin=record.origin,
                     updated_at=record.updated_at,
+                    key_scheme=record.key_scheme,
+                    bucket_id=record.bucket_id,
+                    retain_until=record.retain_until,
                 )
             )
             return bool(getattr(result, "rowcount", 0))
@@ -316,8 +521,193 @@ class Storage:
             )
             return bool(getattr(result, "rowcount", 0))
 
+    def move_records(self, moved: Sequence[StoredRecord]) -> None:
+        """Replace ciphertext and key scheme of records (re-encryption), one transaction."""
+        with self._session() as s:
+            for record in moved:
+                s.execute(
+                    update(RecordRow)
+                    .where(
+                        RecordRow.subject_id == record.subject_id,
+                        RecordRow.record_id == record.record_id,
+                    )
+                    .values(
+                        ciphertext=record.ciphertext,
+                        key_scheme=record.key_scheme,
+                        bucket_id=record.bucket_id,
+                        retain_until=record.retain_until,
+                    )
+                )
 
-def _receipt(row: ShredReceiptRow) -> Receipt:
-    return Receipt(
-        row.subject_id, row.key_id, row.kms_backend, row.records_deleted, row.shredded_at
-    )
+    def rekey(
+        self,
+        subject_id: str,
+        old_key_id: str,
+        new_key_id: str,
+        wrapped_dek: bytes,
+        key_version: int,
+        reencrypted: Sequence[StoredRecord],
+        deleted_record_ids: Sequence[str],
+        now: datetime,
+        **flags: Any,
+    ) -> bool:
+        """Switch a subject to a new key with its records re-encrypted, in one
+        transaction; the old key goes into the ledger (to be destroyed next)."""
+        if "consents" in flags:
+            flags["consents"] = json.dumps(flags["consents"], sort_keys=True)
+        with self._session() as s:
+            row = s.get(SubjectRow, subject_id, with_for_update=True)
+            if row is None or row.key_id != old_key_id or row.state not in WRITABLE:
+                return False
+            current = set(
+                s.scalars(select(RecordRow.record_id).where(RecordRow.subject_id == subject_id))
+            )
+            if current != {r.record_id for r in reencrypted} | set(deleted_record_ids):
+                return False  # a record was written meanwhile: the caller starts again
+            if deleted_record_ids:
+                s.execute(
+                    delete(RecordRow).where(
+                        RecordRow.subject_id == subject_id,
+                        RecordRow.record_id.in_(deleted_record_ids),
+                    )
+                )
+            for record in reencrypted:
+                s.execute(
+                    update(RecordRow)
+                    .where(
+                        RecordRow.subject_id == subject_id,
+                        RecordRow.record_id == record.record_id,
+                    )
+                    .values(ciphertext=record.ciphertext)
+                )
+            row.key_id = new_key_id
+            row.wrapped_dek = wrapped_dek
+            row.key_version = key_version
+            row.updated_at = now
+            for name, value in flags.items():
+                setattr(row, name, value)
+            self._ledger(s, old_key_id, "retired", now)
+            return True
+
+    # --- retention buckets ----------------------------------------------------------
+
+    def bucket(self, bucket_id: str) -> BucketInfo | None:
+        with self._session() as s:
+            row = s.get(RetentionBucketRow, bucket_id)
+            return None if row is None else _bucket(row)
+
+    def insert_bucket(self, info: BucketInfo, now: datetime) -> None:
+        with self._session() as s:
+            s.add(
+                RetentionBucketRow(
+                    bucket_id=info.bucket_id,
+                    kind=info.kind,
+                    category=info.category,
+                    month=info.month,
+                    destroy_at=info.destroy_at,
+                    key_id=info.key_id,
+                    wrapped_dek=info.wrapped_dek,
+                    key_version=info.key_version,
+                    state=info.state,
+                    created_at=now,
+                )
+            )
+
+    def due_buckets(self, now: datetime) -> list[BucketInfo]:
+        query = (
+            select(RetentionBucketRow)
+            .where(
+                RetentionBucketRow.state.in_((BUCKET_ACTIVE, BUCKET_DESTROYING)),
+                RetentionBucketRow.destroy_at <= now,
+            )
+            .order_by(RetentionBucketRow.destroy_at, RetentionBucketRow.bucket_id)
+        )
+        with self._session() as s:
+            return [_bucket(row) for row in s.scalars(query)]
+
+    def bucket_record_count(self, bucket_id: str) -> int:
+        with self._session() as s:
+            query = select(func.count()).select_from(RecordRow)
+            return int(s.scalar(query.where(RecordRow.bucket_id == bucket_id)) or 0)
+
+    def mark_bucket_destroying(self, bucket_id: str) -> None:
+        with self._session() as s:
+            s.execute(
+                update(RetentionBucketRow)
+                .where(
+                    RetentionBucketRow.bucket_id == bucket_id,
+                    RetentionBucketRow.state == BUCKET_ACTIVE,
+                )
+                .values(state=BUCKET_DESTROYING)
+            )
+
+    def finish_bucket(self, bucket_id: str, now: datetime) -> tuple[int, int]:
+        """After the bucket's key is destroyed: delete its (unreadable) records, close
+        the subjects that only had held records in it. Returns (records, subjects)."""
+        with self._session() as s:
+            row = s.get(RetentionBucketRow, bucket_id, with_for_update=True)
+            if row is None or row.state == BUCKET_DESTROYED:
+                return 0, 0
+            deleted = s.execute(delete(RecordRow).where(RecordRow.bucket_id == bucket_id))
+            finished = s.execute(
+                update(SubjectRow)
+                .where(SubjectRow.state == HELD, SubjectRow.hold_bucket_id == bucket_id)
+                .values(state=SHREDDED, hold_bucket_id=None, updated_at=now)
+            )
+            row.state = BUCKET_DESTROYED
+            row.wrapped_dek = None
+            row.destroyed_at = now
+            self._ledger(s, row.key_id, "bucket", now)
+            return (
+                int(getattr(deleted, "rowcount", 0) or 0),
+                int(getattr(finished, "rowcount", 0) or 0),
+            )
+
+    # --- rights requests ------------------------------------------------------------
+
+    def insert_request(self, request: RightsRequest) -> None:
+        with self._session() as s:
+            s.add(
+                RightsRequestRow(
+                    request_id=request.request_id,
+                    subject_id=request.subject_id,
+                    kind=request.kind,
+                    status=request.status,
+                    received_at=request.received_at,
+                    due_at=request.due_at,
+                    completed_at=request.completed_at,
+                )
+            )
+
+    def request(self, request_id: str) -> RightsRequest | None:
+        with self._session() as s:
+            row = s.get(RightsRequestRow, request_id)
+            return None if row is None else _request(row)
+
+    def close_request(self, request_id: str, status: str, now: datetime) -> bool:
+        with self._session() as s:
+            result = s.execute(
+                update(RightsRequestRow)
+                .where(RightsRequestRow.request_id == request_id, RightsRequestRow.status == "open")
+                .values(status=status, completed_at=now)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def requests(
+        self,
+        *,
+        subject_id: str | None = None,
+        status: str | None = None,
+        due_before: datetime | None = None,
+    ) -> list[RightsRequest]:
+        query = select(RightsRequestRow).order_by(
+            RightsRequestRow.due_at, RightsRequestRow.request_id
+        )
+        if subject_id is not None:
+            query = query.where(RightsRequestRow.subject_id == subject_id)
+        if status is not None:
+            query = query.where(RightsRequestRow.status == status)
+        if due_before is not None:
+            query = query.where(RightsRequestRow.due_at < due_before)
+        with self._session() as s:
+            return [_request(row) for row in s.scalars(query)]

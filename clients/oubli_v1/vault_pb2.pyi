@@ -42,6 +42,12 @@ class _SubjectStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubjectS
     """An erasure was started but not completed; the subject is refused."""
     SUBJECT_STATE_SHREDDED: _SubjectState.ValueType  # 3
     """The subject's key is destroyed; its data is gone for good."""
+    SUBJECT_STATE_CLOSED: _SubjectState.ValueType  # 4
+    """The account is closed; its erasure is scheduled (scheduled_erasure_time)."""
+    SUBJECT_STATE_HELD: _SubjectState.ValueType  # 5
+    """Erased, except records a law requires to keep (invoices) until hold_until_time;
+    those are readable only for their legal purposes.
+    """
 
 class SubjectState(_SubjectState, metaclass=_SubjectStateEnumTypeWrapper):
     """Lifecycle of a subject (the person whose data is stored)."""
@@ -53,6 +59,12 @@ SUBJECT_STATE_SHREDDING: SubjectState.ValueType  # 2
 """An erasure was started but not completed; the subject is refused."""
 SUBJECT_STATE_SHREDDED: SubjectState.ValueType  # 3
 """The subject's key is destroyed; its data is gone for good."""
+SUBJECT_STATE_CLOSED: SubjectState.ValueType  # 4
+"""The account is closed; its erasure is scheduled (scheduled_erasure_time)."""
+SUBJECT_STATE_HELD: SubjectState.ValueType  # 5
+"""Erased, except records a law requires to keep (invoices) until hold_until_time;
+those are readable only for their legal purposes.
+"""
 Global___SubjectState: _TypeAlias = SubjectState  # noqa: Y015
 
 @_typing.final
@@ -66,15 +78,37 @@ class Subject(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    OBJECTIONS_FIELD_NUMBER: _builtins.int
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULED_ERASURE_TIME_FIELD_NUMBER: _builtins.int
+    HOLD_UNTIL_TIME_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     """Opaque, server-generated identifier (26 characters, lowercase base32)."""
     state: Global___SubjectState.ValueType
     record_count: _builtins.int
     """Number of records currently stored for the subject."""
+    restricted: _builtins.bool
+    """Right to restriction: only purposes allowed under restriction may read."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def objections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Purposes the subject objected to."""
+
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Consents the subject granted (names from the policy catalog)."""
+
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scheduled_erasure_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def hold_until_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -83,10 +117,16 @@ class Subject(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         record_count: _builtins.int = ...,
+        restricted: _builtins.bool = ...,
+        objections: _abc.Iterable[_builtins.str] | None = ...,
+        consents: _abc.Iterable[_builtins.str] | None = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+        scheduled_erasure_time: _timestamp_pb2.Timestamp | None = ...,
+        hold_until_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "hold_until_time", b"hold_until_time", "scheduled_erasure_time", b"scheduled_erasure_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "record_count", b"record_count", "state", b"state", "subject_id", b"subject_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "consents", b"consents", "create_time", b"create_time", "hold_until_time", b"hold_until_time", "objections", b"objections", "record_count", b"record_count", "restricted", b"restricted", "scheduled_erasure_time", b"scheduled_erasure_time", "state", b"state", "subject_id", b"subject_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -126,6 +166,7 @@ class Record(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RETAIN_UNTIL_TIME_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     record_id: _builtins.str
     """Opaque, server-generated identifier (26 characters, lowercase base32)."""
@@ -143,6 +184,12 @@ class Record(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def retain_until_time(self) -> _timestamp_pb2.Timestamp:
+        """When the record's key is destroyed at the latest; unset when it depends on the
+        account (erased on request or after closure).
+        """
+
     def __init__(
         self,
         *,
@@ -154,10 +201,11 @@ class Record(_message.Message):
         origin: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        retain_until_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "retain_until_time", b"retain_until_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "fields", b"fields", "origin", b"origin", "record_id", b"record_id", "subject_id", b"subject_id", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "fields", b"fields", "origin", b"origin", "record_id", b"record_id", "retain_until_time", b"retain_until_time", "subject_id", b"subject_id", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,6 +224,8 @@ class ShredReceipt(_message.Message):
     KMS_BACKEND_FIELD_NUMBER: _builtins.int
     RESIDUAL_RISK_FIELD_NUMBER: _builtins.int
     RESIDUAL_COPIES_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    RECORDS_RETAINED_FIELD_NUMBER: _builtins.int
+    RETAINED_UNTIL_TIME_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     key_id: _builtins.str
     """Identifier of the destroyed KMS key (random, never personal data)."""
@@ -187,6 +237,10 @@ class ShredReceipt(_message.Message):
     """Copies that may still exist and when they lapse (for instance backups of
     the KMS itself), in plain words.
     """
+    records_retained: _builtins.int
+    """Records kept under a legal hold (e.g. invoices), readable only for their legal
+    purposes until retained_until_time, when their key is destroyed too.
+    """
     @_builtins.property
     def shred_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -195,6 +249,8 @@ class ShredReceipt(_message.Message):
         the configured KMS backup retention, 7 days by default).
         """
 
+    @_builtins.property
+    def retained_until_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -205,14 +261,94 @@ class ShredReceipt(_message.Message):
         kms_backend: _builtins.str = ...,
         residual_risk: _builtins.str = ...,
         residual_copies_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        records_retained: _builtins.int = ...,
+        retained_until_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["residual_copies_expire_time", b"residual_copies_expire_time", "shred_time", b"shred_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["residual_copies_expire_time", b"residual_copies_expire_time", "retained_until_time", b"retained_until_time", "shred_time", b"shred_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kms_backend", b"kms_backend", "records_deleted", b"records_deleted", "residual_copies_expire_time", b"residual_copies_expire_time", "residual_risk", b"residual_risk", "shred_time", b"shred_time", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kms_backend", b"kms_backend", "records_deleted", b"records_deleted", "records_retained", b"records_retained", "residual_copies_expire_time", b"residual_copies_expire_time", "residual_risk", b"residual_risk", "retained_until_time", b"retained_until_time", "shred_time", b"shred_time", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShredReceipt: _TypeAlias = ShredReceipt  # noqa: Y015
+
+@_typing.final
+class CloseAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseAccountRequest: _TypeAlias = CloseAccountRequest  # noqa: Y015
+
+@_typing.final
+class CloseAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseAccountResponse: _TypeAlias = CloseAccountResponse  # noqa: Y015
+
+@_typing.final
+class ReopenAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReopenAccountRequest: _TypeAlias = ReopenAccountRequest  # noqa: Y015
+
+@_typing.final
+class ReopenAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReopenAccountResponse: _TypeAlias = ReopenAccountResponse  # noqa: Y015
 
 @_typing.final
 class CreateSubjectRequest(_message.Message):
@@ -332,15 +468,21 @@ class ExportSubjectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
+    purpose: _builtins.str
+    """Why the data is read: "portability" for the subject's own export; any other
+    purpose exports only the categories that purpose may read.
+    """
     def __init__(
         self,
         *,
         subject_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,6 +511,52 @@ class ExportSubjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
+
+@_typing.final
+class RecordEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    record_id: _builtins.str
+    event: _builtins.str
+    """Event name from the category's retention rule."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        event: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEventRequest: _TypeAlias = RecordEventRequest  # noqa: Y015
+
+@_typing.final
+class RecordEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> Global___Record: ...
+    def __init__(
+        self,
+        *,
+        record: Global___Record | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEventResponse: _TypeAlias = RecordEventResponse  # noqa: Y015
 
 @_typing.final
 class CreateRecordRequest(_message.Message):
@@ -445,17 +633,21 @@ class GetRecordRequest(_message.Message):
 
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     RECORD_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     record_id: _builtins.str
+    purpose: _builtins.str
+    """Why the record is read; must be allowed by the catalog and the subject."""
     def __init__(
         self,
         *,
         subject_id: _builtins.str = ...,
         record_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,6 +681,7 @@ class ListRecordsRequest(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     category: _builtins.str
     """Empty for every category."""
@@ -496,6 +689,10 @@ class ListRecordsRequest(_message.Message):
     """At most 500; 0 means 100."""
     page_token: _builtins.str
     """From a previous ListRecordsResponse; empty for the first page."""
+    purpose: _builtins.str
+    """Why the records are read. Without a category, only the categories this
+    purpose may read are listed.
+    """
     def __init__(
         self,
         *,
@@ -503,10 +700,11 @@ class ListRecordsRequest(_message.Message):
         category: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        purpose: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "page_size", b"page_size", "page_token", b"page_token", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "page_size", b"page_size", "page_token", b"page_token", "purpose", b"purpose", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,3 +846,587 @@ class DeleteRecordResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteRecordResponse: _TypeAlias = DeleteRecordResponse  # noqa: Y015
+
+@_typing.final
+class GetAccessReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessReportRequest: _TypeAlias = GetAccessReportRequest  # noqa: Y015
+
+@_typing.final
+class GetAccessReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    json: _builtins.bytes
+    """UTF-8 JSON document."""
+    content_type: _builtins.str
+    def __init__(
+        self,
+        *,
+        json: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "json", b"json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccessReportResponse: _TypeAlias = GetAccessReportResponse  # noqa: Y015
+
+@_typing.final
+class RestrictProcessingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestrictProcessingRequest: _TypeAlias = RestrictProcessingRequest  # noqa: Y015
+
+@_typing.final
+class RestrictProcessingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestrictProcessingResponse: _TypeAlias = RestrictProcessingResponse  # noqa: Y015
+
+@_typing.final
+class LiftRestrictionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftRestrictionRequest: _TypeAlias = LiftRestrictionRequest  # noqa: Y015
+
+@_typing.final
+class LiftRestrictionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftRestrictionResponse: _TypeAlias = LiftRestrictionResponse  # noqa: Y015
+
+@_typing.final
+class ObjectToPurposeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObjectToPurposeRequest: _TypeAlias = ObjectToPurposeRequest  # noqa: Y015
+
+@_typing.final
+class ObjectToPurposeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObjectToPurposeResponse: _TypeAlias = ObjectToPurposeResponse  # noqa: Y015
+
+@_typing.final
+class WithdrawObjectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawObjectionRequest: _TypeAlias = WithdrawObjectionRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawObjectionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawObjectionResponse: _TypeAlias = WithdrawObjectionResponse  # noqa: Y015
+
+@_typing.final
+class GrantConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    consent: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        consent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentRequest: _TypeAlias = GrantConsentRequest  # noqa: Y015
+
+@_typing.final
+class GrantConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentResponse: _TypeAlias = GrantConsentResponse  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    consent: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        consent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentRequest: _TypeAlias = WithdrawConsentRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    RECORDS_DESTROYED_FIELD_NUMBER: _builtins.int
+    records_destroyed: _builtins.int
+    """Records destroyed because they were stored under the consent."""
+    @_builtins.property
+    def subject(self) -> Global___Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+        records_destroyed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records_destroyed", b"records_destroyed", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentResponse: _TypeAlias = WithdrawConsentResponse  # noqa: Y015
+
+@_typing.final
+class RightsRequest(_message.Message):
+    """A data-subject request and its deadline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    subject_id: _builtins.str
+    kind: _builtins.str
+    """access | rectification | erasure | restriction | portability | objection"""
+    status: _builtins.str
+    """open | completed | rejected"""
+    @_builtins.property
+    def receive_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def complete_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        subject_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        status: _builtins.str = ...,
+        receive_time: _timestamp_pb2.Timestamp | None = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        complete_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "due_time", b"due_time", "receive_time", b"receive_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "due_time", b"due_time", "kind", b"kind", "receive_time", b"receive_time", "request_id", b"request_id", "status", b"status", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RightsRequest: _TypeAlias = RightsRequest  # noqa: Y015
+
+@_typing.final
+class CreateRightsRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    kind: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRightsRequestRequest: _TypeAlias = CreateRightsRequestRequest  # noqa: Y015
+
+@_typing.final
+class CreateRightsRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___RightsRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___RightsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRightsRequestResponse: _TypeAlias = CreateRightsRequestResponse  # noqa: Y015
+
+@_typing.final
+class CloseRightsRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    status: _builtins.str
+    """completed | rejected"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseRightsRequestRequest: _TypeAlias = CloseRightsRequestRequest  # noqa: Y015
+
+@_typing.final
+class CloseRightsRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___RightsRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___RightsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseRightsRequestResponse: _TypeAlias = CloseRightsRequestResponse  # noqa: Y015
+
+@_typing.final
+class ListRightsRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    OPEN_ONLY_FIELD_NUMBER: _builtins.int
+    OVERDUE_ONLY_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """Empty for every subject."""
+    open_only: _builtins.bool
+    overdue_only: _builtins.bool
+    """Open requests past their due date."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        open_only: _builtins.bool = ...,
+        overdue_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["open_only", b"open_only", "overdue_only", b"overdue_only", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRightsRequestsRequest: _TypeAlias = ListRightsRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListRightsRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RightsRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RightsRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRightsRequestsResponse: _TypeAlias = ListRightsRequestsResponse  # noqa: Y015
+
+@_typing.final
+class RunRetentionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """List what would be destroyed; destroy nothing."""
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRetentionRequest: _TypeAlias = RunRetentionRequest  # noqa: Y015
+
+@_typing.final
+class RetentionAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """erase_subject | destroy_bucket"""
+    target: _builtins.str
+    """Subject id or bucket id."""
+    records: _builtins.int
+    done: _builtins.int
+    """Progress: actions done so far and in all."""
+    total: _builtins.int
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        target: _builtins.str = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        records: _builtins.int = ...,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "due_time", b"due_time", "kind", b"kind", "records", b"records", "target", b"target", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionAction: _TypeAlias = RetentionAction  # noqa: Y015
+
+@_typing.final
+class RetentionSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    SUBJECTS_ERASED_FIELD_NUMBER: _builtins.int
+    BUCKETS_DESTROYED_FIELD_NUMBER: _builtins.int
+    RECORDS_DESTROYED_FIELD_NUMBER: _builtins.int
+    RUN_TIME_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    subjects_erased: _builtins.int
+    buckets_destroyed: _builtins.int
+    records_destroyed: _builtins.int
+    @_builtins.property
+    def run_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        subjects_erased: _builtins.int = ...,
+        buckets_destroyed: _builtins.int = ...,
+        records_destroyed: _builtins.int = ...,
+        run_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run_time", b"run_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets_destroyed", b"buckets_destroyed", "dry_run", b"dry_run", "records_destroyed", b"records_destroyed", "run_time", b"run_time", "subjects_erased", b"subjects_erased"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionSummary: _TypeAlias = RetentionSummary  # noqa: Y015
+
+@_typing.final
+class RunRetentionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def action(self) -> Global___RetentionAction: ...
+    @_builtins.property
+    def summary(self) -> Global___RetentionSummary: ...
+    def __init__(
+        self,
+        *,
+        action: Global___RetentionAction | None = ...,
+        summary: Global___RetentionSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "item", b"item", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "item", b"item", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["action", "summary"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___RunRetentionResponse: _TypeAlias = RunRetentionResponse  # noqa: Y015

@@ -55,6 +55,16 @@ class SubjectServiceStub:
                 request_serializer=oubli_dot_v1_dot_vault__pb2.ExportSubjectRequest.SerializeToString,
                 response_deserializer=oubli_dot_v1_dot_vault__pb2.ExportSubjectResponse.FromString,
                 _registered_method=True)
+        self.CloseAccount = channel.unary_unary(
+                '/oubli.v1.SubjectService/CloseAccount',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.CloseAccountRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.CloseAccountResponse.FromString,
+                _registered_method=True)
+        self.ReopenAccount = channel.unary_unary(
+                '/oubli.v1.SubjectService/ReopenAccount',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountResponse.FromString,
+                _registered_method=True)
 
 
 class SubjectServiceServicer:
@@ -90,6 +100,20 @@ class SubjectServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseAccount(self, request, context):
+        """Records the account's closure and schedules its erasure (6 months by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReopenAccount(self, request, context):
+        """Reopens a closed account before its scheduled erasure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubjectServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +136,16 @@ def add_SubjectServiceServicer_to_server(servicer, server):
                     servicer.ExportSubject,
                     request_deserializer=oubli_dot_v1_dot_vault__pb2.ExportSubjectRequest.FromString,
                     response_serializer=oubli_dot_v1_dot_vault__pb2.ExportSubjectResponse.SerializeToString,
+            ),
+            'CloseAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseAccount,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.CloseAccountRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.CloseAccountResponse.SerializeToString,
+            ),
+            'ReopenAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenAccount,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +267,60 @@ class SubjectService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CloseAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SubjectService/CloseAccount',
+            oubli_dot_v1_dot_vault__pb2.CloseAccountRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.CloseAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SubjectService/ReopenAccount',
+            oubli_dot_v1_dot_vault__pb2.ReopenAccountRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.ReopenAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class RecordServiceStub:
     """Records of a subject: create (put), read, list, rectify, delete.
@@ -268,6 +356,11 @@ class RecordServiceStub:
                 '/oubli.v1.RecordService/DeleteRecord',
                 request_serializer=oubli_dot_v1_dot_vault__pb2.DeleteRecordRequest.SerializeToString,
                 response_deserializer=oubli_dot_v1_dot_vault__pb2.DeleteRecordResponse.FromString,
+                _registered_method=True)
+        self.RecordEvent = channel.unary_unary(
+                '/oubli.v1.RecordService/RecordEvent',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.RecordEventRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.RecordEventResponse.FromString,
                 _registered_method=True)
 
 
@@ -309,6 +402,14 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvent(self, request, context):
+        """Records an event that starts the record's retention clock (e.g. "resolved" for
+        a support ticket: kept 2 years after resolution).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +437,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.DeleteRecord,
                     request_deserializer=oubli_dot_v1_dot_vault__pb2.DeleteRecordRequest.FromString,
                     response_serializer=oubli_dot_v1_dot_vault__pb2.DeleteRecordResponse.SerializeToString,
+            ),
+            'RecordEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvent,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.RecordEventRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.RecordEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +580,578 @@ class RecordService:
             '/oubli.v1.RecordService/DeleteRecord',
             oubli_dot_v1_dot_vault__pb2.DeleteRecordRequest.SerializeToString,
             oubli_dot_v1_dot_vault__pb2.DeleteRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RecordService/RecordEvent',
+            oubli_dot_v1_dot_vault__pb2.RecordEventRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.RecordEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RightsServiceStub:
+    """Data-subject rights: access report, restriction, objection, consent, requests.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetAccessReport = channel.unary_unary(
+                '/oubli.v1.RightsService/GetAccessReport',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.GetAccessReportRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.GetAccessReportResponse.FromString,
+                _registered_method=True)
+        self.RestrictProcessing = channel.unary_unary(
+                '/oubli.v1.RightsService/RestrictProcessing',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.RestrictProcessingRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.RestrictProcessingResponse.FromString,
+                _registered_method=True)
+        self.LiftRestriction = channel.unary_unary(
+                '/oubli.v1.RightsService/LiftRestriction',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.LiftRestrictionRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.LiftRestrictionResponse.FromString,
+                _registered_method=True)
+        self.ObjectToPurpose = channel.unary_unary(
+                '/oubli.v1.RightsService/ObjectToPurpose',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.ObjectToPurposeRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.ObjectToPurposeResponse.FromString,
+                _registered_method=True)
+        self.WithdrawObjection = channel.unary_unary(
+                '/oubli.v1.RightsService/WithdrawObjection',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.WithdrawObjectionRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.WithdrawObjectionResponse.FromString,
+                _registered_method=True)
+        self.GrantConsent = channel.unary_unary(
+                '/oubli.v1.RightsService/GrantConsent',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.GrantConsentRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.GrantConsentResponse.FromString,
+                _registered_method=True)
+        self.WithdrawConsent = channel.unary_unary(
+                '/oubli.v1.RightsService/WithdrawConsent',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.WithdrawConsentRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.WithdrawConsentResponse.FromString,
+                _registered_method=True)
+        self.CreateRightsRequest = channel.unary_unary(
+                '/oubli.v1.RightsService/CreateRightsRequest',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.CreateRightsRequestRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.CreateRightsRequestResponse.FromString,
+                _registered_method=True)
+        self.CloseRightsRequest = channel.unary_unary(
+                '/oubli.v1.RightsService/CloseRightsRequest',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.CloseRightsRequestRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.CloseRightsRequestResponse.FromString,
+                _registered_method=True)
+        self.ListRightsRequests = channel.unary_unary(
+                '/oubli.v1.RightsService/ListRightsRequests',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.ListRightsRequestsRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.ListRightsRequestsResponse.FromString,
+                _registered_method=True)
+
+
+class RightsServiceServicer:
+    """Data-subject rights: access report, restriction, objection, consent, requests.
+    """
+
+    def GetAccessReport(self, request, context):
+        """All the subject's data plus, per category, origin, purposes, legal basis,
+        recipients and retention (JSON, vault/schemas/access_report.v1.schema.json).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestrictProcessing(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftRestriction(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ObjectToPurpose(self, request, context):
+        """Right to object to a purpose (only purposes the catalog marks objectable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawObjection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawConsent(self, request, context):
+        """Withdraws a consent; data stored under it (e.g. a card number) is destroyed by
+        moving the subject to a new key and destroying the old one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRightsRequest(self, request, context):
+        """Records a rights request; it is due 30 days after it was received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseRightsRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRightsRequests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RightsServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetAccessReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccessReport,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.GetAccessReportRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.GetAccessReportResponse.SerializeToString,
+            ),
+            'RestrictProcessing': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestrictProcessing,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.RestrictProcessingRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.RestrictProcessingResponse.SerializeToString,
+            ),
+            'LiftRestriction': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftRestriction,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.LiftRestrictionRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.LiftRestrictionResponse.SerializeToString,
+            ),
+            'ObjectToPurpose': grpc.unary_unary_rpc_method_handler(
+                    servicer.ObjectToPurpose,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.ObjectToPurposeRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.ObjectToPurposeResponse.SerializeToString,
+            ),
+            'WithdrawObjection': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawObjection,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.WithdrawObjectionRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.WithdrawObjectionResponse.SerializeToString,
+            ),
+            'GrantConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantConsent,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.GrantConsentRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.GrantConsentResponse.SerializeToString,
+            ),
+            'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawConsent,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.WithdrawConsentRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.WithdrawConsentResponse.SerializeToString,
+            ),
+            'CreateRightsRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRightsRequest,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.CreateRightsRequestRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.CreateRightsRequestResponse.SerializeToString,
+            ),
+            'CloseRightsRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseRightsRequest,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.CloseRightsRequestRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.CloseRightsRequestResponse.SerializeToString,
+            ),
+            'ListRightsRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRightsRequests,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.ListRightsRequestsRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.ListRightsRequestsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oubli.v1.RightsService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oubli.v1.RightsService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RightsService:
+    """Data-subject rights: access report, restriction, objection, consent, requests.
+    """
+
+    @staticmethod
+    def GetAccessReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/GetAccessReport',
+            oubli_dot_v1_dot_vault__pb2.GetAccessReportRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.GetAccessReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestrictProcessing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/RestrictProcessing',
+            oubli_dot_v1_dot_vault__pb2.RestrictProcessingRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.RestrictProcessingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftRestriction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/LiftRestriction',
+            oubli_dot_v1_dot_vault__pb2.LiftRestrictionRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.LiftRestrictionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ObjectToPurpose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/ObjectToPurpose',
+            oubli_dot_v1_dot_vault__pb2.ObjectToPurposeRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.ObjectToPurposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawObjection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/WithdrawObjection',
+            oubli_dot_v1_dot_vault__pb2.WithdrawObjectionRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.WithdrawObjectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/GrantConsent',
+            oubli_dot_v1_dot_vault__pb2.GrantConsentRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.GrantConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/WithdrawConsent',
+            oubli_dot_v1_dot_vault__pb2.WithdrawConsentRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.WithdrawConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRightsRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/CreateRightsRequest',
+            oubli_dot_v1_dot_vault__pb2.CreateRightsRequestRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.CreateRightsRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseRightsRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/CloseRightsRequest',
+            oubli_dot_v1_dot_vault__pb2.CloseRightsRequestRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.CloseRightsRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRightsRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RightsService/ListRightsRequests',
+            oubli_dot_v1_dot_vault__pb2.ListRightsRequestsRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.ListRightsRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RetentionServiceStub:
+    """Retention: carry out what is due (expired buckets, scheduled erasures).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RunRetention = channel.unary_stream(
+                '/oubli.v1.RetentionService/RunRetention',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.RunRetentionRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.RunRetentionResponse.FromString,
+                _registered_method=True)
+
+
+class RetentionServiceServicer:
+    """Retention: carry out what is due (expired buckets, scheduled erasures).
+    """
+
+    def RunRetention(self, request, context):
+        """Streams one message per action carried out (or, on a dry run, planned), then
+        a summary. Idempotent: a second run finds nothing due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RetentionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RunRetention': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunRetention,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.RunRetentionRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.RunRetentionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oubli.v1.RetentionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oubli.v1.RetentionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RetentionService:
+    """Retention: carry out what is due (expired buckets, scheduled erasures).
+    """
+
+    @staticmethod
+    def RunRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/oubli.v1.RetentionService/RunRetention',
+            oubli_dot_v1_dot_vault__pb2.RunRetentionRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.RunRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class SubjectServiceStub:
     """
     ExportSubject: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ExportSubjectRequest, _vault_pb2.ExportSubjectResponse]
     """Decrypts all of the subject's records into JSON (right to portability)."""
+    CloseAccount: _grpc.UnaryUnaryMultiCallable[_vault_pb2.CloseAccountRequest, _vault_pb2.CloseAccountResponse]
+    """Records the account's closure and schedules its erasure (6 months by default)."""
+    ReopenAccount: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ReopenAccountRequest, _vault_pb2.ReopenAccountResponse]
+    """Reopens a closed account before its scheduled erasure."""
 
 @_typing.type_check_only
 class SubjectServiceAsyncStub(SubjectServiceStub):
@@ -68,6 +72,10 @@ class SubjectServiceAsyncStub(SubjectServiceStub):
     """
     ExportSubject: _aio.UnaryUnaryMultiCallable[_vault_pb2.ExportSubjectRequest, _vault_pb2.ExportSubjectResponse]  # type: ignore[assignment]
     """Decrypts all of the subject's records into JSON (right to portability)."""
+    CloseAccount: _aio.UnaryUnaryMultiCallable[_vault_pb2.CloseAccountRequest, _vault_pb2.CloseAccountResponse]  # type: ignore[assignment]
+    """Records the account's closure and schedules its erasure (6 months by default)."""
+    ReopenAccount: _aio.UnaryUnaryMultiCallable[_vault_pb2.ReopenAccountRequest, _vault_pb2.ReopenAccountResponse]  # type: ignore[assignment]
+    """Reopens a closed account before its scheduled erasure."""
 
 class SubjectServiceServicer(metaclass=_abc_1.ABCMeta):
     """Subjects: create, read metadata, erase, export."""
@@ -106,6 +114,22 @@ class SubjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vault_pb2.ExportSubjectResponse, _abc.Awaitable[_vault_pb2.ExportSubjectResponse]]:
         """Decrypts all of the subject's records into JSON (right to portability)."""
 
+    @_abc_1.abstractmethod
+    def CloseAccount(
+        self,
+        request: _vault_pb2.CloseAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.CloseAccountResponse, _abc.Awaitable[_vault_pb2.CloseAccountResponse]]:
+        """Records the account's closure and schedules its erasure (6 months by default)."""
+
+    @_abc_1.abstractmethod
+    def ReopenAccount(
+        self,
+        request: _vault_pb2.ReopenAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ReopenAccountResponse, _abc.Awaitable[_vault_pb2.ReopenAccountResponse]]:
+        """Reopens a closed account before its scheduled erasure."""
+
 def add_SubjectServiceServicer_to_server(servicer: SubjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class RecordServiceStub:
@@ -125,6 +149,10 @@ class RecordServiceStub:
     expected_version is not the record's current version.
     """
     DeleteRecord: _grpc.UnaryUnaryMultiCallable[_vault_pb2.DeleteRecordRequest, _vault_pb2.DeleteRecordResponse]
+    RecordEvent: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]
+    """Records an event that starts the record's retention clock (e.g. "resolved" for
+    a support ticket: kept 2 years after resolution).
+    """
 
 @_typing.type_check_only
 class RecordServiceAsyncStub(RecordServiceStub):
@@ -141,6 +169,10 @@ class RecordServiceAsyncStub(RecordServiceStub):
     expected_version is not the record's current version.
     """
     DeleteRecord: _aio.UnaryUnaryMultiCallable[_vault_pb2.DeleteRecordRequest, _vault_pb2.DeleteRecordResponse]  # type: ignore[assignment]
+    RecordEvent: _aio.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]  # type: ignore[assignment]
+    """Records an event that starts the record's retention clock (e.g. "resolved" for
+    a support ticket: kept 2 years after resolution).
+    """
 
 class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records of a subject: create (put), read, list, rectify, delete."""
@@ -185,4 +217,184 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.DeleteRecordResponse, _abc.Awaitable[_vault_pb2.DeleteRecordResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def RecordEvent(
+        self,
+        request: _vault_pb2.RecordEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.RecordEventResponse, _abc.Awaitable[_vault_pb2.RecordEventResponse]]:
+        """Records an event that starts the record's retention clock (e.g. "resolved" for
+        a support ticket: kept 2 years after resolution).
+        """
+
 def add_RecordServiceServicer_to_server(servicer: RecordServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RightsServiceStub:
+    """Data-subject rights: access report, restriction, objection, consent, requests."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RightsServiceAsyncStub: ...
+    GetAccessReport: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetAccessReportRequest, _vault_pb2.GetAccessReportResponse]
+    """All the subject's data plus, per category, origin, purposes, legal basis,
+    recipients and retention (JSON, vault/schemas/access_report.v1.schema.json).
+    """
+    RestrictProcessing: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RestrictProcessingRequest, _vault_pb2.RestrictProcessingResponse]
+    LiftRestriction: _grpc.UnaryUnaryMultiCallable[_vault_pb2.LiftRestrictionRequest, _vault_pb2.LiftRestrictionResponse]
+    ObjectToPurpose: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ObjectToPurposeRequest, _vault_pb2.ObjectToPurposeResponse]
+    """Right to object to a purpose (only purposes the catalog marks objectable)."""
+    WithdrawObjection: _grpc.UnaryUnaryMultiCallable[_vault_pb2.WithdrawObjectionRequest, _vault_pb2.WithdrawObjectionResponse]
+    GrantConsent: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GrantConsentRequest, _vault_pb2.GrantConsentResponse]
+    WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_vault_pb2.WithdrawConsentRequest, _vault_pb2.WithdrawConsentResponse]
+    """Withdraws a consent; data stored under it (e.g. a card number) is destroyed by
+    moving the subject to a new key and destroying the old one.
+    """
+    CreateRightsRequest: _grpc.UnaryUnaryMultiCallable[_vault_pb2.CreateRightsRequestRequest, _vault_pb2.CreateRightsRequestResponse]
+    """Records a rights request; it is due 30 days after it was received."""
+    CloseRightsRequest: _grpc.UnaryUnaryMultiCallable[_vault_pb2.CloseRightsRequestRequest, _vault_pb2.CloseRightsRequestResponse]
+    ListRightsRequests: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ListRightsRequestsRequest, _vault_pb2.ListRightsRequestsResponse]
+
+@_typing.type_check_only
+class RightsServiceAsyncStub(RightsServiceStub):
+    """Data-subject rights: access report, restriction, objection, consent, requests."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetAccessReport: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetAccessReportRequest, _vault_pb2.GetAccessReportResponse]  # type: ignore[assignment]
+    """All the subject's data plus, per category, origin, purposes, legal basis,
+    recipients and retention (JSON, vault/schemas/access_report.v1.schema.json).
+    """
+    RestrictProcessing: _aio.UnaryUnaryMultiCallable[_vault_pb2.RestrictProcessingRequest, _vault_pb2.RestrictProcessingResponse]  # type: ignore[assignment]
+    LiftRestriction: _aio.UnaryUnaryMultiCallable[_vault_pb2.LiftRestrictionRequest, _vault_pb2.LiftRestrictionResponse]  # type: ignore[assignment]
+    ObjectToPurpose: _aio.UnaryUnaryMultiCallable[_vault_pb2.ObjectToPurposeRequest, _vault_pb2.ObjectToPurposeResponse]  # type: ignore[assignment]
+    """Right to object to a purpose (only purposes the catalog marks objectable)."""
+    WithdrawObjection: _aio.UnaryUnaryMultiCallable[_vault_pb2.WithdrawObjectionRequest, _vault_pb2.WithdrawObjectionResponse]  # type: ignore[assignment]
+    GrantConsent: _aio.UnaryUnaryMultiCallable[_vault_pb2.GrantConsentRequest, _vault_pb2.GrantConsentResponse]  # type: ignore[assignment]
+    WithdrawConsent: _aio.UnaryUnaryMultiCallable[_vault_pb2.WithdrawConsentRequest, _vault_pb2.WithdrawConsentResponse]  # type: ignore[assignment]
+    """Withdraws a consent; data stored under it (e.g. a card number) is destroyed by
+    moving the subject to a new key and destroying the old one.
+    """
+    CreateRightsRequest: _aio.UnaryUnaryMultiCallable[_vault_pb2.CreateRightsRequestRequest, _vault_pb2.CreateRightsRequestResponse]  # type: ignore[assignment]
+    """Records a rights request; it is due 30 days after it was received."""
+    CloseRightsRequest: _aio.UnaryUnaryMultiCallable[_vault_pb2.CloseRightsRequestRequest, _vault_pb2.CloseRightsRequestResponse]  # type: ignore[assignment]
+    ListRightsRequests: _aio.UnaryUnaryMultiCallable[_vault_pb2.ListRightsRequestsRequest, _vault_pb2.ListRightsRequestsResponse]  # type: ignore[assignment]
+
+class RightsServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Data-subject rights: access report, restriction, objection, consent, requests."""
+
+    @_abc_1.abstractmethod
+    def GetAccessReport(
+        self,
+        request: _vault_pb2.GetAccessReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetAccessReportResponse, _abc.Awaitable[_vault_pb2.GetAccessReportResponse]]:
+        """All the subject's data plus, per category, origin, purposes, legal basis,
+        recipients and retention (JSON, vault/schemas/access_report.v1.schema.json).
+        """
+
+    @_abc_1.abstractmethod
+    def RestrictProcessing(
+        self,
+        request: _vault_pb2.RestrictProcessingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.RestrictProcessingResponse, _abc.Awaitable[_vault_pb2.RestrictProcessingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LiftRestriction(
+        self,
+        request: _vault_pb2.LiftRestrictionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.LiftRestrictionResponse, _abc.Awaitable[_vault_pb2.LiftRestrictionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ObjectToPurpose(
+        self,
+        request: _vault_pb2.ObjectToPurposeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ObjectToPurposeResponse, _abc.Awaitable[_vault_pb2.ObjectToPurposeResponse]]:
+        """Right to object to a purpose (only purposes the catalog marks objectable)."""
+
+    @_abc_1.abstractmethod
+    def WithdrawObjection(
+        self,
+        request: _vault_pb2.WithdrawObjectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.WithdrawObjectionResponse, _abc.Awaitable[_vault_pb2.WithdrawObjectionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GrantConsent(
+        self,
+        request: _vault_pb2.GrantConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GrantConsentResponse, _abc.Awaitable[_vault_pb2.GrantConsentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WithdrawConsent(
+        self,
+        request: _vault_pb2.WithdrawConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.WithdrawConsentResponse, _abc.Awaitable[_vault_pb2.WithdrawConsentResponse]]:
+        """Withdraws a consent; data stored under it (e.g. a card number) is destroyed by
+        moving the subject to a new key and destroying the old one.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateRightsRequest(
+        self,
+        request: _vault_pb2.CreateRightsRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.CreateRightsRequestResponse, _abc.Awaitable[_vault_pb2.CreateRightsRequestResponse]]:
+        """Records a rights request; it is due 30 days after it was received."""
+
+    @_abc_1.abstractmethod
+    def CloseRightsRequest(
+        self,
+        request: _vault_pb2.CloseRightsRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.CloseRightsRequestResponse, _abc.Awaitable[_vault_pb2.CloseRightsRequestResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRightsRequests(
+        self,
+        request: _vault_pb2.ListRightsRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ListRightsRequestsResponse, _abc.Awaitable[_vault_pb2.ListRightsRequestsResponse]]: ...
+
+def add_RightsServiceServicer_to_server(servicer: RightsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RetentionServiceStub:
+    """Retention: carry out what is due (expired buckets, scheduled erasures)."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RetentionServiceAsyncStub: ...
+    RunRetention: _grpc.UnaryStreamMultiCallable[_vault_pb2.RunRetentionRequest, _vault_pb2.RunRetentionResponse]
+    """Streams one message per action carried out (or, on a dry run, planned), then
+    a summary. Idempotent: a second run finds nothing due.
+    """
+
+@_typing.type_check_only
+class RetentionServiceAsyncStub(RetentionServiceStub):
+    """Retention: carry out what is due (expired buckets, scheduled erasures)."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RunRetention: _aio.UnaryStreamMultiCallable[_vault_pb2.RunRetentionRequest, _vault_pb2.RunRetentionResponse]  # type: ignore[assignment]
+    """Streams one message per action carried out (or, on a dry run, planned), then
+    a summary. Idempotent: a second run finds nothing due.
+    """
+
+class RetentionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Retention: carry out what is due (expired buckets, scheduled erasures)."""
+
+    @_abc_1.abstractmethod
+    def RunRetention(
+        self,
+        request: _vault_pb2.RunRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vault_pb2.RunRetentionResponse], _abc.AsyncIterator[_vault_pb2.RunRetentionResponse]]:
+        """Streams one message per action carried out (or, on a dry run, planned), then
+        a summary. Idempotent: a second run finds nothing due.
+        """
+
+def add_RetentionServiceServicer_to_server(servicer: RetentionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

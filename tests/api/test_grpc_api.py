@@ -42,14 +42,17 @@ def test_subject_and_record_lifecycle(stack: Stack) -> None:
     invoice = client.create_record(
         subject.subject_id, "billing", {"invoice_number": "F-1", "amount": "12.00"}, "billing"
     )
-    assert client.get_record(subject.subject_id, contact.record_id).fields["city"] == "Paris"
-    assert {r.record_id for r in client.list_records(subject.subject_id)} == {
+    assert (
+        client.get_record(subject.subject_id, contact.record_id, "service").fields["city"]
+        == "Paris"
+    )
+    assert {r.record_id for r in client.list_records(subject.subject_id, purpose="service")} == {
         contact.record_id,
         invoice.record_id,
     }
-    assert [r.record_id for r in client.list_records(subject.subject_id, "billing")] == [
-        invoice.record_id
-    ]
+    assert [
+        r.record_id for r in client.list_records(subject.subject_id, "billing", purpose="service")
+    ] == [invoice.record_id]
     fixed = client.update_record(
         subject.subject_id, contact.record_id, {"email": "ada@example.com"}, 1
     )
@@ -57,7 +60,7 @@ def test_subject_and_record_lifecycle(stack: Stack) -> None:
     assert client.get_subject(subject.subject_id).record_count == 2
     client.delete_record(subject.subject_id, invoice.record_id)
     with pytest.raises(NotFound) as gone:
-        client.get_record(subject.subject_id, invoice.record_id)
+        client.get_record(subject.subject_id, invoice.record_id, "service")
     assert gone.value.reason == "RECORD_NOT_FOUND"
 
 
@@ -75,7 +78,7 @@ def test_export_is_valid_json_against_the_published_schema(stack: Stack) -> None
     assert pages == ["/a", "/b"]
     # raw bytes are UTF-8 JSON
     raw = stack.client._subjects.ExportSubject(
-        pb.ExportSubjectRequest(subject_id=subject.subject_id)
+        pb.ExportSubjectRequest(subject_id=subject.subject_id, purpose="portability")
     )
     assert raw.content_type == "application/json"
     assert "Zoé" in raw.json.decode("utf-8")
@@ -92,8 +95,8 @@ def test_shred_destroys_the_key_and_refuses_the_subject(stack: Stack) -> None:
     assert "7 days" in receipt.residual_risk
     assert not stack.kms.key_exists(receipt.key_id)
     for call in (
-        lambda: client.get_record(subject.subject_id, record.record_id),
-        lambda: client.list_records(subject.subject_id),
+        lambda: client.get_record(subject.subject_id, record.record_id, "service"),
+        lambda: client.list_records(subject.subject_id, purpose="service"),
         lambda: client.export_subject(subject.subject_id),
         lambda: client.create_record(subject.subject_id, "usage", {"page": "/"}, "web"),
     ):
@@ -141,9 +144,9 @@ def test_ids_origin_and_paging_are_validated(stack: Stack) -> None:
         client.create_record(subject.subject_id, "contact", {"email": "x"}, origin=CANARY)
     assert raised.value.field == "origin"
     with pytest.raises(InvalidArgument):
-        client.list_records(subject.subject_id, page_size=501)
+        client.list_records(subject.subject_id, page_size=501, purpose="service")
     with pytest.raises(InvalidArgument):
-        client.get_record(subject.subject_id, "not-an-id")
+        client.get_record(subject.subject_id, "not-an-id", "service")
 
 
 def test_unknown_subject_and_record_are_not_found(stack: Stack) -> None:
@@ -152,7 +155,7 @@ def test_unknown_subject_and_record_are_not_found(stack: Stack) -> None:
     assert raised.value.reason == "SUBJECT_NOT_FOUND"
     subject = stack.client.create_subject()
     with pytest.raises(NotFound):
-        stack.client.get_record(subject.subject_id, "b" * 26)
+        stack.client.get_record(subject.subject_id, "b" * 26, "service")
 
 
 def test_stale_version_is_aborted_and_profile_duplicate_already_exists(stack: Stack) -> None:

@@ -27,16 +27,16 @@ SCRIPT = textwrap.dedent(
         subject_id=subject.subject_id, category="contact",
         fields={"email": "proto-only@example.org"}, origin="customer")).record
     got = records.GetRecord(pb.GetRecordRequest(
-        subject_id=subject.subject_id, record_id=made.record_id)).record
+        subject_id=subject.subject_id, record_id=made.record_id, purpose="service")).record
     assert got.fields["email"] == "proto-only@example.org"
     export = json.loads(subjects.ExportSubject(
-        pb.ExportSubjectRequest(subject_id=subject.subject_id)).json)
+        pb.ExportSubjectRequest(subject_id=subject.subject_id, purpose="portability")).json)
     assert export["categories"]["contact"]["records"][0]["fields"]["email"] \\
         == "proto-only@example.org"
     receipt = subjects.ShredSubject(pb.ShredSubjectRequest(subject_id=subject.subject_id)).receipt
     try:
         records.GetRecord(pb.GetRecordRequest(
-            subject_id=subject.subject_id, record_id=made.record_id))
+            subject_id=subject.subject_id, record_id=made.record_id, purpose="service"))
         raise SystemExit("read after shred succeeded")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.NOT_FOUND, e.code()

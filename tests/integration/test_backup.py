@@ -105,12 +105,12 @@ def test_old_database_copy_is_useless_for_the_shredded_subject(
             # The copy still says "active" and still holds the wrapped DEK and ciphertext...
             assert client.get_subject(doomed.subject_id).state == "active"
             with pytest.raises(NotFound) as refused:
-                client.get_record(doomed.subject_id, doomed_record.record_id)
+                client.get_record(doomed.subject_id, doomed_record.record_id, "service")
             assert refused.value.reason == "KEY_DESTROYED"
             with pytest.raises(NotFound):
                 client.export_subject(doomed.subject_id)
             # ...while every other subject is fully readable from the copy.
-            assert client.get_record(kept.subject_id, kept_record.record_id).fields == {
+            assert client.get_record(kept.subject_id, kept_record.record_id, "service").fields == {
                 "email": "kept@example.org"
             }
             assert client.export_subject(kept.subject_id)["categories"]["contact"]

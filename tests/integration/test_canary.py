@@ -41,10 +41,11 @@ def _plant(client: OubliClient) -> None:
         {"email": CANARIES[1], "phone": CANARIES[2], "postal_address": CANARIES[4]},
     )
     client.create_record(sid, "identity", {"given_name": CANARIES[0]})
+    client.grant_consent(sid, "card_storage")
     client.create_record(sid, "payment", {"card_number": CANARIES[3]}, origin="billing")
     client.update_record(sid, contact.record_id, {"email": CANARIES[1] + ".fixed"}, 1)
-    client.get_record(sid, contact.record_id)
-    client.list_records(sid)
+    client.get_record(sid, contact.record_id, "service")
+    client.list_records(sid, purpose="service")
     assert CANARIES[0] in str(client.export_subject(sid))
     # Bad input that carries canaries in every position a caller controls.
     attempts = [
@@ -53,8 +54,8 @@ def _plant(client: OubliClient) -> None:
         lambda: client.create_record(sid, "contact", {"email": CANARIES[2] * 5000}),
         lambda: client.create_record(sid, "contact", {"email": CANARIES[1]}, origin=CANARIES[1]),
         lambda: client.get_subject(CANARIES[1]),
-        lambda: client.get_record(sid, CANARIES[3]),
-        lambda: client.list_records(CANARIES[0]),
+        lambda: client.get_record(sid, CANARIES[3], "service"),
+        lambda: client.list_records(CANARIES[0], purpose="service"),
     ]
     for attempt in attempts:
         with pytest.raises(OubliClientError) as raised:

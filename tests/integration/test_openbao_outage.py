@@ -27,7 +27,7 @@ def test_vault_outage_is_unavailable_and_writes_nothing(tmp_path: Path, sqlite_u
             server.vault.cache.evict(storage.subject(subject.subject_id).key_id)
             bao.stop()
             with pytest.raises(Unavailable):
-                client.get_record(subject.subject_id, record.record_id)
+                client.get_record(subject.subject_id, record.record_id, "service")
             with pytest.raises(Unavailable):
                 client.create_subject()
             with pytest.raises(Unavailable):

@@ -63,7 +63,7 @@ def test_reconcile_destroys_keys_a_restore_brought_back(tmp_path: Path) -> None:
         restored.kms,
         restored.catalog,
     )
-    assert old_copy.get_record(erased.subject_id, erased_record.record_id).fields
+    assert old_copy.get_record(erased.subject_id, erased_record.record_id, "service").fields
     restored.kms.close()
 
     result = CliRunner().invoke(app, ["reconcile", "--data-dir", str(data)])
@@ -78,6 +78,8 @@ def test_reconcile_destroys_keys_a_restore_brought_back(tmp_path: Path) -> None:
         after.catalog,
     )
     with pytest.raises(KeyDestroyedError):
-        old_copy.get_record(erased.subject_id, erased_record.record_id)
-    assert old_copy.get_record(kept.subject_id, kept_record.record_id).fields == {"email": "k@x.y"}
+        old_copy.get_record(erased.subject_id, erased_record.record_id, "service")
+    assert old_copy.get_record(kept.subject_id, kept_record.record_id, "service").fields == {
+        "email": "k@x.y"
+    }
     assert after.reconcile_shreds() == 1  # idempotent

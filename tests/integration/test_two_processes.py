@@ -43,10 +43,10 @@ def test_shred_on_one_replica_is_refused_by_the_other_at_once(
         subject = client_a.create_subject()
         record = client_a.create_record(subject.subject_id, "contact", {"email": "x@y.z"})
         # B reads it: its cache now holds the subject's DEK.
-        assert client_b.get_record(subject.subject_id, record.record_id).fields
+        assert client_b.get_record(subject.subject_id, record.record_id, "service").fields
         client_a.shred_subject(subject.subject_id)
         with pytest.raises(NotFound) as refused:
-            client_b.get_record(subject.subject_id, record.record_id)
+            client_b.get_record(subject.subject_id, record.record_id, "service")
         assert refused.value.reason == "SUBJECT_SHREDDED"
         with pytest.raises(NotFound):
             client_b.create_record(subject.subject_id, "usage", {"page": "/"})

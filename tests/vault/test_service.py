@@ -42,20 +42,20 @@ def test_record_lifecycle(vault: VaultService) -> None:
         subject.subject_id, "contact", {"email": "ada@example.org", "phone": "+33 1"}, "customer"
     )
     assert created.version == 1
-    got = vault.get_record(subject.subject_id, created.record_id)
+    got = vault.get_record(subject.subject_id, created.record_id, "service")
     assert got.fields == {"email": "ada@example.org", "phone": "+33 1"}
     assert got.origin == "customer"
     updated = vault.update_record(
         subject.subject_id, created.record_id, {"email": "ada@example.com"}, 1, "support"
     )
     assert updated.version == 2 and updated.origin == "support"
-    assert vault.get_record(subject.subject_id, created.record_id).fields == {
+    assert vault.get_record(subject.subject_id, created.record_id, "service").fields == {
         "email": "ada@example.com"
     }
     assert vault.get_subject(subject.subject_id).record_count == 1
     vault.delete_record(subject.subject_id, created.record_id)
     with pytest.raises(RecordNotFound):
-        vault.get_record(subject.subject_id, created.record_id)
+        vault.get_record(subject.subject_id, created.record_id, "service")
     with pytest.raises(RecordNotFound):
         vault.delete_record(subject.subject_id, created.record_id)
 
@@ -66,7 +66,9 @@ def test_stale_version_is_a_conflict(vault: VaultService) -> None:
     vault.update_record(subject.subject_id, record.record_id, {"email": "b@b.c"}, 1)
     with pytest.raises(VersionConflict):
         vault.update_record(subject.subject_id, record.record_id, {"email": "c@b.c"}, 1)
-    assert vault.get_record(subject.subject_id, record.record_id).fields == {"email": "b@b.c"}
+    assert vault.get_record(subject.subject_id, record.record_id, "service").fields == {
+        "email": "b@b.c"
+    }
 
 
 def test_profile_category_holds_one_record(vault: VaultService) -> None:
@@ -77,7 +79,7 @@ def test_profile_category_holds_one_record(vault: VaultService) -> None:
     # event categories hold many
     for n in range(3):
         vault.create_record(subject.subject_id, "billing", {"amount": str(n)}, "billing")
-    assert len(vault.list_records(subject.subject_id, "billing").records) == 3
+    assert len(vault.list_records(subject.subject_id, "billing", purpose="service").records) == 3
 
 
 def test_list_pages_through_every_record(vault: VaultService) -> None:
@@ -89,7 +91,9 @@ def test_list_pages_through_every_record(vault: VaultService) -> None:
     seen: list[str] = []
     token = ""
     while True:
-        page = vault.list_records(subject.subject_id, page_size=3, page_token=token)
+        page = vault.list_records(
+            subject.subject_id, page_size=3, page_token=token, purpose="service"
+        )
         assert len(page.records) <= 3
         seen += [r.record_id for r in page.records]
         token = page.next_page_token
@@ -128,7 +132,7 @@ def test_malformed_ids_are_invalid_argument(vault: VaultService, bad_id: str) ->
         vault.get_subject(bad_id)
     subject = vault.create_subject()
     with pytest.raises(InvalidArgument):
-        vault.get_record(subject.subject_id, bad_id)
+        vault.get_record(subject.subject_id, bad_id, "service")
 
 
 def test_unknown_subject_is_not_found(vault: VaultService) -> None:
@@ -144,11 +148,12 @@ def test_cached_subject_makes_no_kms_call(
     vault = make_vault(storage, memory_kms)
     subject = vault.create_subject()
     record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "customer")
+    vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")  # makes the bucket
     before = memory_kms.calls
     for _ in range(5):
-        vault.get_record(subject.subject_id, record.record_id)
+        vault.get_record(subject.subject_id, record.record_id, "service")
         vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")
-    vault.list_records(subject.subject_id)
+    vault.list_records(subject.subject_id, purpose="service")
     assert memory_kms.calls == before
 
 
@@ -160,10 +165,10 @@ def test_cold_subject_costs_one_unwrap_then_none(
     record = writer.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "customer")
     reader = make_vault(storage, memory_kms)  # another replica, empty cache
     before = memory_kms.calls
-    reader.get_record(subject.subject_id, record.record_id)
+    reader.get_record(subject.subject_id, record.record_id, "service")
     assert memory_kms.calls == before + 1
-    reader.get_record(subject.subject_id, record.record_id)
-    reader.list_records(subject.subject_id)
+    reader.get_record(subject.subject_id, record.record_id, "service")
+    reader.list_records(subject.subject_id, purpose="service")
     assert memory_kms.calls == before + 1
 
 
@@ -176,7 +181,7 @@ def test_cache_expiry_costs_one_more_unwrap(
     record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "customer")
     before = memory_kms.calls
     now[0] = 61.0
-    vault.get_record(subject.subject_id, record.record_id)
+    vault.get_record(subject.subject_id, record.record_id, "service")
     assert memory_kms.calls == before + 1
 
 
@@ -204,12 +209,12 @@ def test_shred_destroys_key_rows_and_refuses_subject(
     with pytest.raises(SubjectShredded):
         vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")
     with pytest.raises(SubjectShredded):
-        vault.list_records(subject.subject_id)
+        vault.list_records(subject.subject_id, purpose="service")
     assert vault.get_subject(subject.subject_id).state == "shredded"
     # a second shred is OK and returns the same receipt
     assert vault.shred_subject(subject.subject_id) == receipt
     # other subjects are untouched
-    assert vault.get_record(other.subject_id, kept.record_id).fields == {"page": "/"}
+    assert vault.get_record(other.subject_id, kept.record_id, "service").fields == {"page": "/"}
 
 
 def test_shred_is_refused_by_another_replica_with_a_warm_cache(
@@ -219,10 +224,10 @@ def test_shred_is_refused_by_another_replica_with_a_warm_cache(
     replica_b = make_vault(storage, memory_kms)
     subject = replica_a.create_subject()
     record = replica_a.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
-    replica_b.get_record(subject.subject_id, record.record_id)  # B caches the DEK
+    replica_b.get_record(subject.subject_id, record.record_id, "service")  # B caches the DEK
     replica_a.shred_subject(subject.subject_id)
     with pytest.raises(SubjectShredded):
-        replica_b.get_record(subject.subject_id, record.record_id)
+        replica_b.get_record(subject.subject_id, record.record_id, "service")
 
 
 def test_shred_interrupted_by_kms_outage_refuses_then_completes_on_retry(
@@ -238,7 +243,7 @@ def test_shred_interrupted_by_kms_outage_refuses_then_completes_on_retry(
     # half-done: refused already, key still there
     assert vault.get_subject(subject.subject_id).state == "shredding"
     with pytest.raises(SubjectShredded):
-        vault.get_record(subject.subject_id, record.record_id)
+        vault.get_record(subject.subject_id, record.record_id, "service")
     receipt = vault.shred_subject(subject.subject_id)
     assert receipt.records_deleted == 1
     assert not memory_kms.key_exists(receipt.key_id)
@@ -254,7 +259,7 @@ def test_shred_interrupted_after_key_destruction_completes_on_retry(
     subject = vault.create_subject()
     vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
 
-    def crash(*args: object) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
         raise Unavailable("database went away")
 
     monkeypatch.setattr(storage, "finish_shred", crash)
@@ -285,7 +290,7 @@ def test_kms_outage_on_cold_read_is_unavailable(
     record = writer.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
     memory_kms.unavailable = True
     with pytest.raises(Unavailable):
-        make_vault(storage, memory_kms).get_record(subject.subject_id, record.record_id)
+        make_vault(storage, memory_kms).get_record(subject.subject_id, record.record_id, "service")
 
 
 def test_database_copy_without_key_is_key_destroyed(
@@ -298,7 +303,7 @@ def test_database_copy_without_key_is_key_destroyed(
     info = storage.subject(subject.subject_id)
     memory_kms.destroy_key(info.key_id)
     with pytest.raises(KeyDestroyedError):
-        make_vault(storage, memory_kms).get_record(subject.subject_id, record.record_id)
+        make_vault(storage, memory_kms).get_record(subject.subject_id, record.record_id, "service")
 
 
 def test_database_outage_is_unavailable(
@@ -324,7 +329,7 @@ def test_times_come_from_the_injected_clock(
     subject = vault.create_subject()
     record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
     updated = vault.update_record(subject.subject_id, record.record_id, {"email": "b@b.c"}, 1)
-    stored = vault.get_record(subject.subject_id, record.record_id)
+    stored = vault.get_record(subject.subject_id, record.record_id, "service")
     assert stored.created_at == datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
     assert stored.updated_at == updated.updated_at == datetime(2030, 1, 1, 0, 2, tzinfo=UTC)
 
@@ -339,14 +344,14 @@ def test_write_racing_a_shred_leaves_no_row(
     vault = make_vault(storage, memory_kms)
     subject = vault.create_subject()
     record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
-    real_dek = vault._dek
+    real_dek = vault.subject_dek
 
     def dek_then_shred_starts(info, key_version=None):  # type: ignore[no-untyped-def]
         dek = real_dek(info, key_version)
         storage.mark_shredding(subject.subject_id, datetime.now(UTC))
         return dek
 
-    monkeypatch.setattr(vault, "_dek", dek_then_shred_starts)
+    monkeypatch.setattr(vault, "subject_dek", dek_then_shred_starts)
     with pytest.raises(SubjectShredded):
         vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")
     with pytest.raises(SubjectShredded):
@@ -362,4 +367,4 @@ def test_largest_record_of_escaped_characters_round_trips(vault: VaultService) -
     nasty = "\x01" * (64 * 1024 - 20)
     fields = {"message": nasty, "subject_line": nasty, "channel": nasty, "ticket_id": nasty}
     record = vault.create_record(subject.subject_id, "support", fields, "support")
-    assert vault.get_record(subject.subject_id, record.record_id).fields == fields
+    assert vault.get_record(subject.subject_id, record.record_id, "support").fields == fields

@@ -1,0 +1,116 @@
+"""The retention job: carry out everything due at a given time, by destroying keys.
+
+Due work, in order:
+1. closed accounts past their scheduled erasure, and erasures interrupted mid-way:
+   erase the subject (legal-hold records move to their hold bucket; one KMS call per
+   subject key);
+2. buckets past their month: destroy the bucket's key (one KMS call per bucket, however
+   many records and subjects it covers), then delete its now unreadable rows.
+
+The job is idempotent (a second run finds nothing due) and has a dry run that lists
+what would be destroyed and destroys nothing. Several replicas may run it at once:
+every step is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from kms.base import KmsError
+from vault.service import VaultService, kms_error
+
+ERASE_SUBJECT = "erase_subject"
+DESTROY_BUCKET = "destroy_bucket"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionAction:
+    kind: str
+    #: Subject id or bucket id (never personal data).
+    target: str
+    #: When it became due.
+    due_at: datetime
+    #: Records destroyed (for a bucket: its records; for a subject: its erasable ones).
+    records: int = 0
+
+
+@dataclass(slots=True)
+class RetentionSummary:
+    ran_at: datetime
+    dry_run: bool
+    actions: list[RetentionAction] = field(default_factory=list)
+
+    @property
+    def subjects_erased(self) -> int:
+        return sum(1 for a in self.actions if a.kind == ERASE_SUBJECT)
+
+    @property
+    def buckets_destroyed(self) -> int:
+        return sum(1 for a in self.actions if a.kind == DESTROY_BUCKET)
+
+    @property
+    def records_destroyed(self) -> int:
+        return sum(a.records for a in self.actions)
+
+
+class RetentionJob:
+    def __init__(self, vault: VaultService) -> None:
+        self.vault = vault
+
+    def plan(self, now: datetime) -> list[RetentionAction]:
+        """What is due at ``now`` (the dry run's answer)."""
+        storage = self.vault.storage
+        actions = []
+        for subject_id in storage.due_subjects(now):
+            info = storage.subject(subject_id)
+            due = info.scheduled_shred_at or info.updated_at
+            actions.append(
+                RetentionAction(ERASE_SUBJECT, subject_id, due, storage.record_count(subject_id))
+            )
+        for bucket in storage.due_buckets(now):
+            count = storage.bucket_record_count(bucket.bucket_id)
+            actions.append(
+                RetentionAction(DESTROY_BUCKET, bucket.bucket_id, bucket.destroy_at, count)
+            )
+        return actions
+
+    def run(self, *, dry_run: bool = False) -> RetentionSummary:
+        summary = RetentionSummary(self.vault.clock(), dry_run)
+        summary.actions.extend(action for action, _done, _total in self.steps(dry_run=dry_run))
+        return summary
+
+    def steps(self, *, dry_run: bool = False) -> Iterator[tuple[RetentionAction, int, int]]:
+        """Carry out the due actions one by one; yields (action, done, total) after each."""
+        planned = self.plan(self.vault.clock())
+        if dry_run:
+            for done, action in enumerate(planned, 1):
+                yield action, done, len(planned)
+            return
+        subjects = [a for a in planned if a.kind == ERASE_SUBJECT]
+        total = len(planned)
+        done = 0
+        for action in subjects:
+            receipt = self.vault.shred_subject(action.target)
+            done += 1
+            yield replace(action, records=receipt.records_deleted), done, total
+        # Erasures may have made hold buckets that are already due: look again.
+        buckets = self.vault.storage.due_buckets(self.vault.clock())
+        total = done + len(buckets)
+        for bucket in buckets:
+            done += 1
+            yield self._destroy_bucket(bucket.bucket_id, bucket.destroy_at), done, total
+
+    def _destroy_bucket(self, bucket_id: str, due_at: datetime) -> RetentionAction:
+        storage = self.vault.storage
+        bucket = storage.bucket(bucket_id)
+        assert bucket is not None
+        storage.mark_bucket_destroying(bucket_id)
+        self.vault.buckets.forget(bucket)
+        try:
+            self.vault.kms.destroy_key(bucket.key_id)
+        except KmsError as e:
+            raise kms_error(e) from e
+        records, _subjects = storage.finish_bucket(bucket_id, self.vault.clock())
+        return RetentionAction(DESTROY_BUCKET, bucket_id, due_at, records)

@@ -1,0 +1,141 @@
+"""Data-subject rights beyond read and write: restriction, objection, consent, requests.
+
+Erasure is VaultService.shred_subject, rectification VaultService.update_record,
+portability and access vault.export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from vault.errors import FailedPrecondition, InvalidArgument, RequestNotFound
+from vault.ids import check_id, new_id
+from vault.service import SubjectView, VaultService
+from vault.storage import WRITABLE, RightsRequest
+
+REQUEST_KINDS = frozenset(
+    {"access", "rectification", "erasure", "restriction", "portability", "objection"}
+)
+OPEN, COMPLETED, REJECTED = "open", "completed", "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalResult:
+    subject: SubjectView
+    records_destroyed: int
+
+
+class RightsService:
+    def __init__(self, vault: VaultService) -> None:
+        self.vault = vault
+
+    def _set(self, subject_id: str, **values: object) -> SubjectView:
+        check_id("subject_id", subject_id)
+        if not self.vault.storage.update_subject(
+            subject_id, self.vault.clock(), states=WRITABLE, **values
+        ):
+            self.vault.writable_subject(subject_id)  # raises NOT_FOUND / SHREDDED
+            raise FailedPrecondition("SUBJECT_CHANGED", "the subject changed; retry")
+        return self.vault.get_subject(subject_id)
+
+    # --- restriction ----------------------------------------------------------------
+
+    def restrict(self, subject_id: str) -> SubjectView:
+        """Right to restriction: only purposes allowed under restriction may read."""
+        return self._set(subject_id, restricted=True)
+
+    def lift_restriction(self, subject_id: str) -> SubjectView:
+        return self._set(subject_id, restricted=False)
+
+    # --- objection ------------------------------------------------------------------
+
+    def _objectable(self, purpose_name: str) -> str:
+        purpose = self.vault.catalog.purpose(purpose_name)
+        if not purpose.objectable:
+            raise FailedPrecondition(
+                "NOT_OBJECTABLE",
+                f"purpose {purpose.name} rests on the contract or the law: it cannot be "
+                "objected to",
+                purpose=purpose.name,
+            )
+        return purpose.name
+
+    def object_to(self, subject_id: str, purpose_name: str) -> SubjectView:
+        name = self._objectable(purpose_name)
+        info = self.vault.writable_subject(subject_id)
+        return self._set(subject_id, objections=info.objections | {name})
+
+    def withdraw_objection(self, subject_id: str, purpose_name: str) -> SubjectView:
+        name = self._objectable(purpose_name)
+        info = self.vault.writable_subject(subject_id)
+        return self._set(subject_id, objections=info.objections - {name})
+
+    # --- consent --------------------------------------------------------------------
+
+    def _consent(self, name: str) -> str:
+        if name not in self.vault.catalog.consents:
+            raise InvalidArgument("consent", "unknown consent (see the policy catalog)")
+        return name
+
+    def grant_consent(self, subject_id: str, consent: str) -> SubjectView:
+        name = self._consent(consent)
+        info = self.vault.writable_subject(subject_id)
+        granted = dict(info.consents)
+        granted.setdefault(name, self.vault.clock().isoformat())
+        return self._set(subject_id, consents=granted)
+
+    def withdraw_consent(self, subject_id: str, consent: str) -> WithdrawalResult:
+        """Withdraw a consent; data stored under it is destroyed by re-keying.
+
+        Records of categories that need the consent (e.g. stored card numbers) are
+        deleted and the subject moves to a new KMS key, the old one destroyed: no
+        database copy, backups included, can yield them any more.
+        """
+        name = self._consent(consent)
+        info = self.vault.writable_subject(subject_id)
+        remaining = {k: v for k, v in info.consents.items() if k != name}
+        bound = [c.name for c in self.vault.catalog.categories.values() if c.consent == name]
+        has_bound = bool(bound) and bool(self.vault.storage.records(subject_id, categories=bound))
+        if not has_bound:
+            return WithdrawalResult(self._set(subject_id, consents=remaining), 0)
+        destroyed = self.vault.rekey(subject_id, bound, consents=remaining)
+        return WithdrawalResult(self.vault.get_subject(subject_id), destroyed)
+
+    # --- requests -------------------------------------------------------------------
+
+    def open_request(self, subject_id: str, kind: str) -> RightsRequest:
+        if kind not in REQUEST_KINDS:
+            raise InvalidArgument("kind", f"kind must be one of {', '.join(sorted(REQUEST_KINDS))}")
+        self.vault.subject_info(subject_id)
+        now = self.vault.clock()
+        days = self.vault.catalog.settings.rights_request_answer_days
+        request = RightsRequest(
+            new_id(), subject_id, kind, OPEN, now, now + timedelta(days=days), None
+        )
+        self.vault.storage.insert_request(request)
+        return request
+
+    def close_request(self, request_id: str, status: str = COMPLETED) -> RightsRequest:
+        check_id("request_id", request_id)
+        if status not in (COMPLETED, REJECTED):
+            raise InvalidArgument("status", "status must be completed or rejected")
+        if not self.vault.storage.close_request(request_id, status, self.vault.clock()):
+            found = self.vault.storage.request(request_id)
+            if found is None:
+                raise RequestNotFound("rights request not found", request_id=request_id)
+            raise FailedPrecondition("REQUEST_CLOSED", "the request is already closed")
+        closed = self.vault.storage.request(request_id)
+        assert closed is not None
+        return closed
+
+    def list_requests(
+        self, subject_id: str = "", *, open_only: bool = False, overdue_only: bool = False
+    ) -> list[RightsRequest]:
+        if subject_id:
+            check_id("subject_id", subject_id)
+        return self.vault.storage.requests(
+            subject_id=subject_id or None,
+            status=OPEN if (open_only or overdue_only) else None,
+            due_before=self.vault.clock() if overdue_only else None,
+        )
