@@ -72,3 +72,23 @@ def test_serve_rejects_bad_configuration(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "keystore must not be the data database" in result.output
+
+
+def test_retention_run_dry_run_and_run(stack: Stack) -> None:
+    subject = stack.client.create_subject()
+    stack.client.create_record(subject.subject_id, "technical_logs", {"event": "login"}, "web")
+    dry = runner.invoke(app, ["retention", "run", "--dry-run", "--target", stack.target])
+    assert dry.exit_code == 0, dry.output
+    summary = json.loads(dry.stdout.strip().splitlines()[-1])
+    assert summary["dry_run"] is True and summary["buckets_destroyed"] == 0
+    real = runner.invoke(app, ["retention", "run", "--target", stack.target])
+    assert real.exit_code == 0, real.output
+    assert json.loads(real.stdout.strip().splitlines()[-1])["records_destroyed"] == 0
+
+
+def test_retention_run_fails_loudly_when_the_server_is_unreachable() -> None:
+    from kms.openbao_process import free_port
+
+    result = runner.invoke(app, ["retention", "run", "--target", f"127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "retention run failed" in result.output

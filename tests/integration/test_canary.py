@@ -62,6 +62,15 @@ def _plant(client: OubliClient) -> None:
             attempt()
         for canary in CANARIES:
             assert canary not in str(raised.value)
+    # Rights and retention paths: access report, objection, consent withdrawal
+    # (re-keying re-encrypts every record), closure, a retention run.
+    assert CANARIES[0] in str(client.access_report(sid))
+    client.object_to(sid, "analytics")
+    client.create_record(sid, "technical_logs", {"ip_address": CANARIES[2]}, "web")
+    client.withdraw_consent(sid, "card_storage")
+    client.close_account(sid)
+    list(client.run_retention(dry_run=True))
+    list(client.run_retention())
     # A second subject, shredded.
     other = client.create_subject()
     client.create_record(other.subject_id, "contact", {"email": "shred-" + CANARIES[1]})
