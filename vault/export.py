@@ -111,7 +111,11 @@ def access_report(
             "scheduled_erasure_at": _time(info.scheduled_shred_at),
             "restricted": info.restricted,
             "objections": sorted(info.objections),
-            "consents": dict(sorted(info.consents.items())),
+            # consent -> when granted; stored as isoformat, shown like every other time
+            "consents": {
+                name: granted.replace("+00:00", "Z")
+                for name, granted in sorted(info.consents.items())
+            },
         },
         "categories": {
             name: {

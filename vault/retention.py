@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from kms.base import KmsError
+from vault.catalog import RetentionKind
 from vault.service import VaultService, kms_error
 
 ERASE_SUBJECT = "erase_subject"
@@ -63,12 +64,18 @@ class RetentionJob:
         """What is due at ``now`` (the dry run's answer)."""
         storage = self.vault.storage
         actions = []
+        held = [
+            name
+            for name, spec in self.vault.catalog.categories.items()
+            if spec.retention.kind is RetentionKind.LEGAL_HOLD
+        ]
         for subject_id in storage.due_subjects(now):
             info = storage.subject(subject_id)
             due = info.scheduled_shred_at or info.updated_at
-            actions.append(
-                RetentionAction(ERASE_SUBJECT, subject_id, due, storage.record_count(subject_id))
-            )
+            # Only what the erasure deletes: legal-hold records are kept (its receipt's
+            # records_deleted), so the dry run announces what the run does.
+            count = storage.erasable_record_count(subject_id, held)
+            actions.append(RetentionAction(ERASE_SUBJECT, subject_id, due, count))
         for bucket in storage.due_buckets(now):
             count = storage.bucket_record_count(bucket.bucket_id)
             actions.append(

@@ -303,6 +303,20 @@ class Storage:
             count = s.scalar(query.where(RecordRow.subject_id == subject_id, _readable()))
             return int(count or 0)
 
+    def erasable_record_count(self, subject_id: str, kept_categories: Sequence[str]) -> int:
+        """Records an erasure would delete: all but the held ones and those of
+        ``kept_categories`` (legal-hold categories, moved to their hold bucket)."""
+        query = select(func.count()).select_from(RecordRow)
+        with self._session() as s:
+            count = s.scalar(
+                query.where(
+                    RecordRow.subject_id == subject_id,
+                    RecordRow.key_scheme != SCHEME_HOLD,
+                    RecordRow.category.not_in(kept_categories),
+                )
+            )
+            return int(count or 0)
+
     def update_subject(
         self, subject_id: str, now: datetime, *, states: Sequence[str], **values: Any
     ) -> bool:
@@ -559,8 +573,14 @@ class Storage:
             row = s.get(SubjectRow, subject_id, with_for_update=True)
             if row is None or row.key_id != old_key_id or row.state not in WRITABLE:
                 return False
+            # Readable records only, as the caller listed them: rows of a bucket being
+            # destroyed are unreadable already and go with their bucket.
             current = set(
-                s.scalars(select(RecordRow.record_id).where(RecordRow.subject_id == subject_id))
+                s.scalars(
+                    select(RecordRow.record_id).where(
+                        RecordRow.subject_id == subject_id, _readable()
+                    )
+                )
             )
             if current != {r.record_id for r in reencrypted} | set(deleted_record_ids):
                 return False  # a record was written meanwhile: the caller starts again
