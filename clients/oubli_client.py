@@ -110,6 +110,7 @@ class RetentionAction:
     records: int
     done: int
     total: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ class RetentionSummary:
     buckets_destroyed: int
     records_destroyed: int
     ran_at: datetime
+    failures: int = 0
 
 
 def _request(m: pb.RightsRequest) -> RightsRequest:
@@ -407,6 +409,7 @@ class OubliClient:
                         a.records,
                         a.done,
                         a.total,
+                        a.error,
                     )
                 else:
                     m = message.summary
@@ -416,6 +419,7 @@ class OubliClient:
                         m.buckets_destroyed,
                         m.records_destroyed,
                         m.run_time.ToDatetime(tzinfo=UTC),
+                        m.failures,
                     )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None

@@ -15,6 +15,7 @@ than its rule promises, and at most one month less.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -92,11 +93,17 @@ class BucketKeys:
         self._known: dict[str, BucketInfo] = {}
         self._lock = threading.Lock()
 
-    def for_deadline(self, kind: str, category: str, deadline: datetime) -> BucketInfo:
+    def for_deadline(self, kind: str, category: str, deadline: datetime) -> BucketInfo | None:
+        """The bucket for ``deadline``'s month, made if needed; None when that month's
+        bucket was already destroyed (the period is over: the data must go now)."""
         bucket_id = bucket_id_for(kind, category, deadline)
         found = self.get(bucket_id)
         if found is not None:
             return found
+        existing = self._storage.bucket(bucket_id)
+        if existing is not None:
+            # Made meanwhile by another replica (use it), or already destroyed (None).
+            return self.get(bucket_id) if existing.state == BUCKET_ACTIVE else None
         key_id = new_id(self._random_bytes)
         try:
             self._kms.create_key(key_id)
@@ -117,11 +124,9 @@ class BucketKeys:
         try:
             self._storage.insert_bucket(info, self._clock())
         except AlreadyExists:  # another replica made it first: use theirs
-            self._kms.destroy_key(key_id)
-            found = self.get(bucket_id)
-            if found is None:  # pragma: no cover - the conflicting row exists
-                raise
-            return found
+            with contextlib.suppress(KmsError):  # ours protects nothing yet
+                self._kms.destroy_key(key_id)
+            return self.get(bucket_id)
         self._cache.put(key_id, data_key.key_version, data_key.plaintext)
         with self._lock:
             self._known[bucket_id] = info

@@ -148,11 +148,14 @@ class Catalog:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str) -> Catalog:
+        _no_unknown_keys(data, {"settings", "purposes", "categories", "title"}, source)
         purposes = dict(BUILTIN_PURPOSES)
         raw_purposes = data.get("purposes", {})
         if not isinstance(raw_purposes, dict):
             raise CatalogError(f"{source}: [purposes] must be a table")
         for name, spec in raw_purposes.items():
+            if name in BUILTIN_PURPOSES:
+                raise CatalogError(f"{source}: purposes.{name} is built in and cannot be redefined")
             purposes[name] = _purpose(name, spec, f"{source}: purposes.{name}")
         raw = data.get("categories")
         if not isinstance(raw, dict) or not raw:
@@ -181,6 +184,13 @@ class Catalog:
         return cls.from_mapping(data, source)
 
 
+def _no_unknown_keys(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    # A misspelt key must not silently fall back to a default rule.
+    unknown = set(spec) - allowed
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+
+
 def _name_list(value: Any, where: str, allowed: Mapping[str, Any] | None = None) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise CatalogError(f"{where}: must be a list of names")
@@ -196,9 +206,9 @@ def _purpose(name: str, spec: Any, where: str) -> Purpose:
         raise CatalogError(f"{where}: name must match [a-z][a-z0-9_]{{0,63}}")
     if not isinstance(spec, dict):
         raise CatalogError(f"{where}: must be a table")
-    unknown = set(spec) - {"description", "consent", "objectable", "allowed_under_restriction"}
-    if unknown:
-        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+    _no_unknown_keys(
+        spec, {"description", "consent", "objectable", "allowed_under_restriction"}, where
+    )
     consent = spec.get("consent", "")
     if consent and not (isinstance(consent, str) and CATEGORY_NAME.fullmatch(consent)):
         raise CatalogError(f"{where}.consent: must match [a-z][a-z0-9_]*")
@@ -219,14 +229,16 @@ def _retention(spec: Any, where: str) -> RetentionRule:
         return RetentionRule()
     if not isinstance(spec, dict):
         raise CatalogError(f"{where}: must be a table")
+    _no_unknown_keys(spec, {"rule", "months", "years", "event"}, where)
     try:
         kind = RetentionKind(spec.get("rule", "account"))
     except ValueError:
         allowed = ", ".join(k.value for k in RetentionKind)
         raise CatalogError(f"{where}.rule: must be one of {allowed}") from None
-    months = spec.get("months", 0) + 12 * spec.get("years", 0)
-    if not isinstance(months, int):
+    raw_months, raw_years = spec.get("months", 0), spec.get("years", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (raw_months, raw_years)):
         raise CatalogError(f"{where}: months/years must be integers")
+    months = raw_months + 12 * raw_years
     event = spec.get("event", "")
     if kind is RetentionKind.ACCOUNT:
         if months or event:
@@ -246,6 +258,21 @@ def _category(name: str, spec: Any, where: str, purposes: Mapping[str, Purpose])
         raise CatalogError(f"{where}: name must match [a-z][a-z0-9_]{{0,63}}")
     if not isinstance(spec, dict):
         raise CatalogError(f"{where}: must be a table")
+    _no_unknown_keys(
+        spec,
+        {
+            "description",
+            "cardinality",
+            "fields",
+            "legal_basis",
+            "purposes",
+            "consent",
+            "recipients",
+            "retention",
+            "purposes_after_erasure",
+        },
+        where,
+    )
     fields = spec.get("fields")
     if not isinstance(fields, list) or not fields:
         raise CatalogError(f"{where}.fields: must be a non-empty list")

@@ -201,6 +201,8 @@ def subject_shred(
                 "kms_backend": receipt.kms_backend,
                 "residual_risk": receipt.residual_risk,
                 "residual_copies_expire_at": _iso(receipt.residual_copies_expire_at),
+                "records_retained": receipt.records_retained,
+                "retained_until": _iso(receipt.retained_until) if receipt.retained_until else None,
             },
             indent=2,
         )
@@ -235,8 +237,11 @@ def retention_run(
                     summary = item
                     continue
                 progress.update(task, completed=item.done, total=item.total)
-                verb = "would destroy" if dry_run else "destroyed"
                 what = "subject" if item.kind == "erase_subject" else "bucket"
+                if item.error:
+                    print(f"FAILED {what} {item.target}: {item.error} (retried next run)")
+                    continue
+                verb = "would destroy" if dry_run else "destroyed"
                 print(f"{verb} {what} {item.target} ({item.records} records)")
     except OubliClientError as e:
         raise _fail("retention run failed:", e) from None
@@ -249,10 +254,13 @@ def retention_run(
                 "subjects_erased": summary.subjects_erased,
                 "buckets_destroyed": summary.buckets_destroyed,
                 "records_destroyed": summary.records_destroyed,
+                "failures": summary.failures,
                 "ran_at": _iso(summary.ran_at),
             }
         )
     )
+    if summary.failures:
+        raise typer.Exit(1)
 
 
 def _iso(value: datetime) -> str:

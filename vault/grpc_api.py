@@ -301,6 +301,7 @@ class RetentionServicer(pb_grpc.RetentionServiceServicer):
                     records=action.records,
                     done=done,
                     total=total,
+                    error=action.error,
                 )
             )
         yield pb.RunRetentionResponse(
@@ -310,5 +311,6 @@ class RetentionServicer(pb_grpc.RetentionServiceServicer):
                 buckets_destroyed=summary.buckets_destroyed,
                 records_destroyed=summary.records_destroyed,
                 run_time=_ts(summary.ran_at),
+                failures=summary.failures,
             )
         )

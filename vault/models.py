@@ -141,6 +141,8 @@ class KeyLedgerRow(Base):
     #: subject | bucket | retired (a subject key replaced by re-keying)
     kind: Mapped[str] = mapped_column(String(16))
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: The subject the key belonged to (NULL for buckets).
+    subject_id: Mapped[str | None] = mapped_column(String(26), index=True)
 
 
 class RightsRequestRow(Base):

@@ -101,3 +101,11 @@ def authorize_write(category: Category, subject: SubjectKeyInfo) -> None:
             category=category.name,
             consent=category.consent,
         )
+
+
+def refuse_if_restricted(subject: SubjectKeyInfo) -> None:
+    """Restriction stops new processing: collecting new data (CreateRecord) and
+    starting retention clocks. Rectification and erasure stay possible (they are
+    rights the restriction usually accompanies)."""
+    if subject.restricted:
+        raise PermissionDenied("RESTRICTED", "processing of this subject is restricted")

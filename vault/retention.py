@@ -20,6 +20,7 @@ from datetime import datetime
 
 from kms.base import KmsError
 from vault.catalog import RetentionKind
+from vault.errors import OubliError
 from vault.service import VaultService, kms_error
 
 ERASE_SUBJECT = "erase_subject"
@@ -35,6 +36,8 @@ class RetentionAction:
     due_at: datetime
     #: Records destroyed (for a bucket: its records; for a subject: its erasable ones).
     records: int = 0
+    #: Empty on success; else the failure's reason code (the action is retried next run).
+    error: str = ""
 
 
 @dataclass(slots=True)
@@ -45,15 +48,19 @@ class RetentionSummary:
 
     @property
     def subjects_erased(self) -> int:
-        return sum(1 for a in self.actions if a.kind == ERASE_SUBJECT)
+        return sum(1 for a in self.actions if a.kind == ERASE_SUBJECT and not a.error)
 
     @property
     def buckets_destroyed(self) -> int:
-        return sum(1 for a in self.actions if a.kind == DESTROY_BUCKET)
+        return sum(1 for a in self.actions if a.kind == DESTROY_BUCKET and not a.error)
 
     @property
     def records_destroyed(self) -> int:
         return sum(a.records for a in self.actions)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for a in self.actions if a.error)
 
 
 class RetentionJob:
@@ -99,15 +106,24 @@ class RetentionJob:
         total = len(planned)
         done = 0
         for action in subjects:
-            receipt = self.vault.shred_subject(action.target)
             done += 1
+            # One failing subject must not stop every other expiry: report and go on.
+            try:
+                receipt = self.vault.shred_subject(action.target)
+            except OubliError as e:
+                yield replace(action, records=0, error=e.reason), done, total
+                continue
             yield replace(action, records=receipt.records_deleted), done, total
         # Erasures may have made hold buckets that are already due: look again.
         buckets = self.vault.storage.due_buckets(self.vault.clock())
         total = done + len(buckets)
         for bucket in buckets:
             done += 1
-            yield self._destroy_bucket(bucket.bucket_id, bucket.destroy_at), done, total
+            try:
+                yield self._destroy_bucket(bucket.bucket_id, bucket.destroy_at), done, total
+            except OubliError as e:
+                failed = RetentionAction(DESTROY_BUCKET, bucket.bucket_id, bucket.destroy_at)
+                yield replace(failed, error=e.reason), done, total
 
     def _destroy_bucket(self, bucket_id: str, due_at: datetime) -> RetentionAction:
         storage = self.vault.storage

@@ -98,7 +98,11 @@ class RightsService:
         bound = [c.name for c in self.vault.catalog.categories.values() if c.consent == name]
         has_bound = bool(bound) and bool(self.vault.storage.records(subject_id, categories=bound))
         if not has_bound:
-            return WithdrawalResult(self._set(subject_id, consents=remaining), 0)
+            view = self._set(subject_id, consents=remaining)
+            # A withdrawal retried after a failed key destruction finds nothing left
+            # to drop, but the old key may still exist: destroy it now.
+            self.vault.destroy_retired_keys(subject_id)
+            return WithdrawalResult(view, 0)
         destroyed = self.vault.rekey(subject_id, bound, consents=remaining)
         return WithdrawalResult(self.vault.get_subject(subject_id), destroyed)
 
@@ -109,7 +113,13 @@ class RightsService:
             raise InvalidArgument("kind", f"kind must be one of {', '.join(sorted(REQUEST_KINDS))}")
         self.vault.subject_info(subject_id)
         now = self.vault.clock()
-        days = self.vault.catalog.settings.rights_request_answer_days
+        settings = self.vault.catalog.settings
+        # Seed 003: erasure carried out within 30 days; seed 000: answers within 30 days.
+        days = (
+            min(settings.erasure_deadline_days, settings.rights_request_answer_days)
+            if kind == "erasure"
+            else settings.rights_request_answer_days
+        )
         request = RightsRequest(
             new_id(), subject_id, kind, OPEN, now, now + timedelta(days=days), None
         )

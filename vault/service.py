@@ -49,6 +49,7 @@ from vault.policy import (
     authorize_subject,
     authorize_write,
     readable_categories,
+    refuse_if_restricted,
 )
 from vault.storage import (
     ACTIVE,
@@ -59,6 +60,7 @@ from vault.storage import (
     SCHEME_SUBJECT,
     SHREDDED,
     WRITABLE,
+    BucketInfo,
     Receipt,
     Storage,
     StoredRecord,
@@ -310,9 +312,17 @@ class VaultService:
         """Key scheme, bucket and deadline for a new record of ``spec``."""
         if spec.retention.kind is RetentionKind.ROLLING:
             deadline = add_months(now, spec.retention.months)
-            bucket = self.buckets.for_deadline(EXPIRY, spec.name, deadline)
+            bucket = self._expiry_bucket(spec.name, deadline)
             return SCHEME_EXPIRY, bucket.bucket_id, bucket.destroy_at
         return SCHEME_SUBJECT, None, None
+
+    def _expiry_bucket(self, category: str, deadline: datetime) -> BucketInfo:
+        bucket = self.buckets.for_deadline(EXPIRY, category, deadline)
+        if bucket is None:
+            raise FailedPrecondition(
+                "RETENTION_OVER", "the retention period of this data is already over"
+            )
+        return bucket
 
     def create_record(
         self, subject_id: str, category: str, fields: Mapping[str, str], origin: str
@@ -325,6 +335,7 @@ class VaultService:
         for _ in range(3):  # a concurrent re-key changes the subject's key: seal again
             info = self.writable_subject(subject_id)
             authorize_write(spec, info)
+            refuse_if_restricted(info)
             now = self.clock()
             scheme, bucket_id, retain_until = self._placement(spec, now)
             ciphertext = self._seal(info, record_id, category, fields, scheme, bucket_id)
@@ -488,9 +499,8 @@ class VaultService:
             raise InvalidArgument("event", "this category's retention does not use that event")
         if current.key_scheme != SCHEME_SUBJECT:
             raise FailedPrecondition("EVENT_ALREADY_RECORDED", "the event was already recorded")
-        bucket = self.buckets.for_deadline(
-            EXPIRY, current.category, add_months(self.clock(), rule.months)
-        )
+        refuse_if_restricted(info)
+        bucket = self._expiry_bucket(current.category, add_months(self.clock(), rule.months))
         fields = self._decrypt(info, current)
         return self._rewrite(
             info,
@@ -599,7 +609,14 @@ class VaultService:
             bucket = self.buckets.for_deadline(
                 HOLD, stored.category, add_months(closure, rule.months)
             )
-            fields = self._decrypt(info, stored)
+            if bucket is None:
+                continue  # the hold period is already over: it goes with the rest
+            try:
+                fields = self._decrypt(info, stored)
+            except KeyDestroyedError:
+                # The subject's key is gone already (e.g. this database was restored
+                # from before an earlier erasure): nothing can be held, nothing is left.
+                return
             ciphertext = self._seal(
                 info, stored.record_id, stored.category, fields, SCHEME_HOLD, bucket.bucket_id
             )
@@ -680,6 +697,15 @@ class VaultService:
             self.cache.evict(key_id)
             self._discard_key(key_id)
         raise Unavailable("the subject kept changing during re-keying; retry")
+
+    def destroy_retired_keys(self, subject_id: str) -> None:
+        """Destroy (again) every key the ledger lists for this subject; idempotent."""
+        for key_id in self.storage.ledger_key_ids(subject_id):
+            self.cache.evict(key_id)
+            try:
+                self.kms.destroy_key(key_id)
+            except KmsError as e:
+                raise kms_error(e) from e
 
     def reconcile_shreds(self) -> int:
         """Destroy again every key in the key ledger; returns how many were checked.

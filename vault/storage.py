@@ -376,7 +376,7 @@ class Storage:
                 retained_until=hold_until if retained else None,
             )
             s.add(receipt)
-            self._ledger(s, row.key_id, "subject", now)
+            self._ledger(s, row.key_id, "subject", now, subject_id)
             row.state = HELD if retained else SHREDDED
             row.hold_bucket_id = hold_bucket_id if retained else None
             row.hold_until = hold_until if retained else None
@@ -409,14 +409,20 @@ class Storage:
     # --- key ledger -----------------------------------------------------------------
 
     @staticmethod
-    def _ledger(s: Session, key_id: str, kind: str, now: datetime) -> None:
+    def _ledger(
+        s: Session, key_id: str, kind: str, now: datetime, subject_id: str | None = None
+    ) -> None:
         if s.get(KeyLedgerRow, key_id) is None:
-            s.add(KeyLedgerRow(key_id=key_id, kind=kind, recorded_at=now))
+            s.add(KeyLedgerRow(key_id=key_id, kind=kind, recorded_at=now, subject_id=subject_id))
 
-    def ledger_key_ids(self) -> list[str]:
-        """Every key id oubli destroyed (for reconcile after a KMS restore)."""
+    def ledger_key_ids(self, subject_id: str | None = None) -> list[str]:
+        """Key ids oubli destroyed (for reconcile after a KMS restore), all or one
+        subject's."""
+        query = select(KeyLedgerRow.key_id).order_by(KeyLedgerRow.key_id)
+        if subject_id is not None:
+            query = query.where(KeyLedgerRow.subject_id == subject_id)
         with self._session() as s:
-            return list(s.scalars(select(KeyLedgerRow.key_id).order_by(KeyLedgerRow.key_id)))
+            return list(s.scalars(query))
 
     # --- records --------------------------------------------------------------------
 
@@ -606,7 +612,7 @@ class Storage:
             row.updated_at = now
             for name, value in flags.items():
                 setattr(row, name, value)
-            self._ledger(s, old_key_id, "retired", now)
+            self._ledger(s, old_key_id, "retired", now, subject_id)
             return True
 
     # --- retention buckets ----------------------------------------------------------
@@ -672,7 +678,7 @@ class Storage:
             finished = s.execute(
                 update(SubjectRow)
                 .where(SubjectRow.state == HELD, SubjectRow.hold_bucket_id == bucket_id)
-                .values(state=SHREDDED, hold_bucket_id=None, updated_at=now)
+                .values(state=SHREDDED, hold_bucket_id=None, hold_until=None, updated_at=now)
             )
             row.state = BUCKET_DESTROYED
             row.wrapped_dek = None

@@ -1345,6 +1345,7 @@ class RetentionAction(_message.Message):
     RECORDS_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """erase_subject | destroy_bucket"""
     target: _builtins.str
@@ -1353,6 +1354,10 @@ class RetentionAction(_message.Message):
     done: _builtins.int
     """Progress: actions done so far and in all."""
     total: _builtins.int
+    error: _builtins.str
+    """Empty on success; else the failure's reason code. A failed action does not
+    stop the others and is retried by the next run.
+    """
     @_builtins.property
     def due_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1364,10 +1369,11 @@ class RetentionAction(_message.Message):
         records: _builtins.int = ...,
         done: _builtins.int = ...,
         total: _builtins.int = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_time", b"due_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "due_time", b"due_time", "kind", b"kind", "records", b"records", "target", b"target", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "due_time", b"due_time", "error", b"error", "kind", b"kind", "records", b"records", "target", b"target", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1382,10 +1388,13 @@ class RetentionSummary(_message.Message):
     BUCKETS_DESTROYED_FIELD_NUMBER: _builtins.int
     RECORDS_DESTROYED_FIELD_NUMBER: _builtins.int
     RUN_TIME_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     subjects_erased: _builtins.int
     buckets_destroyed: _builtins.int
     records_destroyed: _builtins.int
+    failures: _builtins.int
+    """Actions that failed (the run's exit status for schedulers)."""
     @_builtins.property
     def run_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1396,10 +1405,11 @@ class RetentionSummary(_message.Message):
         buckets_destroyed: _builtins.int = ...,
         records_destroyed: _builtins.int = ...,
         run_time: _timestamp_pb2.Timestamp | None = ...,
+        failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run_time", b"run_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets_destroyed", b"buckets_destroyed", "dry_run", b"dry_run", "records_destroyed", b"records_destroyed", "run_time", b"run_time", "subjects_erased", b"subjects_erased"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets_destroyed", b"buckets_destroyed", "dry_run", b"dry_run", "failures", b"failures", "records_destroyed", b"records_destroyed", "run_time", b"run_time", "subjects_erased", b"subjects_erased"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -291,3 +291,34 @@ def test_access_report_lists_origin_purposes_basis_recipients_and_retention(
     assert logs["legal_basis"] == "legitimate_interest"
     assert logs["records"][0]["retain_until"] is not None
     assert report["subject"]["objections"] == ["analytics"]
+
+
+def test_location_needs_consent_and_expires_after_12_months(scenario: Scenario) -> None:
+    client = scenario.client
+    sid = client.create_subject().subject_id
+    with pytest.raises(PermissionDenied) as refused:
+        client.create_record(sid, "location", {"city": "Lyon"}, "app")
+    assert refused.value.reason == "CONSENT_MISSING"
+    client.grant_consent(sid, "location")
+    place = client.create_record(sid, "location", {"city": "Lyon"}, "app")
+    usage = client.create_record(sid, "usage", {"page": "/billing"}, "web")
+    assert client.get_record(sid, place.record_id, "security").fields == {"city": "Lyon"}
+    scenario.clock.advance(months=12, days=1)
+    _, summary = _run(scenario)
+    assert summary.buckets_destroyed == 2  # location and usage buckets of that month
+    for record in (place, usage):
+        with pytest.raises(NotFound):
+            client.get_record(sid, record.record_id, "service")
+
+
+def test_restricted_subject_gets_no_new_processing(scenario: Scenario) -> None:
+    client = scenario.client
+    sid = client.create_subject().subject_id
+    contact = client.create_record(sid, "contact", {"email": "x@example.org"})
+    client.restrict(sid)
+    with pytest.raises(PermissionDenied) as refused:
+        client.create_record(sid, "usage", {"page": "/"}, "web")
+    assert refused.value.reason == "RESTRICTED"
+    # Rectification stays possible: it is often why restriction was asked for.
+    fixed = client.update_record(sid, contact.record_id, {"email": "y@example.org"}, 1)
+    assert fixed.version == 2

@@ -254,29 +254,25 @@ def test_concurrent_creation_uses_the_winner(
     winner = bucket_keys(storage, memory_kms)
     deadline = at(2027, 3, 9)
     won: list[str] = []
-    real_get = loser.get
-
-    def racing_get(bucket_id: str) -> None:
-        # The loser looks first and finds nothing; the winner inserts meanwhile.
-        monkeypatch.setattr(loser, "get", real_get)
-        won.append(winner.for_deadline(EXPIRY, "technical_logs", deadline).key_id)
-
-    monkeypatch.setattr(loser, "get", racing_get)
     created: list[str] = []
     real_create = memory_kms.create_key
 
-    def recording_create(key_id: str) -> None:
+    def racing_create(key_id: str) -> None:
         created.append(key_id)
         real_create(key_id)
+        if not won:  # the loser is making its key: the winner inserts meanwhile
+            won.append("")
+            won[0] = winner.for_deadline(EXPIRY, "technical_logs", deadline).key_id
 
-    monkeypatch.setattr(memory_kms, "create_key", recording_create)
+    monkeypatch.setattr(memory_kms, "create_key", racing_create)
 
     bucket = loser.for_deadline(EXPIRY, "technical_logs", deadline)
-    assert len(created) == 2 and created[0] == won[0]
+    assert bucket is not None
+    assert len(created) == 2 and created[1] == won[0]
     assert bucket.key_id == won[0]
     assert storage.bucket(bucket.bucket_id) == bucket
     # the loser's own key is destroyed: no orphan key in the KMS
-    assert not memory_kms.key_exists(created[1])
+    assert not memory_kms.key_exists(created[0])
     assert memory_kms.key_exists(won[0])
     # both serve the same DEK, and the loser remembers the winner's bucket
     assert loser.dek(bucket) == winner.dek(bucket)

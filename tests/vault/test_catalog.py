@@ -174,3 +174,35 @@ def test_malformed_category_is_invalid_argument(name: str) -> None:
     # A malformed name could be anything the caller typed: it is not echoed.
     if name.strip():
         assert name not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        pytest.param(
+            '[categories.c]\nfields = ["a"]\nretension = { rule = "rolling", months = 1 }\n',
+            "unknown keys ['retension']",
+            id="misspelt-category-key",
+        ),
+        pytest.param(
+            '[categories.c]\nfields = ["a"]\nretention = { rule = "rolling", monts = 1 }\n',
+            "unknown keys ['monts']",
+            id="misspelt-retention-key",
+        ),
+        pytest.param(
+            '[categories.c]\nfields = ["a"]\nretention = { rule = "rolling", months = "12" }\n',
+            "months/years must be integers",
+            id="months-not-integer",
+        ),
+        pytest.param(
+            '[purposes.access]\ndescription = "mine"\n[categories.c]\nfields = ["a"]\n',
+            "purposes.access is built in",
+            id="builtin-purpose-redefined",
+        ),
+        pytest.param('[categoriez.c]\nfields = ["a"]\n', "unknown keys", id="unknown-table"),
+    ],
+)
+def test_catalog_typos_are_errors_not_defaults(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(CatalogError) as raised:
+        Catalog.load(write(tmp_path, text))
+    assert key in str(raised.value)

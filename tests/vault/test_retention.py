@@ -428,3 +428,31 @@ def test_resolved_ticket_moves_to_the_expiry_bucket(
     with pytest.raises(RecordNotFound):
         vault.get_record(sid, ticket.record_id, "support")
     assert vault.get_record(sid, other.record_id, "support").fields == {"ticket_id": "T-2"}
+
+
+def test_a_failing_erasure_does_not_block_other_expiries(
+    storage: Storage, memory_kms: InMemoryKeyManager, make_vault: Callable[..., VaultService]
+) -> None:
+    """A database restored from before an erasure: the subject's key is gone but its
+    invoices are still under it. The job erases what it can and keeps going."""
+    from datetime import UTC, datetime
+
+    from vault.buckets import add_months
+    from vault.retention import RetentionJob
+
+    now = [datetime(2026, 3, 10, tzinfo=UTC)]
+    vault = make_vault(storage, memory_kms, clock=lambda: now[0])
+    restored = vault.create_subject()
+    vault.create_record(restored.subject_id, "billing", {"amount": "1"}, "billing")
+    vault.create_record(restored.subject_id, "contact", {"email": "r@x.y"}, "c")
+    other = vault.create_subject()
+    vault.create_record(other.subject_id, "technical_logs", {"event": "e"}, "web")
+    # As after restoring: the key was destroyed by an erasure the database forgot.
+    memory_kms.destroy_key(storage.subject(restored.subject_id).key_id)
+    vault.cache.evict(storage.subject(restored.subject_id).key_id)
+    vault.close_account(restored.subject_id)
+    now[0] = add_months(now[0], 13)
+    summary = RetentionJob(vault).run()
+    assert summary.failures == 0
+    assert summary.subjects_erased == 1 and summary.buckets_destroyed == 1
+    assert vault.get_subject(restored.subject_id).state == "shredded"

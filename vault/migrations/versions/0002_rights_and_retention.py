@@ -22,8 +22,11 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("recorded_at", sa.DateTime(), nullable=False),
+        sa.Column("subject_id", sa.String(length=26), nullable=True),
         sa.PrimaryKeyConstraint("key_id", name=op.f("pk_key_ledger")),
     )
+    with op.batch_alter_table("key_ledger", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_key_ledger_subject_id"), ["subject_id"], unique=False)
     op.create_table(
         "retention_buckets",
         sa.Column("bucket_id", sa.String(length=96), nullable=False),
@@ -92,8 +95,8 @@ def upgrade() -> None:
 
     # The shred ledger now lives in key_ledger: carry over every key destroyed so far.
     op.execute(
-        "INSERT INTO key_ledger (key_id, kind, recorded_at) "
-        "SELECT key_id, 'subject', shredded_at FROM shred_receipts"
+        "INSERT INTO key_ledger (key_id, kind, recorded_at, subject_id) "
+        "SELECT key_id, 'subject', shredded_at, subject_id FROM shred_receipts"
     )
 
 
