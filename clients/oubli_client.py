@@ -176,9 +176,21 @@ class OubliClient:
         max_backoff: float = 2.0,
         channel: grpc.Channel | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+        """``token``: bearer token (embedded default). ``root_certificates``: the CA
+        that signed the server's certificate, to use TLS; with ``client_cert`` and
+        ``client_key`` for mTLS, where the certificate names the caller."""
+        options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+        if channel is None and root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel or grpc.insecure_channel(target, options=options)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
         )
         self._owns_channel = channel is None
         self._subjects = pb_grpc.SubjectServiceStub(self._channel)
@@ -211,7 +223,7 @@ class OubliClient:
         backoff = self._initial_backoff
         for attempt in range(1, attempts + 1):
             try:
-                return rpc(request, timeout=self.timeout)
+                return rpc(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 retry = attempt < attempts and e.code() == grpc.StatusCode.UNAVAILABLE
                 if not retry:
@@ -396,7 +408,7 @@ class OubliClient:
     ) -> Iterator[RetentionAction | RetentionSummary]:
         """Each action as it is carried out (or planned, on a dry run), then the summary."""
         stream = self._retention.RunRetention(
-            pb.RunRetentionRequest(dry_run=dry_run), timeout=timeout
+            pb.RunRetentionRequest(dry_run=dry_run), timeout=timeout, metadata=self._metadata
         )
         try:
             for message in stream:

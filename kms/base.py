@@ -138,5 +138,62 @@ class KeyManager(abc.ABC):
             KmsUnavailable: the KMS could not be reached.
         """
 
+    # --- signing keys -----------------------------------------------------------------
+    #
+    # A signing key is an Ed25519 key pair held by the KMS (the audit log signs its
+    # chain head with one). Signing and subject keys share one namespace of key ids:
+    # ``key_exists`` and ``destroy_key`` apply to both, and an id names one or the other.
+
+    @abc.abstractmethod
+    def create_signing_key(self, key_id: str) -> None:
+        """Create a new, non-exportable Ed25519 signing key named ``key_id``.
+
+        Raises:
+            KmsError: a key (signing or subject) named ``key_id`` already exists, or the
+                id is invalid.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def sign(self, key_id: str, data: bytes) -> bytes:
+        """Sign ``data`` with the latest version of signing key ``key_id``.
+
+        Returns:
+            The signature in the backend's own format (it names the key version):
+            Transit's ``vault:vN:<base64>`` as ASCII bytes, or, for the local backends,
+            one version byte followed by the raw 64-byte Ed25519 signature.
+            :func:`kms.signatures.raw_ed25519_signature` extracts the raw signature.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``key_id`` is not a signing key.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def verify(self, key_id: str, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is a valid signature of ``data`` by ``key_id``.
+
+        A malformed signature is simply not valid: False, not an error.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``key_id`` is not a signing key.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def public_key(self, key_id: str) -> bytes:
+        """The raw 32-byte Ed25519 public key of the latest version of ``key_id``.
+
+        With it anyone can check a signature offline, without access to the KMS
+        (:func:`kms.signatures.verify_offline`).
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``key_id`` is not a signing key.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook, default is no-op
         """Release connections and files."""

@@ -6,6 +6,10 @@ SQLite leaves deleted rows in free pages and old pages in the WAL, so the keysto
 with ``secure_delete=ON`` (deleted content is overwritten with zeros) in WAL mode, and
 every destroy ends with ``wal_checkpoint(TRUNCATE)`` so neither the file nor its
 journal keeps the key's bytes. Several processes may share one keystore file.
+
+Signing keys (Ed25519, for the audit log's checkpoints) live in their own table as raw
+32-byte private keys; their signatures use the format of :mod:`kms.signatures`. Subject
+and signing keys share one namespace of key ids, as in Transit.
 """
 
 from __future__ import annotations
@@ -20,12 +24,28 @@ from pathlib import Path
 from kms._wrap import DEK_LEN, unwrap_dek, wrap_dek, wrapped_key_version
 from kms.base import DataKey, KeyDestroyed, KeyManager, KmsError, KmsUnavailable
 from kms.names import check_key_id
+from kms.signatures import (
+    PRIVATE_KEY_LEN,
+    local_public_key,
+    local_sign,
+    local_signature_version,
+    verify_offline,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subject_keys (
     key_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     key_bytes BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (key_id, version)
+)
+"""
+_SIGNING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signing_keys (
+    key_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    private_key BLOB NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (key_id, version)
 )
@@ -58,14 +78,22 @@ class LocalKeystore(KeyManager):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_SIGNING_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise KmsUnavailable(f"cannot open local keystore: {type(e).__name__}") from e
 
     def _execute(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        return self._run(sql, params)[0]
+
+    def _run(
+        self, sql: str, params: tuple[object, ...] = ()
+    ) -> tuple[list[tuple[object, ...]], int]:
+        """One statement: its rows and how many rows it changed."""
         self._count()
         try:
             with self._lock:
-                return self._db.execute(sql, params).fetchall()
+                cursor = self._db.execute(sql, params)
+                return cursor.fetchall(), cursor.rowcount
         except sqlite3.IntegrityError as e:
             raise KmsError("key already exists") from e
         except sqlite3.Error as e:
@@ -85,15 +113,23 @@ class LocalKeystore(KeyManager):
 
     def create_key(self, key_id: str) -> None:
         check_key_id(key_id)
+        # One statement, so that a signing key created meanwhile by another process
+        # cannot end up sharing the id.
+        self._insert_new(
+            "INSERT INTO subject_keys (key_id, version, key_bytes, created_at) "
+            "SELECT ?, 1, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE key_id = ?)",
+            (key_id, self._random_bytes(32), self._clock(), key_id),
+            key_id,
+        )
+
+    def _insert_new(self, sql: str, params: tuple[object, ...], key_id: str) -> None:
         try:
-            self._execute(
-                "INSERT INTO subject_keys (key_id, version, key_bytes, created_at) "
-                "VALUES (?, 1, ?, ?)",
-                (key_id, self._random_bytes(32), self._clock()),
-            )
+            _, inserted = self._run(sql, params)
         except KmsError as e:
             e.key_id = key_id
             raise
+        if inserted != 1:
+            raise KmsError("key already exists", key_id=key_id)
 
     def generate_data_key(self, key_id: str) -> DataKey:
         check_key_id(key_id)
@@ -117,6 +153,7 @@ class LocalKeystore(KeyManager):
     def destroy_key(self, key_id: str) -> None:
         check_key_id(key_id)
         self._execute("DELETE FROM subject_keys WHERE key_id = ?", (key_id,))
+        self._execute("DELETE FROM signing_keys WHERE key_id = ?", (key_id,))
         self._scrub_journal()
 
     def _scrub_journal(self) -> None:
@@ -130,7 +167,55 @@ class LocalKeystore(KeyManager):
 
     def key_exists(self, key_id: str) -> bool:
         check_key_id(key_id)
-        return bool(self._execute("SELECT 1 FROM subject_keys WHERE key_id = ?", (key_id,)))
+        return bool(
+            self._execute(
+                "SELECT 1 FROM subject_keys WHERE key_id = ? "
+                "UNION ALL SELECT 1 FROM signing_keys WHERE key_id = ?",
+                (key_id, key_id),
+            )
+        )
+
+    def create_signing_key(self, key_id: str) -> None:
+        check_key_id(key_id)
+        self._insert_new(
+            "INSERT INTO signing_keys (key_id, version, private_key, created_at) "
+            "SELECT ?, 1, ?, ? WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE key_id = ?)",
+            (key_id, self._random_bytes(PRIVATE_KEY_LEN), self._clock(), key_id),
+            key_id,
+        )
+
+    def _signing_key(self, key_id: str) -> tuple[int, bytes]:
+        """The latest version of signing key ``key_id`` and its private key."""
+        rows = self._execute(
+            "SELECT version, private_key FROM signing_keys WHERE key_id = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (key_id,),
+        )
+        if not rows:
+            if self._execute("SELECT 1 FROM subject_keys WHERE key_id = ?", (key_id,)):
+                raise KmsError("key is not a signing key", key_id=key_id)
+            raise KeyDestroyed("key does not exist", key_id=key_id)
+        version, private_key = rows[0]
+        assert isinstance(version, int) and isinstance(private_key, bytes)
+        return version, private_key
+
+    def sign(self, key_id: str, data: bytes) -> bytes:
+        check_key_id(key_id)
+        version, private_key = self._signing_key(key_id)
+        return local_sign(private_key, version, data)
+
+    def verify(self, key_id: str, data: bytes, signature: bytes) -> bool:
+        check_key_id(key_id)
+        # Signing keys have one version so far. The lookup comes first, so that a
+        # missing key raises KeyDestroyed whatever the signature holds.
+        version, private_key = self._signing_key(key_id)
+        if local_signature_version(signature) != version:
+            return False
+        return verify_offline(local_public_key(private_key), data, signature)
+
+    def public_key(self, key_id: str) -> bytes:
+        check_key_id(key_id)
+        return local_public_key(self._signing_key(key_id)[1])
 
     def close(self) -> None:
         with self._lock:

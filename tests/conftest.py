@@ -8,10 +8,12 @@ is missing, the fixtures fail loudly and so does the suite.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -34,10 +36,52 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+class _Tee:
+    """Every line the in-process servers log goes to stderr and to the session log."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self._streams:
+            stream.flush()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _json_logs_to_stderr() -> None:
-    """As in production: JSON lines on stderr (never on stdout, which CLIs use)."""
-    configure_logging(sys.__stderr__)
+def _json_logs_to_stderr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """As in production: JSON lines on stderr (never on stdout, which CLIs use); also
+    kept in a session file that the log canary below reads at the end of the run."""
+    path = tmp_path_factory.mktemp("logs") / "in-process-servers.log"
+    with path.open("w") as sink:
+        configure_logging(_Tee(sys.__stderr__, sink))  # type: ignore[arg-type]
+        SESSION_LOGS.append(path)
+        yield
+
+
+#: Every log file a server wrote during the run: the in-process servers' session log and
+#: each server process's log (tests.integration.processes registers them).
+SESSION_LOGS: list[Path] = []
+
+#: Personal data the suite plants looks like e-mail addresses and card/phone numbers.
+_PII_SHAPES = re.compile(rb"[\w.+-]+@[\w-]+\.[\w.-]+|(?<![\w.-])\+?\d[\d ]{11,18}\d(?![\w.-])")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Log canary over the whole run: no server log line may hold a personal value."""
+    leaks = []
+    for path in SESSION_LOGS:
+        if path.exists():
+            for number, line in enumerate(path.read_bytes().splitlines(), 1):
+                if _PII_SHAPES.search(line):
+                    leaks.append(f"{path.name}:{number}")
+    if leaks:
+        print(f"\nLOG CANARY: personal data in server logs at {leaks[:10]}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # --- OpenBao ----------------------------------------------------------------------

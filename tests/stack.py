@@ -14,6 +14,8 @@ import pytest
 from clients.oubli_client import OubliClient
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
+from vault.auth import Authenticator, token_hash
+from vault.callers import CallerPolicy, CallerRule
 from vault.catalog import Catalog
 from vault.config import ServerConfig
 from vault.keycache import DataKeyCache
@@ -35,13 +37,49 @@ class Stack:
         return f"127.0.0.1:{self.server.port}"
 
 
-def start_stack(database_url: str, kms: KeyManager) -> tuple[RunningServer, Storage]:
+#: A caller that may call every RPC, for tests that are not about authorization
+#: (tests/api/test_authorization.py walks the real policy's caller x RPC matrix).
+TEST_TOKEN = "test-admin-token-for-the-suite-only"
+ALL_SERVICES = frozenset(
+    f"{service}.*"
+    for service in (
+        "SubjectService",
+        "RecordService",
+        "RightsService",
+        "RetentionService",
+        "AuditService",
+        "SupportService",
+        "LookupService",
+    )
+)
+TEST_POLICY_TOML = (
+    "[callers.test-admin]\nrpcs = [" + ", ".join(f'"{r}"' for r in sorted(ALL_SERVICES)) + "]\n"
+    'categories = "*"\npurposes = "*"\n'
+)
+
+
+def suite_auth() -> tuple[Authenticator, CallerPolicy]:
+    policy = CallerPolicy({"test-admin": CallerRule("test-admin", ALL_SERVICES, None, None)})
+    return Authenticator({token_hash(TEST_TOKEN): "test-admin"}), policy
+
+
+def start_stack(
+    database_url: str, kms: KeyManager, **vault_options: object
+) -> tuple[RunningServer, Storage]:
     engine = make_engine(database_url)
     migrate(engine)
     storage = Storage(engine)
-    vault = VaultService(storage, kms, Catalog.load(), cache=DataKeyCache())
+    vault_options.setdefault("cache", DataKeyCache())
+    vault = VaultService(storage, kms, Catalog.load(), **vault_options)  # type: ignore[arg-type]
     config = ServerConfig(listen="127.0.0.1:0")
-    return start_server(config, vault=vault), storage
+    clock = vault_options.get("clock")
+    server = start_server(
+        config,
+        vault=vault,
+        auth=suite_auth(),
+        **({"clock": clock} if clock else {}),  # type: ignore[arg-type]
+    )
+    return server, storage
 
 
 def stack_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
@@ -54,7 +92,7 @@ def stack_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         else request.getfixturevalue("vault_kms")
     )
     server, storage = start_stack(url, kms)
-    client = OubliClient(f"127.0.0.1:{server.port}", timeout=10)
+    client = OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN)
     yield Stack(server, client, kms, storage, url)
     client.close()
     server.stop(grace=0)

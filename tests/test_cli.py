@@ -9,14 +9,17 @@ from typer.testing import CliRunner
 
 from clients.oubli_client import OubliClient
 from tests.integration.processes import ServerProcess
-from tests.stack import Stack
+from tests.stack import TEST_TOKEN, Stack
 from vault.cli import app
 
-runner = CliRunner()
+runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})
 
 
 def test_dev_starts_openbao_and_serves(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, "dev") as server, OubliClient(server.target) as client:
+    with (
+        ServerProcess(tmp_path, "dev") as server,
+        OubliClient(server.target, token=server.token) as client,
+    ):
         subject = client.create_subject()
         client.create_record(subject.subject_id, "contact", {"email": "dev@example.org"})
         receipt = client.shred_subject(subject.subject_id)

@@ -70,12 +70,25 @@ def serve(
     ] = None,
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
     catalog: Annotated[Path | None, typer.Option(help="policy catalog TOML")] = None,
+    callers: Annotated[Path | None, typer.Option(help="caller policy TOML")] = None,
+    tokens_file: Annotated[Path | None, typer.Option(help="bearer token hashes")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="server key (PEM)")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="require client certificates from this CA (mTLS)")
+    ] = None,
     ready_file: Annotated[
         Path | None, typer.Option(help="write the bound port here once serving")
     ] = None,
 ) -> None:
-    """Serve gRPC. Default: SQLite + local keystore under ./oubli-data."""
+    """Serve gRPC. Default: SQLite + local keystore under ./oubli-data; callers
+    authenticate with bearer tokens (oubli token create CALLER) or client certificates."""
     config = _config(
+        callers_path=callers,
+        tokens_path=tokens_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
         listen=listen,
         data_dir=data_dir,
         database_url=database_url,
@@ -94,9 +107,15 @@ def serve(
 def dev(
     listen: Annotated[str, typer.Option(help="host:port")] = "127.0.0.1:50051",
     ready_file: Annotated[Path | None, typer.Option(help="write the bound port here")] = None,
+    tokens_out: Annotated[
+        Path | None, typer.Option(help="write one bearer token per default caller here")
+    ] = None,
 ) -> None:
-    """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary)."""
+    """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary).
+    Makes one bearer token per default caller, in files named CALLER.token."""
     from kms.openbao_process import OpenBaoDevServer
+    from vault.auth import TokenStore
+    from vault.callers import CallerPolicy
 
     configure_logging()
     with (
@@ -112,7 +131,38 @@ def dev(
             vault_addr=bao.address,
             vault_token=bao.token,
         )
+        token_dir = tokens_out or Path(tmp) / "tokens"
+        token_dir.mkdir(parents=True, exist_ok=True)
+        store = TokenStore(config.resolved_tokens_path)
+        for caller in CallerPolicy.load().callers:
+            path = token_dir / f"{caller}.token"
+            path.touch(mode=0o600)
+            path.write_text(store.create(caller))
+        err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")
         _run_server(config, ready_file)
+
+
+token_app = typer.Typer(help="Bearer tokens for the embedded default.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    caller: str,
+    data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
+    tokens_file: Annotated[Path | None, typer.Option(help="bearer token hashes")] = None,
+) -> None:
+    """Make a bearer token for CALLER (a name from the caller policy). The token is
+    printed once; only its hash is stored."""
+    from vault.auth import TokenStore
+    from vault.callers import CallerPolicy, CallerPolicyError
+
+    config = _config(data_dir=data_dir, tokens_path=tokens_file)
+    try:
+        CallerPolicy.load(config.callers_path).rule(caller)
+    except (CallerPolicyError, OubliError) as e:
+        raise _fail("unknown caller:", e, code=2) from None
+    print(TokenStore(config.resolved_tokens_path).create(caller))
 
 
 @app.command()
@@ -144,7 +194,22 @@ def reconcile(
 
 
 def _client_call(target: str) -> OubliClient:
-    return OubliClient(target)
+    """A client authenticated by OUBLI_TOKEN (or the file OUBLI_TOKEN_FILE names); TLS
+    when OUBLI_CA names the server's CA (mTLS with OUBLI_CLIENT_CERT/OUBLI_CLIENT_KEY)."""
+    token = os.environ.get("OUBLI_TOKEN")
+    if not token and os.environ.get("OUBLI_TOKEN_FILE"):
+        token = Path(os.environ["OUBLI_TOKEN_FILE"]).read_text().strip()
+
+    def read(name: str) -> bytes | None:
+        return Path(os.environ[name]).read_bytes() if os.environ.get(name) else None
+
+    return OubliClient(
+        target,
+        token=token,
+        root_certificates=read("OUBLI_CA"),
+        client_cert=read("OUBLI_CLIENT_CERT"),
+        client_key=read("OUBLI_CLIENT_KEY"),
+    )
 
 
 @subject_app.command("create")

@@ -13,6 +13,10 @@ Environment variables (all optional):
     OUBLI_CACHE_TTL_SECONDS  DEK cache TTL, at most 60 (default 60)
     OUBLI_MAX_WORKERS     gRPC worker threads (default 16)
     OUBLI_KMS_BACKUP_RETENTION_DAYS  how long KMS backups are kept (default 7)
+    OUBLI_CALLERS         caller policy TOML (default: the shipped default_callers.toml)
+    OUBLI_TOKENS_FILE     bearer token hashes (default DATA_DIR/tokens.toml)
+    OUBLI_TLS_CERT, OUBLI_TLS_KEY  serve TLS (1.3 negotiated) with this certificate
+    OUBLI_TLS_CLIENT_CA   require client certificates signed by this CA (mTLS)
     VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
     OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
 """
@@ -61,6 +65,18 @@ class ServerConfig:
     #: How long backups of the KMS (Vault snapshots, keystore file copies) are kept;
     #: shred receipts say when the last copy holding an erased key expires.
     kms_backup_retention_days: int = 7
+    #: Caller policy TOML (default: the shipped vault/default_callers.toml).
+    callers_path: Path | None = None
+    #: Hashes of bearer tokens (default: DATA_DIR/tokens.toml).
+    tokens_path: Path | None = None
+    #: TLS: server certificate and key (PEM); with a client CA, mTLS is required.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+    @property
+    def resolved_tokens_path(self) -> Path:
+        return (self.tokens_path or self.data_dir / "tokens.toml").resolve()
 
     @property
     def resolved_database_url(self) -> str:
@@ -75,6 +91,10 @@ class ServerConfig:
             raise ConfigError("tenant must match [a-z0-9][a-z0-9_-]{0,63}")
         if self.cache_entries < 1 or self.max_workers < 1:
             raise ConfigError("cache entries and worker count must be >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and its key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("mTLS (a client CA) needs the server's TLS certificate and key")
         if self.kms_backup_retention_days < 0:
             raise ConfigError("KMS backup retention must be >= 0 days")
         if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
@@ -142,4 +162,9 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_CACHE_TTL_SECONDS": ("cache_ttl_seconds", float),
     "OUBLI_MAX_WORKERS": ("max_workers", int),
     "OUBLI_KMS_BACKUP_RETENTION_DAYS": ("kms_backup_retention_days", int),
+    "OUBLI_CALLERS": ("callers_path", Path),
+    "OUBLI_TOKENS_FILE": ("tokens_path", Path),
+    "OUBLI_TLS_CERT": ("tls_cert", Path),
+    "OUBLI_TLS_KEY": ("tls_key", Path),
+    "OUBLI_TLS_CLIENT_CA": ("tls_client_ca", Path),
 }

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from vault.auth import Unauthenticated
 from vault.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -46,6 +47,7 @@ STATUS_BY_ERROR: tuple[tuple[type[OubliError], grpc.StatusCode], ...] = (
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (IntegrityFailure, grpc.StatusCode.DATA_LOSS),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     # oubli's own credentials were refused: an operator must act, retrying will not help.
     (KmsRefused, grpc.StatusCode.INTERNAL),
 )

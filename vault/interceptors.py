@@ -22,6 +22,9 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from vault.access import acting_as
+from vault.auth import Authenticator
+from vault.callers import CallerPolicy, CallerRule
 from vault.errors import OubliError
 from vault.grpc_errors import error_status, plain_status, status_code_for
 
@@ -91,6 +94,26 @@ else:  # grpc's runtime class is not generic
 
 
 class ServiceInterceptor(_Interceptor):
+    """Parses, authenticates, authorizes the RPC, runs it, logs it, maps its errors.
+
+    ``authenticator`` and ``policy`` are both given in a served configuration; without
+    them (in-process tests of the domain) every call runs with no caller rule.
+    """
+
+    def __init__(
+        self, authenticator: Authenticator | None = None, policy: CallerPolicy | None = None
+    ) -> None:
+        if (authenticator is None) != (policy is None):
+            raise ValueError("authenticator and policy go together")
+        self._authenticator = authenticator
+        self._policy = policy
+
+    def _authorize(self, method: str, context: grpc.ServicerContext) -> CallerRule | None:
+        if self._authenticator is None or self._policy is None:
+            return None
+        caller = self._authenticator.authenticate(context)
+        return self._policy.check_rpc(caller.name, method)
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
@@ -151,7 +174,11 @@ class ServiceInterceptor(_Interceptor):
             # oubli's servicers never abort themselves: they raise domain errors, and
             # this is the one place that turns exceptions into statuses.
             try:
-                response = behavior(request, context)
+                rule = self._authorize(method, context)
+                if rule is not None:
+                    bound = bound.bind(caller=rule.name)
+                with acting_as(rule):
+                    response = behavior(request, context)
             except Exception as error:
                 self._fail(context, error, request_id, bound, start)
                 raise  # pragma: no cover - abort_with_status raises
@@ -166,7 +193,11 @@ class ServiceInterceptor(_Interceptor):
             if request is _MALFORMED:
                 self._fail(context, None, request_id, bound, start)
             try:
-                yield from behavior(request, context)
+                rule = self._authorize(method, context)
+                if rule is not None:
+                    bound = bound.bind(caller=rule.name)
+                with acting_as(rule):
+                    yield from behavior(request, context)
             except Exception as error:
                 self._fail(context, error, request_id, bound, start)
             bound.info("rpc", code="OK", ms=_ms(start))

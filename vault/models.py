@@ -1,7 +1,8 @@
 """Database schema (SQLAlchemy 2). Alembic migrations in vault/migrations/ create it.
 
 No column holds personal data in clear: records are ciphertext, everything else is
-random ids, states, category names, counts and times.
+random ids, states, category names, counts and times (and the blind index's truncated
+keyed HMACs, see vault.lookup).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -174,3 +177,82 @@ class ShredReceiptRow(Base):
     #: Records kept under a legal hold, and when the hold's key is destroyed.
     records_retained: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retained_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class BlindIndexRow(Base):
+    """Lookup by e-mail / phone: a truncated keyed HMAC of a record's normalised value.
+
+    The tag is deliberately short (vault.lookup): many records share it, so a row tells
+    nothing about the value and candidates are confirmed by decryption. Rows go with
+    their record (ON DELETE CASCADE), so deleting or shredding a record drops them in
+    the same statement.
+    """
+
+    __tablename__ = "blind_index"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["subject_id", "record_id"],
+            ["records.subject_id", "records.record_id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_blind_index_kind_tag", "kind", "tag"),
+    )
+
+    subject_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    #: email | phone
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    #: The first ``bits`` bits of HMAC-SHA256(index key, kind NUL value), as an integer.
+    tag: Mapped[int] = mapped_column(Integer)
+
+
+class ServiceKeyRow(Base):
+    """oubli's own keys (not a subject's): a DEK wrapped by a KMS key, e.g. the
+    lookup index key. Unwrapped once at start-up, kept in memory."""
+
+    __tablename__ = "service_keys"
+
+    #: e.g. "lookup-index"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    key_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AuditEntryRow(Base):
+    """One link of the audit hash chain (vault/audit.py computes and checks ``hash``).
+
+    Names only: pseudonymous ids, catalog names, reason codes — never a value.
+    """
+
+    __tablename__ = "audit_entries"
+
+    #: 1, 2, 3, ... assigned by the appender under the chain lock (no gaps).
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    caller: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str | None] = mapped_column(String(26), index=True)
+    #: JSON list of category names.
+    categories: Mapped[str] = mapped_column(Text)
+    #: JSON list of field names (never their values).
+    fields: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
+    #: Hex SHA-256 of the previous entry (64 zeros for the first).
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpointRow(Base):
+    """A chain head (``seq``, ``hash``) signed with the KMS signing key ``key_id``."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -23,6 +23,8 @@ from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.base import KeyManager, KmsError
 from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
+from vault.auth import Authenticator, TokenStore
+from vault.callers import CallerPolicy
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.config import ServerConfig
@@ -84,13 +86,23 @@ class RunningServer:
         self.vault.storage.engine.dispose()
 
 
+def build_auth(config: ServerConfig) -> tuple[Authenticator, CallerPolicy]:
+    policy = CallerPolicy.load(config.callers_path)
+    tokens = TokenStore(config.resolved_tokens_path).load()
+    return Authenticator(tokens, mtls=config.tls_client_ca is not None), policy
+
+
 def start_server(
-    config: ServerConfig, vault: VaultService | None = None, clock: Clock = utc_now
+    config: ServerConfig,
+    vault: VaultService | None = None,
+    clock: Clock = utc_now,
+    auth: tuple[Authenticator, CallerPolicy] | None = None,
 ) -> RunningServer:
     vault = vault or build_vault(config, clock)
+    authenticator, policy = auth or build_auth(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(authenticator, policy)],
         options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
     )
     pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
@@ -105,7 +117,16 @@ def start_server(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(config.listen)
+        if config.tls_cert is not None and config.tls_key is not None:
+            client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
     except RuntimeError as e:  # grpc raises it when the address is taken or invalid
         raise Unavailable(f"cannot listen on {config.listen}") from e
     if port == 0:

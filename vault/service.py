@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from kms.base import DataKey, KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
+from vault import access
 from vault.buckets import (
     EXPIRY,
     HOLD,
@@ -328,6 +329,7 @@ class VaultService:
         self, subject_id: str, category: str, fields: Mapping[str, str], origin: str
     ) -> RecordView:
         spec = self.catalog.category(category)
+        access.check(category=category)
         fields = check_fields(fields, spec.fields)
         origin = check_origin(origin)
         record_id = new_id(self._random_bytes)
@@ -373,16 +375,20 @@ class VaultService:
 
     def get_record(self, subject_id: str, record_id: str, purpose: str) -> RecordView:
         info = self.subject_info(subject_id)
-        authorize_subject(self.catalog, purpose, info)  # erased subjects: refused first
+        access.check(purpose=purpose)  # the caller's own limits come first
+        authorize_subject(self.catalog, purpose, info)  # erased subjects: refused next
         stored = self._stored(subject_id, record_id)
+        access.check(category=stored.category)
         authorize_read(self.catalog, self.catalog.category(stored.category), purpose, info)
         return self._open(info, stored)
 
     def _readable(self, info: SubjectKeyInfo, purpose: str, category: str) -> list[str]:
+        access.check(purpose=purpose)
         if category:
+            access.check(category=category)
             authorize_read(self.catalog, self.catalog.category(category), purpose, info)
             return [category]
-        return readable_categories(self.catalog, purpose, info)
+        return access.within_reach(readable_categories(self.catalog, purpose, info))
 
     def list_records(
         self,
@@ -428,6 +434,7 @@ class VaultService:
             raise InvalidArgument("expected_version", "expected_version must be >= 1")
         info = self.writable_subject(subject_id)
         current = self._stored(subject_id, record_id)
+        access.check(category=current.category)
         spec = self.catalog.category(current.category)
         fields = check_fields(fields, spec.fields)
         origin = check_origin(origin) if origin else current.origin
@@ -483,6 +490,7 @@ class VaultService:
 
     def delete_record(self, subject_id: str, record_id: str) -> None:
         self.writable_subject(subject_id)
+        access.check(category=self._stored(subject_id, record_id).category)
         if not self.storage.delete_record(subject_id, check_id("record_id", record_id)):
             raise RecordNotFound("record not found", record_id=record_id)
 
@@ -494,6 +502,7 @@ class VaultService:
         """
         info = self.writable_subject(subject_id)
         current = self._stored(subject_id, record_id)
+        access.check(category=current.category)
         rule = self.catalog.category(current.category).retention
         if rule.kind is not RetentionKind.AFTER_EVENT or rule.event != event:
             raise InvalidArgument("event", "this category's retention does not use that event")

@@ -23,8 +23,9 @@ from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from kms.memory import InMemoryKeyManager
 from kms.openbao_process import free_port
-from tests.stack import Stack, start_stack
+from tests.stack import TEST_TOKEN, Stack, start_stack
 
+AUTH = (("authorization", f"Bearer {TEST_TOKEN}"),)
 CANARY = "zz-canary-7f3a9c-Ophélie.Marchand@example.invalid"
 
 EXPORT_SCHEMA = json.loads(
@@ -78,7 +79,8 @@ def test_export_is_valid_json_against_the_published_schema(stack: Stack) -> None
     assert pages == ["/a", "/b"]
     # raw bytes are UTF-8 JSON
     raw = stack.client._subjects.ExportSubject(
-        pb.ExportSubjectRequest(subject_id=subject.subject_id, purpose="portability")
+        pb.ExportSubjectRequest(subject_id=subject.subject_id, purpose="portability"),
+        metadata=AUTH,
     )
     assert raw.content_type == "application/json"
     assert "Zoé" in raw.json.decode("utf-8")
@@ -202,7 +204,7 @@ def test_kms_outage_is_unavailable_and_writes_nothing(sqlite_url: str) -> None:
     kms = InMemoryKeyManager()
     server, storage = start_stack(sqlite_url, kms)
     try:
-        with OubliClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
+        with OubliClient(f"127.0.0.1:{server.port}", max_attempts=1, token=TEST_TOKEN) as client:
             kms.unavailable = True
             with pytest.raises(Unavailable) as raised:
                 client.create_subject()
@@ -242,7 +244,7 @@ def test_database_outage_is_unavailable(pg_url: str) -> None:
     kms = InMemoryKeyManager()
     server, _ = start_stack(pg_url, kms)
     try:
-        with OubliClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
+        with OubliClient(f"127.0.0.1:{server.port}", max_attempts=1, token=TEST_TOKEN) as client:
             subject = client.create_subject()
             server.vault.storage.engine.dispose()
             admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -273,14 +275,14 @@ def test_request_id_is_returned_on_success_and_on_error(stack: Stack) -> None:
         stub = pb_grpc.SubjectServiceStub(channel)
         _, call = stub.GetSubject.with_call(
             pb.GetSubjectRequest(subject_id=subject.subject_id),
-            metadata=(("x-request-id", "req-ok-1"),),
+            metadata=(("x-request-id", "req-ok-1"), *AUTH),
             timeout=5,
         )
         assert dict(call.trailing_metadata())["x-request-id"] == "req-ok-1"
         with pytest.raises(grpc.RpcError) as raised:
             stub.GetSubject(
                 pb.GetSubjectRequest(subject_id="a" * 26),
-                metadata=(("x-request-id", "req-err-2"),),
+                metadata=(("x-request-id", "req-err-2"), *AUTH),
                 timeout=5,
             )
         trailers = dict(raised.value.trailing_metadata())
@@ -288,7 +290,7 @@ def test_request_id_is_returned_on_success_and_on_error(stack: Stack) -> None:
         assert "grpc-status-details-bin" in trailers
         _, call = stub.GetSubject.with_call(
             pb.GetSubjectRequest(subject_id=subject.subject_id),
-            metadata=(("x-request-id", "has spaces; and * stars"),),
+            metadata=(("x-request-id", "has spaces; and * stars"), *AUTH),
             timeout=5,
         )
         generated = dict(call.trailing_metadata())["x-request-id"]

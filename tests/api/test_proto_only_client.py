@@ -9,17 +9,33 @@ from pathlib import Path
 
 from grpc_tools import protoc
 
-from tests.stack import Stack
+from tests.stack import TEST_TOKEN, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import collections, json, sys
     import grpc
+
+    class Details(collections.namedtuple(
+            "Details", "method timeout metadata credentials wait_for_ready compression"),
+            grpc.ClientCallDetails):
+        pass
+
+    class Bearer(grpc.UnaryUnaryClientInterceptor):
+        def __init__(self, token):
+            self.metadata = (("authorization", "Bearer " + token),)
+
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(Details(
+                details.method, details.timeout, self.metadata, details.credentials,
+                details.wait_for_ready, details.compression), request)
+
     from oubli.v1 import vault_pb2 as pb, vault_pb2_grpc as rpc
 
-    channel = grpc.insecure_channel(sys.argv[1])
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(sys.argv[1]), Bearer(sys.argv[2]))
     subjects = rpc.SubjectServiceStub(channel)
     records = rpc.RecordServiceStub(channel)
     subject = subjects.CreateSubject(pb.CreateSubjectRequest()).subject
@@ -64,7 +80,7 @@ def test_client_generated_from_proto_alone(stack: Stack, tmp_path: Path) -> None
     script.write_text(SCRIPT)
     # The script imports only the freshly generated stubs (its own directory).
     result = subprocess.run(
-        [sys.executable, str(script), stack.target],
+        [sys.executable, str(script), stack.target, TEST_TOKEN],
         cwd=tmp_path,
         capture_output=True,
         text=True,

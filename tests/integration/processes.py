@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.conftest import SESSION_LOGS
+from tests.stack import TEST_POLICY_TOML, TEST_TOKEN
+from vault.auth import token_hash
+
 
 class ServerProcess:
     """An ``oubli`` server in its own process; stderr (the JSON log) goes to a file."""
@@ -19,9 +23,21 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_file = workdir / f"ready-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
+        SESSION_LOGS.append(self.log_path)
         self.args = [*args, "--ready-file", str(self.ready_file)]
         if args and args[0] in ("serve", "dev") and "--listen" not in args:
             self.args += ["--listen", "127.0.0.1:0"]
+        #: A token the server accepts (test-admin for serve; control-panel for dev).
+        self.token = TEST_TOKEN
+        if args and args[0] == "serve" and "--callers" not in args:
+            callers = workdir / "callers.toml"
+            callers.write_text(TEST_POLICY_TOML)
+            tokens = workdir / "tokens.toml"
+            tokens.write_text(f'[tokens]\n"test-admin" = ["{token_hash(TEST_TOKEN)}"]\n')
+            self.args += ["--callers", str(callers), "--tokens-file", str(tokens)]
+        self.tokens_dir = workdir / f"tokens-{time.monotonic_ns()}"
+        if args and args[0] == "dev":
+            self.args += ["--tokens-out", str(self.tokens_dir)]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -41,6 +57,8 @@ class ServerProcess:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
             if self.ready_file.exists():
                 self.port = int(self.ready_file.read_text())
+                if self.args[0] == "dev":
+                    self.token = (self.tokens_dir / "control-panel.token").read_text()
                 return self
             time.sleep(0.05)
         self.stop()

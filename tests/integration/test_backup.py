@@ -82,7 +82,10 @@ def test_old_database_copy_is_useless_for_the_shredded_subject(
     url: str = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
     mount = f"transit-{secrets.token_hex(4)}"
     restored: list[str] = []
-    with _serve(tmp_path / "a", url, openbao, mount) as live, OubliClient(live.target) as client:
+    with (
+        _serve(tmp_path / "a", url, openbao, mount) as live,
+        OubliClient(live.target, token=live.token) as client,
+    ):
         doomed = client.create_subject()
         kept = client.create_subject()
         doomed_record = client.create_record(
@@ -100,7 +103,7 @@ def test_old_database_copy_is_useless_for_the_shredded_subject(
     try:
         with (
             _serve(tmp_path / "b", copy_url, openbao, mount) as old,
-            OubliClient(old.target, max_attempts=1) as client,
+            OubliClient(old.target, max_attempts=1, token=old.token) as client,
         ):
             # The copy still says "active" and still holds the wrapped DEK and ciphertext...
             assert client.get_subject(doomed.subject_id).state == "active"

@@ -95,7 +95,7 @@ def _files(root: Path) -> list[Path]:
 def test_embedded_default_keeps_no_plaintext_anywhere(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with ServerProcess(tmp_path / "run", "serve", "--data-dir", str(data_dir)) as server:
-        with OubliClient(server.target) as client:
+        with OubliClient(server.target, token=server.token) as client:
             _plant(client)
         files_while_running = _files(data_dir)
         _assert_clean(files_while_running)
@@ -122,7 +122,7 @@ def test_vault_backend_keeps_no_plaintext_anywhere(
             "transit-canary",
             env={"VAULT_TOKEN": openbao.token},
         ) as server,
-        OubliClient(server.target) as client,
+        OubliClient(server.target, token=server.token) as client,
     ):
         _plant(client)
     files = [*_files(tmp_path / "data"), server.log_path]

@@ -11,7 +11,7 @@ from clients.errors import Unavailable
 from clients.oubli_client import OubliClient
 from kms.openbao_process import OpenBaoDevServer
 from kms.vault_transit import VaultTransitKeyManager
-from tests.stack import start_stack
+from tests.stack import TEST_TOKEN, start_stack
 from vault.models import SubjectRow
 
 
@@ -21,7 +21,9 @@ def test_vault_outage_is_unavailable_and_writes_nothing(tmp_path: Path, sqlite_u
     kms.ensure_mount()
     server, storage = start_stack(sqlite_url, kms)
     try:
-        with OubliClient(f"127.0.0.1:{server.port}", max_attempts=2, timeout=10) as client:
+        with OubliClient(
+            f"127.0.0.1:{server.port}", max_attempts=2, timeout=10, token=TEST_TOKEN
+        ) as client:
             subject = client.create_subject()
             record = client.create_record(subject.subject_id, "contact", {"email": "a@b.c"})
             server.vault.cache.evict(storage.subject(subject.subject_id).key_id)

@@ -37,8 +37,8 @@ def test_shred_on_one_replica_is_refused_by_the_other_at_once(
     with (
         ServerProcess(tmp_path / "a", *args, env=env) as a,
         ServerProcess(tmp_path / "b", *args, env=env) as b,
-        OubliClient(a.target) as client_a,
-        OubliClient(b.target) as client_b,
+        OubliClient(a.target, token=a.token) as client_a,
+        OubliClient(b.target, token=b.token) as client_b,
     ):
         subject = client_a.create_subject()
         record = client_a.create_record(subject.subject_id, "contact", {"email": "x@y.z"})

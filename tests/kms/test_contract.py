@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Callable
 
 import pytest
 
 from kms.base import DataKey, KeyDestroyed, KeyManager, KmsError, KmsUnavailable
+from kms.signatures import PUBLIC_KEY_LEN, raw_ed25519_signature, verify_offline
 
 
 def new_key_id() -> str:
@@ -149,6 +151,10 @@ OPERATIONS: list[tuple[str, Callable[[KeyManager, str], object]]] = [
     ("unwrap", lambda kms, key_id: kms.unwrap(key_id, b"vault:v1:AAAA")),
     ("destroy_key", lambda kms, key_id: kms.destroy_key(key_id)),
     ("key_exists", lambda kms, key_id: kms.key_exists(key_id)),
+    ("create_signing_key", lambda kms, key_id: kms.create_signing_key(key_id)),
+    ("sign", lambda kms, key_id: kms.sign(key_id, b"head")),
+    ("verify", lambda kms, key_id: kms.verify(key_id, b"head", b"vault:v1:AAAA")),
+    ("public_key", lambda kms, key_id: kms.public_key(key_id)),
 ]
 
 
@@ -187,6 +193,16 @@ def test_calls_counts_every_round_trip(any_kms: KeyManager) -> None:
     any_kms.key_exists(key_id)
     step()
     any_kms.destroy_key(key_id)
+    step()
+
+    signing_key_id = new_key_id()
+    any_kms.create_signing_key(signing_key_id)
+    step()
+    signature = any_kms.sign(signing_key_id, b"head")
+    step()
+    any_kms.verify(signing_key_id, b"head", signature)
+    step()
+    any_kms.public_key(signing_key_id)
     step()
 
 
@@ -242,3 +258,165 @@ def test_data_key_repr_hides_fixed_bytes() -> None:
     assert repr(dek) not in text
     assert "\\x00\\x01" not in text
     assert "key_version=3" in text
+
+
+# --- signing keys -------------------------------------------------------------------
+
+
+def test_sign_and_verify(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    assert any_kms.key_exists(key_id)
+
+    signature = any_kms.sign(key_id, b"seq=7 hash=ab12")
+
+    assert isinstance(signature, bytes)
+    assert any_kms.verify(key_id, b"seq=7 hash=ab12", signature) is True
+
+
+def test_signature_verifies_offline_with_the_public_key(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    signature = any_kms.sign(key_id, b"chain head")
+
+    public_key = any_kms.public_key(key_id)
+
+    assert len(public_key) == PUBLIC_KEY_LEN
+    assert any_kms.public_key(key_id) == public_key
+    raw = raw_ed25519_signature(signature)
+    assert raw is not None and len(raw) == 64
+    assert verify_offline(public_key, b"chain head", signature)
+    assert not verify_offline(public_key, b"chain heaD", signature)
+
+
+def test_tampered_message_fails_verification(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    data = b"seq=12 hash=" + b"0" * 64
+    signature = any_kms.sign(key_id, data)
+
+    for i in (0, len(data) // 2, len(data) - 1):
+        tampered = bytearray(data)
+        tampered[i] ^= 0x01
+        assert any_kms.verify(key_id, bytes(tampered), signature) is False
+    assert any_kms.verify(key_id, data + b"\n", signature) is False
+    assert any_kms.verify(key_id, b"", signature) is False
+
+
+def test_tampered_signature_fails_verification(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    signature = any_kms.sign(key_id, b"head")
+    raw = raw_ed25519_signature(signature)
+    assert raw is not None
+
+    # Flip a bit in each region of the raw signature (R, then S), keeping the format.
+    for i in (0, 31, 32, 63):
+        flipped = bytearray(raw)
+        flipped[i] ^= 0x01
+        forged = signature.replace(raw, bytes(flipped))
+        if forged == signature:  # Transit's form is base64: re-encode it
+            forged = b"vault:v1:" + base64.b64encode(bytes(flipped))
+        assert any_kms.verify(key_id, b"head", forged) is False, i
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"vault:v1:AAAA", id="short-transit"),
+        pytest.param(b"vault:v0:" + base64.b64encode(bytes(64)), id="version-0"),
+        pytest.param(b"vault:v99:" + base64.b64encode(bytes(64)), id="version-too-new"),
+        pytest.param(b"\x01" + bytes(64), id="zero-local"),
+        pytest.param(b"\x02" + bytes(64), id="local-unknown-version"),
+        pytest.param(b"\xff\xfe not ascii", id="binary"),
+    ],
+)
+def test_malformed_signature_is_not_valid(any_kms: KeyManager, signature: bytes) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    assert any_kms.verify(key_id, b"head", signature) is False
+
+
+def test_signature_of_another_key_fails(any_kms: KeyManager) -> None:
+    signer, other = new_key_id(), new_key_id()
+    any_kms.create_signing_key(signer)
+    any_kms.create_signing_key(other)
+    signature = any_kms.sign(signer, b"head")
+
+    assert any_kms.verify(other, b"head", signature) is False
+    assert any_kms.public_key(signer) != any_kms.public_key(other)
+    assert not verify_offline(any_kms.public_key(other), b"head", signature)
+
+
+def test_create_signing_key_twice_fails(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    public_key = any_kms.public_key(key_id)
+    signature = any_kms.sign(key_id, b"head")
+
+    with pytest.raises(KmsError) as caught:
+        any_kms.create_signing_key(key_id)
+
+    assert not isinstance(caught.value, KmsUnavailable | KeyDestroyed)
+    assert caught.value.key_id == key_id
+    # The existing key was not replaced.
+    assert any_kms.public_key(key_id) == public_key
+    assert any_kms.verify(key_id, b"head", signature)
+
+
+def test_subject_and_signing_keys_share_one_namespace(any_kms: KeyManager) -> None:
+    subject_key, signing_key = new_key_id(), new_key_id()
+    any_kms.create_key(subject_key)
+    any_kms.create_signing_key(signing_key)
+
+    with pytest.raises(KmsError) as caught:
+        any_kms.create_signing_key(subject_key)
+    assert not isinstance(caught.value, KmsUnavailable | KeyDestroyed)
+    with pytest.raises(KmsError) as caught:
+        any_kms.create_key(signing_key)
+    assert not isinstance(caught.value, KmsUnavailable | KeyDestroyed)
+
+
+def test_a_subject_key_does_not_sign(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_key(key_id)
+
+    operations: list[Callable[[], object]] = [
+        lambda: any_kms.sign(key_id, b"head"),
+        lambda: any_kms.verify(key_id, b"head", b"vault:v1:" + base64.b64encode(bytes(64))),
+        lambda: any_kms.public_key(key_id),
+    ]
+    for operation in operations:
+        with pytest.raises(KmsError) as caught:
+            operation()
+        # The key exists: this is a wrong-kind error, not a destroyed key.
+        assert not isinstance(caught.value, KmsUnavailable | KeyDestroyed)
+
+
+def test_signing_with_a_missing_key_raises_key_destroyed(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    operations: list[Callable[[], object]] = [
+        lambda: any_kms.sign(key_id, b"head"),
+        lambda: any_kms.verify(key_id, b"head", b"vault:v1:" + base64.b64encode(bytes(64))),
+        lambda: any_kms.verify(key_id, b"head", b"\xff not even a signature"),
+        lambda: any_kms.public_key(key_id),
+    ]
+    for operation in operations:
+        with pytest.raises(KeyDestroyed) as caught:
+            operation()
+        assert caught.value.key_id == key_id
+
+
+def test_destroyed_signing_key_no_longer_signs(any_kms: KeyManager) -> None:
+    key_id = new_key_id()
+    any_kms.create_signing_key(key_id)
+    signature = any_kms.sign(key_id, b"head")
+
+    any_kms.destroy_key(key_id)
+
+    assert any_kms.key_exists(key_id) is False
+    with pytest.raises(KeyDestroyed):
+        any_kms.sign(key_id, b"head")
+    with pytest.raises(KeyDestroyed):
+        any_kms.verify(key_id, b"head", signature)

@@ -203,3 +203,54 @@ def test_wrapped_key_from_another_keystore_fails(tmp_path: Path) -> None:
     finally:
         two.close()
         one.close()
+
+
+def test_signing_key_is_stored_in_its_own_table(
+    keystore: LocalKeystore, keystore_path: Path
+) -> None:
+    key_id = new_key_id()
+    keystore.create_signing_key(key_id)
+
+    with sqlite3.connect(keystore_path) as db:
+        rows = db.execute(
+            "SELECT version, private_key FROM signing_keys WHERE key_id = ?", (key_id,)
+        ).fetchall()
+        in_subject_keys = db.execute(
+            "SELECT 1 FROM subject_keys WHERE key_id = ?", (key_id,)
+        ).fetchall()
+    db.close()
+    assert [(version, len(private_key)) for version, private_key in rows] == [(1, 32)]
+    assert in_subject_keys == []
+
+
+def test_signing_key_survives_close_and_reopen(keystore_path: Path) -> None:
+    kms = LocalKeystore(keystore_path)
+    key_id = new_key_id()
+    kms.create_signing_key(key_id)
+    public_key = kms.public_key(key_id)
+    signature = kms.sign(key_id, b"head")
+    kms.close()
+
+    reopened = LocalKeystore(keystore_path)
+    try:
+        assert reopened.public_key(key_id) == public_key
+        assert reopened.verify(key_id, b"head", signature)
+    finally:
+        reopened.close()
+
+
+def test_destroyed_signing_key_bytes_leave_the_disk(
+    keystore: LocalKeystore, keystore_path: Path
+) -> None:
+    key_id = new_key_id()
+    keystore.create_signing_key(key_id)
+    with sqlite3.connect(keystore_path) as db:
+        [(private_key,)] = db.execute(
+            "SELECT private_key FROM signing_keys WHERE key_id = ?", (key_id,)
+        ).fetchall()
+    db.close()
+    assert files_holding(keystore_path.parent, bytes(private_key))
+
+    keystore.destroy_key(key_id)
+
+    assert files_holding(keystore_path.parent, bytes(private_key)) == []

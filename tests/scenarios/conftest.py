@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
 from tests.conftest import PG_ADMIN_URL
+from tests.stack import TEST_TOKEN, suite_auth
 from vault.catalog import Catalog
 from vault.config import ServerConfig
 from vault.keycache import DataKeyCache
@@ -120,8 +121,10 @@ def scenario(
     vault = VaultService(
         Storage(engine), vault_kms, Catalog.load(), cache=DataKeyCache(), clock=clock
     )
-    server = start_server(ServerConfig(listen="127.0.0.1:0"), vault=vault, clock=clock)
-    client = OubliClient(f"127.0.0.1:{server.port}", timeout=30)
+    server = start_server(
+        ServerConfig(listen="127.0.0.1:0"), vault=vault, clock=clock, auth=suite_auth()
+    )
+    client = OubliClient(f"127.0.0.1:{server.port}", timeout=30, token=TEST_TOKEN)
     scenario = Scenario(client, clock, vault_kms, url, server, tmp_path)
     yield scenario
     client.close()

@@ -1,0 +1,695 @@
+"""The audit log: a hash chain that names the first entry anyone edited, deleted or moved."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from kms.base import KeyManager
+from kms.local_keystore import LocalKeystore
+from kms.memory import InMemoryKeyManager
+from kms.signatures import verify_offline
+from kms.vault_transit import VaultTransitKeyManager
+from vault.audit import (
+    GENESIS_HASH,
+    INVALID,
+    AuditChainBroken,
+    AuditEvent,
+    AuditLog,
+    checkpoint_message,
+    entry_hash,
+)
+from vault.errors import FailedPrecondition, InvalidArgument, Unavailable
+from vault.storage import Storage, make_engine, migrate
+
+SIGNING_KEY = "audit-checkpoints"
+START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+SUBJECT_A = "a" * 26
+SUBJECT_B = "b" * 26
+
+
+def ticking_clock(step: timedelta = timedelta(seconds=1)) -> Callable[[], datetime]:
+    """A thread-safe clock that moves on by ``step`` at every reading."""
+    ticks = itertools.count()
+    return lambda: START + next(ticks) * step
+
+
+def make_audit(storage: Storage, kms: KeyManager) -> AuditLog:
+    audit = AuditLog(storage, kms, ticking_clock(), SIGNING_KEY)
+    audit.ensure_signing_key()
+    return audit
+
+
+@pytest.fixture
+def audit(storage: Storage, memory_kms: InMemoryKeyManager) -> AuditLog:
+    return make_audit(storage, memory_kms)
+
+
+def event(
+    n: int = 0,
+    *,
+    subject_id: str | None = SUBJECT_A,
+    caller: str = "billing",
+    outcome: str = "OK",
+) -> AuditEvent:
+    return AuditEvent(
+        caller=caller,
+        action="GetRecord",
+        subject_id=subject_id,
+        categories=("contact", "billing"),
+        fields=("email", "iban"),
+        purpose="billing",
+        outcome=outcome,
+        request_id=f"req-{n}",
+    )
+
+
+def fill(audit: AuditLog, count: int) -> None:
+    for n in range(count):
+        audit.append(event(n))
+
+
+def sql(storage: Storage, statement: str, **params: object) -> None:
+    """Tamper with the database behind oubli's back."""
+    with storage.engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+# --- the chain ------------------------------------------------------------------------
+
+
+def test_append_and_verify_round_trip(audit: AuditLog) -> None:
+    entries = [audit.append(event(n)) for n in range(5)]
+
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert entries[0].prev_hash == GENESIS_HASH
+    for before, after in itertools.pairwise(entries):
+        assert after.prev_hash == before.hash
+    for entry in entries:
+        assert entry.hash == entry_hash(entry.prev_hash, entry.seq, entry.at, entry.event)
+
+    result = audit.verify()
+
+    assert result.ok, result
+    assert (result.checked, result.first_broken_seq, result.reason) == (5, None, "OK")
+    assert result.checkpoint_seq is None
+    assert audit.query() == entries
+
+
+def test_entry_hash_known_answer() -> None:
+    recorded = AuditEvent(
+        caller="dpo",
+        action="ShredSubject",
+        subject_id=SUBJECT_A,
+        categories=("contact",),
+        fields=(),
+        purpose="erasure",
+        outcome="OK",
+        request_id="r1",
+    )
+    at = datetime(2026, 1, 2, 3, 4, 5, 6789, tzinfo=UTC)
+    canonical = (
+        '{"action":"ShredSubject","at":"2026-01-02T03:04:05.006789Z","caller":"dpo",'
+        '"categories":["contact"],"fields":[],"outcome":"OK","purpose":"erasure",'
+        f'"request_id":"r1","seq":7,"subject_id":"{SUBJECT_A}"}}'
+    )
+    expected = hashlib.sha256(("f" * 64 + "\n" + canonical).encode()).hexdigest()
+
+    assert entry_hash("f" * 64, 7, at, recorded) == expected
+
+
+def test_empty_log_verifies(audit: AuditLog) -> None:
+    result = audit.verify()
+    assert result.ok and result.checked == 0
+    assert audit.checkpoint() is None
+
+
+def test_edited_row_is_named(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 5)
+    sql(storage, "UPDATE audit_entries SET purpose = 'marketing' WHERE seq = 3")
+
+    result = audit.verify()
+
+    assert not result.ok
+    assert (result.first_broken_seq, result.reason, result.checked) == (3, "HASH_MISMATCH", 2)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("caller", "support"),
+        ("action", "ExportSubject"),
+        ("subject_id", SUBJECT_B),
+        ("categories", '["contact"]'),
+        ("fields", '["email", "phone"]'),
+        ("outcome", "PERMISSION_DENIED"),
+        ("request_id", "req-other"),
+        ("at", "2020-01-01 00:00:00.000000"),
+    ],
+)
+def test_every_column_is_covered_by_the_hash(
+    audit: AuditLog, storage: Storage, column: str, value: str
+) -> None:
+    fill(audit, 4)
+    sql(storage, f"UPDATE audit_entries SET {column} = :value WHERE seq = 2", value=value)
+
+    result = audit.verify()
+
+    assert (result.ok, result.first_broken_seq, result.reason) == (False, 2, "HASH_MISMATCH")
+
+
+@pytest.mark.parametrize("stored", ["not json", '"~invalid"', "null", "[1]", '{"a": 1}'])
+def test_unreadable_lists_are_edits(audit: AuditLog, storage: Storage, stored: str) -> None:
+    # The entry was written with a non-name (recorded as ~invalid): garbage written over
+    # it must not read back as that same ~invalid and keep the hash intact.
+    audit.append(event(1))
+    audit.append(
+        AuditEvent(caller="billing", action="GetRecord", categories=("a b",), outcome="OK")
+    )
+    audit.append(event(3))
+    assert audit.verify().ok
+    sql(storage, "UPDATE audit_entries SET categories = :stored WHERE seq = 2", stored=stored)
+
+    result = audit.verify()
+
+    assert (result.first_broken_seq, result.reason) == (2, "HASH_MISMATCH")
+    assert audit.query()[1].event.categories == (INVALID,)
+
+
+def test_unparsable_time_on_sqlite_is_an_edit(
+    sqlite_url: str, memory_kms: InMemoryKeyManager
+) -> None:
+    # SQLite keeps whatever text an editor writes into a DATETIME column.
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    storage = Storage(engine)
+    try:
+        audit = make_audit(storage, memory_kms)
+        fill(audit, 3)
+        sql(storage, "UPDATE audit_entries SET at = 'yesterday' WHERE seq = 2")
+
+        result = audit.verify()
+
+        assert (result.first_broken_seq, result.reason) == (2, "HASH_MISMATCH")
+    finally:
+        engine.dispose()
+
+
+def test_edited_row_with_recomputed_hash_breaks_the_next_link(
+    audit: AuditLog, storage: Storage
+) -> None:
+    entries = [audit.append(event(n)) for n in range(5)]
+    third = entries[2]
+    forged = AuditEvent(
+        caller=third.event.caller,
+        action=third.event.action,
+        subject_id=third.event.subject_id,
+        categories=third.event.categories,
+        fields=third.event.fields,
+        purpose="marketing",
+        outcome=third.event.outcome,
+        request_id=third.event.request_id,
+    )
+    sql(
+        storage,
+        "UPDATE audit_entries SET purpose = 'marketing', hash = :hash WHERE seq = 3",
+        hash=entry_hash(third.prev_hash, 3, third.at, forged),
+    )
+
+    result = audit.verify()
+
+    assert (result.first_broken_seq, result.reason) == (4, "PREV_HASH_MISMATCH")
+
+
+def test_deleted_middle_row_names_the_next(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 5)
+    sql(storage, "DELETE FROM audit_entries WHERE seq = 3")
+
+    result = audit.verify()
+
+    assert (result.ok, result.first_broken_seq, result.reason) == (False, 4, "SEQ_GAP")
+    assert result.checked == 2
+
+
+def test_deleted_first_row_is_found(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 3)
+    sql(storage, "DELETE FROM audit_entries WHERE seq = 1")
+
+    assert audit.verify().first_broken_seq == 2
+
+
+def test_deleted_and_renumbered_rows_break_the_link(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 5)
+    sql(storage, "DELETE FROM audit_entries WHERE seq = 3")
+    for seq in (4, 5):
+        sql(storage, "UPDATE audit_entries SET seq = :new WHERE seq = :old", new=seq - 1, old=seq)
+
+    result = audit.verify()
+
+    assert (result.first_broken_seq, result.reason) == (3, "PREV_HASH_MISMATCH")
+
+
+_CONTENT = (
+    "at",
+    "caller",
+    "action",
+    "subject_id",
+    "categories",
+    "fields",
+    "purpose",
+    "outcome",
+    "request_id",
+    "prev_hash",
+    "hash",
+)
+
+
+@pytest.mark.parametrize(("first", "second"), [(2, 4), (3, 4), (1, 5)])
+@pytest.mark.parametrize("with_hashes", [True, False], ids=["whole-rows", "fields-only"])
+def test_swapped_rows_name_the_first(
+    audit: AuditLog, storage: Storage, first: int, second: int, with_hashes: bool
+) -> None:
+    fill(audit, 5)
+    columns = _CONTENT if with_hashes else _CONTENT[:-2]
+    with storage.engine.begin() as connection:
+        rows = {
+            seq: connection.execute(
+                text(f"SELECT {', '.join(columns)} FROM audit_entries WHERE seq = :seq"),
+                {"seq": seq},
+            ).one()
+            for seq in (first, second)
+        }
+        assignments = ", ".join(f"{column} = :{column}" for column in columns)
+        for seq, other in ((first, second), (second, first)):
+            connection.execute(
+                text(f"UPDATE audit_entries SET {assignments} WHERE seq = :seq"),
+                {**rows[other]._asdict(), "seq": seq},
+            )
+
+    result = audit.verify()
+
+    assert not result.ok
+    assert result.first_broken_seq == first
+    assert result.checked == first - 1
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def test_checkpoint_signs_the_head(audit: AuditLog, memory_kms: InMemoryKeyManager) -> None:
+    fill(audit, 4)
+    head = audit.query()[-1]
+
+    checkpoint = audit.checkpoint()
+
+    assert checkpoint is not None
+    assert (checkpoint.seq, checkpoint.hash, checkpoint.key_id) == (4, head.hash, SIGNING_KEY)
+    assert checkpoint.message == checkpoint_message(4, head.hash)
+    assert memory_kms.verify(SIGNING_KEY, checkpoint.message, checkpoint.signature)
+    # Anyone with the public key checks it without the KMS.
+    assert verify_offline(audit.public_key(), checkpoint.message, checkpoint.signature)
+    assert audit.checkpoints() == [checkpoint]
+    result = audit.verify()
+    assert result.ok and result.checkpoint_seq == 4
+
+
+def test_checkpoint_of_a_signed_head_is_reused(
+    audit: AuditLog, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 2)
+    first = audit.checkpoint()
+    calls = memory_kms.calls
+
+    assert audit.checkpoint() == first
+    assert memory_kms.calls == calls
+    audit.append(event())
+    second = audit.checkpoint()
+    assert second is not None and second.seq == 3
+    assert [c.seq for c in audit.checkpoints()] == [3, 2]
+
+
+def test_truncated_tail_after_a_checkpoint_is_found(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 6)
+    checkpoint = audit.checkpoint()
+    assert checkpoint is not None
+    sql(storage, "DELETE FROM audit_entries WHERE seq >= 5")
+
+    result = audit.verify()
+
+    assert (result.ok, result.reason) == (False, "CHECKPOINT_ENTRY_MISSING")
+    assert result.first_broken_seq == checkpoint.seq == 6
+    assert result.checked == 4
+    with pytest.raises(AuditChainBroken):
+        audit.checkpoint()
+
+
+def test_truncation_after_the_newest_checkpoint_is_invisible(
+    audit: AuditLog, storage: Storage
+) -> None:
+    # The documented limit: entries newer than the newest checkpoint have no witness.
+    fill(audit, 3)
+    audit.checkpoint()
+    fill(audit, 3)
+    sql(storage, "DELETE FROM audit_entries WHERE seq >= 5")
+
+    assert audit.verify().ok
+
+
+def test_rewritten_chain_is_caught_by_the_checkpoint(audit: AuditLog, storage: Storage) -> None:
+    entries = [audit.append(event(n)) for n in range(5)]
+    audit.checkpoint()
+    # Rewrite entry 2 and recompute every hash after it: the chain is consistent again.
+    prev_hash = entries[0].hash
+    for entry in entries[1:]:
+        recorded = entry.event
+        if entry.seq == 2:
+            recorded = AuditEvent(
+                caller="support",
+                action=recorded.action,
+                subject_id=recorded.subject_id,
+                categories=recorded.categories,
+                fields=recorded.fields,
+                purpose=recorded.purpose,
+                outcome=recorded.outcome,
+                request_id=recorded.request_id,
+            )
+        digest = entry_hash(prev_hash, entry.seq, entry.at, recorded)
+        sql(
+            storage,
+            "UPDATE audit_entries SET caller = :caller, prev_hash = :prev, hash = :hash "
+            "WHERE seq = :seq",
+            caller=recorded.caller,
+            prev=prev_hash,
+            hash=digest,
+            seq=entry.seq,
+        )
+        prev_hash = digest
+
+    result = audit.verify()
+
+    assert (result.ok, result.first_broken_seq, result.reason) == (
+        False,
+        5,
+        "CHECKPOINT_MISMATCH",
+    )
+
+
+def test_forged_checkpoint_signature_fails(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 3)
+    checkpoint = audit.checkpoint()
+    assert checkpoint is not None
+    forged = bytearray(checkpoint.signature)
+    forged[10] ^= 0x01
+    with storage.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE audit_checkpoints SET signature = :signature WHERE seq = 3"),
+            {"signature": bytes(forged)},
+        )
+
+    result = audit.verify()
+
+    assert (result.ok, result.first_broken_seq, result.reason) == (
+        False,
+        3,
+        "CHECKPOINT_SIGNATURE_INVALID",
+    )
+
+
+def test_checkpoint_signed_by_another_key_fails(audit: AuditLog, storage: Storage) -> None:
+    # The attacker rewrites the head and signs it with a key of their own.
+    fill(audit, 3)
+    audit.checkpoint()
+    rogue_kms = InMemoryKeyManager()
+    rogue = AuditLog(storage, rogue_kms, ticking_clock(), SIGNING_KEY)
+    rogue.ensure_signing_key()
+    head = audit.query()[-1]
+    with storage.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE audit_checkpoints SET signature = :signature WHERE seq = 3"),
+            {"signature": rogue_kms.sign(SIGNING_KEY, checkpoint_message(3, head.hash))},
+        )
+
+    result = audit.verify()
+
+    assert (result.first_broken_seq, result.reason) == (3, "CHECKPOINT_SIGNATURE_INVALID")
+
+
+def test_checkpoint_refuses_to_sign_a_broken_chain(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 3)
+    audit.checkpoint()
+    fill(audit, 3)
+    sql(storage, "UPDATE audit_entries SET outcome = 'OK_REALLY' WHERE seq = 5")
+
+    with pytest.raises(AuditChainBroken) as caught:
+        audit.checkpoint()
+
+    assert caught.value.metadata == {"seq": "5"}
+    assert [c.seq for c in audit.checkpoints()] == [3]
+
+
+def test_checkpoint_rechecks_the_previously_signed_entry(audit: AuditLog, storage: Storage) -> None:
+    fill(audit, 3)
+    audit.checkpoint()
+    audit.append(event())
+    sql(storage, "UPDATE audit_entries SET purpose = 'marketing' WHERE seq = 3")
+
+    with pytest.raises(AuditChainBroken):
+        audit.checkpoint()
+
+
+def test_checkpoint_needs_the_signing_key(storage: Storage, memory_kms: InMemoryKeyManager) -> None:
+    audit = AuditLog(storage, memory_kms, ticking_clock(), SIGNING_KEY)
+    audit.append(event())
+
+    with pytest.raises(FailedPrecondition) as caught:
+        audit.checkpoint()
+    assert caught.value.reason == "AUDIT_SIGNING_KEY_MISSING"
+
+    audit.ensure_signing_key()
+    audit.ensure_signing_key()  # idempotent
+    assert audit.checkpoint() is not None
+
+
+def test_checkpoint_when_the_kms_is_down(audit: AuditLog, memory_kms: InMemoryKeyManager) -> None:
+    fill(audit, 2)
+    memory_kms.unavailable = True
+
+    with pytest.raises(Unavailable):
+        audit.checkpoint()
+    # Appends do not need the KMS.
+    audit.append(event())
+
+
+def test_verify_with_the_signing_key_gone(audit: AuditLog, memory_kms: InMemoryKeyManager) -> None:
+    fill(audit, 2)
+    audit.checkpoint()
+    memory_kms.destroy_key(SIGNING_KEY)
+
+    result = audit.verify()
+
+    assert (result.ok, result.reason, result.first_broken_seq) == (
+        False,
+        "CHECKPOINT_KEY_MISSING",
+        2,
+    )
+
+
+def test_checkpoints_with_the_local_keystore(storage: Storage, tmp_path: Path) -> None:
+    keystore = LocalKeystore(tmp_path / "keystore" / "keys.db")
+    try:
+        audit = make_audit(storage, keystore)
+        fill(audit, 3)
+        checkpoint = audit.checkpoint()
+        assert checkpoint is not None
+        assert verify_offline(
+            keystore.public_key(SIGNING_KEY), checkpoint.message, checkpoint.signature
+        )
+        assert audit.verify().ok
+
+        sql(storage, "DELETE FROM audit_entries WHERE seq = 3")
+        assert audit.verify().reason == "CHECKPOINT_ENTRY_MISSING"
+    finally:
+        keystore.close()
+
+
+def test_checkpoints_with_openbao(storage: Storage, vault_kms: VaultTransitKeyManager) -> None:
+    audit = make_audit(storage, vault_kms)
+    fill(audit, 3)
+
+    checkpoint = audit.checkpoint()
+
+    assert checkpoint is not None
+    assert checkpoint.signature.startswith(b"vault:v1:")
+    assert verify_offline(audit.public_key(), checkpoint.message, checkpoint.signature)
+    assert audit.verify().ok
+    sql(storage, "UPDATE audit_checkpoints SET signature = :s", s=b"vault:v1:" + b"A" * 88)
+    assert audit.verify().reason == "CHECKPOINT_SIGNATURE_INVALID"
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+def test_concurrent_appends_keep_a_single_chain(audit: AuditLog) -> None:
+    threads, per_thread = 8, 25
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def appender(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                audit.append(event(n * 1000 + i, caller=f"caller-{n}"))
+        except BaseException as e:  # reported below, with the thread's error
+            errors.append(e)
+
+    workers = [threading.Thread(target=appender, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    entries = audit.query(limit=1000)
+    assert [e.seq for e in entries] == list(range(1, threads * per_thread + 1))
+    assert len({e.event.request_id for e in entries}) == threads * per_thread
+    result = audit.verify()
+    assert result.ok and result.checked == threads * per_thread
+
+
+def test_concurrent_appends_from_two_audit_logs(storage: Storage) -> None:
+    # Two replicas: separate AuditLog objects (and engines) over one database.
+    second_engine = make_engine(storage.engine.url.render_as_string(hide_password=False))
+    replicas = [
+        AuditLog(storage, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
+        AuditLog(second_engine, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
+    ]
+    try:
+        workers = [
+            threading.Thread(target=lambda log=log: [log.append(event(i)) for i in range(30)])
+            for log in replicas
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        result = replicas[0].verify()
+        assert result.ok and result.checked == 60
+    finally:
+        second_engine.dispose()
+
+
+# --- queries --------------------------------------------------------------------------
+
+
+def test_query_filters(audit: AuditLog) -> None:
+    a1 = audit.append(event(1, subject_id=SUBJECT_A, caller="billing"))
+    b1 = audit.append(event(2, subject_id=SUBJECT_B, caller="support"))
+    a2 = audit.append(event(3, subject_id=SUBJECT_A, caller="support"))
+    none = audit.append(event(4, subject_id=None, caller="retention-job"))
+
+    assert audit.query(subject_id=SUBJECT_A) == [a1, a2]
+    assert audit.query(caller="support") == [b1, a2]
+    assert audit.query(subject_id=SUBJECT_A, caller="support") == [a2]
+    assert audit.query(since=b1.at) == [b1, a2, none]
+    assert audit.query(until=a2.at) == [a1, b1]
+    assert audit.query(since=b1.at, until=none.at) == [b1, a2]
+    assert audit.query(limit=2) == [a1, b1]
+    assert audit.query(limit=2, after_seq=2) == [a2, none]
+    assert audit.query(subject_id="c" * 26) == []
+
+
+def test_query_validates_its_arguments(audit: AuditLog) -> None:
+    for limit in (0, -1, 10_001):
+        with pytest.raises(InvalidArgument) as caught:
+            audit.query(limit=limit)
+        assert caught.value.field == "limit"
+    with pytest.raises(InvalidArgument) as caught:
+        audit.query(since=datetime(2026, 1, 1))
+    assert caught.value.field == "since"
+
+
+# --- no personal data -----------------------------------------------------------------
+
+
+def test_values_that_are_not_names_are_never_stored(audit: AuditLog, storage: Storage) -> None:
+    canaries = ["alice@example.com", "+33 6 12 34 56 78", "Alice Martin"]
+    entry = audit.append(
+        AuditEvent(
+            caller="billing",
+            action="GetRecord",
+            subject_id=canaries[0],
+            categories=("contact", canaries[2]),
+            fields=(canaries[1],),
+            purpose=canaries[0],
+            outcome="OK",
+            request_id=canaries[2],
+        )
+    )
+
+    assert entry.event.subject_id == INVALID
+    assert entry.event.categories == ("contact", INVALID)
+    assert entry.event.fields == (INVALID,)
+    assert entry.event.purpose == entry.event.request_id == INVALID
+    with storage.engine.connect() as connection:
+        dump = repr(connection.execute(text("SELECT * FROM audit_entries")).all())
+    for canary in canaries:
+        assert canary not in dump
+    assert audit.verify().ok
+
+
+def test_event_keeps_names_as_they_are() -> None:
+    recorded = AuditEvent(
+        caller="control-panel",
+        action="/oubli.v1.RecordService/GetRecord",
+        subject_id=SUBJECT_A,
+        categories=["contact"],  # type: ignore[arg-type]
+        fields=("email",),
+        purpose="service",
+        outcome="PERMISSION_DENIED",
+        request_id="3f1c2a7e-0d7e-4c55-9a35-1f0c9e0e2b11",
+    )
+    assert recorded.action == "/oubli.v1.RecordService/GetRecord"
+    assert recorded.categories == ("contact",)
+    assert recorded.outcome == "PERMISSION_DENIED"
+
+
+# --- the database is down -------------------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_audit(memory_kms: InMemoryKeyManager) -> Iterator[AuditLog]:
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
+    yield AuditLog(engine, memory_kms, ticking_clock(), SIGNING_KEY)
+    engine.dispose()
+
+
+def test_append_fails_when_the_database_is_unreachable(unreachable_audit: AuditLog) -> None:
+    with pytest.raises(Unavailable):
+        unreachable_audit.append(event())
+
+
+@pytest.mark.parametrize("operation", ["query", "verify", "checkpoint", "checkpoints"])
+def test_reads_fail_when_the_database_is_unreachable(
+    unreachable_audit: AuditLog, operation: str
+) -> None:
+    with pytest.raises(Unavailable):
+        getattr(unreachable_audit, operation)()
+
+
+def test_append_fails_when_the_sqlite_file_is_gone(
+    tmp_path: Path, memory_kms: InMemoryKeyManager
+) -> None:
+    # A database without the audit table (never migrated): the write fails, loudly.
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with pytest.raises(Unavailable):
+            AuditLog(engine, memory_kms, ticking_clock(), SIGNING_KEY).append(event())
+    finally:
+        engine.dispose()
