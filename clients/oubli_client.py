@@ -123,6 +123,29 @@ class RetentionSummary:
     failures: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    caller: str
+    action: str
+    subject_id: str
+    categories: tuple[str, ...]
+    fields: tuple[str, ...]
+    purpose: str
+    outcome: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    ok: bool
+    checked: int
+    first_broken_seq: int | None
+    reason: str
+    checkpoint_seq: int | None
+
+
 def _request(m: pb.RightsRequest) -> RightsRequest:
     return RightsRequest(
         m.request_id,
@@ -197,6 +220,8 @@ class OubliClient:
         self._records = pb_grpc.RecordServiceStub(self._channel)
         self._rights = pb_grpc.RightsServiceStub(self._channel)
         self._retention = pb_grpc.RetentionServiceStub(self._channel)
+        self._audit = pb_grpc.AuditServiceStub(self._channel)
+        self._lookup = pb_grpc.LookupServiceStub(self._channel)
         self.timeout = timeout
         self.max_attempts = max_attempts
         self._initial_backoff = initial_backoff
@@ -435,3 +460,42 @@ class OubliClient:
                     )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+
+    # --- lookup and audit -----------------------------------------------------------
+
+    def find_subject(self, *, email: str = "", phone: str = "", purpose: str) -> list[str]:
+        """Subject ids whose contact data holds this e-mail address or phone number."""
+        request = pb.FindSubjectRequest(email=email, phone=phone, purpose=purpose)
+        response = self._call(self._lookup.FindSubject, request, idempotent=True)
+        return list(response.subject_ids)
+
+    def query_audit(
+        self, *, subject_id: str = "", caller: str = "", limit: int = 0
+    ) -> list[AuditEntry]:
+        request = pb.QueryAuditRequest(subject_id=subject_id, caller=caller, limit=limit)
+        response = self._call(self._audit.QueryAudit, request, idempotent=True)
+        return [
+            AuditEntry(
+                e.seq,
+                e.time.ToDatetime(tzinfo=UTC),
+                e.caller,
+                e.action,
+                e.subject_id,
+                tuple(e.categories),
+                tuple(e.fields),
+                e.purpose,
+                e.outcome,
+                e.request_id,
+            )
+            for e in response.entries
+        ]
+
+    def verify_audit(self) -> AuditVerification:
+        response = self._call(self._audit.VerifyAudit, pb.VerifyAuditRequest(), idempotent=True)
+        return AuditVerification(
+            response.ok,
+            response.checked,
+            response.first_broken_seq or None,
+            response.reason,
+            response.checkpoint_seq or None,
+        )

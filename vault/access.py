@@ -42,3 +42,39 @@ def within_reach(categories: Iterable[str]) -> list[str]:
     if rule is None or rule.categories is None:
         return list(categories)
     return [c for c in categories if c in rule.categories]
+
+
+class AccessNote:
+    """What a call touched, as names: categories and fields (never values). The
+    interceptor opens one per call and writes it into the audit entry."""
+
+    def __init__(self) -> None:
+        self.categories: set[str] = set()
+        self.fields: set[str] = set()
+        #: Set when the call made the subject (CreateSubject has no subject id to name).
+        self.subject_id: str | None = None
+
+
+_note: ContextVar[AccessNote | None] = ContextVar("oubli_access_note", default=None)
+
+
+@contextmanager
+def noting(note: AccessNote) -> Iterator[None]:
+    token = _note.set(note)
+    try:
+        yield
+    finally:
+        _note.reset(token)
+
+
+def note(category: str, fields: Iterable[str] = ()) -> None:
+    current = _note.get()
+    if current is not None:
+        current.categories.add(category)
+        current.fields.update(fields)
+
+
+def note_subject(subject_id: str) -> None:
+    current = _note.get()
+    if current is not None:
+        current.subject_id = subject_id

@@ -28,6 +28,8 @@ subject_app = typer.Typer(help="Act on one subject through a running server.")
 app.add_typer(subject_app, name="subject")
 retention_app = typer.Typer(help="Retention: expire what is due by destroying keys.")
 app.add_typer(retention_app, name="retention")
+audit_app = typer.Typer(help="The tamper-evident audit trail.")
+app.add_typer(audit_app, name="audit")
 err = Console(stderr=True)
 
 Target = Annotated[
@@ -326,6 +328,77 @@ def retention_run(
     )
     if summary.failures:
         raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def audit_verify(target: Target = "127.0.0.1:50051") -> None:
+    """Recompute the audit hash chain; exit 1 naming the first broken entry."""
+    try:
+        with _client_call(target) as client:
+            result = client.verify_audit()
+    except OubliClientError as e:
+        raise _fail("audit verify failed:", e) from None
+    print(
+        json.dumps(
+            {
+                "ok": result.ok,
+                "checked": result.checked,
+                "first_broken_seq": result.first_broken_seq,
+                "reason": result.reason,
+                "checkpoint_seq": result.checkpoint_seq,
+            }
+        )
+    )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("query")
+def audit_query(
+    target: Target = "127.0.0.1:50051",
+    subject: Annotated[str, typer.Option(help="subject id")] = "",
+    caller: Annotated[str, typer.Option(help="caller name")] = "",
+    limit: Annotated[int, typer.Option(help="at most this many (<= 1000)")] = 0,
+) -> None:
+    """Audit entries (JSON lines) by subject and caller."""
+    try:
+        with _client_call(target) as client:
+            entries = client.query_audit(subject_id=subject, caller=caller, limit=limit)
+    except OubliClientError as e:
+        raise _fail("audit query failed:", e) from None
+    for entry in entries:
+        print(
+            json.dumps(
+                {
+                    "seq": entry.seq,
+                    "at": _iso(entry.at),
+                    "caller": entry.caller,
+                    "action": entry.action,
+                    "subject_id": entry.subject_id,
+                    "categories": list(entry.categories),
+                    "fields": list(entry.fields),
+                    "purpose": entry.purpose,
+                    "outcome": entry.outcome,
+                }
+            )
+        )
+
+
+@subject_app.command("find")
+def subject_find(
+    purpose: Annotated[str, typer.Option(help="why the subject is looked up")],
+    target: Target = "127.0.0.1:50051",
+    email: Annotated[str, typer.Option(help="e-mail address")] = "",
+    phone: Annotated[str, typer.Option(help="phone number")] = "",
+) -> None:
+    """Find subject ids by e-mail or phone (blind index)."""
+    try:
+        with _client_call(target) as client:
+            found = client.find_subject(email=email, phone=phone, purpose=purpose)
+    except OubliClientError as e:
+        raise _fail("error:", e) from None
+    for subject_id in found:
+        print(subject_id)
 
 
 def _iso(value: datetime) -> str:

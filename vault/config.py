@@ -73,6 +73,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    #: How often the audit chain's head is signed with the KMS signing key.
+    audit_checkpoint_seconds: float = 300.0
 
     @property
     def resolved_tokens_path(self) -> Path:
@@ -95,6 +97,8 @@ class ServerConfig:
             raise ConfigError("TLS needs both a certificate and its key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("mTLS (a client CA) needs the server's TLS certificate and key")
+        if self.audit_checkpoint_seconds <= 0:
+            raise ConfigError("the audit checkpoint interval must be > 0 seconds")
         if self.kms_backup_retention_days < 0:
             raise ConfigError("KMS backup retention must be >= 0 days")
         if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
@@ -167,4 +171,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_TLS_CERT": ("tls_cert", Path),
     "OUBLI_TLS_KEY": ("tls_key", Path),
     "OUBLI_TLS_CLIENT_CA": ("tls_client_ca", Path),
+    "OUBLI_AUDIT_CHECKPOINT_SECONDS": ("audit_checkpoint_seconds", float),
 }

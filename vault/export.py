@@ -8,6 +8,7 @@ exports of unchanged data are byte-identical apart from ``exported_at``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -93,7 +94,11 @@ def _retention_text(spec: Category | None, subject: SubjectView) -> str:
 
 
 def access_report(
-    vault: VaultService, subject_id: str, now: datetime, requests: list[dict[str, Any]]
+    vault: VaultService,
+    subject_id: str,
+    now: datetime,
+    requests: list[dict[str, Any]],
+    readers: Mapping[str, set[str]] | None = None,
 ) -> dict[str, Any]:
     """Right of access: all data plus, per category, origin, purposes, legal basis,
     recipients and retention; the subject's restriction, objections and consents."""
@@ -125,6 +130,8 @@ def access_report(
                     if name in vault.catalog.categories
                     else ()
                 ),
+                # Who actually read it, from the audit trail (declared ones above).
+                "recipients_seen": sorted((readers or {}).get(name, set())),
                 "origins": sorted({r.origin for r in groups[name]}),
                 "retention": _retention_text(vault.catalog.categories.get(name), subject),
                 "records": [_record(r, with_retention=True) for r in groups[name]],

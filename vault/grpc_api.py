@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from vault.audit import AuditLog
+from vault.callers import CALLER_NAME
 from vault.clock import Clock
+from vault.errors import InvalidArgument
 from vault.export import access_report, export_json
+from vault.finder import SubjectFinder
+from vault.ids import check_id
 from vault.retention import RetentionJob, RetentionSummary
 from vault.rights import RightsService
 from vault.service import RecordView, ShredReceipt, SubjectView, VaultService
@@ -209,16 +214,48 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
         return pb.RecordEventResponse(record=record_message(view))
 
 
+#: Audit actions that disclose content: their callers are the data's recipients.
+READ_ACTIONS = frozenset(
+    {
+        "RecordService.GetRecord",
+        "RecordService.ListRecords",
+        "SubjectService.ExportSubject",
+        "RightsService.GetAccessReport",
+        "SupportService.ReadUnderGrant",
+        "LookupService.FindSubject",
+    }
+)
+
+
 class RightsServicer(pb_grpc.RightsServiceServicer):
-    def __init__(self, rights: RightsService) -> None:
+    def __init__(self, rights: RightsService, audit: AuditLog | None = None) -> None:
         self._rights = rights
         self._vault = rights.vault
+        self._audit = audit
+
+    def _readers(self, subject_id: str) -> dict[str, set[str]]:
+        readers: dict[str, set[str]] = {}
+        if self._audit is None:
+            return readers
+        after = 0
+        while True:
+            page = self._audit.query(subject_id=subject_id, limit=1000, after_seq=after)
+            for entry in page:
+                if entry.event.outcome == "OK" and entry.event.action in READ_ACTIONS:
+                    for category in entry.event.categories:
+                        readers.setdefault(category, set()).add(entry.event.caller)
+            if len(page) < 1000:
+                return readers
+            after = page[-1].seq
 
     def GetAccessReport(
         self, request: pb.GetAccessReportRequest, context: grpc.ServicerContext
     ) -> pb.GetAccessReportResponse:
         requests = [request_json(r) for r in self._rights.list_requests(request.subject_id)]
-        document = access_report(self._vault, request.subject_id, self._vault.clock(), requests)
+        readers = self._readers(check_id("subject_id", request.subject_id))
+        document = access_report(
+            self._vault, request.subject_id, self._vault.clock(), requests, readers
+        )
         return pb.GetAccessReportResponse(
             json=json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8"),
             content_type="application/json",
@@ -314,3 +351,69 @@ class RetentionServicer(pb_grpc.RetentionServiceServicer):
                 failures=summary.failures,
             )
         )
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    def QueryAudit(
+        self, request: pb.QueryAuditRequest, context: grpc.ServicerContext
+    ) -> pb.QueryAuditResponse:
+        if request.subject_id:
+            check_id("subject_id", request.subject_id)
+        if request.caller and not CALLER_NAME.fullmatch(request.caller):
+            raise InvalidArgument("caller", "caller names match [a-z][a-z0-9-]{0,63}")
+        if not 0 <= request.limit <= 1000:
+            raise InvalidArgument("limit", "limit must be between 0 and 1000")
+        entries = self._audit.query(
+            subject_id=request.subject_id or None,
+            caller=request.caller or None,
+            since=request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None,
+            until=request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None,
+            limit=request.limit or 1000,
+        )
+        return pb.QueryAuditResponse(
+            entries=[
+                pb.AuditEntry(
+                    seq=e.seq,
+                    time=_ts(e.at),
+                    caller=e.event.caller,
+                    action=e.event.action,
+                    subject_id=e.event.subject_id or "",
+                    categories=e.event.categories,
+                    fields=e.event.fields,
+                    purpose=e.event.purpose,
+                    outcome=e.event.outcome,
+                    request_id=e.event.request_id,
+                    hash=e.hash,
+                )
+                for e in entries
+            ]
+        )
+
+    def VerifyAudit(
+        self, request: pb.VerifyAuditRequest, context: grpc.ServicerContext
+    ) -> pb.VerifyAuditResponse:
+        result = self._audit.verify()
+        return pb.VerifyAuditResponse(
+            ok=result.ok,
+            checked=result.checked,
+            first_broken_seq=result.first_broken_seq or 0,
+            reason=result.reason,
+            checkpoint_seq=result.checkpoint_seq or 0,
+        )
+
+
+class LookupServicer(pb_grpc.LookupServiceServicer):
+    def __init__(self, finder: SubjectFinder) -> None:
+        self._finder = finder
+
+    def FindSubject(
+        self, request: pb.FindSubjectRequest, context: grpc.ServicerContext
+    ) -> pb.FindSubjectResponse:
+        if bool(request.email) == bool(request.phone):
+            raise InvalidArgument("email", "give exactly one of email and phone")
+        kind, value = ("email", request.email) if request.email else ("phone", request.phone)
+        found = self._finder.find(kind, value, request.purpose)
+        return pb.FindSubjectResponse(subject_ids=found)

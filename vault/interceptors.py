@@ -22,7 +22,8 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from vault.access import acting_as
+from vault.access import AccessNote, acting_as, noting
+from vault.auditing import AuditRecorder
 from vault.auth import Authenticator
 from vault.callers import CallerPolicy, CallerRule
 from vault.errors import OubliError
@@ -101,12 +102,46 @@ class ServiceInterceptor(_Interceptor):
     """
 
     def __init__(
-        self, authenticator: Authenticator | None = None, policy: CallerPolicy | None = None
+        self,
+        authenticator: Authenticator | None = None,
+        policy: CallerPolicy | None = None,
+        audit: AuditRecorder | None = None,
     ) -> None:
         if (authenticator is None) != (policy is None):
             raise ValueError("authenticator and policy go together")
         self._authenticator = authenticator
         self._policy = policy
+        self._audit = audit
+
+    def _record(
+        self,
+        method: str,
+        caller: str,
+        request: Any,
+        note: AccessNote,
+        outcome: str,
+        request_id: str,
+        bound: Any,
+        *,
+        required: bool,
+    ) -> None:
+        """Append the audit entry. ``required``: failure aborts the call (no audit, no
+        access); otherwise (the call failed anyway) it is only logged."""
+        if self._audit is None:
+            return
+        try:
+            self._audit.record(
+                method=method,
+                caller=caller,
+                request=None if request is _MALFORMED else request,
+                note=note,
+                outcome=outcome,
+                request_id=request_id,
+            )
+        except OubliError:
+            if required:
+                raise
+            bound.error("audit_append_failed", outcome=outcome)
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> CallerRule | None:
         if self._authenticator is None or self._policy is None:
@@ -169,19 +204,38 @@ class ServiceInterceptor(_Interceptor):
     def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             request_id, bound, start = self._begin(method, context)
+            note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
+                self._record(
+                    method,
+                    caller,
+                    request,
+                    note,
+                    "MALFORMED_REQUEST",
+                    request_id,
+                    bound,
+                    required=False,
+                )
                 self._fail(context, None, request_id, bound, start)
             # oubli's servicers never abort themselves: they raise domain errors, and
             # this is the one place that turns exceptions into statuses.
             try:
                 rule = self._authorize(method, context)
-                if rule is not None:
-                    bound = bound.bind(caller=rule.name)
-                with acting_as(rule):
+                caller = rule.name if rule is not None else "internal"
+                bound = bound.bind(caller=caller)
+                with acting_as(rule), noting(note):
                     response = behavior(request, context)
             except Exception as error:
+                outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
+                self._record(
+                    method, caller, request, note, outcome, request_id, bound, required=False
+                )
                 self._fail(context, error, request_id, bound, start)
                 raise  # pragma: no cover - abort_with_status raises
+            try:
+                self._record(method, caller, request, note, "OK", request_id, bound, required=True)
+            except OubliError as error:
+                self._fail(context, error, request_id, bound, start)
             bound.info("rpc", code="OK", ms=_ms(start))
             return response
 
@@ -190,16 +244,27 @@ class ServiceInterceptor(_Interceptor):
     def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             request_id, bound, start = self._begin(method, context)
+            note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
                 self._fail(context, None, request_id, bound, start)
             try:
                 rule = self._authorize(method, context)
-                if rule is not None:
-                    bound = bound.bind(caller=rule.name)
-                with acting_as(rule):
+                caller = rule.name if rule is not None else "internal"
+                bound = bound.bind(caller=caller)
+                # A stream is recorded before its first message (no audit, no access)
+                # and again with its outcome.
+                self._record(
+                    method, caller, request, note, "STARTED", request_id, bound, required=True
+                )
+                with acting_as(rule), noting(note):
                     yield from behavior(request, context)
             except Exception as error:
+                outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
+                self._record(
+                    method, caller, request, note, outcome, request_id, bound, required=False
+                )
                 self._fail(context, error, request_id, bound, start)
+            self._record(method, caller, request, note, "OK", request_id, bound, required=False)
             bound.info("rpc", code="OK", ms=_ms(start))
 
         return wrapped

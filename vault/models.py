@@ -256,3 +256,25 @@ class AuditCheckpointRow(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     key_id: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class SupportGrantRow(Base):
+    """A subject's consent that support may read its data for one ticket (seed 002).
+
+    Recorded by the caller that collected the consent (e.g. the control panel); live
+    until ``expires_at``, its revocation, or the ticket's resolution, whichever first.
+    """
+
+    __tablename__ = "support_grants"
+
+    grant_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(26), index=True)
+    #: The subject's support-category record (the ticket) the consent is for.
+    ticket_record_id: Mapped[str] = mapped_column(String(26))
+    #: The caller that recorded the subject's consent (a caller name, not a person).
+    granted_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: NULL while not ended early; revoked | resolved | erased
+    ended_reason: Mapped[str | None] = mapped_column(String(16))

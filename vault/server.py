@@ -23,13 +23,22 @@ from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.base import KeyManager, KmsError
 from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
+from vault.auditing import AuditRecorder
 from vault.auth import Authenticator, TokenStore
 from vault.callers import CallerPolicy
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.config import ServerConfig
 from vault.errors import Unavailable
-from vault.grpc_api import RecordServicer, RetentionServicer, RightsServicer, SubjectServicer
+from vault.finder import SubjectFinder
+from vault.grpc_api import (
+    AuditServicer,
+    LookupServicer,
+    RecordServicer,
+    RetentionServicer,
+    RightsServicer,
+    SubjectServicer,
+)
 from vault.interceptors import ServiceInterceptor
 from vault.keycache import DataKeyCache
 from vault.retention import RetentionJob
@@ -78,10 +87,12 @@ class RunningServer:
     port: int
     vault: VaultService
     health: health.HealthServicer
+    audit: AuditRecorder
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.audit.stop()
         self.vault.kms.close()
         self.vault.storage.engine.dispose()
 
@@ -97,18 +108,25 @@ def start_server(
     vault: VaultService | None = None,
     clock: Clock = utc_now,
     auth: tuple[Authenticator, CallerPolicy] | None = None,
+    audit: AuditRecorder | None = None,
 ) -> RunningServer:
     vault = vault or build_vault(config, clock)
     authenticator, policy = auth or build_auth(config)
+    audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock)
+    audit.start_checkpoints(config.audit_checkpoint_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ServiceInterceptor(authenticator, policy)],
+        interceptors=[ServiceInterceptor(authenticator, policy, audit)],
         options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
     )
     pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
     pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
-    pb_grpc.add_RightsServiceServicer_to_server(RightsServicer(RightsService(vault)), server)
+    pb_grpc.add_RightsServiceServicer_to_server(
+        RightsServicer(RightsService(vault), audit.audit), server
+    )
     pb_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(RetentionJob(vault)), server)
+    pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit.audit), server)
+    pb_grpc.add_LookupServiceServicer_to_server(LookupServicer(SubjectFinder(vault)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -132,7 +150,7 @@ def start_server(
     if port == 0:
         raise Unavailable("cannot listen on the configured address")
     server.start()
-    return RunningServer(server, port, vault, health_servicer)
+    return RunningServer(server, port, vault, health_servicer, audit)
 
 
 def serve(config: ServerConfig, ready_file: Path | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -45,6 +46,7 @@ from vault.errors import (
 from vault.ids import RandomBytes, check_id, new_id
 from vault.keycache import DataKeyCache
 from vault.limits import check_fields, check_origin, check_page_size
+from vault.lookup import DEFAULT_BITS, INDEXED_FIELDS, BlindIndex, IndexKeyStore, indexed_values
 from vault.policy import (
     authorize_read,
     authorize_subject,
@@ -173,6 +175,7 @@ class VaultService:
         clock: Clock = utc_now,
         random_bytes: RandomBytes = os.urandom,
         kms_backup_retention: timedelta = timedelta(days=7),
+        lookup_bits: int = DEFAULT_BITS,
     ) -> None:
         self.storage = storage
         self.kms = kms
@@ -184,6 +187,23 @@ class VaultService:
         self._kms_backup_retention = kms_backup_retention
         self._cipher = RecordCipher(random_bytes)
         self.buckets = BucketKeys(storage, kms, self.cache, clock, random_bytes, kms_error)
+        self._lookup_bits = lookup_bits
+        self._lookup: BlindIndex | None = None
+        self._lookup_lock = threading.Lock()
+
+    def lookup_index(self) -> BlindIndex:
+        """The blind index (e-mail, phone), its key unwrapped once and kept in memory."""
+        with self._lookup_lock:
+            if self._lookup is None:
+                key = IndexKeyStore(self.storage, clock=self.clock).load_or_create(self.kms)
+                self._lookup = BlindIndex(self.storage, key, self._lookup_bits)
+            return self._lookup
+
+    def _index(
+        self, subject_id: str, record_id: str, category: str, fields: Mapping[str, str]
+    ) -> None:
+        if category in INDEXED_FIELDS:
+            self.lookup_index().index(subject_id, record_id, indexed_values(category, fields))
 
     # --- subjects -------------------------------------------------------------------
 
@@ -208,6 +228,7 @@ class VaultService:
             self._discard_key(key_id)  # no subject row points at it: leave no orphan key
             raise
         self.cache.put(key_id, data_key.key_version, data_key.plaintext)
+        access.note_subject(subject_id)
         return subject_view(info, 0)
 
     def _new_subject_key(self) -> tuple[str, DataKey]:
@@ -283,6 +304,7 @@ class VaultService:
     ) -> bytes:
         key = self._record_key(info, scheme, bucket_id, info.key_version)
         place = self._place(info, record_id, category, scheme, bucket_id)
+        access.note(category, fields)
         return self._cipher.seal(key, info.key_version, place, fields)
 
     def _decrypt(self, info: SubjectKeyInfo, stored: StoredRecord) -> dict[str, str]:
@@ -294,12 +316,18 @@ class VaultService:
         )
         return self._cipher.open(key, place, stored.ciphertext)
 
+    def open_record(self, info: SubjectKeyInfo, stored: StoredRecord) -> RecordView:
+        """Decrypt a stored record (the caller has authorized the read)."""
+        return self._open(info, stored)
+
     def _open(self, info: SubjectKeyInfo, stored: StoredRecord) -> RecordView:
+        fields = self._decrypt(info, stored)
+        access.note(stored.category, fields)
         return RecordView(
             stored.subject_id,
             stored.record_id,
             stored.category,
-            self._decrypt(info, stored),
+            fields,
             stored.version,
             stored.origin,
             stored.created_at,
@@ -362,6 +390,7 @@ class VaultService:
                     category=category,
                 ) from None
             if inserted:
+                self._index(subject_id, record_id, category, fields)
                 return RecordView(
                     subject_id, record_id, category, fields, 1, origin, now, now, retain_until
                 )
@@ -476,6 +505,7 @@ class VaultService:
         if not self.storage.update_record(updated, current.version, info.key_id):
             self.writable_subject(info.subject_id)  # erased meanwhile?
             raise VersionConflict("record was changed since it was read")
+        self._index(info.subject_id, current.record_id, current.category, fields)
         return RecordView(
             info.subject_id,
             current.record_id,
@@ -490,7 +520,9 @@ class VaultService:
 
     def delete_record(self, subject_id: str, record_id: str) -> None:
         self.writable_subject(subject_id)
-        access.check(category=self._stored(subject_id, record_id).category)
+        category = self._stored(subject_id, record_id).category
+        access.check(category=category)
+        access.note(category)
         if not self.storage.delete_record(subject_id, check_id("record_id", record_id)):
             raise RecordNotFound("record not found", record_id=record_id)
 

@@ -1161,3 +1161,198 @@ class RetentionService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AuditServiceStub:
+    """The tamper-evident audit trail: who touched which subject's data, when, why.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.QueryAudit = channel.unary_unary(
+                '/oubli.v1.AuditService/QueryAudit',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.QueryAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/oubli.v1.AuditService/VerifyAudit',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServiceServicer:
+    """The tamper-evident audit trail: who touched which subject's data, when, why.
+    """
+
+    def QueryAudit(self, request, context):
+        """Entries by subject, caller and time (newest last).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Recomputes the hash chain and checks the newest signed checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.QueryAuditRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.QueryAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oubli.v1.AuditService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oubli.v1.AuditService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditService:
+    """The tamper-evident audit trail: who touched which subject's data, when, why.
+    """
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.AuditService/QueryAudit',
+            oubli_dot_v1_dot_vault__pb2.QueryAuditRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.QueryAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.AuditService/VerifyAudit',
+            oubli_dot_v1_dot_vault__pb2.VerifyAuditRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LookupServiceStub:
+    """Find a subject by e-mail address or phone number (blind index).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.FindSubject = channel.unary_unary(
+                '/oubli.v1.LookupService/FindSubject',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.FindSubjectRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.FindSubjectResponse.FromString,
+                _registered_method=True)
+
+
+class LookupServiceServicer:
+    """Find a subject by e-mail address or phone number (blind index).
+    """
+
+    def FindSubject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LookupServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'FindSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSubject,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.FindSubjectRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.FindSubjectResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oubli.v1.LookupService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oubli.v1.LookupService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LookupService:
+    """Find a subject by e-mail address or phone number (blind index).
+    """
+
+    @staticmethod
+    def FindSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.LookupService/FindSubject',
+            oubli_dot_v1_dot_vault__pb2.FindSubjectRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.FindSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

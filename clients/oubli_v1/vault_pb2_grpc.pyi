@@ -398,3 +398,74 @@ class RetentionServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_RetentionServiceServicer_to_server(servicer: RetentionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AuditServiceStub:
+    """The tamper-evident audit trail: who touched which subject's data, when, why."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
+    QueryAudit: _grpc.UnaryUnaryMultiCallable[_vault_pb2.QueryAuditRequest, _vault_pb2.QueryAuditResponse]
+    """Entries by subject, caller and time (newest last)."""
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_vault_pb2.VerifyAuditRequest, _vault_pb2.VerifyAuditResponse]
+    """Recomputes the hash chain and checks the newest signed checkpoint."""
+
+@_typing.type_check_only
+class AuditServiceAsyncStub(AuditServiceStub):
+    """The tamper-evident audit trail: who touched which subject's data, when, why."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    QueryAudit: _aio.UnaryUnaryMultiCallable[_vault_pb2.QueryAuditRequest, _vault_pb2.QueryAuditResponse]  # type: ignore[assignment]
+    """Entries by subject, caller and time (newest last)."""
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_vault_pb2.VerifyAuditRequest, _vault_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    """Recomputes the hash chain and checks the newest signed checkpoint."""
+
+class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The tamper-evident audit trail: who touched which subject's data, when, why."""
+
+    @_abc_1.abstractmethod
+    def QueryAudit(
+        self,
+        request: _vault_pb2.QueryAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.QueryAuditResponse, _abc.Awaitable[_vault_pb2.QueryAuditResponse]]:
+        """Entries by subject, caller and time (newest last)."""
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _vault_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.VerifyAuditResponse, _abc.Awaitable[_vault_pb2.VerifyAuditResponse]]:
+        """Recomputes the hash chain and checks the newest signed checkpoint."""
+
+def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class LookupServiceStub:
+    """Find a subject by e-mail address or phone number (blind index)."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LookupServiceAsyncStub: ...
+    FindSubject: _grpc.UnaryUnaryMultiCallable[_vault_pb2.FindSubjectRequest, _vault_pb2.FindSubjectResponse]
+
+@_typing.type_check_only
+class LookupServiceAsyncStub(LookupServiceStub):
+    """Find a subject by e-mail address or phone number (blind index)."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    FindSubject: _aio.UnaryUnaryMultiCallable[_vault_pb2.FindSubjectRequest, _vault_pb2.FindSubjectResponse]  # type: ignore[assignment]
+
+class LookupServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Find a subject by e-mail address or phone number (blind index)."""
+
+    @_abc_1.abstractmethod
+    def FindSubject(
+        self,
+        request: _vault_pb2.FindSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.FindSubjectResponse, _abc.Awaitable[_vault_pb2.FindSubjectResponse]]: ...
+
+def add_LookupServiceServicer_to_server(servicer: LookupServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,119 @@
+"""The audit trail and lookup by e-mail/phone, end to end through gRPC."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from clients.errors import InvalidArgument, Unavailable
+from tests.stack import TEST_TOKEN, Stack
+from vault.cli import app
+from vault.errors import Unavailable as DomainUnavailable
+
+CANARY_EMAIL = "Zoe.Canary-8841@Example.invalid"
+
+
+def test_every_rpc_touching_a_subject_is_audited_without_pii(stack: Stack) -> None:
+    client = stack.client
+    sid = client.create_subject().subject_id
+    record = client.create_record(sid, "contact", {"email": CANARY_EMAIL, "city": "Nantes"})
+    client.get_record(sid, record.record_id, "billing")
+    client.export_subject(sid)
+    client.shred_subject(sid)
+    entries = client.query_audit(subject_id=sid)
+    actions = [e.action for e in entries]
+    assert actions == [
+        "SubjectService.CreateSubject",
+        "RecordService.CreateRecord",
+        "RecordService.GetRecord",
+        "SubjectService.ExportSubject",
+        "SubjectService.ShredSubject",
+    ]
+    read = entries[2]
+    assert read.caller == "test-admin" and read.purpose == "billing"
+    assert read.categories == ("contact",) and set(read.fields) == {"email", "city"}
+    assert all(e.outcome == "OK" for e in entries)
+    # Entries survive the shred, and none holds a value.
+    with stack.storage.engine.connect() as c:
+        rows = c.execute(text("SELECT * FROM audit_entries")).all()
+    dump = repr(rows).lower()
+    assert CANARY_EMAIL.lower() not in dump and "nantes" not in dump
+    assert client.verify_audit().ok
+
+
+def test_refused_calls_are_audited_too(stack: Stack) -> None:
+    sid = stack.client.create_subject().subject_id
+    record = stack.client.create_record(sid, "contact", {"email": "a@example.org"})
+    with pytest.raises(Exception):
+        stack.client.get_record(sid, record.record_id, "marketing")  # no consent
+    last = stack.client.query_audit(subject_id=sid)[-1]
+    assert last.action == "RecordService.GetRecord" and last.outcome == "CONSENT_MISSING"
+
+
+def test_verification_names_the_first_edited_entry(stack: Stack) -> None:
+    client = stack.client
+    sid = client.create_subject().subject_id
+    for n in range(3):
+        client.create_record(sid, "usage", {"page": f"/{n}"}, "web")
+    entries = client.query_audit(subject_id=sid)
+    target = entries[1].seq
+    with stack.storage.engine.begin() as c:
+        c.execute(
+            text("UPDATE audit_entries SET purpose = 'marketing' WHERE seq = :s"), {"s": target}
+        )
+    result = client.verify_audit()
+    assert not result.ok and result.first_broken_seq == target
+    cli = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN}).invoke(
+        app, ["audit", "verify", "--target", stack.target]
+    )
+    assert cli.exit_code == 1 and f'"first_broken_seq": {target}' in cli.stdout
+
+
+def test_no_audit_no_access(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = stack.client.create_subject().subject_id
+    record = stack.client.create_record(sid, "contact", {"email": "b@example.org"})
+
+    def broken(event: object) -> object:
+        raise DomainUnavailable("audit table unreachable")
+
+    monkeypatch.setattr(stack.server.audit.audit, "append", broken)
+    with pytest.raises(Unavailable):
+        stack.client.get_record(sid, record.record_id, "billing")
+    with pytest.raises(Unavailable):
+        stack.client.export_subject(sid)
+
+
+def test_lookup_by_email_and_phone_before_and_after_shred(stack: Stack) -> None:
+    client = stack.client
+    ada = client.create_subject().subject_id
+    bob = client.create_subject().subject_id
+    client.create_record(
+        ada, "contact", {"email": " Ada.Lovelace@Example.org", "phone": "+33 6 12 34 56 78"}
+    )
+    client.create_record(bob, "contact", {"email": "bob@example.org"})
+    assert client.find_subject(email="ada.lovelace@example.org", purpose="billing") == [ada]
+    assert client.find_subject(phone="0033 6 12-34-56-78", purpose="billing") == [ada]
+    assert client.find_subject(email="nobody@example.org", purpose="billing") == []
+    with pytest.raises(InvalidArgument):
+        client.find_subject(email="not an address", purpose="billing")
+    with pytest.raises(InvalidArgument):
+        client.find_subject(email="a@b.c", phone="+3312345678", purpose="billing")
+    client.shred_subject(ada)
+    assert client.find_subject(email="ada.lovelace@example.org", purpose="billing") == []
+    with stack.storage.engine.connect() as c:
+        assert (
+            c.execute(
+                text("SELECT count(*) FROM blind_index WHERE subject_id = :s"), {"s": ada}
+            ).scalar()
+            == 0
+        )
+
+
+def test_access_report_lists_recipients_seen_in_the_audit_trail(stack: Stack) -> None:
+    client = stack.client
+    sid = client.create_subject().subject_id
+    record = client.create_record(sid, "contact", {"email": "c@example.org"})
+    client.get_record(sid, record.record_id, "billing")
+    report = client.access_report(sid)
+    assert report["categories"]["contact"]["recipients_seen"] == ["test-admin"]

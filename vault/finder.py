@@ -1,0 +1,46 @@
+"""Find a subject by e-mail or phone through the blind index.
+
+The index narrows the search to a few candidate records (tags are short on purpose);
+each candidate is decrypted and kept only if it really holds the value. Candidates the
+purpose, the caller or the subject's state may not read are skipped silently: a
+lookup never reveals more than a read with the same purpose would.
+"""
+
+from __future__ import annotations
+
+from vault import access
+from vault.errors import InvalidArgument, OubliError
+from vault.lookup import KINDS, matches, normalise
+from vault.policy import authorize_read
+from vault.service import VaultService
+
+
+class SubjectFinder:
+    def __init__(self, vault: VaultService) -> None:
+        self.vault = vault
+
+    def find(self, kind: str, value: str, purpose: str) -> list[str]:
+        if kind not in KINDS:
+            raise InvalidArgument("kind", "kind must be email or phone")
+        normalised = normalise(kind, value)
+        self.vault.catalog.purpose(purpose)
+        access.check(purpose=purpose)
+        found: set[str] = set()
+        index = self.vault.lookup_index()
+        for subject_id, record_id in index.candidates(kind, normalised):
+            if subject_id in found:
+                continue
+            try:
+                info = self.vault.subject_info(subject_id)
+                stored = self.vault.storage.record(subject_id, record_id)
+                if stored is None:
+                    continue
+                access.check(category=stored.category)
+                spec = self.vault.catalog.category(stored.category)
+                authorize_read(self.vault.catalog, spec, purpose, info)
+                view = self.vault.open_record(info, stored)
+            except OubliError:
+                continue  # not readable for this purpose or caller: not a match either
+            if matches(kind, normalised, stored.category, view.fields):
+                found.add(subject_id)
+        return sorted(found)
