@@ -146,6 +146,29 @@ class AuditVerification:
     checkpoint_seq: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class SupportGrant:
+    grant_id: str
+    subject_id: str
+    ticket_record_id: str
+    granted_by: str
+    created_at: datetime
+    expires_at: datetime
+    status: str
+
+
+def _grant(m: pb.SupportGrant) -> SupportGrant:
+    return SupportGrant(
+        m.grant_id,
+        m.subject_id,
+        m.ticket_record_id,
+        m.granted_by,
+        m.create_time.ToDatetime(tzinfo=UTC),
+        m.expire_time.ToDatetime(tzinfo=UTC),
+        m.status,
+    )
+
+
 def _request(m: pb.RightsRequest) -> RightsRequest:
     return RightsRequest(
         m.request_id,
@@ -222,6 +245,7 @@ class OubliClient:
         self._retention = pb_grpc.RetentionServiceStub(self._channel)
         self._audit = pb_grpc.AuditServiceStub(self._channel)
         self._lookup = pb_grpc.LookupServiceStub(self._channel)
+        self._support = pb_grpc.SupportServiceStub(self._channel)
         self.timeout = timeout
         self.max_attempts = max_attempts
         self._initial_backoff = initial_backoff
@@ -499,3 +523,43 @@ class OubliClient:
             response.reason,
             response.checkpoint_seq or None,
         )
+
+    # --- support access -------------------------------------------------------------
+
+    def grant_support_access(
+        self, subject_id: str, ticket_record_id: str, hours: int
+    ) -> SupportGrant:
+        request = pb.GrantSupportAccessRequest(
+            subject_id=subject_id, ticket_record_id=ticket_record_id, hours=hours
+        )
+        response = self._call(self._support.GrantSupportAccess, request, idempotent=False)
+        return _grant(response.grant)
+
+    def revoke_support_access(self, grant_id: str) -> SupportGrant:
+        request = pb.RevokeSupportAccessRequest(grant_id=grant_id)
+        response = self._call(self._support.RevokeSupportAccess, request, idempotent=False)
+        return _grant(response.grant)
+
+    def support_overview(self, subject_id: str) -> dict[str, Any]:
+        """Metadata only: per category record count, ciphertext bytes, dates; live grants."""
+        request = pb.GetOverviewRequest(subject_id=subject_id)
+        response = self._call(self._support.GetOverview, request, idempotent=True)
+        return {
+            "subject_id": response.subject_id,
+            "state": _STATES.get(response.state, "unspecified"),
+            "categories": {
+                c.category: {
+                    "record_count": c.record_count,
+                    "ciphertext_bytes": c.ciphertext_bytes,
+                    "oldest_created_at": c.oldest_create_time.ToDatetime(tzinfo=UTC),
+                    "newest_updated_at": c.newest_update_time.ToDatetime(tzinfo=UTC),
+                }
+                for c in response.categories
+            },
+            "live_grants": [_grant(g) for g in response.live_grants],
+        }
+
+    def read_under_grant(self, subject_id: str, grant_id: str) -> list[Record]:
+        request = pb.ReadUnderGrantRequest(subject_id=subject_id, grant_id=grant_id)
+        response = self._call(self._support.ReadUnderGrant, request, idempotent=True)
+        return [_record(m) for m in response.records]

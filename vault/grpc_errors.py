@@ -29,6 +29,7 @@ from vault.errors import (
     Unavailable,
     VersionConflict,
 )
+from vault.support import GrantNotFound
 
 ERROR_DOMAIN = "oubli.v1"
 
@@ -44,6 +45,7 @@ STATUS_BY_ERROR: tuple[tuple[type[OubliError], grpc.StatusCode], ...] = (
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (RequestNotFound, grpc.StatusCode.NOT_FOUND),
+    (GrantNotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (IntegrityFailure, grpc.StatusCode.DATA_LOSS),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),

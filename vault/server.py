@@ -38,6 +38,7 @@ from vault.grpc_api import (
     RetentionServicer,
     RightsServicer,
     SubjectServicer,
+    SupportServicer,
 )
 from vault.interceptors import ServiceInterceptor
 from vault.keycache import DataKeyCache
@@ -45,6 +46,7 @@ from vault.retention import RetentionJob
 from vault.rights import RightsService
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
+from vault.support import SupportAccess
 
 log = structlog.get_logger("oubli.server")
 
@@ -127,6 +129,7 @@ def start_server(
     pb_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(RetentionJob(vault)), server)
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit.audit), server)
     pb_grpc.add_LookupServiceServicer_to_server(LookupServicer(SubjectFinder(vault)), server)
+    pb_grpc.add_SupportServiceServicer_to_server(SupportServicer(SupportAccess(vault)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

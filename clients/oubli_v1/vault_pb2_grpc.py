@@ -1356,3 +1356,214 @@ class LookupService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SupportServiceStub:
+    """Support access (seed 002): support sees a customer's data only with that
+    customer's explicit consent for one ticket; otherwise metadata only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GrantSupportAccess = channel.unary_unary(
+                '/oubli.v1.SupportService/GrantSupportAccess',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.GrantSupportAccessRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.GrantSupportAccessResponse.FromString,
+                _registered_method=True)
+        self.RevokeSupportAccess = channel.unary_unary(
+                '/oubli.v1.SupportService/RevokeSupportAccess',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.RevokeSupportAccessRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.RevokeSupportAccessResponse.FromString,
+                _registered_method=True)
+        self.GetOverview = channel.unary_unary(
+                '/oubli.v1.SupportService/GetOverview',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.GetOverviewRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.GetOverviewResponse.FromString,
+                _registered_method=True)
+        self.ReadUnderGrant = channel.unary_unary(
+                '/oubli.v1.SupportService/ReadUnderGrant',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.ReadUnderGrantRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.ReadUnderGrantResponse.FromString,
+                _registered_method=True)
+
+
+class SupportServiceServicer:
+    """Support access (seed 002): support sees a customer's data only with that
+    customer's explicit consent for one ticket; otherwise metadata only.
+    """
+
+    def GrantSupportAccess(self, request, context):
+        """Records the subject's consent (through the control panel) for one ticket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSupportAccess(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOverview(self, request, context):
+        """Categories, record counts, sizes and dates; never content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadUnderGrant(self, request, context):
+        """The records support may read, while the grant is live (not revoked, not
+        expired, its ticket not resolved).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SupportServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GrantSupportAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantSupportAccess,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.GrantSupportAccessRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.GrantSupportAccessResponse.SerializeToString,
+            ),
+            'RevokeSupportAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSupportAccess,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.RevokeSupportAccessRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.RevokeSupportAccessResponse.SerializeToString,
+            ),
+            'GetOverview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOverview,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.GetOverviewRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.GetOverviewResponse.SerializeToString,
+            ),
+            'ReadUnderGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadUnderGrant,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.ReadUnderGrantRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.ReadUnderGrantResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oubli.v1.SupportService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oubli.v1.SupportService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SupportService:
+    """Support access (seed 002): support sees a customer's data only with that
+    customer's explicit consent for one ticket; otherwise metadata only.
+    """
+
+    @staticmethod
+    def GrantSupportAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SupportService/GrantSupportAccess',
+            oubli_dot_v1_dot_vault__pb2.GrantSupportAccessRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.GrantSupportAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSupportAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SupportService/RevokeSupportAccess',
+            oubli_dot_v1_dot_vault__pb2.RevokeSupportAccessRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.RevokeSupportAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOverview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SupportService/GetOverview',
+            oubli_dot_v1_dot_vault__pb2.GetOverviewRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.GetOverviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadUnderGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SupportService/ReadUnderGrant',
+            oubli_dot_v1_dot_vault__pb2.ReadUnderGrantRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.ReadUnderGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -469,3 +469,79 @@ class LookupServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vault_pb2.FindSubjectResponse, _abc.Awaitable[_vault_pb2.FindSubjectResponse]]: ...
 
 def add_LookupServiceServicer_to_server(servicer: LookupServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SupportServiceStub:
+    """Support access (seed 002): support sees a customer's data only with that
+    customer's explicit consent for one ticket; otherwise metadata only.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SupportServiceAsyncStub: ...
+    GrantSupportAccess: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GrantSupportAccessRequest, _vault_pb2.GrantSupportAccessResponse]
+    """Records the subject's consent (through the control panel) for one ticket."""
+    RevokeSupportAccess: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RevokeSupportAccessRequest, _vault_pb2.RevokeSupportAccessResponse]
+    GetOverview: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetOverviewRequest, _vault_pb2.GetOverviewResponse]
+    """Categories, record counts, sizes and dates; never content."""
+    ReadUnderGrant: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ReadUnderGrantRequest, _vault_pb2.ReadUnderGrantResponse]
+    """The records support may read, while the grant is live (not revoked, not
+    expired, its ticket not resolved).
+    """
+
+@_typing.type_check_only
+class SupportServiceAsyncStub(SupportServiceStub):
+    """Support access (seed 002): support sees a customer's data only with that
+    customer's explicit consent for one ticket; otherwise metadata only.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GrantSupportAccess: _aio.UnaryUnaryMultiCallable[_vault_pb2.GrantSupportAccessRequest, _vault_pb2.GrantSupportAccessResponse]  # type: ignore[assignment]
+    """Records the subject's consent (through the control panel) for one ticket."""
+    RevokeSupportAccess: _aio.UnaryUnaryMultiCallable[_vault_pb2.RevokeSupportAccessRequest, _vault_pb2.RevokeSupportAccessResponse]  # type: ignore[assignment]
+    GetOverview: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetOverviewRequest, _vault_pb2.GetOverviewResponse]  # type: ignore[assignment]
+    """Categories, record counts, sizes and dates; never content."""
+    ReadUnderGrant: _aio.UnaryUnaryMultiCallable[_vault_pb2.ReadUnderGrantRequest, _vault_pb2.ReadUnderGrantResponse]  # type: ignore[assignment]
+    """The records support may read, while the grant is live (not revoked, not
+    expired, its ticket not resolved).
+    """
+
+class SupportServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Support access (seed 002): support sees a customer's data only with that
+    customer's explicit consent for one ticket; otherwise metadata only.
+    """
+
+    @_abc_1.abstractmethod
+    def GrantSupportAccess(
+        self,
+        request: _vault_pb2.GrantSupportAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GrantSupportAccessResponse, _abc.Awaitable[_vault_pb2.GrantSupportAccessResponse]]:
+        """Records the subject's consent (through the control panel) for one ticket."""
+
+    @_abc_1.abstractmethod
+    def RevokeSupportAccess(
+        self,
+        request: _vault_pb2.RevokeSupportAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.RevokeSupportAccessResponse, _abc.Awaitable[_vault_pb2.RevokeSupportAccessResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetOverview(
+        self,
+        request: _vault_pb2.GetOverviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetOverviewResponse, _abc.Awaitable[_vault_pb2.GetOverviewResponse]]:
+        """Categories, record counts, sizes and dates; never content."""
+
+    @_abc_1.abstractmethod
+    def ReadUnderGrant(
+        self,
+        request: _vault_pb2.ReadUnderGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ReadUnderGrantResponse, _abc.Awaitable[_vault_pb2.ReadUnderGrantResponse]]:
+        """The records support may read, while the grant is live (not revoked, not
+        expired, its ticket not resolved).
+        """
+
+def add_SupportServiceServicer_to_server(servicer: SupportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
