@@ -34,6 +34,24 @@ log = structlog.get_logger("oubli.rpc")
 REQUEST_ID_HEADER = "x-request-id"
 OWN_PREFIX = "/oubli."
 
+#: RPCs that change nothing: recorded once, before their response leaves the server.
+#: Every other RPC is also recorded (outcome STARTED) before it runs.
+READ_ONLY_METHODS = frozenset(
+    {
+        "GetSubject",
+        "GetRecord",
+        "ListRecords",
+        "ExportSubject",
+        "GetAccessReport",
+        "ListRightsRequests",
+        "QueryAudit",
+        "VerifyAudit",
+        "FindSubject",
+        "GetOverview",
+        "ReadUnderGrant",
+    }
+)
+
 
 class _Malformed:
     """Stands in for a request that failed to parse."""
@@ -223,6 +241,12 @@ class ServiceInterceptor(_Interceptor):
                 rule = self._authorize(method, context)
                 caller = rule.name if rule is not None else "internal"
                 bound = bound.bind(caller=caller)
+                if method.rsplit("/", 1)[-1] not in READ_ONLY_METHODS:
+                    # A change is recorded before it is made: if the audit cannot be
+                    # written, nothing is changed (no audit, no access).
+                    self._record(
+                        method, caller, request, note, "STARTED", request_id, bound, required=True
+                    )
                 with acting_as(rule), noting(note):
                     response = behavior(request, context)
             except Exception as error:

@@ -23,17 +23,20 @@ def test_every_rpc_touching_a_subject_is_audited_without_pii(stack: Stack) -> No
     client.shred_subject(sid)
     entries = client.query_audit(subject_id=sid)
     actions = [e.action for e in entries]
+    # Changes are recorded when they start and with their outcome; reads once.
     assert actions == [
         "SubjectService.CreateSubject",
+        "RecordService.CreateRecord",
         "RecordService.CreateRecord",
         "RecordService.GetRecord",
         "SubjectService.ExportSubject",
         "SubjectService.ShredSubject",
+        "SubjectService.ShredSubject",
     ]
-    read = entries[2]
+    assert [e.outcome for e in entries] == ["OK", "STARTED", "OK", "OK", "OK", "STARTED", "OK"]
+    read = entries[3]
     assert read.caller == "test-admin" and read.purpose == "billing"
     assert read.categories == ("contact",) and set(read.fields) == {"email", "city"}
-    assert all(e.outcome == "OK" for e in entries)
     # Entries survive the shred, and none holds a value.
     with stack.storage.engine.connect() as c:
         rows = c.execute(text("SELECT * FROM audit_entries")).all()
@@ -117,3 +120,18 @@ def test_access_report_lists_recipients_seen_in_the_audit_trail(stack: Stack) ->
     client.get_record(sid, record.record_id, "billing")
     report = client.access_report(sid)
     assert report["categories"]["contact"]["recipients_seen"] == ["test-admin"]
+
+
+def test_a_change_that_cannot_be_audited_is_not_made(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = stack.client.create_subject().subject_id
+
+    def broken(event: object) -> object:
+        raise DomainUnavailable("audit table unreachable")
+
+    monkeypatch.setattr(stack.server.audit.audit, "append", broken)
+    with pytest.raises(Unavailable):
+        stack.client.create_record(sid, "contact", {"email": "d@example.org"})
+    monkeypatch.undo()
+    assert stack.client.get_subject(sid).record_count == 0
