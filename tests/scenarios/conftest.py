@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
+from tests.clock import FakeClock
 from tests.conftest import PG_ADMIN_URL
 from tests.stack import TEST_TOKEN, suite_auth
 from vault.catalog import Catalog
@@ -25,19 +26,6 @@ from vault.keycache import DataKeyCache
 from vault.server import RunningServer, start_server
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, *, days: int = 0, months: int = 0) -> None:
-        from vault.buckets import add_months
-
-        self.now = add_months(self.now, months) + timedelta(days=days)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
 from kms.memory import InMemoryKeyManager
+from tests.clock import FakeClock
 from vault.catalog import Catalog
 from vault.errors import InvalidArgument, PermissionDenied, SubjectShredded
 from vault.export import ACCESS_REPORT_FORMAT, EXPORT_FORMAT, access_report, export_document
@@ -58,14 +59,6 @@ def validate(document: dict[str, Any], schema: dict[str, Any]) -> None:
     Draft202012Validator(schema, format_checker=FORMATS).validate(document)
     # what goes over the wire: the JSON text, which must round-trip unchanged
     assert json.loads(json.dumps(document, ensure_ascii=False)) == document
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

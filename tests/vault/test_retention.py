@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kms.memory import InMemoryKeyManager
+from tests.clock import FakeClock
 from vault.buckets import add_months
 from vault.errors import (
     FailedPrecondition,
@@ -29,17 +30,6 @@ Builder = Callable[..., VaultService]
 T0 = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
 LOG = {"ip_address": "192.0.2.7", "event": "login", "user_agent": "curl/8"}
 INVOICE = {"invoice_number": "INV-1", "amount": "19.90", "currency": "EUR"}
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, now: datetime) -> None:
-        self.now = now
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 
 from kms.base import KeyDestroyed
 from kms.memory import InMemoryKeyManager
+from tests.clock import FakeClock
 from vault.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,14 +32,6 @@ Builder = Callable[..., VaultService]
 T0 = datetime(2026, 4, 1, 10, tzinfo=UTC)
 UNKNOWN_ID = "aaaaaaaaaaaaaaaaaaaaaaaaaa"
 CARD = {"card_holder": "Ada Lovelace", "card_number": "4111111111111111", "card_expiry": "12/29"}
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

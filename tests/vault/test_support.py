@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from kms.memory import InMemoryKeyManager
+from tests.clock import FakeClock
 from vault.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -37,14 +38,6 @@ UNKNOWN_ID = "aaaaaaaaaaaaaaaaaaaaaaaaaa"
 EMAIL = "grace.canary@example.org"
 NAME = "Canarygrace"
 MESSAGE = "my mailbox is slow since Tuesday, canary-7311"
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
