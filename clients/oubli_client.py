@@ -494,9 +494,20 @@ class OubliClient:
         return list(response.subject_ids)
 
     def query_audit(
-        self, *, subject_id: str = "", caller: str = "", limit: int = 0
+        self,
+        *,
+        subject_id: str = "",
+        caller: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 0,
     ) -> list[AuditEntry]:
+        """Entries by subject, caller and time (``since`` inclusive, ``until`` exclusive)."""
         request = pb.QueryAuditRequest(subject_id=subject_id, caller=caller, limit=limit)
+        if since is not None:
+            request.since.FromDatetime(since)
+        if until is not None:
+            request.until.FromDatetime(until)
         response = self._call(self._audit.QueryAudit, request, idempotent=True)
         return [
             AuditEntry(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,11 +87,45 @@ class TokenStore:
 
 
 class Authenticator:
-    def __init__(self, token_hashes: Mapping[str, str], *, mtls: bool = False) -> None:
+    """``token_hashes``: hash -> caller. With ``store``, the tokens file is read again
+    whenever it changes, so ``oubli token create`` (or removing a hash to revoke a
+    token) takes effect without a restart."""
+
+    def __init__(
+        self,
+        token_hashes: Mapping[str, str],
+        *,
+        mtls: bool = False,
+        store: TokenStore | None = None,
+    ) -> None:
         self._by_hash = dict(token_hashes)
         self._mtls = mtls
+        self._store = store
+        self._stamp = self._file_stamp()
+        self._lock = threading.Lock()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if self._store is None:
+            return None
+        try:
+            stat = self._store.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _refresh(self) -> None:
+        stamp = self._file_stamp()
+        if stamp == self._stamp or self._store is None:
+            return
+        with self._lock:
+            try:
+                self._by_hash = self._store.load()
+            except (OSError, ValueError):
+                return  # half-written file: keep the tokens we have, try again next call
+            self._stamp = stamp
 
     def authenticate(self, context: grpc.ServicerContext) -> Caller:
+        self._refresh()
         if self._mtls:
             names: list[Any] = list(context.auth_context().get("x509_common_name") or [])
             if names and isinstance(names[0], bytes):

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient, RetentionSummary
 from kms.base import KmsError
+from vault.callers import CallerPolicyError
 from vault.catalog import CatalogError
 from vault.config import ConfigError, ServerConfig
 from vault.errors import OubliError
@@ -48,7 +49,7 @@ def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
 
     try:
         serve(config, ready_file)
-    except (OubliError, CatalogError, KmsError) as e:
+    except (OubliError, CatalogError, CallerPolicyError, ConfigError, KmsError) as e:
         raise _fail("cannot start:", e) from None
 
 
@@ -332,12 +333,13 @@ def retention_run(
 
 @audit_app.command("verify")
 def audit_verify(target: Target = "127.0.0.1:50051") -> None:
-    """Recompute the audit hash chain; exit 1 naming the first broken entry."""
+    """Recompute the audit hash chain; exit 1 naming the first broken entry (2 when the
+    verification itself could not run)."""
     try:
         with _client_call(target) as client:
             result = client.verify_audit()
     except OubliClientError as e:
-        raise _fail("audit verify failed:", e) from None
+        raise _fail("audit verify failed:", e, code=2) from None
     print(
         json.dumps(
             {
@@ -358,12 +360,20 @@ def audit_query(
     target: Target = "127.0.0.1:50051",
     subject: Annotated[str, typer.Option(help="subject id")] = "",
     caller: Annotated[str, typer.Option(help="caller name")] = "",
+    since: Annotated[datetime | None, typer.Option(help="from this UTC time (inclusive)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="until this UTC time (exclusive)")] = None,
     limit: Annotated[int, typer.Option(help="at most this many (<= 1000)")] = 0,
 ) -> None:
-    """Audit entries (JSON lines) by subject and caller."""
+    """Audit entries (JSON lines) by subject, caller and time."""
     try:
         with _client_call(target) as client:
-            entries = client.query_audit(subject_id=subject, caller=caller, limit=limit)
+            entries = client.query_audit(
+                subject_id=subject,
+                caller=caller,
+                since=since.replace(tzinfo=UTC) if since else None,
+                until=until.replace(tzinfo=UTC) if until else None,
+                limit=limit,
+            )
     except OubliClientError as e:
         raise _fail("audit query failed:", e) from None
     for entry in entries:

@@ -17,6 +17,7 @@ Environment variables (all optional):
     OUBLI_TOKENS_FILE     bearer token hashes (default DATA_DIR/tokens.toml)
     OUBLI_TLS_CERT, OUBLI_TLS_KEY  serve TLS (1.3 negotiated) with this certificate
     OUBLI_TLS_CLIENT_CA   require client certificates signed by this CA (mTLS)
+    OUBLI_AUDIT_CHECKPOINT_SECONDS  how often the audit chain head is signed (default 300)
     VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
     OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
 """

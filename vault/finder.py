@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from vault import access
 from vault.errors import InvalidArgument, OubliError
-from vault.lookup import KINDS, matches, normalise
+from vault.lookup import INDEXED_FIELDS, KINDS, matches, normalise
 from vault.policy import authorize_read
 from vault.service import VaultService
+
+#: kind -> the field names that hold it, in any indexed category
+INDEXED = {
+    kind: {field for fields in INDEXED_FIELDS.values() for field, k in fields.items() if k == kind}
+    for kind in KINDS
+}
 
 
 class SubjectFinder:
@@ -30,6 +36,9 @@ class SubjectFinder:
         for subject_id, record_id in index.candidates(kind, normalised):
             if subject_id in found:
                 continue
+            # Candidates that turn out to be someone else are not "accessed": their
+            # categories and fields stay out of this call's audit entry.
+            scratch = access.AccessNote()
             try:
                 info = self.vault.subject_info(subject_id)
                 stored = self.vault.storage.record(subject_id, record_id)
@@ -38,9 +47,13 @@ class SubjectFinder:
                 access.check(category=stored.category)
                 spec = self.vault.catalog.category(stored.category)
                 authorize_read(self.vault.catalog, spec, purpose, info)
-                view = self.vault.open_record(info, stored)
+                with access.noting(scratch):
+                    view = self.vault.open_record(info, stored)
             except OubliError:
                 continue  # not readable for this purpose or caller: not a match either
             if matches(kind, normalised, stored.category, view.fields):
                 found.add(subject_id)
+                access.note(stored.category, [f for f in view.fields if f in INDEXED[kind]])
+        if len(found) == 1:
+            access.note_subject(next(iter(found)))  # the audit entry names who was found
         return sorted(found)

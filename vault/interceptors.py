@@ -145,7 +145,9 @@ class ServiceInterceptor(_Interceptor):
     ) -> None:
         """Append the audit entry. ``required``: failure aborts the call (no audit, no
         access); otherwise (the call failed anyway) it is only logged."""
-        if self._audit is None:
+        # Unauthenticated calls are logged, not audited: whoever reaches the port must
+        # not be able to grow the audit trail.
+        if self._audit is None or caller == "anonymous":
             return
         try:
             self._audit.record(
@@ -161,11 +163,16 @@ class ServiceInterceptor(_Interceptor):
                 raise
             bound.error("audit_append_failed", outcome=outcome)
 
-    def _authorize(self, method: str, context: grpc.ServicerContext) -> CallerRule | None:
-        if self._authenticator is None or self._policy is None:
+    def _authenticate(self, context: grpc.ServicerContext) -> str | None:
+        """The caller's name; None when the server runs without authentication."""
+        if self._authenticator is None:
             return None
-        caller = self._authenticator.authenticate(context)
-        return self._policy.check_rpc(caller.name, method)
+        return self._authenticator.authenticate(context).name
+
+    def _authorize(self, method: str, caller: str | None) -> CallerRule | None:
+        if caller is None or self._policy is None:
+            return None
+        return self._policy.check_rpc(caller, method)
 
     def intercept_service(
         self,
@@ -224,24 +231,16 @@ class ServiceInterceptor(_Interceptor):
             request_id, bound, start = self._begin(method, context)
             note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
-                self._record(
-                    method,
-                    caller,
-                    request,
-                    note,
-                    "MALFORMED_REQUEST",
-                    request_id,
-                    bound,
-                    required=False,
-                )
                 self._fail(context, None, request_id, bound, start)
+            read_only = method.rsplit("/", 1)[-1] in READ_ONLY_METHODS
             # oubli's servicers never abort themselves: they raise domain errors, and
             # this is the one place that turns exceptions into statuses.
             try:
-                rule = self._authorize(method, context)
-                caller = rule.name if rule is not None else "internal"
+                name = self._authenticate(context)
+                caller = name or "internal"
                 bound = bound.bind(caller=caller)
-                if method.rsplit("/", 1)[-1] not in READ_ONLY_METHODS:
+                rule = self._authorize(method, name)
+                if not read_only:
                     # A change is recorded before it is made: if the audit cannot be
                     # written, nothing is changed (no audit, no access).
                     self._record(
@@ -256,8 +255,13 @@ class ServiceInterceptor(_Interceptor):
                 )
                 self._fail(context, error, request_id, bound, start)
                 raise  # pragma: no cover - abort_with_status raises
+            # A read's entry must exist before its data leaves (no audit, no access). A
+            # change was recorded as STARTED already: if its outcome cannot be written,
+            # the change stands and the client must not be told otherwise.
             try:
-                self._record(method, caller, request, note, "OK", request_id, bound, required=True)
+                self._record(
+                    method, caller, request, note, "OK", request_id, bound, required=read_only
+                )
             except OubliError as error:
                 self._fail(context, error, request_id, bound, start)
             bound.info("rpc", code="OK", ms=_ms(start))
@@ -272,9 +276,10 @@ class ServiceInterceptor(_Interceptor):
             if request is _MALFORMED:
                 self._fail(context, None, request_id, bound, start)
             try:
-                rule = self._authorize(method, context)
-                caller = rule.name if rule is not None else "internal"
+                name = self._authenticate(context)
+                caller = name or "internal"
                 bound = bound.bind(caller=caller)
+                rule = self._authorize(method, name)
                 # A stream is recorded before its first message (no audit, no access)
                 # and again with its outcome.
                 self._record(

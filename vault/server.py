@@ -28,7 +28,7 @@ from vault.auth import Authenticator, TokenStore
 from vault.callers import CallerPolicy
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
-from vault.config import ServerConfig
+from vault.config import ConfigError, ServerConfig
 from vault.errors import Unavailable
 from vault.finder import SubjectFinder
 from vault.grpc_api import (
@@ -101,8 +101,12 @@ class RunningServer:
 
 def build_auth(config: ServerConfig) -> tuple[Authenticator, CallerPolicy]:
     policy = CallerPolicy.load(config.callers_path)
-    tokens = TokenStore(config.resolved_tokens_path).load()
-    return Authenticator(tokens, mtls=config.tls_client_ca is not None), policy
+    store = TokenStore(config.resolved_tokens_path)
+    try:
+        tokens = store.load()
+    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
+        raise ConfigError(f"cannot read the tokens file: {type(e).__name__}") from e
+    return Authenticator(tokens, mtls=config.tls_client_ca is not None, store=store), policy
 
 
 def start_server(

@@ -364,15 +364,21 @@ class SupportAccess:
         )
 
     def read_under_grant(self, subject_id: str, grant_id: str) -> list[RecordView]:
-        """The subject's records readable for purpose ``support``, under a live grant.
+        """The granted ticket and the subject's profile, under a live grant.
 
-        The catalog (and the caller's own policy, when one is bound) decides which
-        categories that includes, and the subject's restriction still applies.
+        The consent is for one case (seed 002): of the support category only the granted
+        ticket is returned, never the subject's other tickets; of the rest, what the
+        catalog lets purpose ``support`` read (identity, contact). The caller's own
+        policy, when one is bound, and the subject's restriction still apply.
 
         Raises:
             PermissionDenied: NO_LIVE_GRANT (see :meth:`live_grant`), or a catalog
                 rule such as RESTRICTED.
         """
-        self.live_grant(subject_id, grant_id)
+        grant = self.live_grant(subject_id, grant_id)
         _, records = self.vault.all_records(subject_id, SUPPORT_PURPOSE)
-        return records
+        return [
+            r
+            for r in records
+            if r.category != SUPPORT_CATEGORY or r.record_id == grant.ticket_record_id
+        ]

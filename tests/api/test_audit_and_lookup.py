@@ -98,6 +98,10 @@ def test_lookup_by_email_and_phone_before_and_after_shred(stack: Stack) -> None:
     assert client.find_subject(email="ada.lovelace@example.org", purpose="billing") == [ada]
     assert client.find_subject(phone="0033 6 12-34-56-78", purpose="billing") == [ada]
     assert client.find_subject(email="nobody@example.org", purpose="billing") == []
+    found = [
+        e for e in client.query_audit(subject_id=ada) if e.action == "LookupService.FindSubject"
+    ]
+    assert found and found[0].categories == ("contact",) and found[0].fields == ("email",)
     with pytest.raises(InvalidArgument):
         client.find_subject(email="not an address", purpose="billing")
     with pytest.raises(InvalidArgument):

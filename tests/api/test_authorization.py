@@ -317,3 +317,43 @@ def test_tls_without_client_certificates_serves_tls13_and_takes_tokens(
             assert tls.version() == "TLSv1.3"
     finally:
         server.stop(grace=0)
+
+
+def test_refused_calls_are_audited_under_the_callers_name_unauthenticated_ones_not(
+    served: Served,
+) -> None:
+    subject = served.vault.create_subject()
+    audit = served.server.audit.audit
+    with (
+        OubliClient(served.target, token=TOKENS["billing"], max_attempts=1) as billing,
+        pytest.raises(PermissionDenied),
+    ):
+        billing.export_subject(subject.subject_id)
+    last = audit.query(subject_id=subject.subject_id)[-1].event
+    assert (last.caller, last.action, last.outcome) == (
+        "billing",
+        "SubjectService.ExportSubject",
+        "RPC_NOT_ALLOWED",
+    )
+    before = len(audit.query(limit=1000))
+    rpc = ("oubli.v1.SubjectService", "GetSubject", False)
+    for _ in range(3):
+        payload = _request(rpc, subject.subject_id, "b" * 26)  # type: ignore[arg-type]
+        assert _call(served.target, rpc, payload, None) == grpc.StatusCode.UNAUTHENTICATED
+    assert len(audit.query(limit=1000)) == before
+
+
+def test_a_token_created_while_serving_works_without_restart(tmp_path: Path) -> None:
+    from vault.auth import TokenStore
+    from vault.server import build_auth
+
+    config = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path)
+    vault = _vault(f"sqlite:///{tmp_path / 'tokens.db'}")
+    server = start_server(config, vault=vault, auth=build_auth(config))
+    try:
+        subject = vault.create_subject()
+        token = TokenStore(config.resolved_tokens_path).create("dpo")
+        with OubliClient(f"127.0.0.1:{server.port}", token=token, max_attempts=1) as dpo:
+            assert dpo.get_subject(subject.subject_id).state == "active"
+    finally:
+        server.stop(grace=0)

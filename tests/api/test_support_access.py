@@ -68,10 +68,13 @@ def test_support_sees_metadata_without_grant_and_content_with_one(
         assert refused.value.reason == "NO_LIVE_GRANT"
 
         # The customer consents in the control panel, for this ticket, for 24 hours.
+        other_case = panel.create_record(sid, "support", {"message": "another case"}, "customer")
         grant = panel.grant_support_access(sid, ticket.record_id, 24)
         assert grant.granted_by == "control-panel" and grant.status == "live"
         read = support.read_under_grant(sid, grant.grant_id)
+        # The consent covers this case only: not the customer's other tickets.
         assert [r.fields.get("message") for r in read if r.category == "support"] == [SECRET]
+        assert other_case.record_id not in {r.record_id for r in read}
         assert all(r.category in ("support", "contact", "identity") for r in read)
 
         clock.now += timedelta(hours=25)  # the grant expires by itself
