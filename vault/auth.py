@@ -55,6 +55,8 @@ class TokenStore:
             return {}
         data: dict[str, Any] = tomllib.loads(self.path.read_text())
         table = data.get("tokens", {})
+        if not isinstance(table, dict):
+            raise ValueError("the tokens file needs a [tokens] table")
         by_hash: dict[str, str] = {}
         for caller, hashes in table.items():
             for value in hashes if isinstance(hashes, list) else [hashes]:

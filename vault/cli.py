@@ -370,8 +370,8 @@ def audit_query(
             entries = client.query_audit(
                 subject_id=subject,
                 caller=caller,
-                since=since.replace(tzinfo=UTC) if since else None,
-                until=until.replace(tzinfo=UTC) if until else None,
+                since=_utc(since),
+                until=_utc(until),
                 limit=limit,
             )
     except OubliClientError as e:
@@ -409,6 +409,13 @@ def subject_find(
         raise _fail("error:", e) from None
     for subject_id in found:
         print(subject_id)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A CLI time: naive means UTC; with an offset, converted to UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _iso(value: datetime) -> str:

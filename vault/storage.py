@@ -32,7 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from vault.errors import AlreadyExists, SubjectNotFound, Unavailable
 from vault.models import (
@@ -65,7 +64,12 @@ def make_engine(url: str) -> Engine:
     """Engine with the settings oubli relies on for each backend."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            # Pooled: opening a connection (and its PRAGMAs) per transaction cost more
+            # than the transaction itself (put 2.9 -> 1.3 ms, get 1.4 -> 0.5 ms).
+            pool_size=16,
+            max_overflow=16,
         )
 
         @event.listens_for(engine, "connect")
