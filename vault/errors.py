@@ -7,6 +7,8 @@ their own exceptions into these before they reach the domain.
 
 from __future__ import annotations
 
+from kms.base import KeyDestroyed, KmsAccessDenied, KmsError, KmsUnavailable
+
 
 class OubliError(Exception):
     """Root of every domain error.
@@ -110,3 +112,14 @@ class Unavailable(OubliError):
     """
 
     reason = "BACKEND_UNAVAILABLE"
+
+
+def kms_error(error: KmsError) -> OubliError:
+    """The domain error for a KMS seam error (one table, used by every KMS caller)."""
+    if isinstance(error, KmsUnavailable):
+        return Unavailable("key management service unavailable; safe to retry")
+    if isinstance(error, KmsAccessDenied):
+        return KmsRefused("the key management service refused oubli's credentials")
+    if isinstance(error, KeyDestroyed):
+        return KeyDestroyedError("the key is destroyed: this data is unrecoverable")
+    return IntegrityFailure("the key management service refused the data key")

@@ -56,16 +56,14 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kms.base import KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
+from kms.base import KeyManager, KmsError
 from vault.clock import Clock, utc_now
 from vault.errors import (
     AlreadyExists,
-    IntegrityFailure,
     InvalidArgument,
-    KeyDestroyedError,
-    KmsRefused,
     OubliError,
     Unavailable,
+    kms_error,
 )
 from vault.ids import RandomBytes, new_id
 from vault.models import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
@@ -344,17 +342,6 @@ class BlindIndex:
 # --- the index key -----------------------------------------------------------------------
 
 
-def _kms_error(error: KmsError) -> OubliError:
-    # As vault.service.kms_error (not imported: vault.service may import this module).
-    if isinstance(error, KmsUnavailable):
-        return Unavailable("key management service unavailable; safe to retry")
-    if isinstance(error, KmsAccessDenied):
-        return KmsRefused("the key management service refused oubli's credentials")
-    if isinstance(error, KeyDestroyed):
-        return KeyDestroyedError("the service key is destroyed: rebuild what it protected")
-    return IntegrityFailure("the key management service refused the data key")
-
-
 class IndexKeyStore:
     """oubli's own DEKs (the lookup index key), each wrapped by a KMS key of its own
     and stored by name in ``service_keys``.
@@ -399,7 +386,7 @@ class IndexKeyStore:
             data_key = kms.generate_data_key(key_id)
         except KmsError as e:
             self._discard(kms, key_id)
-            raise _kms_error(e) from e
+            raise kms_error(e) from e
         try:
             with self._db.session() as s:
                 s.add(
@@ -428,7 +415,7 @@ class IndexKeyStore:
         try:
             return kms.unwrap(key_id, wrapped)
         except KmsError as e:
-            raise _kms_error(e) from e
+            raise kms_error(e) from e
 
     @staticmethod
     def _discard(kms: KeyManager, key_id: str) -> None:

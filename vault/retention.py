@@ -20,8 +20,8 @@ from datetime import datetime
 
 from kms.base import KmsError
 from vault.catalog import RetentionKind
-from vault.errors import OubliError
-from vault.service import VaultService, kms_error
+from vault.errors import OubliError, kms_error
+from vault.service import VaultService
 
 ERASE_SUBJECT = "erase_subject"
 DESTROY_BUCKET = "destroy_bucket"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from kms.base import DataKey, KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
+from kms.base import DataKey, KeyManager, KmsError
 from vault import access
 from vault.buckets import (
     EXPIRY,
@@ -36,12 +36,12 @@ from vault.errors import (
     IntegrityFailure,
     InvalidArgument,
     KeyDestroyedError,
-    KmsRefused,
     OubliError,
     RecordNotFound,
     SubjectShredded,
     Unavailable,
     VersionConflict,
+    kms_error,
 )
 from vault.ids import RandomBytes, check_id, new_id
 from vault.keycache import DataKeyCache
@@ -133,16 +133,6 @@ class ShredReceipt:
 class RecordPage:
     records: list[RecordView]
     next_page_token: str
-
-
-def kms_error(error: KmsError) -> OubliError:
-    if isinstance(error, KmsUnavailable):
-        return Unavailable("key management service unavailable; safe to retry")
-    if isinstance(error, KmsAccessDenied):
-        return KmsRefused("the key management service refused oubli's credentials")
-    if isinstance(error, KeyDestroyed):
-        return KeyDestroyedError("the key is destroyed: this data is unrecoverable")
-    return IntegrityFailure("the key management service refused the data key")
 
 
 def subject_view(info: SubjectKeyInfo, record_count: int) -> SubjectView:
@@ -741,12 +731,17 @@ class VaultService:
 
     def destroy_retired_keys(self, subject_id: str) -> None:
         """Destroy (again) every key the ledger lists for this subject; idempotent."""
-        for key_id in self.storage.ledger_key_ids(subject_id):
+        self._destroy_ledger_keys(subject_id)
+
+    def _destroy_ledger_keys(self, subject_id: str | None = None) -> int:
+        key_ids = self.storage.ledger_key_ids(subject_id)
+        for key_id in key_ids:
             self.cache.evict(key_id)
             try:
                 self.kms.destroy_key(key_id)
             except KmsError as e:
                 raise kms_error(e) from e
+        return len(key_ids)
 
     def reconcile_shreds(self) -> int:
         """Destroy again every key in the key ledger; returns how many were checked.
@@ -755,12 +750,4 @@ class VaultService:
         serving traffic: the restore brought back keys destroyed since the backup was
         taken. Destroying is idempotent, so running it twice is harmless.
         """
-        checked = 0
-        for key_id in self.storage.ledger_key_ids():
-            self.cache.evict(key_id)
-            try:
-                self.kms.destroy_key(key_id)
-            except KmsError as e:
-                raise kms_error(e) from e
-            checked += 1
-        return checked
+        return self._destroy_ledger_keys()

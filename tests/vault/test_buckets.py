@@ -26,9 +26,8 @@ from vault.buckets import (
     hold_record_key,
     month_start,
 )
-from vault.errors import KeyDestroyedError, OubliError, Unavailable
+from vault.errors import KeyDestroyedError, OubliError, Unavailable, kms_error
 from vault.keycache import DataKeyCache
-from vault.service import kms_error
 from vault.storage import BUCKET_ACTIVE, Storage
 
 NOW = datetime(2026, 5, 17, 8, 30, tzinfo=UTC)
