@@ -10,6 +10,7 @@ exactly as a billing service would call oubli over loopback.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -17,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from kms.openbao_process import OpenBaoDevServer
+from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -46,20 +50,41 @@ def bench_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoD
 
 
 @pytest.fixture(scope="session")
+def pg_bench_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server the tests use."""
+    name = f"oubli_bench_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def oubli_server(
-    tmp_path_factory: pytest.TempPathFactory, bench_openbao: OpenBaoDevServer
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    bench_openbao: OpenBaoDevServer,
 ) -> Iterator[ServerProcess]:
-    """oubli on SQLite with real OpenBao (its own process)."""
-    work = tmp_path_factory.mktemp("oubli")
+    """oubli with real OpenBao, in its own process, on each database."""
+    work = tmp_path_factory.mktemp(f"oubli-{request.param}")
+    database = (
+        ["--data-dir", str(work / "data")]
+        if request.param == "sqlite"
+        else ["--database-url", request.getfixturevalue("pg_bench_url")]
+    )
     with ServerProcess(
         work,
         "serve",
-        "--data-dir",
-        str(work / "data"),
+        *database,
         "--kms",
         "vault",
         "--vault-addr",
         bench_openbao.address,
+        "--vault-mount",
+        f"transit-{request.param}",
         env={"VAULT_TOKEN": bench_openbao.token},
     ) as server:
         yield server
@@ -70,14 +95,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     plugin = getattr(session.config, "_benchmarksession", None)
     benchmarks = getattr(plugin, "benchmarks", []) if plugin else []
     rates = {
-        b.name.split("[")[0].removeprefix("test_"): 1.0 / b.stats.mean
+        b.name.removeprefix("test_"): 1.0 / b.stats.mean
         for b in benchmarks
         if getattr(b, "stats", None) and b.stats.mean
     }
     if not rates:
         return
-    echo = rates.get("ceiling_echo_unary")
-    naive = rates.get("naive_vault_encrypt_per_record")
+    echo = next((r for n, r in rates.items() if n.startswith("ceiling_echo_unary")), None)
+    naive = next(
+        (r for n, r in rates.items() if n.startswith("naive_vault_encrypt_per_record")), None
+    )
     rows = []
     for name, rate in sorted(rates.items()):
         rows.append(
@@ -88,7 +115,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 "x_naive": round(rate / naive, 2) if naive else None,
             }
         )
-    print("\n\nname                                   ops/s    x echo   x naive")
+    print(f"\n\n{'name':<48} {'ops/s':>9} {'x echo':>8} {'x naive':>8}")
     for row in rows:
-        print(f"{row['name']:<36} {row['ops_per_s']:>9} {row['x_echo']!s:>8} {row['x_naive']!s:>8}")
+        print(f"{row['name']:<48} {row['ops_per_s']:>9} {row['x_echo']!s:>8} {row['x_naive']!s:>8}")
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
