@@ -37,7 +37,7 @@ def _record(record: RecordView, *, with_retention: bool) -> dict[str, Any]:
     return out
 
 
-def _category(spec: Category | None, name: str) -> dict[str, Any]:
+def _category(spec: Category | None) -> dict[str, Any]:
     if spec is None:  # a category since removed from the catalog
         return {"description": "", "purposes": [], "legal_basis": "unknown"}
     return {
@@ -69,7 +69,7 @@ def export_document(
         },
         "categories": {
             name: {
-                **_category(vault.catalog.categories.get(name), name),
+                **_category(vault.catalog.categories.get(name)),
                 "records": [_record(r, with_retention=False) for r in groups[name]],
             }
             for name in sorted(groups)
@@ -124,7 +124,7 @@ def access_report(
         },
         "categories": {
             name: {
-                **_category(vault.catalog.categories.get(name), name),
+                **_category(vault.catalog.categories.get(name)),
                 "recipients": list(
                     vault.catalog.categories[name].recipients
                     if name in vault.catalog.categories
