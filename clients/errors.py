@@ -62,6 +62,21 @@ _BY_CODE: dict[grpc.StatusCode, type[OubliClientError]] = {
 }
 
 
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def grpc_code(value: int) -> grpc.StatusCode:
+    """The StatusCode of a google.rpc.Code number (UNKNOWN for an unknown one)."""
+    return _BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
+
+
+def error_for(
+    code: grpc.StatusCode, message: str, reason: str = "", field: str = ""
+) -> OubliClientError:
+    """The exception for a status (also used for the per-item errors of batches)."""
+    return _BY_CODE.get(code, OubliClientError)(code, message, reason, field)
+
+
 def from_rpc_error(error: grpc.RpcError) -> OubliClientError:
     code: grpc.StatusCode = error.code()
     message: str = error.details() or ""
@@ -78,4 +93,4 @@ def from_rpc_error(error: grpc.RpcError) -> OubliClientError:
                 detail.Unpack(bad)
                 if bad.field_violations:
                     field = bad.field_violations[0].field
-    return _BY_CODE.get(code, OubliClientError)(code, message, reason, field)
+    return error_for(code, message, reason, field)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from clients.errors import from_rpc_error
+from clients.errors import OubliClientError, error_for, from_rpc_error, grpc_code
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 
@@ -197,6 +197,34 @@ def _subject(m: pb.Subject) -> Subject:
     )
 
 
+def _receipt(r: pb.ShredReceipt) -> ShredReceipt:
+    return ShredReceipt(
+        r.subject_id,
+        r.key_id,
+        r.shred_time.ToDatetime(tzinfo=UTC),
+        r.records_deleted,
+        r.kms_backend,
+        r.residual_risk,
+        r.residual_copies_expire_time.ToDatetime(tzinfo=UTC),
+        r.records_retained,
+        _time(r, "retained_until_time"),
+    )
+
+
+def _item_error(m: pb.ItemError) -> OubliClientError:
+    return error_for(grpc_code(m.code), m.message, m.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """One record of a batch put."""
+
+    subject_id: str
+    category: str
+    fields: Mapping[str, str]
+    origin: str = "customer"
+
+
 def _record(m: pb.Record) -> Record:
     return Record(
         m.subject_id,
@@ -301,18 +329,7 @@ class OubliClient:
             pb.ShredSubjectRequest(subject_id=subject_id),
             idempotent=True,
         )
-        r = response.receipt
-        return ShredReceipt(
-            r.subject_id,
-            r.key_id,
-            r.shred_time.ToDatetime(tzinfo=UTC),
-            r.records_deleted,
-            r.kms_backend,
-            r.residual_risk,
-            r.residual_copies_expire_time.ToDatetime(tzinfo=UTC),
-            r.records_retained,
-            _time(r, "retained_until_time"),
-        )
+        return _receipt(response.receipt)
 
     def export_subject(self, subject_id: str, purpose: str = "portability") -> dict[str, Any]:
         response = self._call(
@@ -322,6 +339,34 @@ class OubliClient:
         )
         document: dict[str, Any] = json.loads(response.json)
         return document
+
+    def stream_export(
+        self, subject_id: str, purpose: str = "portability", *, timeout: float | None = 3600.0
+    ) -> Iterator[bytes]:
+        """The export document's bytes, chunk by chunk, as the server streams them
+        (bounded memory on both sides: write them to a file as they come)."""
+        stream = self._subjects.StreamExport(
+            pb.StreamExportRequest(subject_id=subject_id, purpose=purpose),
+            timeout=timeout,
+            metadata=self._metadata,
+        )
+        try:
+            for message in stream:
+                yield message.chunk
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def shred_subjects(self, subject_ids: Sequence[str]) -> list[ShredReceipt | OubliClientError]:
+        """Erase up to 1 000 subjects; per subject, in order, its receipt or its error."""
+        response = self._call(
+            self._subjects.BatchShredSubjects,
+            pb.BatchShredSubjectsRequest(subject_ids=list(subject_ids)),
+            idempotent=True,
+        )
+        return [
+            _receipt(r.receipt) if r.HasField("receipt") else _item_error(r.error)
+            for r in response.results
+        ]
 
     def close_account(self, subject_id: str) -> Subject:
         request = pb.CloseAccountRequest(subject_id=subject_id)
@@ -346,6 +391,38 @@ class OubliClient:
     def get_record(self, subject_id: str, record_id: str, purpose: str) -> Record:
         request = pb.GetRecordRequest(subject_id=subject_id, record_id=record_id, purpose=purpose)
         return _record(self._call(self._records.GetRecord, request, idempotent=True).record)
+
+    def batch_create_records(self, records: Sequence[NewRecord]) -> list[Record]:
+        """Store up to 1 000 records (any subjects) atomically: all of them or none."""
+        request = pb.BatchCreateRecordsRequest(
+            requests=[
+                pb.CreateRecordRequest(
+                    subject_id=r.subject_id,
+                    category=r.category,
+                    fields=dict(r.fields),
+                    origin=r.origin,
+                )
+                for r in records
+            ]
+        )
+        response = self._call(self._records.BatchCreateRecords, request, idempotent=False)
+        return [_record(m) for m in response.records]
+
+    def batch_get_records(
+        self, reads: Sequence[tuple[str, str, str]]
+    ) -> list[Record | OubliClientError]:
+        """Read up to 1 000 records given as (subject_id, record_id, purpose); per read,
+        in order, the record or the error the unary GetRecord would have raised."""
+        request = pb.BatchGetRecordsRequest(
+            requests=[
+                pb.GetRecordRequest(subject_id=s, record_id=r, purpose=p) for s, r, p in reads
+            ]
+        )
+        response = self._call(self._records.BatchGetRecords, request, idempotent=True)
+        return [
+            _record(r.record) if r.HasField("record") else _item_error(r.error)
+            for r in response.results
+        ]
 
     def list_records(
         self, subject_id: str, category: str = "", page_size: int = 0, *, purpose: str

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +38,12 @@ from kms.base import (
     KmsUnavailable,
 )
 from kms.names import check_key_id
+
+#: Ciphertexts per batch decrypt: OpenBao refuses a request body holding more than 1 000
+#: JSON strings (``max_request_json_strings``); each item costs two.
+BATCH_ITEMS = 400
+#: Keys unwrapped side by side by :meth:`VaultTransitKeyManager.unwrap_many`.
+PARALLEL_KEYS = 8
 
 # A Transit ciphertext: "vault:v<key version>:<base64>", nothing else (it is sent as text).
 _WRAPPED = re.compile(rb"vault:v(\d{1,10}):[A-Za-z0-9+/]+={0,2}")
@@ -164,6 +171,73 @@ class VaultTransitKeyManager(KeyManager):
                 key_id, wrapped.decode("ascii"), mount_point=self.mount_point
             )
         return base64.b64decode(answer["data"]["plaintext"])
+
+    def unwrap_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | KmsError]:
+        """Unwrap many DEKs: one batch ``decrypt`` per key (chunked under OpenBao's
+        JSON string limit), up to :data:`PARALLEL_KEYS` keys at a time.
+
+        Transit's batch decrypt takes one key name per call, so n cold subjects (one key
+        each) are n calls; they are made side by side rather than one after another.
+        """
+        by_key: dict[str, list[int]] = {}
+        for index, (key_id, _) in enumerate(items):
+            by_key.setdefault(key_id, []).append(index)
+        results: list[bytes | KmsError | None] = [None] * len(items)
+
+        def unwrap_key(key_id: str, indices: list[int]) -> None:
+            for start in range(0, len(indices), BATCH_ITEMS):
+                chunk = indices[start : start + BATCH_ITEMS]
+                if len(chunk) > 1 and self._unwrap_batch(key_id, chunk, items, results):
+                    continue
+                for index in chunk:  # one item, or a batch Transit refused as a whole
+                    try:
+                        results[index] = self.unwrap(key_id, items[index][1])
+                    except KmsUnavailable:
+                        raise
+                    except KmsError as e:
+                        results[index] = e
+
+        if len(by_key) == 1:
+            [(key_id, indices)] = by_key.items()
+            unwrap_key(key_id, indices)
+        elif by_key:
+            workers = min(PARALLEL_KEYS, len(by_key))
+            with ThreadPoolExecutor(workers, thread_name_prefix="oubli-unwrap") as pool:
+                for future in [pool.submit(unwrap_key, k, i) for k, i in by_key.items()]:
+                    future.result()  # KmsUnavailable: nothing is returned
+        done = [r for r in results if r is not None]
+        assert len(done) == len(items)
+        return done
+
+    def _unwrap_batch(
+        self,
+        key_id: str,
+        chunk: list[int],
+        items: Sequence[tuple[str, bytes]],
+        results: list[bytes | KmsError | None],
+    ) -> bool:
+        """One batch decrypt; False when Transit refused it as a whole (the caller then
+        unwraps item by item to tell which item is at fault)."""
+        if not all(_WRAPPED.fullmatch(items[index][1]) for index in chunk):
+            return False  # the malformed ones fail on their own
+        check_key_id(key_id)
+        batch = [{"ciphertext": items[index][1].decode("ascii")} for index in chunk]
+        try:
+            with _translated(key_id):
+                self._count()
+                answer = self._transit.decrypt_data(
+                    key_id, None, batch_input=batch, mount_point=self.mount_point
+                )
+        except KmsUnavailable:
+            raise
+        except KmsError:
+            return False
+        for index, result in zip(chunk, answer["data"]["batch_results"], strict=True):
+            if result.get("error"):
+                results[index] = KmsError("Vault refused the data key", key_id=key_id)
+            else:
+                results[index] = base64.b64decode(result["plaintext"])
+        return True
 
     def destroy_key(self, key_id: str) -> None:
         # Key ids go into request paths: "../../sys/mounts/transit" would unmount

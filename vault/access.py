@@ -8,6 +8,7 @@ tests of the domain) no rule is bound and only the catalog's rules apply.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -44,18 +45,41 @@ def within_reach(categories: Iterable[str]) -> list[str]:
     return [c for c in categories if c in rule.categories]
 
 
+class ItemNote:
+    """What one subject's items of a batch call touched, and how they ended."""
+
+    def __init__(self) -> None:
+        self.categories: set[str] = set()
+        self.fields: set[str] = set()
+        #: The error reason of the subject's first failed item; None when all succeeded.
+        self.outcome: str | None = None
+
+
 class AccessNote:
     """What a call touched, as names: categories and fields (never values). The
-    interceptor opens one per call and writes it into the audit entry."""
+    interceptor opens one per call and writes it into the audit entry; a batch call
+    also notes each subject's share (``items``), which becomes one entry per subject."""
 
     def __init__(self) -> None:
         self.categories: set[str] = set()
         self.fields: set[str] = set()
         #: Set when the call made the subject (CreateSubject has no subject id to name).
         self.subject_id: str | None = None
+        #: Batch calls: (subject id, purpose) -> what its items touched, in the order
+        #: first seen.
+        self.items: dict[tuple[str, str], ItemNote] = {}
+        self._items_lock = threading.Lock()
+
+    def item(self, subject_id: str, purpose: str = "") -> ItemNote:
+        with self._items_lock:  # batch items may run on several threads
+            found = self.items.get((subject_id, purpose))
+            if found is None:
+                found = self.items[(subject_id, purpose)] = ItemNote()
+            return found
 
 
 _note: ContextVar[AccessNote | None] = ContextVar("oubli_access_note", default=None)
+_item: ContextVar[ItemNote | None] = ContextVar("oubli_batch_item", default=None)
 
 
 @contextmanager
@@ -70,8 +94,38 @@ def noting(note: AccessNote) -> Iterator[None]:
 def note(category: str, fields: Iterable[str] = ()) -> None:
     current = _note.get()
     if current is not None:
+        fields = tuple(fields)
         current.categories.add(category)
         current.fields.update(fields)
+        item = _item.get()
+        if item is not None:
+            item.categories.add(category)
+            item.fields.update(fields)
+
+
+@contextmanager
+def batch_item(subject_id: str, purpose: str = "") -> Iterator[None]:
+    """Attribute what the enclosed code notes to ``subject_id`` (one batch item, read
+    for ``purpose``); an error leaving it is recorded as the item's outcome and
+    re-raised."""
+    current = _note.get()
+    if current is None:
+        yield
+        return
+    item = current.item(subject_id, purpose)
+    token = _item.set(item)
+    try:
+        yield
+    except Exception as error:
+        if item.outcome is None:
+            item.outcome = getattr(error, "reason", None) or "INTERNAL"
+        raise
+    finally:
+        _item.reset(token)
+
+
+def current_note() -> AccessNote | None:
+    return _note.get()
 
 
 def note_subject(subject_id: str) -> None:

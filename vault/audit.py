@@ -323,6 +323,16 @@ class AuditLog:
             Unavailable: the entry could not be written. The caller must then fail the
                 operation it was recording (no audit, no access).
         """
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        """Append ``events`` as consecutive entries, in one transaction (a batch call's
+        entries, one per subject): all are written or none.
+
+        Raises:
+            Unavailable: as :meth:`append`.
+        """
+        entries: list[AuditEntry] = []
         with self._database("audit log write failed") as connection:
             self._lock_chain(connection)
             head = connection.execute(
@@ -331,29 +341,36 @@ class AuditLog:
                 .limit(1)
                 .with_for_update()
             ).first()
-            seq, prev_hash = (1, GENESIS_HASH) if head is None else (head.seq + 1, head.hash)
+            seq, prev_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
             # Read under the lock, so that times never go backwards along one
             # replica's appends.
             at = self._now()
-            digest = entry_hash(prev_hash, seq, at, event)
-            connection.execute(
-                insert(AuditEntryRow).values(
-                    seq=seq,
-                    at=at,
-                    caller=event.caller,
-                    action=event.action,
-                    subject_id=event.subject_id,
-                    categories=json.dumps(list(event.categories)),
-                    fields=json.dumps(list(event.fields)),
-                    purpose=event.purpose,
-                    outcome=event.outcome,
-                    request_id=event.request_id,
-                    prev_hash=prev_hash,
-                    hash=digest,
+            rows = []
+            for event in events:
+                seq += 1
+                digest = entry_hash(prev_hash, seq, at, event)
+                entries.append(AuditEntry(seq, at, event, prev_hash, digest))
+                rows.append(
+                    {
+                        "seq": seq,
+                        "at": at,
+                        "caller": event.caller,
+                        "action": event.action,
+                        "subject_id": event.subject_id,
+                        "categories": json.dumps(list(event.categories)),
+                        "fields": json.dumps(list(event.fields)),
+                        "purpose": event.purpose,
+                        "outcome": event.outcome,
+                        "request_id": event.request_id,
+                        "prev_hash": prev_hash,
+                        "hash": digest,
+                    }
                 )
-            )
+                prev_hash = digest
+            if rows:
+                connection.execute(insert(AuditEntryRow), rows)
             connection.commit()
-        return AuditEntry(seq, at, event, prev_hash, digest)
+        return entries
 
     @staticmethod
     def _lock_chain(connection: Connection) -> None:

@@ -57,6 +57,39 @@ def signing_key_id(storage: Storage, clock: Clock, random_bytes: RandomBytes = o
         raise Unavailable(f"database error: {type(e).__name__}") from e
 
 
+_Share = tuple[str | None, str, set[str], set[str], str | None]
+
+
+def _shares(request: Any, note: AccessNote) -> list[_Share]:
+    """Who the call touched: (subject, purpose, categories, fields, item outcome).
+
+    One share for a call on one subject; one per subject (and purpose) for a batch,
+    so that each subject's trail — and its access report — shows the batch.
+    """
+    if note.items:  # what the batch's items noted as they ran
+        return [
+            (subject_id, purpose, item.categories, item.fields, item.outcome)
+            for (subject_id, purpose), item in note.items.items()
+        ]
+    batch = list(getattr(request, "requests", ()) or ()) if request is not None else []
+    if batch:  # before a batch runs (STARTED), or when it failed as a whole
+        shares: dict[tuple[str, str], _Share] = {}
+        for item in batch:
+            key = (item.subject_id, getattr(item, "purpose", ""))
+            share = shares.setdefault(key, (key[0], key[1], set(), set(), None))
+            if getattr(item, "category", ""):
+                share[2].add(item.category)
+            share[3].update(getattr(item, "fields", {}).keys())
+        return list(shares.values())
+    subject_ids = list(getattr(request, "subject_ids", ()) or ()) if request is not None else []
+    if subject_ids:
+        return [(s, "", set(), set(), None) for s in dict.fromkeys(subject_ids)]
+    subject_id = note.subject_id or getattr(request, "subject_id", "") or None
+    category = getattr(request, "category", "") or ""
+    categories = set(note.categories) | ({category} if category else set())
+    return [(subject_id, getattr(request, "purpose", "") or "", categories, note.fields, None)]
+
+
 class AuditRecorder:
     """Turns a finished RPC into an audit entry; checkpoints the chain periodically."""
 
@@ -81,22 +114,21 @@ class AuditRecorder:
         outcome: str,
         request_id: str,
     ) -> None:
-        subject_id = note.subject_id or getattr(request, "subject_id", "") or None
-        purpose = getattr(request, "purpose", "") or ""
-        category = getattr(request, "category", "") or ""
-        categories = set(note.categories) | ({category} if category else set())
-        self.audit.append(
+        action = ".".join(rpc_name(method))
+        events = [
             AuditEvent(
                 caller=caller,
-                action=".".join(rpc_name(method)),
+                action=action,
                 subject_id=subject_id,
                 categories=tuple(sorted(categories)),
-                fields=tuple(sorted(note.fields)),
+                fields=tuple(sorted(fields)),
                 purpose=purpose,
-                outcome=outcome,
+                outcome=item_outcome or outcome,
                 request_id=request_id,
             )
-        )
+            for subject_id, purpose, categories, fields, item_outcome in _shares(request, note)
+        ]
+        self.audit.append_many(events)
 
     def start_checkpoints(self, every_seconds: float) -> None:
         """Sign the chain head every ``every_seconds`` (any replica may; it is idempotent)."""

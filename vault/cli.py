@@ -20,7 +20,7 @@ from clients.oubli_client import OubliClient, RetentionSummary
 from kms.base import KmsError
 from vault.callers import CallerPolicyError
 from vault.catalog import CatalogError
-from vault.config import ConfigError, ServerConfig
+from vault.config import ConfigError, ServerConfig, parse_host_port
 from vault.errors import OubliError
 from vault.logs import configure_logging
 
@@ -63,6 +63,9 @@ def _config(**overrides: object) -> ServerConfig:
 @app.command()
 def serve(
     listen: Annotated[str | None, typer.Option(help="host:port (default 127.0.0.1:50051)")] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="host:port for Prometheus metrics over HTTP (default off)")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
     kms: Annotated[str | None, typer.Option(help="local | vault")] = None,
@@ -93,6 +96,7 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         listen=listen,
+        metrics_listen=metrics_listen,
         data_dir=data_dir,
         database_url=database_url,
         kms=kms,
@@ -109,6 +113,9 @@ def serve(
 @app.command()
 def dev(
     listen: Annotated[str, typer.Option(help="host:port")] = "127.0.0.1:50051",
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="host:port for Prometheus metrics over HTTP (default off)")
+    ] = None,
     ready_file: Annotated[Path | None, typer.Option(help="write the bound port here")] = None,
     tokens_out: Annotated[
         Path | None, typer.Option(help="write one bearer token per default caller here")
@@ -120,6 +127,11 @@ def dev(
     from vault.auth import TokenStore
     from vault.callers import CallerPolicy
 
+    if metrics_listen:  # refused before OpenBao starts, like serve's invalid settings
+        try:
+            parse_host_port(metrics_listen, "--metrics-listen")
+        except ConfigError as e:
+            raise _fail("invalid configuration:", e, code=2) from None
     configure_logging()
     with (
         tempfile.TemporaryDirectory(prefix="oubli-dev-") as tmp,
@@ -129,6 +141,7 @@ def dev(
         config = ServerConfig.from_env(
             {},
             listen=listen,
+            metrics_listen=metrics_listen,
             data_dir=Path(tmp),
             kms="vault",
             vault_addr=bao.address,

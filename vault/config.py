@@ -3,6 +3,7 @@
 Environment variables (all optional):
 
     OUBLI_LISTEN          host:port to serve gRPC on (default 127.0.0.1:50051)
+    OUBLI_METRICS_LISTEN  host:port to serve Prometheus metrics on (default: empty, off)
     OUBLI_DATA_DIR        directory for the embedded default (default ./oubli-data)
     OUBLI_DATABASE_URL    SQLAlchemy URL (default sqlite:///DATA_DIR/oubli.db)
     OUBLI_KMS             local | vault (default local)
@@ -36,6 +37,10 @@ from sqlalchemy.exc import ArgumentError
 from vault.keycache import MAX_TTL_SECONDS
 
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: host:port; a host name or IPv4 address, or an IPv6 address in brackets.
+_HOST_PORT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})"
+)
 
 
 class ConfigError(ValueError):
@@ -76,6 +81,15 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     #: How often the audit chain's head is signed with the KMS signing key.
     audit_checkpoint_seconds: float = 300.0
+    #: host:port of the Prometheus metrics endpoint (HTTP, ``/metrics``); empty = off.
+    metrics_listen: str = ""
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The metrics endpoint's (host, port), or None when metrics are off."""
+        if not self.metrics_listen:
+            return None
+        return parse_host_port(self.metrics_listen, "OUBLI_METRICS_LISTEN / --metrics-listen")
 
     @property
     def resolved_tokens_path(self) -> Path:
@@ -104,6 +118,9 @@ class ServerConfig:
             raise ConfigError("KMS backup retention must be >= 0 days")
         if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
             raise ConfigError(f"cache TTL must be in (0, {MAX_TTL_SECONDS}] seconds")
+        metrics = self.metrics_address  # raises ConfigError when malformed
+        if metrics is not None and metrics[1] != 0 and self.metrics_listen == self.listen:
+            raise ConfigError("the metrics address must differ from the gRPC listen address")
         if self.kms == "vault":
             if self.vault is None or not self.vault.address or not self.vault.token:
                 raise ConfigError("--kms vault needs a Vault address and token")
@@ -150,6 +167,21 @@ class ServerConfig:
         return cls(**values).validate()  # type: ignore[arg-type]
 
 
+def parse_host_port(value: str, setting: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets: ``[::1]:9464``) -> (host, port).
+
+    Port 0 picks a free port. Raises ConfigError naming ``setting`` when malformed.
+    """
+    match = _HOST_PORT.fullmatch(value)
+    port = int(match["port"]) if match else -1
+    if match is None or port > 65535:
+        raise ConfigError(
+            f"{setting} must be host:port with a port in 0..65535 (IPv6 as [::1]:9464), "
+            f"got {value!r}"
+        )
+    return match["ipv6"] or match["host"], port
+
+
 #: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
 DEFAULT_VAULT_CACHE_SIZE = 10_000
 
@@ -157,6 +189,7 @@ _VAULT_OVERRIDES = ("vault_addr", "vault_token", "vault_mount", "vault_cache_siz
 
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_LISTEN": ("listen", str),
+    "OUBLI_METRICS_LISTEN": ("metrics_listen", str),
     "OUBLI_DATA_DIR": ("data_dir", Path),
     "OUBLI_DATABASE_URL": ("database_url", str),
     "OUBLI_KMS": ("kms", str),

@@ -8,7 +8,7 @@ exports of unchanged data are byte-identical apart from ``exported_at``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -54,12 +54,33 @@ def _grouped(records: list[RecordView]) -> dict[str, list[RecordView]]:
     return groups
 
 
-def export_document(
-    vault: VaultService, subject_id: str, now: datetime, purpose: str = "portability"
-) -> dict[str, Any]:
-    info, records = vault.all_records(subject_id, purpose)
-    groups = _grouped(records)
-    return {
+#: Records read, decrypted and sent per chunk of a streamed export (~0.5 MiB of 1 KiB
+#: records): the server holds one page at a time, whatever the subject's size.
+EXPORT_PAGE = 500
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def export_chunks(
+    vault: VaultService,
+    subject_id: str,
+    now: datetime,
+    purpose: str = "portability",
+    page_size: int = EXPORT_PAGE,
+) -> Iterator[tuple[bytes, int]]:
+    """The export document as UTF-8 chunks, each with the number of records it holds.
+
+    Records are read a page at a time in (category, record id) order and decrypted as
+    they are written, so memory stays bounded by one page. Each record is on its own
+    line; joined, the chunks are one JSON document (export.v1.schema.json).
+    """
+    vault.catalog.purpose(purpose)
+    info = vault.subject_info(subject_id)
+    readable = set(vault.readable(info, purpose, ""))
+    categories = [c for c in vault.storage.record_categories(subject_id) if c in readable]
+    head = {
         "format": EXPORT_FORMAT,
         "exported_at": _time(now),
         "subject": {
@@ -67,21 +88,45 @@ def export_document(
             "state": info.state,
             "created_at": _time(info.created_at),
         },
-        "categories": {
-            name: {
-                **_category(vault.catalog.categories.get(name)),
-                "records": [_record(r, with_retention=False) for r in groups[name]],
-            }
-            for name in sorted(groups)
-        },
     }
+    pending = [_dumps(head)[:-1], ', "categories": {']
+    for position, name in enumerate(categories):
+        meta = _dumps(_category(vault.catalog.categories.get(name)))[:-1]
+        pending.append(f'{", " if position else ""}{_dumps(name)}: {meta}, "records": [')
+        after, first = "", True
+        while True:
+            page = vault.storage.records_page(subject_id, name, after, page_size)
+            if not page:
+                break
+            lines = [
+                _dumps(_record(vault.open_record(info, stored), with_retention=False))
+                for stored in page
+            ]
+            pending.append(("\n" if first else ",\n") + ",\n".join(lines))
+            first = False
+            after = page[-1].record_id
+            yield "".join(pending).encode("utf-8"), len(page)
+            pending = []
+            if len(page) < page_size:
+                break
+        pending.append("\n]}")
+    pending.append("}}\n")
+    yield "".join(pending).encode("utf-8"), 0
 
 
 def export_json(
     vault: VaultService, subject_id: str, now: datetime, purpose: str = "portability"
 ) -> bytes:
-    document = export_document(vault, subject_id, now, purpose)
-    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+    """The whole export document at once (small subjects; StreamExport for large ones)."""
+    return b"".join(chunk for chunk, _ in export_chunks(vault, subject_id, now, purpose))
+
+
+def export_document(
+    vault: VaultService, subject_id: str, now: datetime, purpose: str = "portability"
+) -> dict[str, Any]:
+    """The export as a dict (parsed from the same bytes ExportSubject sends)."""
+    document: dict[str, Any] = json.loads(export_json(vault, subject_id, now, purpose))
+    return document
 
 
 def _retention_text(spec: Category | None, subject: SubjectView) -> str:

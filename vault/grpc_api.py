@@ -17,11 +17,13 @@ from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from vault.access import current_caller
 from vault.audit import AuditLog
+from vault.bulk import BulkOps, NewRecord, RecordRead
 from vault.callers import CALLER_NAME
 from vault.clock import Clock
-from vault.errors import InvalidArgument
-from vault.export import access_report, export_json
+from vault.errors import InvalidArgument, OubliError
+from vault.export import access_report, export_chunks, export_json
 from vault.finder import SubjectFinder
+from vault.grpc_errors import status_code_for
 from vault.ids import check_id
 from vault.retention import RetentionJob, RetentionSummary
 from vault.rights import RightsService
@@ -117,9 +119,17 @@ def request_json(request: RightsRequest) -> dict[str, str | None]:
     }
 
 
+def item_error(error: OubliError) -> pb.ItemError:
+    """A batch item's failure, as the unary call's status would have said it."""
+    return pb.ItemError(
+        code=status_code_for(error).value[0], reason=error.reason, message=error.message
+    )
+
+
 class SubjectServicer(pb_grpc.SubjectServiceServicer):
     def __init__(self, vault: VaultService, clock: Clock) -> None:
         self._vault = vault
+        self._bulk = BulkOps(vault)
         self._clock = clock
 
     def CreateSubject(
@@ -145,6 +155,26 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
         document = export_json(self._vault, request.subject_id, self._clock(), request.purpose)
         return pb.ExportSubjectResponse(json=document, content_type="application/json")
 
+    def StreamExport(
+        self, request: pb.StreamExportRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamExportResponse]:
+        chunks = export_chunks(self._vault, request.subject_id, self._clock(), request.purpose)
+        for chunk, count in chunks:
+            yield pb.StreamExportResponse(chunk=chunk, record_count=count)
+
+    def BatchShredSubjects(
+        self, request: pb.BatchShredSubjectsRequest, context: grpc.ServicerContext
+    ) -> pb.BatchShredSubjectsResponse:
+        results = self._bulk.shred_subjects(list(request.subject_ids))
+        return pb.BatchShredSubjectsResponse(
+            results=[
+                pb.ShredResult(subject_id=subject_id, error=item_error(result))
+                if isinstance(result, OubliError)
+                else pb.ShredResult(subject_id=subject_id, receipt=receipt_message(result))
+                for subject_id, result in zip(request.subject_ids, results, strict=True)
+            ]
+        )
+
     def CloseAccount(
         self, request: pb.CloseAccountRequest, context: grpc.ServicerContext
     ) -> pb.CloseAccountResponse:
@@ -161,6 +191,33 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
 class RecordServicer(pb_grpc.RecordServiceServicer):
     def __init__(self, vault: VaultService) -> None:
         self._vault = vault
+        self._bulk = BulkOps(vault)
+
+    def BatchCreateRecords(
+        self, request: pb.BatchCreateRecordsRequest, context: grpc.ServicerContext
+    ) -> pb.BatchCreateRecordsResponse:
+        views = self._bulk.create_records(
+            [
+                NewRecord(r.subject_id, r.category, dict(r.fields), r.origin)
+                for r in request.requests
+            ]
+        )
+        return pb.BatchCreateRecordsResponse(records=[record_message(v) for v in views])
+
+    def BatchGetRecords(
+        self, request: pb.BatchGetRecordsRequest, context: grpc.ServicerContext
+    ) -> pb.BatchGetRecordsResponse:
+        results = self._bulk.get_records(
+            [RecordRead(r.subject_id, r.record_id, r.purpose) for r in request.requests]
+        )
+        return pb.BatchGetRecordsResponse(
+            results=[
+                pb.GetRecordResult(error=item_error(r))
+                if isinstance(r, OubliError)
+                else pb.GetRecordResult(record=record_message(r))
+                for r in results
+            ]
+        )
 
     def CreateRecord(
         self, request: pb.CreateRecordRequest, context: grpc.ServicerContext

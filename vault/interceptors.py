@@ -40,6 +40,7 @@ READ_ONLY_METHODS = frozenset(
     {
         "GetSubject",
         "GetRecord",
+        "BatchGetRecords",
         "ListRecords",
         "ExportSubject",
         "GetAccessReport",

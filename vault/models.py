@@ -90,7 +90,8 @@ class RecordRow(Base):
         # Profile categories hold one record per subject: singleton = category name for
         # those, NULL (never equal) for event categories.
         UniqueConstraint("subject_id", "singleton", name="uq_records_subject_singleton"),
-        Index("ix_records_subject_category", "subject_id", "category"),
+        # Paged exports walk category by category in record-id order.
+        Index("ix_records_subject_category_record", "subject_id", "category", "record_id"),
     )
 
     subject_id: Mapped[str] = mapped_column(

@@ -1,6 +1,7 @@
 """Server wiring: configuration -> KMS, database, domain, gRPC server.
 
-Registers oubli's services, gRPC health checking and server reflection.
+Registers oubli's services, gRPC health checking and server reflection; with
+``metrics_listen`` set, also serves Prometheus metrics over HTTP (vault/metrics.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from vault.grpc_api import (
 )
 from vault.interceptors import ServiceInterceptor
 from vault.keycache import DataKeyCache
+from vault.metrics import MetricsServer, build_registry, start_metrics_server
 from vault.retention import RetentionJob
 from vault.rights import RightsService
 from vault.service import VaultService
@@ -90,10 +92,14 @@ class RunningServer:
     vault: VaultService
     health: health.HealthServicer
     audit: AuditRecorder
+    #: The Prometheus endpoint, when ``metrics_listen`` is set.
+    metrics: MetricsServer | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.audit.stop()
         self.vault.kms.close()
         self.vault.storage.engine.dispose()
@@ -156,8 +162,20 @@ def start_server(
         raise Unavailable(f"cannot listen on {config.listen}") from e
     if port == 0:
         raise Unavailable("cannot listen on the configured address")
+    metrics = start_metrics(config, vault)
     server.start()
-    return RunningServer(server, port, vault, health_servicer, audit)
+    return RunningServer(server, port, vault, health_servicer, audit, metrics)
+
+
+def start_metrics(config: ServerConfig, vault: VaultService) -> MetricsServer | None:
+    """The Prometheus endpoint for ``vault``, or None when ``metrics_listen`` is empty."""
+    address = config.metrics_address
+    if address is None:
+        return None
+    try:
+        return start_metrics_server(build_registry(vault.kms, vault.cache), *address)
+    except OSError as e:  # taken, not a local address, or a host name that does not resolve
+        raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e
 
 
 def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
@@ -169,6 +187,7 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
         kms=running.vault.kms.backend_name,
         database=running.vault.storage.engine.dialect.name,
         pid=os.getpid(),
+        **({"metrics_port": running.metrics.port} if running.metrics else {}),
     )
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")

@@ -189,7 +189,11 @@ class VaultService:
                 self._lookup = BlindIndex(self.storage, key, self._lookup_bits)
             return self._lookup
 
-    def _index(
+    def new_id(self) -> str:
+        """A new random id (records, subjects), from the injected randomness."""
+        return new_id(self._random_bytes)
+
+    def index(
         self, subject_id: str, record_id: str, category: str, fields: Mapping[str, str]
     ) -> None:
         if category in INDEXED_FIELDS:
@@ -283,7 +287,7 @@ class VaultService:
     ) -> RecordPlace:
         return RecordPlace(info.tenant, info.subject_id, record_id, category, scheme, bucket or "")
 
-    def _seal(
+    def seal(
         self,
         info: SubjectKeyInfo,
         record_id: str,
@@ -327,7 +331,7 @@ class VaultService:
 
     # --- records --------------------------------------------------------------------
 
-    def _placement(self, spec: Category, now: datetime) -> tuple[str, str | None, datetime | None]:
+    def placement(self, spec: Category, now: datetime) -> tuple[str, str | None, datetime | None]:
         """Key scheme, bucket and deadline for a new record of ``spec``."""
         if spec.retention.kind is RetentionKind.ROLLING:
             deadline = add_months(now, spec.retention.months)
@@ -357,8 +361,8 @@ class VaultService:
             authorize_write(spec, info)
             refuse_if_restricted(info)
             now = self.clock()
-            scheme, bucket_id, retain_until = self._placement(spec, now)
-            ciphertext = self._seal(info, record_id, category, fields, scheme, bucket_id)
+            scheme, bucket_id, retain_until = self.placement(spec, now)
+            ciphertext = self.seal(info, record_id, category, fields, scheme, bucket_id)
             stored = StoredRecord(
                 subject_id,
                 record_id,
@@ -380,7 +384,7 @@ class VaultService:
                     category=category,
                 ) from None
             if inserted:
-                self._index(subject_id, record_id, category, fields)
+                self.index(subject_id, record_id, category, fields)
                 return RecordView(
                     subject_id, record_id, category, fields, 1, origin, now, now, retain_until
                 )
@@ -401,7 +405,7 @@ class VaultService:
         authorize_read(self.catalog, self.catalog.category(stored.category), purpose, info)
         return self._open(info, stored)
 
-    def _readable(self, info: SubjectKeyInfo, purpose: str, category: str) -> list[str]:
+    def readable(self, info: SubjectKeyInfo, purpose: str, category: str) -> list[str]:
         access.check(purpose=purpose)
         if category:
             access.check(category=category)
@@ -424,7 +428,7 @@ class VaultService:
         if page_token:
             check_id("page_token", page_token)
         info = self.subject_info(subject_id)
-        categories = self._readable(info, purpose, category)
+        categories = self.readable(info, purpose, category)
         stored = self.storage.records(
             subject_id, categories=categories, after_record_id=page_token, limit=limit + 1
         )
@@ -436,7 +440,7 @@ class VaultService:
         """Every record of the subject readable for ``purpose``, decrypted (export)."""
         self.catalog.purpose(purpose)
         info = self.subject_info(subject_id)
-        categories = self._readable(info, purpose, "")
+        categories = self.readable(info, purpose, "")
         return info, [
             self._open(info, s) for s in self.storage.records(subject_id, categories=categories)
         ]
@@ -478,9 +482,7 @@ class VaultService:
         scheme = scheme or current.key_scheme
         if bucket_id is None:
             bucket_id, retain_until = current.bucket_id, current.retain_until
-        ciphertext = self._seal(
-            info, current.record_id, current.category, fields, scheme, bucket_id
-        )
+        ciphertext = self.seal(info, current.record_id, current.category, fields, scheme, bucket_id)
         now = self.clock()
         updated = replace(
             current,
@@ -495,7 +497,7 @@ class VaultService:
         if not self.storage.update_record(updated, current.version, info.key_id):
             self.writable_subject(info.subject_id)  # erased meanwhile?
             raise VersionConflict("record was changed since it was read")
-        self._index(info.subject_id, current.record_id, current.category, fields)
+        self.index(info.subject_id, current.record_id, current.category, fields)
         return RecordView(
             info.subject_id,
             current.record_id,
@@ -648,7 +650,7 @@ class VaultService:
                 # The subject's key is gone already (e.g. this database was restored
                 # from before an earlier erasure): nothing can be held, nothing is left.
                 return
-            ciphertext = self._seal(
+            ciphertext = self.seal(
                 info, stored.record_id, stored.category, fields, SCHEME_HOLD, bucket.bucket_id
             )
             moved.append(
@@ -696,7 +698,7 @@ class VaultService:
             kept = [
                 replace(
                     r,
-                    ciphertext=self._seal(
+                    ciphertext=self.seal(
                         new_info,
                         r.record_id,
                         r.category,

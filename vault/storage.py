@@ -8,7 +8,7 @@ one transaction, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,7 +156,17 @@ class StoredRecord:
     retain_until: datetime | None = None
 
 
-def _record(row: RecordRow) -> StoredRecord:
+#: Ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
+IN_CHUNK = 500
+
+
+def _chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _record(row: Any) -> StoredRecord:
+    """From an ORM row or a Core row of the records table (same attribute names)."""
     return StoredRecord(
         row.subject_id,
         row.record_id,
@@ -429,6 +439,115 @@ class Storage:
             return list(s.scalars(query))
 
     # --- records --------------------------------------------------------------------
+
+    def subjects(self, subject_ids: Collection[str]) -> dict[str, SubjectKeyInfo]:
+        """The subjects among ``subject_ids`` that exist, by id (one query per 500)."""
+        found: dict[str, SubjectKeyInfo] = {}
+        with self._session() as s:
+            for chunk in _chunks(sorted(set(subject_ids))):
+                for row in s.scalars(select(SubjectRow).where(SubjectRow.subject_id.in_(chunk))):
+                    found[row.subject_id] = _subject(row)
+        return found
+
+    def records_by_id(
+        self, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], StoredRecord]:
+        """The readable records among (subject_id, record_id) ``keys``, by key."""
+        wanted = set(keys)
+        found: dict[tuple[str, str], StoredRecord] = {}
+        table = RecordRow.__table__
+        with self._session() as s:
+            for chunk in _chunks(sorted({record_id for _, record_id in wanted})):
+                query = select(table).where(RecordRow.record_id.in_(chunk), _readable())
+                for row in s.execute(query):
+                    if (row.subject_id, row.record_id) in wanted:
+                        found[(row.subject_id, row.record_id)] = _record(row)
+        return found
+
+    def records_page(
+        self, subject_id: str, category: str, after_record_id: str, limit: int
+    ) -> list[StoredRecord]:
+        """One page of a subject's records of one category in record-id order (Core
+        rows, no ORM objects: exports read hundreds of thousands of them)."""
+        table = RecordRow.__table__
+        query = (
+            select(table)
+            .where(
+                RecordRow.subject_id == subject_id,
+                RecordRow.category == category,
+                RecordRow.record_id > after_record_id,
+                _readable(),
+            )
+            .order_by(RecordRow.record_id)
+            .limit(limit)
+        )
+        with self._session() as s:
+            return [_record(row) for row in s.execute(query)]
+
+    def record_categories(self, subject_id: str) -> list[str]:
+        """The categories the subject has readable records in, sorted."""
+        query = (
+            select(RecordRow.category)
+            .where(RecordRow.subject_id == subject_id, _readable())
+            .distinct()
+            .order_by(RecordRow.category)
+        )
+        with self._session() as s:
+            return list(s.scalars(query))
+
+    def insert_records(
+        self, records: Sequence[tuple[StoredRecord, str | None]], key_ids: Mapping[str, str]
+    ) -> list[str]:
+        """Insert ``records`` (each with its singleton) in one transaction, if and only
+        if every subject is still writable under the key it was sealed with
+        (``key_ids``: subject id -> key id).
+
+        Returns the subjects whose state or key changed meanwhile; nothing is inserted
+        then. The subject rows are locked first (share lock on PostgreSQL, the write
+        lock on SQLite), so a shred or re-key waits for this insert or goes first.
+        """
+        with self._session() as s:
+            if s.get_bind().dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            current: dict[str, tuple[str, str]] = {}
+            for chunk in _chunks(sorted(key_ids)):
+                query = (
+                    select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
+                    .where(SubjectRow.subject_id.in_(chunk))
+                    .with_for_update(read=True)
+                )
+                for row in s.execute(query):
+                    current[row.subject_id] = (row.key_id, row.state)
+            stale = [
+                subject_id
+                for subject_id, key_id in key_ids.items()
+                if subject_id not in current
+                or current[subject_id][0] != key_id
+                or current[subject_id][1] not in WRITABLE
+            ]
+            if stale:
+                return stale
+            s.execute(
+                insert(RecordRow),
+                [
+                    {
+                        "subject_id": r.subject_id,
+                        "record_id": r.record_id,
+                        "category": r.category,
+                        "singleton": singleton,
+                        "version": r.version,
+                        "ciphertext": r.ciphertext,
+                        "origin": r.origin,
+                        "created_at": r.created_at,
+                        "updated_at": r.updated_at,
+                        "key_scheme": r.key_scheme,
+                        "bucket_id": r.bucket_id,
+                        "retain_until": r.retain_until,
+                    }
+                    for r, singleton in records
+                ],
+            )
+            return []
 
     def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:
         """Insert a record if, and only if, its subject is still writable under ``key_id``.

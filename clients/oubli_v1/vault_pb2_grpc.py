@@ -65,6 +65,16 @@ class SubjectServiceStub:
                 request_serializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountRequest.SerializeToString,
                 response_deserializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountResponse.FromString,
                 _registered_method=True)
+        self.StreamExport = channel.unary_stream(
+                '/oubli.v1.SubjectService/StreamExport',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.StreamExportRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.StreamExportResponse.FromString,
+                _registered_method=True)
+        self.BatchShredSubjects = channel.unary_unary(
+                '/oubli.v1.SubjectService/BatchShredSubjects',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.BatchShredSubjectsRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.BatchShredSubjectsResponse.FromString,
+                _registered_method=True)
 
 
 class SubjectServiceServicer:
@@ -114,6 +124,24 @@ class SubjectServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamExport(self, request, context):
+        """The same JSON document as ExportSubject, streamed in chunks: the server reads,
+        decrypts and sends a page of records at a time, so a subject of any size is
+        exported in bounded memory. Concatenating every chunk's bytes gives the document.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchShredSubjects(self, request, context):
+        """Erases up to 1 000 subjects (retention jobs). Each subject is erased as by
+        ShredSubject, independently: one failure does not stop the others, and the
+        response holds one result per requested subject, in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubjectServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +174,16 @@ def add_SubjectServiceServicer_to_server(servicer, server):
                     servicer.ReopenAccount,
                     request_deserializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountRequest.FromString,
                     response_serializer=oubli_dot_v1_dot_vault__pb2.ReopenAccountResponse.SerializeToString,
+            ),
+            'StreamExport': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamExport,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.StreamExportRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.StreamExportResponse.SerializeToString,
+            ),
+            'BatchShredSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchShredSubjects,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.BatchShredSubjectsRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.BatchShredSubjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +359,60 @@ class SubjectService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def StreamExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/oubli.v1.SubjectService/StreamExport',
+            oubli_dot_v1_dot_vault__pb2.StreamExportRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.StreamExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchShredSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.SubjectService/BatchShredSubjects',
+            oubli_dot_v1_dot_vault__pb2.BatchShredSubjectsRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.BatchShredSubjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class RecordServiceStub:
     """Records of a subject: create (put), read, list, rectify, delete.
@@ -361,6 +453,16 @@ class RecordServiceStub:
                 '/oubli.v1.RecordService/RecordEvent',
                 request_serializer=oubli_dot_v1_dot_vault__pb2.RecordEventRequest.SerializeToString,
                 response_deserializer=oubli_dot_v1_dot_vault__pb2.RecordEventResponse.FromString,
+                _registered_method=True)
+        self.BatchCreateRecords = channel.unary_unary(
+                '/oubli.v1.RecordService/BatchCreateRecords',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.BatchCreateRecordsRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.BatchCreateRecordsResponse.FromString,
+                _registered_method=True)
+        self.BatchGetRecords = channel.unary_unary(
+                '/oubli.v1.RecordService/BatchGetRecords',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.BatchGetRecordsRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.BatchGetRecordsResponse.FromString,
                 _registered_method=True)
 
 
@@ -410,6 +512,24 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateRecords(self, request, context):
+        """Creates up to 1 000 records, across any number of subjects, atomically: either
+        every record is stored or none is (the error's ErrorInfo names the failing
+        item's "index"). Records are returned in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetRecords(self, request, context):
+        """Reads up to 1 000 records, across any number of subjects, each for its own
+        purpose. Items succeed or fail independently (an erased subject does not fail
+        the batch); results come in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -442,6 +562,16 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.RecordEvent,
                     request_deserializer=oubli_dot_v1_dot_vault__pb2.RecordEventRequest.FromString,
                     response_serializer=oubli_dot_v1_dot_vault__pb2.RecordEventResponse.SerializeToString,
+            ),
+            'BatchCreateRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateRecords,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.BatchCreateRecordsRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.BatchCreateRecordsResponse.SerializeToString,
+            ),
+            'BatchGetRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetRecords,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.BatchGetRecordsRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.BatchGetRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -607,6 +737,60 @@ class RecordService:
             '/oubli.v1.RecordService/RecordEvent',
             oubli_dot_v1_dot_vault__pb2.RecordEventRequest.SerializeToString,
             oubli_dot_v1_dot_vault__pb2.RecordEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RecordService/BatchCreateRecords',
+            oubli_dot_v1_dot_vault__pb2.BatchCreateRecordsRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.BatchCreateRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.RecordService/BatchGetRecords',
+            oubli_dot_v1_dot_vault__pb2.BatchGetRecordsRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.BatchGetRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

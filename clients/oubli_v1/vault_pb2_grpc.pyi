@@ -56,6 +56,16 @@ class SubjectServiceStub:
     """Records the account's closure and schedules its erasure (6 months by default)."""
     ReopenAccount: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ReopenAccountRequest, _vault_pb2.ReopenAccountResponse]
     """Reopens a closed account before its scheduled erasure."""
+    StreamExport: _grpc.UnaryStreamMultiCallable[_vault_pb2.StreamExportRequest, _vault_pb2.StreamExportResponse]
+    """The same JSON document as ExportSubject, streamed in chunks: the server reads,
+    decrypts and sends a page of records at a time, so a subject of any size is
+    exported in bounded memory. Concatenating every chunk's bytes gives the document.
+    """
+    BatchShredSubjects: _grpc.UnaryUnaryMultiCallable[_vault_pb2.BatchShredSubjectsRequest, _vault_pb2.BatchShredSubjectsResponse]
+    """Erases up to 1 000 subjects (retention jobs). Each subject is erased as by
+    ShredSubject, independently: one failure does not stop the others, and the
+    response holds one result per requested subject, in request order.
+    """
 
 @_typing.type_check_only
 class SubjectServiceAsyncStub(SubjectServiceStub):
@@ -76,6 +86,16 @@ class SubjectServiceAsyncStub(SubjectServiceStub):
     """Records the account's closure and schedules its erasure (6 months by default)."""
     ReopenAccount: _aio.UnaryUnaryMultiCallable[_vault_pb2.ReopenAccountRequest, _vault_pb2.ReopenAccountResponse]  # type: ignore[assignment]
     """Reopens a closed account before its scheduled erasure."""
+    StreamExport: _aio.UnaryStreamMultiCallable[_vault_pb2.StreamExportRequest, _vault_pb2.StreamExportResponse]  # type: ignore[assignment]
+    """The same JSON document as ExportSubject, streamed in chunks: the server reads,
+    decrypts and sends a page of records at a time, so a subject of any size is
+    exported in bounded memory. Concatenating every chunk's bytes gives the document.
+    """
+    BatchShredSubjects: _aio.UnaryUnaryMultiCallable[_vault_pb2.BatchShredSubjectsRequest, _vault_pb2.BatchShredSubjectsResponse]  # type: ignore[assignment]
+    """Erases up to 1 000 subjects (retention jobs). Each subject is erased as by
+    ShredSubject, independently: one failure does not stop the others, and the
+    response holds one result per requested subject, in request order.
+    """
 
 class SubjectServiceServicer(metaclass=_abc_1.ABCMeta):
     """Subjects: create, read metadata, erase, export."""
@@ -130,6 +150,28 @@ class SubjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vault_pb2.ReopenAccountResponse, _abc.Awaitable[_vault_pb2.ReopenAccountResponse]]:
         """Reopens a closed account before its scheduled erasure."""
 
+    @_abc_1.abstractmethod
+    def StreamExport(
+        self,
+        request: _vault_pb2.StreamExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vault_pb2.StreamExportResponse], _abc.AsyncIterator[_vault_pb2.StreamExportResponse]]:
+        """The same JSON document as ExportSubject, streamed in chunks: the server reads,
+        decrypts and sends a page of records at a time, so a subject of any size is
+        exported in bounded memory. Concatenating every chunk's bytes gives the document.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchShredSubjects(
+        self,
+        request: _vault_pb2.BatchShredSubjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.BatchShredSubjectsResponse, _abc.Awaitable[_vault_pb2.BatchShredSubjectsResponse]]:
+        """Erases up to 1 000 subjects (retention jobs). Each subject is erased as by
+        ShredSubject, independently: one failure does not stop the others, and the
+        response holds one result per requested subject, in request order.
+        """
+
 def add_SubjectServiceServicer_to_server(servicer: SubjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class RecordServiceStub:
@@ -153,6 +195,16 @@ class RecordServiceStub:
     """Records an event that starts the record's retention clock (e.g. "resolved" for
     a support ticket: kept 2 years after resolution).
     """
+    BatchCreateRecords: _grpc.UnaryUnaryMultiCallable[_vault_pb2.BatchCreateRecordsRequest, _vault_pb2.BatchCreateRecordsResponse]
+    """Creates up to 1 000 records, across any number of subjects, atomically: either
+    every record is stored or none is (the error's ErrorInfo names the failing
+    item's "index"). Records are returned in request order.
+    """
+    BatchGetRecords: _grpc.UnaryUnaryMultiCallable[_vault_pb2.BatchGetRecordsRequest, _vault_pb2.BatchGetRecordsResponse]
+    """Reads up to 1 000 records, across any number of subjects, each for its own
+    purpose. Items succeed or fail independently (an erased subject does not fail
+    the batch); results come in request order.
+    """
 
 @_typing.type_check_only
 class RecordServiceAsyncStub(RecordServiceStub):
@@ -172,6 +224,16 @@ class RecordServiceAsyncStub(RecordServiceStub):
     RecordEvent: _aio.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]  # type: ignore[assignment]
     """Records an event that starts the record's retention clock (e.g. "resolved" for
     a support ticket: kept 2 years after resolution).
+    """
+    BatchCreateRecords: _aio.UnaryUnaryMultiCallable[_vault_pb2.BatchCreateRecordsRequest, _vault_pb2.BatchCreateRecordsResponse]  # type: ignore[assignment]
+    """Creates up to 1 000 records, across any number of subjects, atomically: either
+    every record is stored or none is (the error's ErrorInfo names the failing
+    item's "index"). Records are returned in request order.
+    """
+    BatchGetRecords: _aio.UnaryUnaryMultiCallable[_vault_pb2.BatchGetRecordsRequest, _vault_pb2.BatchGetRecordsResponse]  # type: ignore[assignment]
+    """Reads up to 1 000 records, across any number of subjects, each for its own
+    purpose. Items succeed or fail independently (an erased subject does not fail
+    the batch); results come in request order.
     """
 
 class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -225,6 +287,28 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vault_pb2.RecordEventResponse, _abc.Awaitable[_vault_pb2.RecordEventResponse]]:
         """Records an event that starts the record's retention clock (e.g. "resolved" for
         a support ticket: kept 2 years after resolution).
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCreateRecords(
+        self,
+        request: _vault_pb2.BatchCreateRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.BatchCreateRecordsResponse, _abc.Awaitable[_vault_pb2.BatchCreateRecordsResponse]]:
+        """Creates up to 1 000 records, across any number of subjects, atomically: either
+        every record is stored or none is (the error's ErrorInfo names the failing
+        item's "index"). Records are returned in request order.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetRecords(
+        self,
+        request: _vault_pb2.BatchGetRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.BatchGetRecordsResponse, _abc.Awaitable[_vault_pb2.BatchGetRecordsResponse]]:
+        """Reads up to 1 000 records, across any number of subjects, each for its own
+        purpose. Items succeed or fail independently (an erased subject does not fail
+        the batch); results come in request order.
         """
 
 def add_RecordServiceServicer_to_server(servicer: RecordServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -80,7 +80,7 @@ def test_no_audit_no_access(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> No
     def broken(event: object) -> object:
         raise DomainUnavailable("audit table unreachable")
 
-    monkeypatch.setattr(stack.server.audit.audit, "append", broken)
+    monkeypatch.setattr(stack.server.audit.audit, "append_many", broken)
     with pytest.raises(Unavailable):
         stack.client.get_record(sid, record.record_id, "billing")
     with pytest.raises(Unavailable):
@@ -134,7 +134,7 @@ def test_a_change_that_cannot_be_audited_is_not_made(
     def broken(event: object) -> object:
         raise DomainUnavailable("audit table unreachable")
 
-    monkeypatch.setattr(stack.server.audit.audit, "append", broken)
+    monkeypatch.setattr(stack.server.audit.audit, "append_many", broken)
     with pytest.raises(Unavailable):
         stack.client.create_record(sid, "contact", {"email": "d@example.org"})
     monkeypatch.undo()

@@ -420,3 +420,25 @@ def test_destroyed_signing_key_no_longer_signs(any_kms: KeyManager) -> None:
         any_kms.sign(key_id, b"head")
     with pytest.raises(KeyDestroyed):
         any_kms.verify(key_id, b"head", signature)
+
+
+def test_unwrap_many_batches_each_key_and_keeps_order(any_kms: KeyManager) -> None:
+    """Many DEKs of one key go in batches under OpenBao's 1 000-string limit (450 items
+    = 2 calls at 400 a call); DEKs of different keys are unwrapped side by side."""
+    one = new_key_id()
+    any_kms.create_key(one)
+    deks = [any_kms.generate_data_key(one) for _ in range(3)]
+    others = [new_key_id() for _ in range(12)]
+    for key_id in others:
+        any_kms.create_key(key_id)
+    other_deks = [any_kms.generate_data_key(k) for k in others]
+
+    same_key = [(one, deks[i % 3].wrapped) for i in range(450)]
+    before = any_kms.calls
+    results = any_kms.unwrap_many(same_key)
+    if any_kms.backend_name == "vault-transit":
+        assert any_kms.calls - before == 2
+    assert results == [deks[i % 3].plaintext for i in range(450)]
+
+    mixed = [(k, d.wrapped) for k, d in zip(others, other_deks, strict=True)]
+    assert any_kms.unwrap_many(mixed) == [d.plaintext for d in other_deks]

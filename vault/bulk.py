@@ -1,0 +1,280 @@
+"""Batch operations across many subjects: put, get and shred.
+
+A billing run touches thousands of customers at once and a retention job shreds in
+bulk; one call per record would spend most of its time in round trips. Each batch:
+
+- reads every subject it names in one query and every record in one more;
+- unwraps the DEKs of cold subjects together before any decryption
+  (:meth:`kms.base.KeyManager.unwrap_many`), so cached subjects cost no KMS call and
+  cold ones are unwrapped side by side instead of one after the other;
+- notes what each subject's items touched (:func:`vault.access.batch_item`), which
+  the audit trail writes as one entry per subject.
+
+Puts are atomic (one transaction: all records or none); gets and shreds succeed or
+fail item by item, in request order, like the unary call would for that item.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from vault import access
+from vault.catalog import Cardinality
+from vault.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    OubliError,
+    RecordNotFound,
+    SubjectNotFound,
+    SubjectShredded,
+    Unavailable,
+)
+from vault.ids import check_id
+from vault.limits import check_fields, check_origin
+from vault.policy import authorize_read, authorize_subject, authorize_write, refuse_if_restricted
+from vault.service import RecordView, ShredReceipt, VaultService
+from vault.storage import WRITABLE, StoredRecord, SubjectKeyInfo
+
+#: Most items in one batch call (records for put/get, subjects for shred).
+MAX_BATCH_ITEMS = 1000
+
+#: Subjects shredded side by side in one batch (each shred waits mostly on the KMS).
+SHRED_WORKERS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    subject_id: str
+    category: str
+    fields: Mapping[str, str]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRead:
+    subject_id: str
+    record_id: str
+    purpose: str
+
+
+def check_batch(field: str, size: int) -> None:
+    if not 1 <= size <= MAX_BATCH_ITEMS:
+        raise InvalidArgument(field, f"a batch holds 1 to {MAX_BATCH_ITEMS} items")
+
+
+@contextmanager
+def at_index(field: str, index: int) -> Iterator[None]:
+    """Name the failing item of an all-or-nothing batch (its index, never a value)."""
+    try:
+        yield
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{field}[{index}].{e.field}", e.message, index=str(index)) from e
+    except OubliError as e:
+        e.metadata = {**e.metadata, "index": str(index)}
+        raise
+
+
+class BulkOps:
+    """Batch put, get and shred over a :class:`~vault.service.VaultService`."""
+
+    def __init__(self, vault: VaultService, *, shred_workers: int = SHRED_WORKERS) -> None:
+        self.vault = vault
+        self._shred_workers = shred_workers
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def warm_keys(self, infos: Sequence[SubjectKeyInfo]) -> None:
+        """Unwrap the DEKs of the cold subjects among ``infos`` in one KMS batch.
+
+        Failures are left for the item that needs the key: it tries again alone and
+        gets the error the unary call would have got.
+        """
+        cache = self.vault.cache
+        cold: dict[str, SubjectKeyInfo] = {}
+        for info in infos:
+            if info.wrapped_dek is not None and cache.get(info.key_id, info.key_version) is None:
+                cold[info.key_id] = info
+        if not cold:
+            return
+        try:
+            results = self.vault.kms.unwrap_many(
+                [(i.key_id, i.wrapped_dek or b"") for i in cold.values()]
+            )
+        except Exception:  # the KMS is down: each item reports it
+            return
+        for info, result in zip(cold.values(), results, strict=True):
+            if isinstance(result, bytes):
+                cache.put(info.key_id, info.key_version, result)
+
+    # --- put ----------------------------------------------------------------------------
+
+    def create_records(self, items: Sequence[NewRecord]) -> list[RecordView]:
+        """Store every record of ``items`` or none; records come back in request order."""
+        check_batch("requests", len(items))
+        vault = self.vault
+        checked: list[tuple[NewRecord, dict[str, str], str, str | None]] = []
+        singletons: set[tuple[str, str]] = set()
+        for index, item in enumerate(items):
+            with at_index("requests", index):
+                check_id("subject_id", item.subject_id)
+                spec = vault.catalog.category(item.category)
+                access.check(category=item.category)
+                fields = check_fields(item.fields, spec.fields)
+                origin = check_origin(item.origin)
+                singleton = item.category if spec.cardinality is Cardinality.ONE else None
+                if singleton is not None:
+                    if (item.subject_id, singleton) in singletons:
+                        raise AlreadyExists(
+                            f"category {item.category} holds one record per subject",
+                            category=item.category,
+                        )
+                    singletons.add((item.subject_id, singleton))
+            checked.append((item, fields, origin, singleton))
+        record_ids = [vault.new_id() for _ in items]
+        subject_ids = {item.subject_id for item in items}
+        for _ in range(3):  # a concurrent re-key changes a subject's key: seal again
+            infos = vault.storage.subjects(subject_ids)
+            for index, (item, _, _, _) in enumerate(checked):
+                with at_index("requests", index):
+                    info = infos.get(item.subject_id)
+                    if info is None:
+                        raise SubjectNotFound("subject not found", subject_id=item.subject_id)
+                    if info.state not in WRITABLE or info.wrapped_dek is None:
+                        raise SubjectShredded("the subject was erased", subject_id=info.subject_id)
+                    authorize_write(vault.catalog.category(item.category), info)
+                    refuse_if_restricted(info)
+            self.warm_keys(list(infos.values()))
+            now = vault.clock()
+            rows: list[tuple[StoredRecord, str | None]] = []
+            views: list[RecordView] = []
+            for index, (item, fields, origin, singleton) in enumerate(checked):
+                info = infos[item.subject_id]
+                with at_index("requests", index), access.batch_item(item.subject_id):
+                    spec = vault.catalog.category(item.category)
+                    scheme, bucket_id, retain_until = vault.placement(spec, now)
+                    ciphertext = vault.seal(
+                        info, record_ids[index], item.category, fields, scheme, bucket_id
+                    )
+                rows.append(
+                    (
+                        StoredRecord(
+                            item.subject_id,
+                            record_ids[index],
+                            item.category,
+                            1,
+                            ciphertext,
+                            origin,
+                            now,
+                            now,
+                            scheme,
+                            bucket_id,
+                            retain_until,
+                        ),
+                        singleton,
+                    )
+                )
+                views.append(
+                    RecordView(
+                        item.subject_id,
+                        record_ids[index],
+                        item.category,
+                        fields,
+                        1,
+                        origin,
+                        now,
+                        now,
+                        retain_until,
+                    )
+                )
+            try:
+                stale = vault.storage.insert_records(
+                    rows, {sid: infos[sid].key_id for sid in subject_ids}
+                )
+            except AlreadyExists:
+                raise AlreadyExists(
+                    "a category that holds one record per subject already has one; update it"
+                ) from None
+            if not stale:
+                for view in views:
+                    vault.index(view.subject_id, view.record_id, view.category, view.fields)
+                return views
+        raise Unavailable("subjects' keys kept changing; retry")
+
+    # --- get ----------------------------------------------------------------------------
+
+    def get_records(self, reads: Sequence[RecordRead]) -> list[RecordView | OubliError]:
+        """Each read's record, or the error the unary GetRecord would have raised."""
+        check_batch("requests", len(reads))
+        vault = self.vault
+        results: list[RecordView | OubliError | None] = [None] * len(reads)
+        keys: list[tuple[str, str]] = []
+        for index, read in enumerate(reads):
+            try:
+                check_id("subject_id", read.subject_id)
+                check_id("record_id", read.record_id)
+                keys.append((read.subject_id, read.record_id))
+            except OubliError as e:
+                results[index] = e
+        infos = vault.storage.subjects({subject_id for subject_id, _ in keys})
+        stored = vault.storage.records_by_id(keys)
+        # Check every item first, so that refused items cost no KMS call.
+        allowed: list[tuple[int, SubjectKeyInfo, StoredRecord]] = []
+        for index, read in enumerate(reads):
+            if results[index] is not None:
+                continue
+            try:
+                with access.batch_item(read.subject_id, read.purpose):
+                    info = infos.get(read.subject_id)
+                    if info is None:
+                        raise SubjectNotFound("subject not found", subject_id=read.subject_id)
+                    access.check(purpose=read.purpose)
+                    authorize_subject(vault.catalog, read.purpose, info)
+                    found = stored.get((read.subject_id, read.record_id))
+                    if found is None:
+                        raise RecordNotFound("record not found", record_id=read.record_id)
+                    access.check(category=found.category)
+                    spec = vault.catalog.category(found.category)
+                    authorize_read(vault.catalog, spec, read.purpose, info)
+                    allowed.append((index, info, found))
+            except OubliError as e:
+                results[index] = e
+        self.warm_keys([info for _, info, _ in allowed])
+        for index, info, found in allowed:
+            try:
+                with access.batch_item(info.subject_id, reads[index].purpose):
+                    results[index] = vault.open_record(info, found)
+            except OubliError as e:
+                results[index] = e
+        done = [r for r in results if r is not None]
+        assert len(done) == len(reads)  # every item got its record or its error
+        return done
+
+    # --- shred --------------------------------------------------------------------------
+
+    def shred_subjects(self, subject_ids: Sequence[str]) -> list[ShredReceipt | OubliError]:
+        """Shred each subject as ShredSubject would, several at a time; per subject,
+        in request order, its receipt or its error. One failure stops nothing."""
+        check_batch("subject_ids", len(subject_ids))
+        if len(set(subject_ids)) != len(subject_ids):
+            raise InvalidArgument("subject_ids", "a subject id appears twice")
+
+        def shred(subject_id: str) -> ShredReceipt | OubliError:
+            try:
+                with access.batch_item(subject_id):
+                    return self.vault.shred_subject(check_id("subject_id", subject_id))
+            except OubliError as e:
+                return e
+
+        workers = max(1, min(self._shred_workers, len(subject_ids)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="oubli-shred") as pool:
+            # Each task runs in a copy of this call's context: the caller's rule and
+            # access note follow it onto the pool thread.
+            futures = [
+                pool.submit(contextvars.copy_context().run, shred, subject_id)
+                for subject_id in subject_ids
+            ]
+            return [f.result() for f in futures]
