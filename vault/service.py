@@ -397,10 +397,13 @@ class VaultService:
         return stored
 
     def get_record(self, subject_id: str, record_id: str, purpose: str) -> RecordView:
-        info = self.subject_info(subject_id)
+        info, stored = self.storage.subject_and_record(
+            check_id("subject_id", subject_id), check_id("record_id", record_id)
+        )
         access.check(purpose=purpose)  # the caller's own limits come first
         authorize_subject(self.catalog, purpose, info)  # erased subjects: refused next
-        stored = self._stored(subject_id, record_id)
+        if stored is None:
+            raise RecordNotFound("record not found", record_id=record_id)
         access.check(category=stored.category)
         authorize_read(self.catalog, self.catalog.category(stored.category), purpose, info)
         return self._open(info, stored)

@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from vault.errors import AlreadyExists, SubjectNotFound, Unavailable
 from vault.models import (
@@ -310,6 +310,39 @@ class Storage:
             if row is None:
                 raise SubjectNotFound("subject not found", subject_id=subject_id)
             return _subject(row)
+
+    def subject_and_record(
+        self, subject_id: str, record_id: str
+    ) -> tuple[SubjectKeyInfo, StoredRecord | None]:
+        """The subject and one of its readable records, in one statement (the read
+        path: one round trip instead of two)."""
+        record = aliased(RecordRow)
+        query = (
+            select(SubjectRow, record)
+            .outerjoin(
+                record,
+                and_(
+                    record.subject_id == SubjectRow.subject_id,
+                    record.record_id == record_id,
+                    or_(
+                        record.bucket_id.is_(None),
+                        select(RetentionBucketRow.bucket_id)
+                        .where(
+                            RetentionBucketRow.bucket_id == record.bucket_id,
+                            RetentionBucketRow.state == BUCKET_ACTIVE,
+                        )
+                        .exists(),
+                    ),
+                ),
+            )
+            .where(SubjectRow.subject_id == subject_id)
+        )
+        with self._session() as s:
+            row = s.execute(query).first()
+            if row is None:
+                raise SubjectNotFound("subject not found", subject_id=subject_id)
+            subject, found = row
+            return _subject(subject), None if found is None else _record(found)
 
     def record_count(self, subject_id: str) -> int:
         with self._session() as s:

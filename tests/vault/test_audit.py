@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -561,6 +562,78 @@ def test_concurrent_appends_keep_a_single_chain(audit: AuditLog) -> None:
     assert len({e.event.request_id for e in entries}) == threads * per_thread
     result = audit.verify()
     assert result.ok and result.checked == threads * per_thread
+
+
+def test_appends_waiting_on_a_write_share_the_next_commit(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: while one append writes, the others queue and go in one
+    transaction; each caller still gets its own entry back."""
+    real_write = audit._write
+    first = threading.Event()
+
+    def slow_first_write(events):  # type: ignore[no-untyped-def]
+        if not first.is_set():
+            first.set()
+            time.sleep(0.2)  # the other threads arrive and queue meanwhile
+        return real_write(events)
+
+    monkeypatch.setattr(audit, "_write", slow_first_write)
+    results: dict[int, str] = {}
+
+    def appender(n: int) -> None:
+        results[n] = audit.append(event(n)).event.request_id
+
+    workers = [threading.Thread(target=appender, args=(n,)) for n in range(12)]
+    workers[0].start()
+    first.wait()
+    for worker in workers[1:]:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert results == {n: f"req-{n}" for n in range(12)}
+    assert audit.transactions == 2  # the first alone, the 11 that queued together
+    assert audit.verify().ok
+
+
+def test_a_failed_group_commit_fails_every_waiter(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = audit._write
+    started = threading.Event()
+    calls = itertools.count()
+
+    def failing_second_write(events):  # type: ignore[no-untyped-def]
+        if next(calls) == 0:
+            started.set()
+            time.sleep(0.2)
+            return real_write(events)
+        raise Unavailable("audit log write failed")
+
+    monkeypatch.setattr(audit, "_write", failing_second_write)
+    outcomes: dict[int, str] = {}
+
+    def appender(n: int) -> None:
+        try:
+            audit.append(event(n))
+            outcomes[n] = "ok"
+        except Unavailable:
+            outcomes[n] = "unavailable"
+
+    workers = [threading.Thread(target=appender, args=(n,)) for n in range(6)]
+    workers[0].start()
+    started.wait()
+    for worker in workers[1:]:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert outcomes == {0: "ok", **{n: "unavailable" for n in range(1, 6)}}
+    assert [e.seq for e in audit.query(limit=10)] == [1]
+    monkeypatch.undo()
+    audit.append(event(99))  # the log is usable again: no writer left stuck
+    assert audit.verify().ok
 
 
 def test_concurrent_appends_from_two_audit_logs(storage: Storage) -> None:
