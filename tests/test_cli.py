@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import pytest
 from typer.testing import CliRunner
 
-from clients.oubli_client import OubliClient
+from clients.errors import OubliClientError
+from clients.oubli_client import NewRecord, OubliClient
+from clients.oubli_v1 import vault_pb2 as pb
 from tests.integration.processes import ServerProcess
 from tests.stack import TEST_TOKEN, Stack
-from vault.cli import app
+from vault.cli import _stream_to_file, app
+from vault.export import EXPORT_PAGE
 
 runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})
 
@@ -57,6 +64,87 @@ def test_subject_commands_export_and_shred(stack: Stack, tmp_path: Path) -> None
     again = runner.invoke(app, ["subject", "export", subject.subject_id, "--target", stack.target])
     assert again.exit_code == 1
     assert "SUBJECT_SHREDDED" in again.output
+
+
+def _without_export_time(document: bytes) -> bytes:
+    return re.sub(rb'"exported_at": "[^"]*"', b'"exported_at": null', document, count=1)
+
+
+def test_subject_export_streams_the_servers_document(stack: Stack, tmp_path: Path) -> None:
+    subject = stack.client.create_subject()
+    sid = subject.subject_id
+    stack.client.batch_create_records(
+        [NewRecord(sid, "identity", {"given_name": "Zoé"})]
+        + [NewRecord(sid, "support", {"message": f"ticket {n}"}) for n in range(EXPORT_PAGE + 20)]
+    )
+    result = runner.invoke(app, ["subject", "export", sid, "--target", stack.target])
+    assert result.exit_code == 0, result.output
+    raw = stack.client._subjects.ExportSubject(
+        pb.ExportSubjectRequest(subject_id=sid, purpose="portability"),
+        metadata=(("authorization", f"Bearer {TEST_TOKEN}"),),
+    ).json
+    # the server's document as it is: compact JSON, one record per line, ending in "\n"
+    assert _without_export_time(result.stdout_bytes) == _without_export_time(raw)
+    assert result.stdout.endswith("}}\n")
+    lines = result.stdout.splitlines()
+    assert sum('"record_id"' in line for line in lines) == EXPORT_PAGE + 21
+    document = json.loads(result.stdout)
+    assert len(document["categories"]["support"]["records"]) == EXPORT_PAGE + 20
+
+    out = tmp_path / "billing.json"
+    result = runner.invoke(
+        app,
+        [
+            "subject",
+            "export",
+            sid,
+            "--target",
+            stack.target,
+            "-o",
+            str(out),
+            "--purpose",
+            "billing",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(out.read_bytes())["categories"]) == ["identity"]
+    assert result.stdout == ""
+
+
+def test_subject_export_refused_writes_nothing(stack: Stack, tmp_path: Path) -> None:
+    subject = stack.client.create_subject()
+    stack.client.shred_subject(subject.subject_id)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    kept = exports / "kept.json"
+    kept.write_text("previous export\n")
+    for out in (kept, exports / "new.json"):
+        result = runner.invoke(
+            app, ["subject", "export", subject.subject_id, "--target", stack.target, "-o", str(out)]
+        )
+        assert result.exit_code == 1
+        assert "SUBJECT_SHREDDED" in result.output
+    assert kept.read_text() == "previous export\n"
+    assert [p.name for p in exports.iterdir()] == ["kept.json"]
+
+
+def test_an_export_failing_midway_leaves_the_file_untouched(tmp_path: Path) -> None:
+    def failing() -> Iterator[bytes]:
+        yield b'{"format": "oubli.export.v1", '
+        raise OubliClientError(grpc.StatusCode.UNAVAILABLE, "gone")
+
+    out = tmp_path / "export.json"
+    out.write_text("previous export\n")
+    with pytest.raises(OubliClientError):
+        _stream_to_file(failing(), out)
+    assert out.read_text() == "previous export\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["export.json"]  # no partial file left
+    _stream_to_file(iter([b"{}", b"\n"]), out)
+    assert out.read_text() == "{}\n"
+    link = tmp_path / "link.json"  # e.g. -o /dev/stdout: written through, not replaced
+    link.symlink_to(out)
+    _stream_to_file(iter([b"[]", b"\n"]), link)
+    assert link.is_symlink() and out.read_text() == "[]\n"
 
 
 def test_subject_create_prints_an_id(stack: Stack) -> None:

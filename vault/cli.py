@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from grpc import StatusCode
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -245,17 +249,58 @@ def subject_export(
     output: Annotated[Path | None, typer.Option("-o", help="file (default stdout)")] = None,
     purpose: Annotated[str, typer.Option(help="why the data is read")] = "portability",
 ) -> None:
-    """Export a subject's data as JSON (portability)."""
+    """Export a subject's data as JSON (portability). The server's document is streamed
+    and written as it arrives (compact JSON, one record per line), so memory stays
+    bounded whatever the subject's size; a file given with -o appears only complete."""
     try:
         with _client_call(target) as client:
-            document = client.export_subject(subject_id, purpose)
+            chunks = client.stream_export(subject_id, purpose)
+            if output is None:
+                _stream_to_stdout(chunks)
+            else:
+                _stream_to_file(chunks, output)
     except OubliClientError as e:
         raise _fail("error:", e) from None
-    text = json.dumps(document, ensure_ascii=False, indent=2)
-    if output is None:
-        sys.stdout.write(text + "\n")
+
+
+def _stream_to_stdout(chunks: Iterator[bytes]) -> None:
+    """Write the chunks as they come (a stream that fails midway leaves them written)."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for chunk in chunks:
+        out.write(chunk)
+        out.flush()
+
+
+def _stream_to_file(chunks: Iterator[bytes], output: Path) -> None:
+    """Write the chunks to ``output``: a regular file is replaced only once the whole
+    document arrived (a failed export leaves it untouched); anything else (a FIFO, a
+    device, a symlink such as /dev/stdout) is written as the chunks come. Nothing is
+    opened before the first chunk, so an export the server refuses writes nothing."""
+    first = next(chunks, None)
+    if first is None:  # pragma: no cover - the server always sends the document's end
+        raise OubliClientError(StatusCode.UNKNOWN, "the server sent no data")
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        with output.open("wb") as sink:
+            for chunk in itertools.chain((first,), chunks):
+                sink.write(chunk)
+        return
+    if output.exists():
+        mode = stat.S_IMODE(output.stat().st_mode)
     else:
-        output.write_text(text + "\n", encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # what creating the file directly would have given
+    fd, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            for chunk in itertools.chain((first,), chunks):
+                sink.write(chunk)
+        os.chmod(partial, mode)
+        os.replace(partial, output)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 @subject_app.command("shred")

@@ -350,20 +350,6 @@ class Storage:
             count = s.scalar(query.where(RecordRow.subject_id == subject_id, _readable()))
             return int(count or 0)
 
-    def erasable_record_count(self, subject_id: str, kept_categories: Sequence[str]) -> int:
-        """Records an erasure would delete: all but the held ones and those of
-        ``kept_categories`` (legal-hold categories, moved to their hold bucket)."""
-        query = select(func.count()).select_from(RecordRow)
-        with self._session() as s:
-            count = s.scalar(
-                query.where(
-                    RecordRow.subject_id == subject_id,
-                    RecordRow.key_scheme != SCHEME_HOLD,
-                    RecordRow.category.not_in(kept_categories),
-                )
-            )
-            return int(count or 0)
-
     def update_subject(
         self, subject_id: str, now: datetime, *, states: Sequence[str], **values: Any
     ) -> bool:
@@ -437,21 +423,37 @@ class Storage:
             row = s.get(ShredReceiptRow, subject_id)
             return None if row is None else _receipt(row)
 
-    def due_subjects(self, now: datetime, limit: int = 10_000) -> list[str]:
-        """Closed accounts whose erasure is due, and erasures interrupted mid-way."""
+    def due_erasures(
+        self, now: datetime, kept_categories: Sequence[str], limit: int = 10_000
+    ) -> list[tuple[str, datetime, int]]:
+        """Closed accounts whose erasure is due, and erasures interrupted mid-way: per
+        subject, when it became due and how many records its erasure deletes (all but
+        held ones and those of ``kept_categories``, which move to a hold bucket)."""
+        erasable = and_(
+            RecordRow.subject_id == SubjectRow.subject_id,
+            RecordRow.key_scheme != SCHEME_HOLD,
+            RecordRow.category.not_in(kept_categories),
+        )
         query = (
-            select(SubjectRow.subject_id)
+            select(
+                SubjectRow.subject_id,
+                SubjectRow.scheduled_shred_at,
+                SubjectRow.updated_at,
+                func.count(RecordRow.record_id),
+            )
+            .outerjoin(RecordRow, erasable)
             .where(
                 or_(
                     and_(SubjectRow.state == CLOSED, SubjectRow.scheduled_shred_at <= now),
                     SubjectRow.state == SHREDDING,
                 )
             )
+            .group_by(SubjectRow.subject_id, SubjectRow.scheduled_shred_at, SubjectRow.updated_at)
             .order_by(SubjectRow.subject_id)
             .limit(limit)
         )
         with self._session() as s:
-            return list(s.scalars(query))
+            return [(row[0], row[1] or row[2], int(row[3] or 0)) for row in s.execute(query)]
 
     # --- key ledger -----------------------------------------------------------------
 
