@@ -4,7 +4,12 @@
     .venv/bin/python -m pytest benchmarks --benchmark-disable   smoke: each once, no timing
 
 Servers run in their own processes (client and server share the machine's 2 cores),
-exactly as a billing service would call oubli over loopback.
+exactly as a billing service would call oubli over loopback. Each database gets a
+measured server (``oubli_server``, with Prometheus metrics to count KMS calls) and a
+``writer`` on the same database and Transit mount, which fills what the measured one
+must not have seen. The table at the end gives items/s (``extra_info["items"]`` per
+call), the ratio to the ceiling (bare gRPC echo calls/s) and to the naive alternative
+(one Transit call per record), and is saved to benchmarks/results.json.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from benchmarks.helpers import FULL, SMOKE, Deployment, MeteredServer, Sizes
 from kms.openbao_process import OpenBaoDevServer
 from tests.conftest import PG_ADMIN_URL
-from tests.integration.processes import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -62,22 +68,28 @@ def pg_bench_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sizes(request: pytest.FixtureRequest) -> Sizes:
+    """Full sizes when timing; tiny ones for the smoke run (--benchmark-disable)."""
+    return SMOKE if request.config.getoption("benchmark_disable") else FULL
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def oubli_server(
+def oubli_deployment(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     bench_openbao: OpenBaoDevServer,
-) -> Iterator[ServerProcess]:
-    """oubli with real OpenBao, in its own process, on each database."""
+) -> Iterator[Deployment]:
+    """A database and a Transit mount on the real OpenBao, for oubli processes."""
     work = tmp_path_factory.mktemp(f"oubli-{request.param}")
-    database = (
-        ["--data-dir", str(work / "data")]
-        if request.param == "sqlite"
-        else ["--database-url", request.getfixturevalue("pg_bench_url")]
-    )
-    with ServerProcess(
-        work,
-        "serve",
+    if request.param == "sqlite":
+        data = work / "data"
+        url = f"sqlite:///{(data / 'oubli.db').resolve()}"
+        database = ["--data-dir", str(data)]
+    else:
+        url = request.getfixturevalue("pg_bench_url")
+        database = ["--database-url", url]
+    flags = [
         *database,
         "--kms",
         "vault",
@@ -85,37 +97,105 @@ def oubli_server(
         bench_openbao.address,
         "--vault-mount",
         f"transit-{request.param}",
-        env={"VAULT_TOKEN": bench_openbao.token},
-    ) as server:
-        yield server
+    ]
+    deployment = Deployment(request.param, url, flags, {"VAULT_TOKEN": bench_openbao.token}, work)
+    try:
+        yield deployment
+    finally:
+        deployment.stop_all()
+
+
+@pytest.fixture(scope="session")
+def oubli_server(oubli_deployment: Deployment) -> Iterator[MeteredServer]:
+    """The measured oubli, with real OpenBao, in its own process, on each database."""
+    server = oubli_deployment.server("measured")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def writer(oubli_deployment: Deployment, oubli_server: MeteredServer) -> Iterator[MeteredServer]:
+    """A second oubli process on the same database and mount, that fills what the
+    measured one must never have seen (cold subjects, subjects to shred or expire)."""
+    server = oubli_deployment.server("writer")
+    yield server
+    server.stop()
+
+
+def _rows(benchmarks: list[Any]) -> list[dict[str, Any]]:
+    """Items/s of each benchmark and its ratios to the ceiling and to its naive baseline.
+
+    A benchmark's call handles ``extra_info["items"]`` items (records, subjects), 1 if
+    unset; its ``extra_info["baseline"]`` names the naive alternative it compares to:
+    ``naive_encrypt`` (one Transit encrypt per record: puts) or ``naive_decrypt`` (one
+    Transit decrypt per record: gets, export), none for shred and retention; its
+    ``extra_info["ceiling"]`` the echo it compares to (``echo_unary``, one call at a
+    time, by default; ``echo_concurrent`` for the concurrent runs).
+    """
+    measured = [b for b in benchmarks if getattr(b, "stats", None) and b.stats.mean]
+
+    def rate_of(prefix: str) -> float | None:
+        for b in measured:
+            if b.name.removeprefix("test_").startswith(prefix):
+                return float(b.extra_info.get("items", 1)) / float(b.stats.mean)
+        return None
+
+    ceilings = {
+        "echo_unary": rate_of("ceiling_echo_unary"),
+        "echo_concurrent": rate_of("ceiling_echo_concurrent"),
+    }
+    naive = {
+        "naive_encrypt": rate_of("naive_vault_encrypt_per_record"),
+        "naive_decrypt": rate_of("naive_vault_decrypt_per_record"),
+    }
+    rows = []
+    for b in sorted(measured, key=lambda b: b.name):
+        info = dict(b.extra_info)
+        items = info.pop("items", 1)
+        baseline = info.pop("baseline", None)
+        # Concurrent runs compare to the echo driven the same way (8 client threads).
+        echo = ceilings[info.pop("ceiling", "echo_unary")]
+        rate = items / b.stats.mean
+        base = naive.get(baseline) if baseline else None
+        rows.append(
+            {
+                "name": b.name.removeprefix("test_"),
+                "items_per_call": items,
+                "items_per_s": round(rate, 1),
+                "calls_per_s": round(1.0 / b.stats.mean, 2),
+                "rounds": b.stats.rounds,
+                "x_echo": round(rate / echo, 3) if echo else None,
+                "baseline": baseline,
+                "x_naive": round(rate / base, 2) if base else None,
+                "extra_info": info,
+            }
+        )
+    return rows
+
+
+def _note(info: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, list):
+            return "/".join(str(x) for x in v)
+        return str(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in info.items())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Print ops/s and the ratios to the ceiling (echo) and the naive alternative."""
+    """Print items/s and the ratios to the ceiling (echo) and the naive alternative."""
     plugin = getattr(session.config, "_benchmarksession", None)
-    benchmarks = getattr(plugin, "benchmarks", []) if plugin else []
-    rates = {
-        b.name.removeprefix("test_"): 1.0 / b.stats.mean
-        for b in benchmarks
-        if getattr(b, "stats", None) and b.stats.mean
-    }
-    if not rates:
+    rows = _rows(getattr(plugin, "benchmarks", []) if plugin else [])
+    if not rows:
         return
-    echo = next((r for n, r in rates.items() if n.startswith("ceiling_echo_unary")), None)
-    naive = next(
-        (r for n, r in rates.items() if n.startswith("naive_vault_encrypt_per_record")), None
-    )
-    rows = []
-    for name, rate in sorted(rates.items()):
-        rows.append(
-            {
-                "name": name,
-                "ops_per_s": round(rate, 1),
-                "x_echo": round(rate / echo, 3) if echo else None,
-                "x_naive": round(rate / naive, 2) if naive else None,
-            }
-        )
-    print(f"\n\n{'name':<48} {'ops/s':>9} {'x echo':>8} {'x naive':>8}")
+    print(f"\n\n{'name':<44} {'items/s':>10} {'x echo':>8} {'x naive':>8} {'baseline':<13} extra")
     for row in rows:
-        print(f"{row['name']:<48} {row['ops_per_s']:>9} {row['x_echo']!s:>8} {row['x_naive']!s:>8}")
+        print(
+            f"{row['name']:<44} {row['items_per_s']:>10} {row['x_echo']!s:>8} "
+            f"{row['x_naive']!s:>8} {row['baseline'] or '-':<13} {_note(row['extra_info'])}"
+        )
+    print(
+        "x echo: items/s / echo calls/s (ceiling, 1 call = 1 KiB); x naive: items/s / "
+        "naive Transit calls/s (1 call = 1 record), encrypt for puts, decrypt for gets"
+    )
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")

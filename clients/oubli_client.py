@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -406,7 +406,11 @@ class OubliClient:
             ]
         )
         response = self._call(self._records.BatchCreateRecords, request, idempotent=False)
-        return [_record(m) for m in response.records]
+        # The server does not send the fields back: they are the ones sent.
+        return [
+            replace(_record(m), fields=dict(r.fields))
+            for m, r in zip(response.records, records, strict=True)
+        ]
 
     def batch_get_records(
         self, reads: Sequence[tuple[str, str, str]]

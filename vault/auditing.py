@@ -72,15 +72,11 @@ def _shares(request: Any, note: AccessNote) -> list[_Share]:
             for (subject_id, purpose), item in note.items.items()
         ]
     batch = list(getattr(request, "requests", ()) or ()) if request is not None else []
-    if batch:  # before a batch runs (STARTED), or when it failed as a whole
-        shares: dict[tuple[str, str], _Share] = {}
-        for item in batch:
-            key = (item.subject_id, getattr(item, "purpose", ""))
-            share = shares.setdefault(key, (key[0], key[1], set(), set(), None))
-            if getattr(item, "category", ""):
-                share[2].add(item.category)
-            share[3].update(getattr(item, "fields", {}).keys())
-        return list(shares.values())
+    if batch:  # before a batch runs (STARTED), or when it failed before any item ran
+        # Subjects only: the request's category and field names are not checked yet,
+        # and an unchecked name must not reach the permanent trail.
+        keys = dict.fromkeys((i.subject_id, getattr(i, "purpose", "")) for i in batch)
+        return [(subject_id, purpose, set(), set(), None) for subject_id, purpose in keys]
     subject_ids = list(getattr(request, "subject_ids", ()) or ()) if request is not None else []
     if subject_ids:
         return [(s, "", set(), set(), None) for s in dict.fromkeys(subject_ids)]

@@ -17,9 +17,8 @@ fail item by item, in request order, like the unary call would for that item.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from vault import access
@@ -66,16 +65,22 @@ def check_batch(field: str, size: int) -> None:
         raise InvalidArgument(field, f"a batch holds 1 to {MAX_BATCH_ITEMS} items")
 
 
-@contextmanager
-def at_index(field: str, index: int) -> Iterator[None]:
-    """Name the failing item of an all-or-nothing batch (its index, never a value)."""
-    try:
-        yield
-    except InvalidArgument as e:
-        raise InvalidArgument(f"{field}[{index}].{e.field}", e.message, index=str(index)) from e
-    except OubliError as e:
-        e.metadata = {**e.metadata, "index": str(index)}
-        raise
+def at_index(error: OubliError, field: str, index: int) -> OubliError:
+    """``error`` naming the failing item of an all-or-nothing batch (its index and,
+    for an invalid argument, the field; never a value)."""
+    if isinstance(error, InvalidArgument):
+        return InvalidArgument(f"{field}[{index}].{error.field}", error.message, index=str(index))
+    error.metadata = {**error.metadata, "index": str(index)}
+    return error
+
+
+def _failed(note: access.AccessNote | None, read: RecordRead, error: OubliError) -> OubliError:
+    """Record a failed read as its subject's audit outcome (the first failure wins)."""
+    if note is not None:
+        item = note.item(read.subject_id, read.purpose)
+        if item.outcome is None:
+            item.outcome = error.reason
+    return error
 
 
 class BulkOps:
@@ -118,8 +123,9 @@ class BulkOps:
         vault = self.vault
         checked: list[tuple[NewRecord, dict[str, str], str, str | None]] = []
         singletons: set[tuple[str, str]] = set()
-        for index, item in enumerate(items):
-            with at_index("requests", index):
+        index = 0
+        try:
+            for index, item in enumerate(items):  # noqa: B007 - index names a failure
                 check_id("subject_id", item.subject_id)
                 spec = vault.catalog.category(item.category)
                 access.check(category=item.category)
@@ -133,13 +139,33 @@ class BulkOps:
                             category=item.category,
                         )
                     singletons.add((item.subject_id, singleton))
-            checked.append((item, fields, origin, singleton))
+                checked.append((item, fields, origin, singleton))
+        except OubliError as e:
+            raise at_index(e, "requests", index) from None
+        # Every item's subject and (checked) names are noted before anything runs: if
+        # the batch fails half-way, each subject's audit entry still says what it was.
+        note = access.current_note()
+        if note is not None:
+            for item, fields, _, _ in checked:
+                share = note.item(item.subject_id)
+                share.categories.add(item.category)
+                share.fields.update(fields)
+        existing = vault.storage.existing_singletons(singletons)
+        for index, (item, _, _, singleton) in enumerate(checked):
+            if singleton is not None and (item.subject_id, singleton) in existing:
+                error = AlreadyExists(
+                    f"category {item.category} holds one record per subject; update it",
+                    category=item.category,
+                )
+                raise at_index(error, "requests", index)
         record_ids = [vault.new_id() for _ in items]
         subject_ids = {item.subject_id for item in items}
         for _ in range(3):  # a concurrent re-key changes a subject's key: seal again
             infos = vault.storage.subjects(subject_ids)
-            for index, (item, _, _, _) in enumerate(checked):
-                with at_index("requests", index):
+            rows: list[tuple[StoredRecord, str | None]] = []
+            views: list[RecordView] = []
+            try:
+                for index, (item, _, _, _) in enumerate(checked):  # noqa: B007 - as above
                     info = infos.get(item.subject_id)
                     if info is None:
                         raise SubjectNotFound("subject not found", subject_id=item.subject_id)
@@ -147,49 +173,52 @@ class BulkOps:
                         raise SubjectShredded("the subject was erased", subject_id=info.subject_id)
                     authorize_write(vault.catalog.category(item.category), info)
                     refuse_if_restricted(info)
-            self.warm_keys(list(infos.values()))
-            now = vault.clock()
-            rows: list[tuple[StoredRecord, str | None]] = []
-            views: list[RecordView] = []
-            for index, (item, fields, origin, singleton) in enumerate(checked):
-                info = infos[item.subject_id]
-                with at_index("requests", index), access.batch_item(item.subject_id):
+                self.warm_keys(list(infos.values()))
+                now = vault.clock()
+                for index, (item, fields, origin, singleton) in enumerate(checked):
+                    info = infos[item.subject_id]
                     spec = vault.catalog.category(item.category)
                     scheme, bucket_id, retain_until = vault.placement(spec, now)
+                    record_id = record_ids[index]
                     ciphertext = vault.seal(
-                        info, record_ids[index], item.category, fields, scheme, bucket_id
+                        info, record_id, item.category, fields, scheme, bucket_id
                     )
-                rows.append(
-                    (
-                        StoredRecord(
+                    rows.append(
+                        (
+                            StoredRecord(
+                                item.subject_id,
+                                record_id,
+                                item.category,
+                                1,
+                                ciphertext,
+                                origin,
+                                now,
+                                now,
+                                scheme,
+                                bucket_id,
+                                retain_until,
+                            ),
+                            singleton,
+                        )
+                    )
+                    views.append(
+                        RecordView(
                             item.subject_id,
-                            record_ids[index],
+                            record_id,
                             item.category,
+                            fields,
                             1,
-                            ciphertext,
                             origin,
                             now,
                             now,
-                            scheme,
-                            bucket_id,
                             retain_until,
-                        ),
-                        singleton,
+                        )
                     )
-                )
-                views.append(
-                    RecordView(
-                        item.subject_id,
-                        record_ids[index],
-                        item.category,
-                        fields,
-                        1,
-                        origin,
-                        now,
-                        now,
-                        retain_until,
-                    )
-                )
+            except OubliError as e:
+                failed = at_index(e, "requests", index)
+                if note is not None:  # that subject's entry names the item's reason
+                    note.item(checked[index][0].subject_id).outcome = failed.reason
+                raise failed from None
             try:
                 stale = vault.storage.insert_records(
                     rows, {sid: infos[sid].key_id for sid in subject_ids}
@@ -222,33 +251,39 @@ class BulkOps:
         infos = vault.storage.subjects({subject_id for subject_id, _ in keys})
         stored = vault.storage.records_by_id(keys)
         # Check every item first, so that refused items cost no KMS call.
+        note = access.current_note()
         allowed: list[tuple[int, SubjectKeyInfo, StoredRecord]] = []
         for index, read in enumerate(reads):
             if results[index] is not None:
                 continue
             try:
-                with access.batch_item(read.subject_id, read.purpose):
-                    info = infos.get(read.subject_id)
-                    if info is None:
-                        raise SubjectNotFound("subject not found", subject_id=read.subject_id)
-                    access.check(purpose=read.purpose)
-                    authorize_subject(vault.catalog, read.purpose, info)
-                    found = stored.get((read.subject_id, read.record_id))
-                    if found is None:
-                        raise RecordNotFound("record not found", record_id=read.record_id)
-                    access.check(category=found.category)
-                    spec = vault.catalog.category(found.category)
-                    authorize_read(vault.catalog, spec, read.purpose, info)
-                    allowed.append((index, info, found))
+                info = infos.get(read.subject_id)
+                if info is None:
+                    raise SubjectNotFound("subject not found", subject_id=read.subject_id)
+                access.check(purpose=read.purpose)
+                authorize_subject(vault.catalog, read.purpose, info)
+                found = stored.get((read.subject_id, read.record_id))
+                if found is None:
+                    raise RecordNotFound("record not found", record_id=read.record_id)
+                access.check(category=found.category)
+                spec = vault.catalog.category(found.category)
+                authorize_read(vault.catalog, spec, read.purpose, info)
+                allowed.append((index, info, found))
             except OubliError as e:
-                results[index] = e
+                results[index] = _failed(note, read, e)
         self.warm_keys([info for _, info, _ in allowed])
         for index, info, found in allowed:
+            read = reads[index]
             try:
-                with access.batch_item(info.subject_id, reads[index].purpose):
-                    results[index] = vault.open_record(info, found)
+                view = vault.open_record(info, found)
             except OubliError as e:
-                results[index] = e
+                results[index] = _failed(note, read, e)
+                continue
+            results[index] = view
+            if note is not None:  # this subject's audit entry: what its items read
+                item = note.item(read.subject_id, read.purpose)
+                item.categories.add(view.category)
+                item.fields.update(view.fields)
         done = [r for r in results if r is not None]
         assert len(done) == len(reads)  # every item got its record or its error
         return done

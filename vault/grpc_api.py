@@ -66,12 +66,12 @@ def subject_message(view: SubjectView) -> pb.Subject:
     )
 
 
-def record_message(view: RecordView) -> pb.Record:
+def record_message(view: RecordView, *, with_fields: bool = True) -> pb.Record:
     return pb.Record(
         subject_id=view.subject_id,
         record_id=view.record_id,
         category=view.category,
-        fields=view.fields,
+        fields=view.fields if with_fields else None,
         version=view.version,
         origin=view.origin,
         create_time=_ts(view.created_at),
@@ -202,7 +202,9 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
                 for r in request.requests
             ]
         )
-        return pb.BatchCreateRecordsResponse(records=[record_message(v) for v in views])
+        return pb.BatchCreateRecordsResponse(
+            records=[record_message(v, with_fields=False) for v in views]
+        )
 
     def BatchGetRecords(
         self, request: pb.BatchGetRecordsRequest, context: grpc.ServicerContext
@@ -277,8 +279,10 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
 READ_ACTIONS = frozenset(
     {
         "RecordService.GetRecord",
+        "RecordService.BatchGetRecords",
         "RecordService.ListRecords",
         "SubjectService.ExportSubject",
+        "SubjectService.StreamExport",
         "RightsService.GetAccessReport",
         "SupportService.ReadUnderGrant",
         "LookupService.FindSubject",

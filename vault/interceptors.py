@@ -288,6 +288,12 @@ class ServiceInterceptor(_Interceptor):
                 )
                 with acting_as(rule), noting(note):
                     yield from behavior(request, context)
+            except GeneratorExit:  # the client cancelled or went away mid-stream
+                self._record(
+                    method, caller, request, note, "CANCELLED", request_id, bound, required=False
+                )
+                bound.info("rpc", code="CANCELLED", ms=_ms(start))
+                raise
             except Exception as error:
                 outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
                 self._record(

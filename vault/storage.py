@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     Engine,
+    Table,
     and_,
     create_engine,
     delete,
@@ -121,7 +122,8 @@ class SubjectKeyInfo:
     hold_until: datetime | None = None
 
 
-def _subject(row: SubjectRow) -> SubjectKeyInfo:
+def _subject(row: Any) -> SubjectKeyInfo:
+    """From an ORM row or a Core row of the subjects table (same attribute names)."""
     return SubjectKeyInfo(
         row.subject_id,
         row.tenant,
@@ -155,6 +157,10 @@ class StoredRecord:
     bucket_id: str | None = None
     retain_until: datetime | None = None
 
+
+#: The records table for Core statements (batches and exports skip the ORM's per-row cost).
+RECORDS = cast(Table, RecordRow.__table__)
+SUBJECTS = cast(Table, SubjectRow.__table__)
 
 #: Ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
 IN_CHUNK = 500
@@ -480,7 +486,8 @@ class Storage:
         found: dict[str, SubjectKeyInfo] = {}
         with self._session() as s:
             for chunk in _chunks(sorted(set(subject_ids))):
-                for row in s.scalars(select(SubjectRow).where(SubjectRow.subject_id.in_(chunk))):
+                query = select(SUBJECTS).where(SubjectRow.subject_id.in_(chunk))
+                for row in s.execute(query):  # Core rows: no ORM object per subject
                     found[row.subject_id] = _subject(row)
         return found
 
@@ -530,6 +537,24 @@ class Storage:
         with self._session() as s:
             return list(s.scalars(query))
 
+    def existing_singletons(self, pairs: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (subject id, category) pairs already hold their one record."""
+        found: set[tuple[str, str]] = set()
+        if not pairs:
+            return found
+        wanted = set(pairs)
+        with self._session() as s:
+            for chunk in _chunks(sorted({subject_id for subject_id, _ in wanted})):
+                query = select(RecordRow.subject_id, RecordRow.singleton).where(
+                    RecordRow.subject_id.in_(chunk), RecordRow.singleton.is_not(None)
+                )
+                found.update(
+                    (row.subject_id, row.singleton)
+                    for row in s.execute(query)
+                    if (row.subject_id, row.singleton) in wanted
+                )
+        return found
+
     def insert_records(
         self, records: Sequence[tuple[StoredRecord, str | None]], key_ids: Mapping[str, str]
     ) -> list[str]:
@@ -562,8 +587,9 @@ class Storage:
             ]
             if stale:
                 return stale
-            s.execute(
-                insert(RecordRow),
+            # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
+            s.connection().execute(
+                insert(RECORDS),
                 [
                     {
                         "subject_id": r.subject_id,

@@ -691,7 +691,9 @@ class BatchCreateRecordsResponse(_message.Message):
     RECORDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Record]:
-        """The stored records, in request order."""
+        """The stored records, in request order, without their fields: the caller sent
+        them, and sending personal data back only to be dropped is cost and exposure.
+        """
 
     def __init__(
         self,
