@@ -129,15 +129,22 @@ class RecordCipher:
         sealed = AESGCM(dek).encrypt(nonce, plaintext, place.associated_data(key_version))
         return _HEADER.pack(FORMAT_VERSION, key_version) + nonce + sealed
 
-    def open(self, dek: bytes, place: RecordPlace, blob: bytes) -> dict[str, str]:
+    def open(self, dek: bytes | AESGCM, place: RecordPlace, blob: bytes) -> dict[str, str]:
+        return decode_fields(self.open_plaintext(dek, place, blob))
+
+    @staticmethod
+    def open_plaintext(dek: bytes | AESGCM, place: RecordPlace, blob: bytes) -> bytes:
+        """The authenticated canonical JSON of the fields, not yet decoded (an export
+        writes it as it is, after :func:`decode_fields` checked it). ``dek`` may be an
+        ``AESGCM`` already made from the key, to reuse it across many records."""
         key_version = key_version_of(blob)
         nonce = blob[_HEADER.size : _HEADER.size + NONCE_LEN]
+        aead = dek if isinstance(dek, AESGCM) else AESGCM(dek)
         try:
-            plaintext = AESGCM(dek).decrypt(
+            return aead.decrypt(
                 nonce, blob[_HEADER.size + NONCE_LEN :], place.associated_data(key_version)
             )
         except InvalidTag:
             raise IntegrityFailure(
                 "ciphertext failed authentication: tampered with or not from this place"
             ) from None
-        return decode_fields(plaintext)

@@ -6,6 +6,7 @@ vault.interceptors.ServiceInterceptor.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -40,7 +41,10 @@ _STATE = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def _ts(value: datetime) -> Timestamp:
+    """The Timestamp of ``value``; cached, since a batch's records share their times
+    (messages copy it when they are built, so the cached one is never changed)."""
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp

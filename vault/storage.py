@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -141,6 +141,32 @@ def _subject(row: Any) -> SubjectKeyInfo:
         row.hold_bucket_id,
         row.hold_until,
     )
+
+
+class RecordLike(Protocol):
+    """What decrypting and exporting a record reads: a StoredRecord, or a row of the
+    records table with the same names."""
+
+    @property
+    def subject_id(self) -> str: ...
+    @property
+    def record_id(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def ciphertext(self) -> bytes: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def key_scheme(self) -> str: ...
+    @property
+    def bucket_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +513,7 @@ class Storage:
         with self._session() as s:
             for chunk in _chunks(sorted(set(subject_ids))):
                 query = select(SUBJECTS).where(SubjectRow.subject_id.in_(chunk))
-                for row in s.execute(query):  # Core rows: no ORM object per subject
+                for row in s.connection().execute(query):  # Core: no ORM loading per row
                     found[row.subject_id] = _subject(row)
         return found
 
@@ -501,19 +527,31 @@ class Storage:
         with self._session() as s:
             for chunk in _chunks(sorted({record_id for _, record_id in wanted})):
                 query = select(table).where(RecordRow.record_id.in_(chunk), _readable())
-                for row in s.execute(query):
+                for row in s.connection().execute(query):
                     if (row.subject_id, row.record_id) in wanted:
                         found[(row.subject_id, row.record_id)] = _record(row)
         return found
 
     def records_page(
         self, subject_id: str, category: str, after_record_id: str, limit: int
-    ) -> list[StoredRecord]:
-        """One page of a subject's records of one category in record-id order (Core
-        rows, no ORM objects: exports read hundreds of thousands of them)."""
-        table = RecordRow.__table__
+    ) -> Sequence[RecordLike]:
+        """One page of a subject's records of one category in record-id order, as
+        database rows (no ORM object, no dataclass per row: exports read hundreds of
+        thousands of them)."""
+        c = RECORDS.c
         query = (
-            select(table)
+            select(
+                c.subject_id,
+                c.record_id,
+                c.category,
+                c.version,
+                c.ciphertext,
+                c.origin,
+                c.created_at,
+                c.updated_at,
+                c.key_scheme,
+                c.bucket_id,
+            )
             .where(
                 RecordRow.subject_id == subject_id,
                 RecordRow.category == category,
@@ -524,7 +562,7 @@ class Storage:
             .limit(limit)
         )
         with self._session() as s:
-            return [_record(row) for row in s.execute(query)]
+            return cast(Sequence[RecordLike], s.connection().execute(query).all())
 
     def record_categories(self, subject_id: str) -> list[str]:
         """The categories the subject has readable records in, sorted."""
@@ -550,7 +588,7 @@ class Storage:
                 )
                 found.update(
                     (row.subject_id, row.singleton)
-                    for row in s.execute(query)
+                    for row in s.connection().execute(query)
                     if (row.subject_id, row.singleton) in wanted
                 )
         return found
@@ -576,7 +614,7 @@ class Storage:
                     .where(SubjectRow.subject_id.in_(chunk))
                     .with_for_update(read=True)
                 )
-                for row in s.execute(query):
+                for row in s.connection().execute(query):
                     current[row.subject_id] = (row.key_id, row.state)
             stale = [
                 subject_id
