@@ -284,6 +284,16 @@ class _Walk:
         self.broken_seq, self.reason, self.detail = seq, reason, detail
 
 
+# Built once: a statement made per call cost more to compile than to run.
+_HEAD = (
+    select(AuditEntryRow.seq, AuditEntryRow.hash)
+    .order_by(AuditEntryRow.seq.desc())
+    .limit(1)
+    .with_for_update()
+)
+_INSERT = insert(AuditEntryRow)
+
+
 class _Pending:
     """One append_many call waiting for the group commit."""
 
@@ -402,12 +412,7 @@ class AuditLog:
         entries: list[AuditEntry] = []
         with self._database("audit log write failed") as connection:
             self._lock_chain(connection)
-            head = connection.execute(
-                select(AuditEntryRow.seq, AuditEntryRow.hash)
-                .order_by(AuditEntryRow.seq.desc())
-                .limit(1)
-                .with_for_update()
-            ).first()
+            head = connection.execute(_HEAD).first()
             seq, prev_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
             # Read under the lock, so that times never go backwards along one
             # replica's appends.
@@ -435,7 +440,7 @@ class AuditLog:
                 )
                 prev_hash = digest
             if rows:
-                connection.execute(insert(AuditEntryRow), rows)
+                connection.execute(_INSERT, rows)
             connection.commit()
             self.transactions += 1
         return entries

@@ -18,21 +18,22 @@ from typing import Any, Protocol, cast
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
+    Connection,
     Engine,
     Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from vault.errors import AlreadyExists, SubjectNotFound, Unavailable
 from vault.models import (
@@ -188,6 +189,37 @@ class StoredRecord:
 RECORDS = cast(Table, RecordRow.__table__)
 SUBJECTS = cast(Table, SubjectRow.__table__)
 
+
+def _subject_and_record() -> Any:
+    """Built once (a fresh statement per call cost more to compile than to run)."""
+    record = RECORDS.alias("r")
+    live = (
+        select(RetentionBucketRow.bucket_id)
+        .where(
+            RetentionBucketRow.bucket_id == record.c.bucket_id,
+            RetentionBucketRow.state == BUCKET_ACTIVE,
+        )
+        .exists()
+    )
+    joined = SUBJECTS.outerjoin(
+        record,
+        and_(
+            record.c.subject_id == SUBJECTS.c.subject_id,
+            record.c.record_id == bindparam("record_id"),
+            or_(record.c.bucket_id.is_(None), live),
+        ),
+    )
+    columns = [c.label(f"r_{c.name}") for c in record.c if c.name != "subject_id"]
+    return (
+        select(SUBJECTS, *columns)
+        .select_from(joined)
+        .where(SUBJECTS.c.subject_id == bindparam("subject_id"))
+    )
+
+
+_SUBJECT_AND_RECORD = _subject_and_record()
+_SUBJECT = select(SUBJECTS).where(SUBJECTS.c.subject_id == bindparam("subject_id"))
+
 #: Ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
 IN_CHUNK = 500
 
@@ -316,6 +348,20 @@ class Storage:
         except SQLAlchemyError as e:
             raise Unavailable(f"database error: {type(e).__name__}") from e
 
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A Core transaction (no Session): the hot paths' reads and batch writes. Same
+        error translation as :meth:`_session`."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except IntegrityError as e:
+            raise AlreadyExists("a row with the same unique key exists") from e
+        except DBAPIError as e:
+            raise Unavailable(f"database error: {type(e.orig).__name__}") from e
+        except SQLAlchemyError as e:
+            raise Unavailable(f"database error: {type(e).__name__}") from e
+
     # --- subjects -------------------------------------------------------------------
 
     def insert_subject(self, info: SubjectKeyInfo) -> None:
@@ -337,8 +383,8 @@ class Storage:
             )
 
     def subject(self, subject_id: str) -> SubjectKeyInfo:
-        with self._session() as s:
-            row = s.get(SubjectRow, subject_id)
+        with self._connection() as c:
+            row = c.execute(_SUBJECT, {"subject_id": subject_id}).first()
             if row is None:
                 raise SubjectNotFound("subject not found", subject_id=subject_id)
             return _subject(row)
@@ -348,33 +394,27 @@ class Storage:
     ) -> tuple[SubjectKeyInfo, StoredRecord | None]:
         """The subject and one of its readable records, in one statement (the read
         path: one round trip instead of two)."""
-        record = aliased(RecordRow)
-        query = (
-            select(SubjectRow, record)
-            .outerjoin(
-                record,
-                and_(
-                    record.subject_id == SubjectRow.subject_id,
-                    record.record_id == record_id,
-                    or_(
-                        record.bucket_id.is_(None),
-                        select(RetentionBucketRow.bucket_id)
-                        .where(
-                            RetentionBucketRow.bucket_id == record.bucket_id,
-                            RetentionBucketRow.state == BUCKET_ACTIVE,
-                        )
-                        .exists(),
-                    ),
-                ),
-            )
-            .where(SubjectRow.subject_id == subject_id)
-        )
-        with self._session() as s:
-            row = s.execute(query).first()
+        params = {"subject_id": subject_id, "record_id": record_id}
+        with self._connection() as c:
+            row = c.execute(_SUBJECT_AND_RECORD, params).first()
             if row is None:
                 raise SubjectNotFound("subject not found", subject_id=subject_id)
-            subject, found = row
-            return _subject(subject), None if found is None else _record(found)
+            subject = _subject(row)
+            if row.r_record_id is None:
+                return subject, None
+            return subject, StoredRecord(
+                row.subject_id,
+                row.r_record_id,
+                row.r_category,
+                row.r_version,
+                row.r_ciphertext,
+                row.r_origin,
+                row.r_created_at,
+                row.r_updated_at,
+                row.r_key_scheme,
+                row.r_bucket_id,
+                row.r_retain_until,
+            )
 
     def record_count(self, subject_id: str) -> int:
         with self._session() as s:
@@ -510,10 +550,10 @@ class Storage:
     def subjects(self, subject_ids: Collection[str]) -> dict[str, SubjectKeyInfo]:
         """The subjects among ``subject_ids`` that exist, by id (one query per 500)."""
         found: dict[str, SubjectKeyInfo] = {}
-        with self._session() as s:
+        with self._connection() as c:
             for chunk in _chunks(sorted(set(subject_ids))):
                 query = select(SUBJECTS).where(SubjectRow.subject_id.in_(chunk))
-                for row in s.connection().execute(query):  # Core: no ORM loading per row
+                for row in c.execute(query):  # Core: no ORM loading per row
                     found[row.subject_id] = _subject(row)
         return found
 
@@ -524,10 +564,10 @@ class Storage:
         wanted = set(keys)
         found: dict[tuple[str, str], StoredRecord] = {}
         table = RecordRow.__table__
-        with self._session() as s:
+        with self._connection() as c:
             for chunk in _chunks(sorted({record_id for _, record_id in wanted})):
                 query = select(table).where(RecordRow.record_id.in_(chunk), _readable())
-                for row in s.connection().execute(query):
+                for row in c.execute(query):
                     if (row.subject_id, row.record_id) in wanted:
                         found[(row.subject_id, row.record_id)] = _record(row)
         return found
@@ -561,8 +601,8 @@ class Storage:
             .order_by(RecordRow.record_id)
             .limit(limit)
         )
-        with self._session() as s:
-            return cast(Sequence[RecordLike], s.connection().execute(query).all())
+        with self._connection() as connection:
+            return cast(Sequence[RecordLike], connection.execute(query).all())
 
     def record_categories(self, subject_id: str) -> list[str]:
         """The categories the subject has readable records in, sorted."""
@@ -581,14 +621,14 @@ class Storage:
         if not pairs:
             return found
         wanted = set(pairs)
-        with self._session() as s:
+        with self._connection() as c:
             for chunk in _chunks(sorted({subject_id for subject_id, _ in wanted})):
                 query = select(RecordRow.subject_id, RecordRow.singleton).where(
                     RecordRow.subject_id.in_(chunk), RecordRow.singleton.is_not(None)
                 )
                 found.update(
                     (row.subject_id, row.singleton)
-                    for row in s.connection().execute(query)
+                    for row in c.execute(query)
                     if (row.subject_id, row.singleton) in wanted
                 )
         return found
@@ -604,9 +644,9 @@ class Storage:
         then. The subject rows are locked first (share lock on PostgreSQL, the write
         lock on SQLite), so a shred or re-key waits for this insert or goes first.
         """
-        with self._session() as s:
-            if s.get_bind().dialect.name == "sqlite":
-                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        with self._connection() as c:
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
             current: dict[str, tuple[str, str]] = {}
             for chunk in _chunks(sorted(key_ids)):
                 query = (
@@ -614,7 +654,7 @@ class Storage:
                     .where(SubjectRow.subject_id.in_(chunk))
                     .with_for_update(read=True)
                 )
-                for row in s.connection().execute(query):
+                for row in c.execute(query):
                     current[row.subject_id] = (row.key_id, row.state)
             stale = [
                 subject_id
@@ -626,7 +666,7 @@ class Storage:
             if stale:
                 return stale
             # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
-            s.connection().execute(
+            c.execute(
                 insert(RECORDS),
                 [
                     {
@@ -649,44 +689,10 @@ class Storage:
             return []
 
     def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:
-        """Insert a record if, and only if, its subject is still writable under ``key_id``.
-
-        The state check and the insert are one statement, holding a share lock on the
-        subject row (PostgreSQL) or the write lock (SQLite): a shred or a re-key that
-        starts meanwhile waits for it, then deletes or re-encrypts the row with the
-        others. Returns False when the subject's state or key changed.
-        """
-        values = {
-            "subject_id": record.subject_id,
-            "record_id": record.record_id,
-            "category": record.category,
-            "singleton": singleton,
-            "version": record.version,
-            "ciphertext": record.ciphertext,
-            "origin": record.origin,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-            "key_scheme": record.key_scheme,
-            "bucket_id": record.bucket_id,
-            "retain_until": record.retain_until,
-        }
-        columns = RecordRow.__table__.c
-        source = (
-            select(*(literal(v, columns[k].type).label(k) for k, v in values.items()))
-            .select_from(SubjectRow)
-            .where(
-                SubjectRow.subject_id == record.subject_id,
-                SubjectRow.state.in_(WRITABLE),
-                SubjectRow.key_id == key_id,
-            )
-            .with_for_update(read=True)
-        )
-        with self._session() as s:
-            # RETURNING, not rowcount: drivers report -1 for INSERT ... SELECT.
-            inserted = s.execute(
-                insert(RecordRow).from_select(list(values), source).returning(RecordRow.record_id)
-            )
-            return inserted.first() is not None
+        """Insert a record if, and only if, its subject is still writable under ``key_id``
+        (see :meth:`insert_records`). Returns False when the subject's state or key
+        changed."""
+        return not self.insert_records([(record, singleton)], {record.subject_id: key_id})
 
     def record(self, subject_id: str, record_id: str) -> StoredRecord | None:
         query = select(RecordRow).where(
