@@ -14,19 +14,15 @@ every step is idempotent.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from kms.base import KmsError
+from vault.bulk import MAX_BATCH_ITEMS, BulkOps
 from vault.catalog import RetentionKind
 from vault.errors import OubliError, kms_error
 from vault.service import VaultService
-
-#: Subjects erased side by side (each erasure waits mostly on its KMS call).
-SHRED_WORKERS = 8
 
 ERASE_SUBJECT = "erase_subject"
 DESTROY_BUCKET = "destroy_bucket"
@@ -108,24 +104,20 @@ class RetentionJob:
         total = len(planned)
         done = 0
 
-        def erase(action: RetentionAction) -> RetentionAction:
-            # One failing subject must not stop every other expiry: report and go on.
-            try:
-                receipt = self.vault.shred_subject(action.target)
-            except OubliError as e:
-                return replace(action, records=0, error=e.reason)
-            return replace(action, records=receipt.records_deleted)
-
-        # Erasures wait mostly on the KMS: several run side by side (as a batch shred),
-        # each in a copy of this context (the caller's rule and access note follow).
-        pool = ThreadPoolExecutor(SHRED_WORKERS, thread_name_prefix="oubli-retention")
-        try:
-            futures = [pool.submit(contextvars.copy_context().run, erase, a) for a in subjects]
-            for future in futures:
+        # A thousand erasures at a time, as a batch shred: one transaction marks them,
+        # their keys are destroyed side by side, one transaction finishes them. One
+        # failing subject must not stop every other expiry: it is reported, and stays
+        # refused until the next run completes it.
+        bulk = BulkOps(self.vault)
+        for start in range(0, len(subjects), MAX_BATCH_ITEMS):
+            chunk = subjects[start : start + MAX_BATCH_ITEMS]
+            results = bulk.shred_subjects([action.target for action in chunk])
+            for action, result in zip(chunk, results, strict=True):
                 done += 1
-                yield future.result(), done, total
-        finally:  # a cancelled run starts no further erasure
-            pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(result, OubliError):
+                    yield replace(action, records=0, error=result.reason), done, total
+                else:
+                    yield replace(action, records=result.records_deleted), done, total
         # Erasures may have made hold buckets that are already due: look again.
         buckets = self.vault.storage.due_buckets(self.vault.clock())
         total = done + len(buckets)

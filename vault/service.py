@@ -642,9 +642,12 @@ class VaultService:
             existing = self.storage.receipt(subject_id)
             if existing is None:  # pragma: no cover - finish_shred writes both at once
                 raise IntegrityFailure("erased subject without a receipt")
-            return self._receipt(existing)
+            return self.receipt_view(existing)
         if info.state in WRITABLE:
             self.storage.mark_shredding(subject_id, self.clock())
+            # Read again: a re-key that committed just before the mark moved the subject
+            # to a new key, and that is the key to destroy. From here on it cannot change.
+            info = self.subject_info(subject_id)
         self._hold_legal_records(info)
         self.cache.evict(info.key_id)
         try:
@@ -661,7 +664,7 @@ class VaultService:
             hold_bucket_id=last.bucket_id if last else None,
             hold_until=last.destroy_at if last else None,
         )
-        return self._receipt(receipt)
+        return self.receipt_view(receipt)
 
     def _hold_legal_records(self, info: SubjectKeyInfo) -> None:
         legal = {
@@ -703,7 +706,7 @@ class VaultService:
             )
         self.storage.move_records(moved)
 
-    def _receipt(self, receipt: Receipt) -> ShredReceipt:
+    def receipt_view(self, receipt: Receipt) -> ShredReceipt:
         days = self._kms_backup_retention.days
         template = RESIDUAL_RISK.get(receipt.kms_backend, RESIDUAL_RISK_OTHER)
         return ShredReceipt(

@@ -441,6 +441,35 @@ class Storage:
     def mark_shredding(self, subject_id: str, now: datetime) -> None:
         self.update_subject(subject_id, now, states=WRITABLE, state=SHREDDING)
 
+    def mark_shredding_many(self, subject_ids: Collection[str], now: datetime) -> None:
+        """:meth:`mark_shredding` for many subjects, in one transaction."""
+        with self._session() as s:
+            for chunk in _chunks(sorted(set(subject_ids))):
+                s.execute(
+                    update(SubjectRow)
+                    .where(SubjectRow.subject_id.in_(chunk), SubjectRow.state.in_(WRITABLE))
+                    .values(state=SHREDDING, updated_at=now)
+                )
+
+    def subjects_with_records(
+        self, subject_ids: Collection[str], categories: Sequence[str], scheme: str
+    ) -> set[str]:
+        """Which of ``subject_ids`` have records of ``categories`` under ``scheme``."""
+        found: set[str] = set()
+        with self._connection() as c:
+            for chunk in _chunks(sorted(set(subject_ids))):
+                query = (
+                    select(RecordRow.subject_id)
+                    .where(
+                        RecordRow.subject_id.in_(chunk),
+                        RecordRow.category.in_(categories),
+                        RecordRow.key_scheme == scheme,
+                    )
+                    .distinct()
+                )
+                found.update(c.execute(query).scalars())
+        return found
+
     def finish_shred(
         self,
         subject_id: str,
@@ -452,43 +481,61 @@ class Storage:
         """Delete what may go, keep what is held, forget the wrapped DEK, write the
         receipt and the key ledger: one transaction."""
         with self._session() as s:
-            row = s.get(SubjectRow, subject_id, with_for_update=True)
-            if row is None:
-                raise SubjectNotFound("subject not found", subject_id=subject_id)
-            existing = s.get(ShredReceiptRow, subject_id)
-            if existing is not None:
-                return _receipt(existing)
-            deleted = s.execute(
-                delete(RecordRow).where(
-                    RecordRow.subject_id == subject_id, RecordRow.key_scheme != SCHEME_HOLD
-                )
+            return self._finish_shred(s, subject_id, kms_backend, now, hold_bucket_id, hold_until)
+
+    def finish_shreds(
+        self, subject_ids: Sequence[str], kms_backend: str, now: datetime
+    ) -> dict[str, Receipt]:
+        """:meth:`finish_shred` (nothing held) for many subjects, in one transaction."""
+        with self._session() as s:
+            return {sid: self._finish_shred(s, sid, kms_backend, now) for sid in subject_ids}
+
+    def _finish_shred(
+        self,
+        s: Session,
+        subject_id: str,
+        kms_backend: str,
+        now: datetime,
+        hold_bucket_id: str | None = None,
+        hold_until: datetime | None = None,
+    ) -> Receipt:
+        row = s.get(SubjectRow, subject_id, with_for_update=True)
+        if row is None:
+            raise SubjectNotFound("subject not found", subject_id=subject_id)
+        existing = s.get(ShredReceiptRow, subject_id)
+        if existing is not None:
+            return _receipt(existing)
+        deleted = s.execute(
+            delete(RecordRow).where(
+                RecordRow.subject_id == subject_id, RecordRow.key_scheme != SCHEME_HOLD
             )
-            retained = int(
-                s.scalar(
-                    select(func.count())
-                    .select_from(RecordRow)
-                    .where(RecordRow.subject_id == subject_id)
-                )
-                or 0
+        )
+        retained = int(
+            s.scalar(
+                select(func.count())
+                .select_from(RecordRow)
+                .where(RecordRow.subject_id == subject_id)
             )
-            receipt = ShredReceiptRow(
-                subject_id=subject_id,
-                key_id=row.key_id,
-                kms_backend=kms_backend,
-                records_deleted=int(getattr(deleted, "rowcount", 0) or 0),
-                shredded_at=now,
-                records_retained=retained,
-                retained_until=hold_until if retained else None,
-            )
-            s.add(receipt)
-            self._ledger(s, row.key_id, "subject", now, subject_id)
-            row.state = HELD if retained else SHREDDED
-            row.hold_bucket_id = hold_bucket_id if retained else None
-            row.hold_until = hold_until if retained else None
-            row.wrapped_dek = None
-            row.scheduled_shred_at = None
-            row.updated_at = now
-            return _receipt(receipt)
+            or 0
+        )
+        receipt = ShredReceiptRow(
+            subject_id=subject_id,
+            key_id=row.key_id,
+            kms_backend=kms_backend,
+            records_deleted=int(getattr(deleted, "rowcount", 0) or 0),
+            shredded_at=now,
+            records_retained=retained,
+            retained_until=hold_until if retained else None,
+        )
+        s.add(receipt)
+        self._ledger(s, row.key_id, "subject", now, subject_id)
+        row.state = HELD if retained else SHREDDED
+        row.hold_bucket_id = hold_bucket_id if retained else None
+        row.hold_until = hold_until if retained else None
+        row.wrapped_dek = None
+        row.scheduled_shred_at = None
+        row.updated_at = now
+        return _receipt(receipt)
 
     def receipt(self, subject_id: str) -> Receipt | None:
         with self._session() as s:

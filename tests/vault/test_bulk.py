@@ -248,3 +248,39 @@ def test_streamed_export_of_a_subject_without_records(vault: VaultService) -> No
     document = json.loads(export_json(vault, sid, vault.clock()))
     assert document["categories"] == {}
     assert document["subject"]["subject_id"] == sid
+
+
+def test_batch_shred_keeps_invoices_under_their_hold(vault: VaultService, bulk: BulkOps) -> None:
+    """Subjects with records a law requires to keep take the unary path (hold bucket);
+    the others go the batch way; both end erased with their receipts."""
+    plain = vault.create_subject().subject_id
+    billed = vault.create_subject().subject_id
+    vault.create_record(plain, "support", {"message": "m"}, "c")
+    vault.create_record(billed, "support", {"message": "m"}, "c")
+    vault.create_record(billed, "billing", {"invoice_number": "F-1", "amount": "9"}, "c")
+
+    results = bulk.shred_subjects([plain, billed])
+
+    assert all(isinstance(r, ShredReceipt) for r in results)
+    assert [(r.records_deleted, r.records_retained) for r in results] == [  # type: ignore[union-attr]
+        (1, 0),
+        (1, 1),
+    ]
+    assert vault.get_subject(plain).state == "shredded"
+    assert vault.get_subject(billed).state == "held"
+    with pytest.raises(SubjectShredded):
+        vault.get_record(plain, "a" * 26, "support")
+
+
+def test_batch_shred_destroys_each_key_once_and_writes_the_ledger(
+    vault: VaultService, bulk: BulkOps, memory_kms: InMemoryKeyManager
+) -> None:
+    subjects = [vault.create_subject() for _ in range(5)]
+    keys = [vault.subject_info(s.subject_id).key_id for s in subjects]
+    before = memory_kms.calls
+
+    bulk.shred_subjects([s.subject_id for s in subjects])
+
+    assert memory_kms.calls - before == 5  # one destroy per subject key
+    assert not any(memory_kms.key_exists(k) for k in keys)
+    assert sorted(vault.storage.ledger_key_ids()) == sorted(keys)
