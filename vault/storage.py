@@ -188,6 +188,8 @@ class StoredRecord:
 #: The records table for Core statements (batches and exports skip the ORM's per-row cost).
 RECORDS = cast(Table, RecordRow.__table__)
 SUBJECTS = cast(Table, SubjectRow.__table__)
+SHRED_RECEIPTS = cast(Table, ShredReceiptRow.__table__)
+KEY_LEDGER = cast(Table, KeyLedgerRow.__table__)
 
 
 def _subject_and_record() -> Any:
@@ -257,7 +259,7 @@ class Receipt:
     retained_until: datetime | None = None
 
 
-def _receipt(row: ShredReceiptRow) -> Receipt:
+def _receipt(row: Any) -> Receipt:
     return Receipt(
         row.subject_id,
         row.key_id,
@@ -486,9 +488,95 @@ class Storage:
     def finish_shreds(
         self, subject_ids: Sequence[str], kms_backend: str, now: datetime
     ) -> dict[str, Receipt]:
-        """:meth:`finish_shred` (nothing held) for many subjects, in one transaction."""
+        """:meth:`finish_shred` for many subjects whose keys are destroyed and who hold
+        nothing under a legal hold: one transaction of set-wide statements (a few per
+        500 subjects, not a few per subject). A subject found holding records after all
+        is finished one by one, in the same transaction."""
+        receipts: dict[str, Receipt] = {}
         with self._session() as s:
-            return {sid: self._finish_shred(s, sid, kms_backend, now) for sid in subject_ids}
+            c = s.connection()
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            for chunk in _chunks(list(dict.fromkeys(subject_ids))):
+                keys = dict(
+                    c.execute(
+                        select(SubjectRow.subject_id, SubjectRow.key_id)
+                        .where(SubjectRow.subject_id.in_(chunk))
+                        .with_for_update()
+                    ).all()
+                )
+                for row in c.execute(
+                    select(SHRED_RECEIPTS).where(ShredReceiptRow.subject_id.in_(chunk))
+                ):
+                    receipts[row.subject_id] = _receipt(row)
+                todo = [sid for sid in chunk if sid in keys and sid not in receipts]
+                counts = dict(
+                    c.execute(
+                        select(RecordRow.subject_id, func.count())
+                        .where(RecordRow.subject_id.in_(todo))
+                        .group_by(RecordRow.subject_id)
+                    ).all()
+                )
+                held = set(
+                    c.execute(
+                        select(RecordRow.subject_id)
+                        .where(RecordRow.subject_id.in_(todo), RecordRow.key_scheme == SCHEME_HOLD)
+                        .distinct()
+                    ).scalars()
+                )
+                for sid in held:  # not expected here; the full path handles it
+                    receipts[sid] = self._finish_shred(s, sid, kms_backend, now)
+                todo = [sid for sid in todo if sid not in held]
+                if not todo:
+                    continue
+                c.execute(delete(RecordRow).where(RecordRow.subject_id.in_(todo)))
+                made = [
+                    Receipt(sid, keys[sid], kms_backend, int(counts.get(sid, 0)), now, 0, None)
+                    for sid in todo
+                ]
+                c.execute(
+                    insert(SHRED_RECEIPTS),
+                    [
+                        {
+                            "subject_id": r.subject_id,
+                            "key_id": r.key_id,
+                            "kms_backend": r.kms_backend,
+                            "records_deleted": r.records_deleted,
+                            "shredded_at": now,
+                            "records_retained": 0,
+                            "retained_until": None,
+                        }
+                        for r in made
+                    ],
+                )
+                ledgered = set(
+                    c.execute(
+                        select(KeyLedgerRow.key_id).where(
+                            KeyLedgerRow.key_id.in_([keys[sid] for sid in todo])
+                        )
+                    ).scalars()
+                )
+                rows = [
+                    {"key_id": keys[sid], "kind": "subject", "recorded_at": now, "subject_id": sid}
+                    for sid in todo
+                    if keys[sid] not in ledgered
+                ]
+                if rows:
+                    c.execute(insert(KEY_LEDGER), rows)
+                c.execute(
+                    update(SubjectRow)
+                    .where(SubjectRow.subject_id.in_(todo))
+                    .values(
+                        state=SHREDDED,
+                        hold_bucket_id=None,
+                        hold_until=None,
+                        wrapped_dek=None,
+                        scheduled_shred_at=None,
+                        updated_at=now,
+                    )
+                )
+                receipts.update({r.subject_id: r for r in made})
+        return receipts
 
     def _finish_shred(
         self,
