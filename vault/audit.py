@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from vault.errors import (
     KmsRefused,
     Unavailable,
 )
+from vault.groupcommit import GroupCommit
 from vault.models import AuditCheckpointRow, AuditEntryRow
 from vault.storage import Storage
 
@@ -294,25 +294,6 @@ _HEAD = (
 _INSERT = insert(AuditEntryRow)
 
 
-class _Pending:
-    """One append_many call waiting for the group commit."""
-
-    __slots__ = ("entries", "error", "events", "lead", "wake")
-
-    def __init__(self, events: list[AuditEvent]) -> None:
-        self.events = events
-        self.entries: list[AuditEntry] | None = None
-        self.error: BaseException | None = None
-        self.lead = False  # woken to write the next batch, not with a result
-        self.wake = threading.Event()
-
-    def outcome(self) -> list[AuditEntry]:
-        if self.error is not None:
-            raise self.error
-        assert self.entries is not None
-        return self.entries
-
-
 class AuditLog:
     """The tamper-evident audit trail over the ``audit_entries`` table.
 
@@ -345,11 +326,14 @@ class AuditLog:
         self.signing_key_id = signing_key_id
         # Group commit: appends waiting while another thread writes go together in the
         # next transaction (one lock, one commit, one fsync for all of them).
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._writing = False
-        #: Transactions written so far (tests compare it with the entries appended).
-        self.transactions = 0
+        self._group: GroupCommit[AuditEvent, AuditEntry] = GroupCommit(
+            lambda events: self._write(events)  # looked up per batch (tests replace it)
+        )
+
+    @property
+    def transactions(self) -> int:
+        """Transactions written so far (tests compare it with the entries appended)."""
+        return self._group.batches
 
     # --- writing ----------------------------------------------------------------------
 
@@ -375,37 +359,7 @@ class AuditLog:
         Raises:
             Unavailable: as :meth:`append`.
         """
-        me = _Pending(list(events))
-        with self._queue_lock:
-            self._queue.append(me)
-            lead = not self._writing
-            self._writing = True
-        if not lead:
-            me.wake.wait()
-            if not me.lead:  # a leader wrote it
-                return me.outcome()
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        try:
-            written = self._write([e for pending in batch for e in pending.events])
-            for pending in batch:
-                pending.entries, written = (
-                    written[: len(pending.events)],
-                    written[len(pending.events) :],
-                )
-        except Exception as error:  # every waiter fails with it: nothing was written
-            for pending in batch:
-                pending.error = error
-        with self._queue_lock:
-            if self._queue:  # hand over: the first waiter writes the next batch
-                self._queue[0].lead = True
-                self._queue[0].wake.set()
-            else:
-                self._writing = False
-        for pending in batch:
-            if pending is not me:
-                pending.wake.set()
-        return me.outcome()
+        return self._group.submit(events)
 
     def _write(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
         """Write ``events`` as the next entries of the chain, in one transaction."""
@@ -442,7 +396,6 @@ class AuditLog:
             if rows:
                 connection.execute(_INSERT, rows)
             connection.commit()
-            self.transactions += 1
         return entries
 
     @staticmethod

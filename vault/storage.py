@@ -35,7 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from vault.errors import AlreadyExists, SubjectNotFound, Unavailable
+from vault.errors import AlreadyExists, OubliError, SubjectNotFound, Unavailable
+from vault.groupcommit import GroupCommit
 from vault.models import (
     KeyLedgerRow,
     RecordRow,
@@ -331,12 +332,17 @@ def _readable() -> Any:
     return or_(RecordRow.bucket_id.is_(None), live.exists())
 
 
+#: A record to insert, its singleton (profile categories) and the subject's key id.
+_Insert = tuple["StoredRecord", str | None, str]
+
+
 class Storage:
     """Repository over the oubli schema. Returns plain dataclasses, never ORM rows."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._inserts: GroupCommit[_Insert, bool | OubliError] = GroupCommit(self._insert_group)
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -826,8 +832,42 @@ class Storage:
     def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:
         """Insert a record if, and only if, its subject is still writable under ``key_id``
         (see :meth:`insert_records`). Returns False when the subject's state or key
-        changed."""
-        return not self.insert_records([(record, singleton)], {record.subject_id: key_id})
+        changed.
+
+        Concurrent inserts are group-committed (:mod:`vault.groupcommit`): the records
+        of calls that queue while one insert is written go in the next transaction
+        together. Each call still gets its own answer: a batch that cannot go as one
+        (a stale subject, a duplicate profile record) is retried without the stale
+        subjects, then item by item.
+        """
+        [result] = self._inserts.submit([(record, singleton, key_id)])
+        if isinstance(result, OubliError):
+            raise result
+        return result
+
+    def _insert_group(self, items: list[_Insert]) -> list[bool | OubliError]:
+        key_ids: dict[str, str] = {}
+        if len(items) == 1 or any(
+            key_ids.setdefault(record.subject_id, key_id) != key_id for record, _, key_id in items
+        ):
+            return [self._insert_alone(item) for item in items]
+        try:
+            stale = set(self.insert_records([(r, one) for r, one, _ in items], key_ids))
+        except OubliError:  # e.g. one duplicate profile record: each gets its own answer
+            return [self._insert_alone(item) for item in items]
+        if not stale:
+            return [True] * len(items)
+        # Nothing was written: again without the subjects whose state or key changed.
+        fresh = [item for item in items if item[0].subject_id not in stale]
+        done = iter(self._insert_group(fresh) if fresh else [])
+        return [False if item[0].subject_id in stale else next(done) for item in items]
+
+    def _insert_alone(self, item: _Insert) -> bool | OubliError:
+        record, singleton, key_id = item
+        try:
+            return not self.insert_records([(record, singleton)], {record.subject_id: key_id})
+        except OubliError as e:
+            return e
 
     def record(self, subject_id: str, record_id: str) -> StoredRecord | None:
         query = select(RecordRow).where(
