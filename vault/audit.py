@@ -54,7 +54,7 @@ from vault.errors import (
 )
 from vault.groupcommit import GroupCommit
 from vault.models import AuditCheckpointRow, AuditEntryRow
-from vault.storage import Storage
+from vault.storage import Storage, sqlite_writer
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
@@ -364,7 +364,7 @@ class AuditLog:
     def _write(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
         """Write ``events`` as the next entries of the chain, in one transaction."""
         entries: list[AuditEntry] = []
-        with self._database("audit log write failed") as connection:
+        with sqlite_writer(self._engine), self._database("audit log write failed") as connection:
             self._lock_chain(connection)
             head = connection.execute(_HEAD).first()
             seq, prev_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)

@@ -8,6 +8,8 @@ one transaction, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,6 +90,29 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITERS_GUARD = threading.Lock()
+
+
+@contextmanager
+def sqlite_writer(engine: Engine) -> Iterator[None]:
+    """Queue this process's SQLite writers on a lock before ``BEGIN IMMEDIATE``.
+
+    SQLite has one write lock; a writer that finds it taken sleeps in its busy handler
+    (1, 2, 5, 10 … ms) and polls again, so concurrent writers of one process — audit
+    appends beside record inserts — lose milliseconds each. Waiting on a lock here
+    wakes them the moment the writer before them commits. Other processes still meet
+    at SQLite's own lock. A no-op for other databases.
+    """
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    with _WRITERS_GUARD:
+        lock = _WRITERS.setdefault(engine, threading.Lock())
+    with lock:
+        yield
 
 
 def migrate(engine: Engine) -> None:
@@ -499,7 +524,7 @@ class Storage:
         500 subjects, not a few per subject). A subject found holding records after all
         is finished one by one, in the same transaction."""
         receipts: dict[str, Receipt] = {}
-        with self._session() as s:
+        with sqlite_writer(self.engine), self._session() as s:
             c = s.connection()
             if c.dialect.name == "sqlite":
                 c.exec_driver_sql("BEGIN IMMEDIATE")
@@ -785,7 +810,7 @@ class Storage:
         then. The subject rows are locked first (share lock on PostgreSQL, the write
         lock on SQLite), so a shred or re-key waits for this insert or goes first.
         """
-        with self._connection() as c:
+        with sqlite_writer(self.engine), self._connection() as c:
             if c.dialect.name == "sqlite":
                 c.exec_driver_sql("BEGIN IMMEDIATE")
             current: dict[str, tuple[str, str]] = {}
