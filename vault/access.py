@@ -79,7 +79,6 @@ class AccessNote:
 
 
 _note: ContextVar[AccessNote | None] = ContextVar("oubli_access_note", default=None)
-_item: ContextVar[ItemNote | None] = ContextVar("oubli_batch_item", default=None)
 
 
 @contextmanager
@@ -94,34 +93,8 @@ def noting(note: AccessNote) -> Iterator[None]:
 def note(category: str, fields: Iterable[str] = ()) -> None:
     current = _note.get()
     if current is not None:
-        fields = tuple(fields)
         current.categories.add(category)
         current.fields.update(fields)
-        item = _item.get()
-        if item is not None:
-            item.categories.add(category)
-            item.fields.update(fields)
-
-
-@contextmanager
-def batch_item(subject_id: str, purpose: str = "") -> Iterator[None]:
-    """Attribute what the enclosed code notes to ``subject_id`` (one batch item, read
-    for ``purpose``); an error leaving it is recorded as the item's outcome and
-    re-raised."""
-    current = _note.get()
-    if current is None:
-        yield
-        return
-    item = current.item(subject_id, purpose)
-    token = _item.set(item)
-    try:
-        yield
-    except Exception as error:
-        if item.outcome is None:
-            item.outcome = getattr(error, "reason", None) or "INTERNAL"
-        raise
-    finally:
-        _item.reset(token)
 
 
 def current_note() -> AccessNote | None:

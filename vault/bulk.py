@@ -7,7 +7,7 @@ bulk; one call per record would spend most of its time in round trips. Each batc
 - unwraps the DEKs of cold subjects together before any decryption
   (:meth:`kms.base.KeyManager.unwrap_many`), so cached subjects cost no KMS call and
   cold ones are unwrapped side by side instead of one after the other;
-- notes what each subject's items touched (:func:`vault.access.batch_item`), which
+- notes what each subject's items touched (:meth:`vault.access.AccessNote.item`), which
   the audit trail writes as one entry per subject.
 
 Puts are atomic (one transaction: all records or none); gets and shreds succeed or
