@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 
 class OpenBaoNotFound(RuntimeError):
@@ -42,18 +42,64 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class OpenBaoDevServer:
+class _BaoProcess:
+    """A ``bao server`` child process: stop, state, and use as a context manager."""
+
+    #: Seconds a terminated server gets to exit before it is killed.
+    stop_timeout = 10.0
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class OpenBaoDevServer(_BaoProcess):
     """``bao server -dev`` on a free loopback port with a random root token."""
 
     def __init__(self, log_path: Path | None = None, port: int | None = None) -> None:
+        super().__init__()
         self.port = port or free_port()
         self.token = "dev-" + secrets.token_hex(16)
         self.address = f"http://127.0.0.1:{self.port}"
         self._log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> OpenBaoDevServer:
-        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+    def start(self, timeout: float = 30.0) -> Self:
+        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         self._process = subprocess.Popen(
             [
@@ -63,7 +109,7 @@ class OpenBaoDevServer:
                 f"-dev-root-token-id={self.token}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
             ],
-            stdout=log,
+            stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             env=env,
         )
@@ -79,31 +125,6 @@ class OpenBaoDevServer:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("OpenBao did not become ready in time")
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def __enter__(self) -> OpenBaoDevServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _health(address: str) -> int | None:
@@ -128,7 +149,7 @@ def _put(address: str, path: str, body: dict[str, object]) -> dict[str, Any]:
         return answer
 
 
-class OpenBaoRaftServer:
+class OpenBaoRaftServer(_BaoProcess):
     """A single-node OpenBao with persistent Integrated Storage (raft) under ``data_dir``.
 
     Unlike the dev server, keys survive a restart: this is the storage a production
@@ -139,9 +160,12 @@ class OpenBaoRaftServer:
     the same data: for benchmarks and tests only, never a way to run a real OpenBao.
     """
 
+    stop_timeout = 30.0
+
     def __init__(
         self, data_dir: Path, log_path: Path | None = None, port: int | None = None
     ) -> None:
+        super().__init__()
         self.data_dir = data_dir
         self.port = port or free_port()
         self.cluster_port = free_port()
@@ -149,8 +173,6 @@ class OpenBaoRaftServer:
         self.token = ""
         self.unseal_key = ""
         self._log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +200,7 @@ class OpenBaoRaftServer:
             time.sleep(0.1)
         raise RuntimeError(f"OpenBao did not reach health {sorted(wanted)} in time")
 
-    def start(self, timeout: float = 60.0) -> OpenBaoRaftServer:
+    def start(self, timeout: float = 60.0) -> Self:
         config = self._write_config()
         self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
@@ -206,35 +228,3 @@ class OpenBaoRaftServer:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self.running and self._process else None
-
-    def __enter__(self) -> OpenBaoRaftServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

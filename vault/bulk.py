@@ -20,10 +20,11 @@ import contextvars
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kms.base import KmsError
 from vault import access
-from vault.catalog import Cardinality, RetentionKind
+from vault.catalog import Cardinality, Category, RetentionKind
 from vault.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -60,6 +61,16 @@ class RecordRead:
     subject_id: str
     record_id: str
     purpose: str
+
+
+class _Checked(NamedTuple):
+    """A batch put's item once validated: its category, fields, origin and singleton."""
+
+    item: NewRecord
+    spec: Category
+    fields: dict[str, str]
+    origin: str
+    singleton: str | None
 
 
 def check_batch(field: str, size: int) -> None:
@@ -111,7 +122,7 @@ class BulkOps:
             results = self.vault.kms.unwrap_many(
                 [(i.key_id, i.wrapped_dek or b"") for i in cold.values()]
             )
-        except Exception:  # the KMS is down: each item reports it
+        except KmsError:  # the KMS is down: each item reports it
             return
         for info, result in zip(cold.values(), results, strict=True):
             if isinstance(result, bytes):
@@ -123,7 +134,7 @@ class BulkOps:
         """Store every record of ``items`` or none; records come back in request order."""
         check_batch("requests", len(items))
         vault = self.vault
-        checked: list[tuple[NewRecord, dict[str, str], str, str | None]] = []
+        checked: list[_Checked] = []
         singletons: set[tuple[str, str]] = set()
         index = 0
         try:
@@ -141,19 +152,19 @@ class BulkOps:
                             category=item.category,
                         )
                     singletons.add((item.subject_id, singleton))
-                checked.append((item, fields, origin, singleton))
+                checked.append(_Checked(item, spec, fields, origin, singleton))
         except OubliError as e:
             raise at_index(e, "requests", index) from None
         # Every item's subject and (checked) names are noted before anything runs: if
         # the batch fails half-way, each subject's audit entry still says what it was.
         note = access.current_note()
         if note is not None:
-            for item, fields, _, _ in checked:
-                share = note.item(item.subject_id)
-                share.categories.add(item.category)
-                share.fields.update(fields)
+            for c in checked:
+                share = note.item(c.item.subject_id)
+                share.categories.add(c.item.category)
+                share.fields.update(c.fields)
         existing = vault.storage.existing_singletons(singletons)
-        for index, (item, _, _, singleton) in enumerate(checked):
+        for index, (item, _, _, _, singleton) in enumerate(checked):
             if singleton is not None and (item.subject_id, singleton) in existing:
                 error = AlreadyExists(
                     f"category {item.category} holds one record per subject; update it",
@@ -167,19 +178,18 @@ class BulkOps:
             rows: list[tuple[StoredRecord, str | None]] = []
             views: list[RecordView] = []
             try:
-                for index, (item, _, _, _) in enumerate(checked):  # noqa: B007 - as above
+                for index, (item, spec, _, _, _) in enumerate(checked):  # noqa: B007 - as above
                     info = infos.get(item.subject_id)
                     if info is None:
                         raise SubjectNotFound("subject not found", subject_id=item.subject_id)
                     if info.state not in WRITABLE or info.wrapped_dek is None:
                         raise SubjectShredded("the subject was erased", subject_id=info.subject_id)
-                    authorize_write(vault.catalog.category(item.category), info)
+                    authorize_write(spec, info)
                     refuse_if_restricted(info)
                 self.warm_keys(list(infos.values()))
                 now = vault.clock()
-                for index, (item, fields, origin, singleton) in enumerate(checked):
+                for index, (item, spec, fields, origin, singleton) in enumerate(checked):
                     info = infos[item.subject_id]
-                    spec = vault.catalog.category(item.category)
                     scheme, bucket_id, retain_until = vault.placement(spec, now)
                     record_id = record_ids[index]
                     ciphertext = vault.seal(
@@ -219,7 +229,7 @@ class BulkOps:
             except OubliError as e:
                 failed = at_index(e, "requests", index)
                 if note is not None:  # that subject's entry names the item's reason
-                    note.item(checked[index][0].subject_id).outcome = failed.reason
+                    note.item(checked[index].item.subject_id).outcome = failed.reason
                 raise failed from None
             try:
                 stale = vault.storage.insert_records(

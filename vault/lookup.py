@@ -53,7 +53,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, delete, insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kms.base import KeyManager, KmsError
@@ -62,12 +61,11 @@ from vault.errors import (
     AlreadyExists,
     InvalidArgument,
     OubliError,
-    Unavailable,
     kms_error,
 )
 from vault.ids import RandomBytes, new_id
 from vault.models import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
-from vault.storage import WRITABLE, Storage
+from vault.storage import WRITABLE, Storage, translate_db_errors
 
 EMAIL = "email"
 PHONE = "phone"
@@ -224,15 +222,8 @@ class _Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except IntegrityError as e:
-            raise AlreadyExists("a row with the same unique key exists") from e
-        except DBAPIError as e:
-            raise Unavailable(f"database error: {type(e.orig).__name__}") from e
-        except SQLAlchemyError as e:
-            raise Unavailable(f"database error: {type(e).__name__}") from e
+        with translate_db_errors(), self._sessions.begin() as session:
+            yield session
 
 
 class BlindIndex:

@@ -92,6 +92,20 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+@contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """The database seam's one translation of SQLAlchemy errors into domain errors
+    (the exception class only: a driver's message may quote a value)."""
+    try:
+        yield
+    except IntegrityError as e:
+        raise AlreadyExists("a row with the same unique key exists") from e
+    except DBAPIError as e:
+        raise Unavailable(f"database error: {type(e.orig).__name__}") from e
+    except SQLAlchemyError as e:
+        raise Unavailable(f"database error: {type(e).__name__}") from e
+
+
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _WRITERS_GUARD = threading.Lock()
 
@@ -371,29 +385,15 @@ class Storage:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except IntegrityError as e:
-            raise AlreadyExists("a row with the same unique key exists") from e
-        except DBAPIError as e:
-            raise Unavailable(f"database error: {type(e.orig).__name__}") from e
-        except SQLAlchemyError as e:
-            raise Unavailable(f"database error: {type(e).__name__}") from e
+        with translate_db_errors(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
         """A Core transaction (no Session): the hot paths' reads and batch writes. Same
         error translation as :meth:`_session`."""
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except IntegrityError as e:
-            raise AlreadyExists("a row with the same unique key exists") from e
-        except DBAPIError as e:
-            raise Unavailable(f"database error: {type(e.orig).__name__}") from e
-        except SQLAlchemyError as e:
-            raise Unavailable(f"database error: {type(e).__name__}") from e
+        with translate_db_errors(), self.engine.begin() as connection:
+            yield connection
 
     # --- subjects -------------------------------------------------------------------
 

@@ -25,23 +25,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vault.callers import CALLER_NAME
 from vault.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     OubliError,
     PermissionDenied,
     RecordNotFound,
-    Unavailable,
 )
 from vault.ids import check_id, new_id
 from vault.models import RecordRow, RetentionBucketRow, SupportGrantRow
 from vault.service import RecordView, VaultService
-from vault.storage import BUCKET_ACTIVE, SCHEME_SUBJECT, WRITABLE
+from vault.storage import BUCKET_ACTIVE, SCHEME_SUBJECT, WRITABLE, translate_db_errors
 
 #: The catalog category a grant's ticket must belong to, and the purpose reads state.
 SUPPORT_CATEGORY = "support"
@@ -159,15 +156,8 @@ class SupportAccess:
     @contextmanager
     def _session(self) -> Iterator[Session]:
         """One transaction; SQLAlchemy errors translated as vault.storage does."""
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except IntegrityError as e:
-            raise AlreadyExists("a row with the same unique key exists") from e
-        except DBAPIError as e:
-            raise Unavailable(f"database error: {type(e.orig).__name__}") from e
-        except SQLAlchemyError as e:
-            raise Unavailable(f"database error: {type(e).__name__}") from e
+        with translate_db_errors(), self._sessions.begin() as session:
+            yield session
 
     # --- grants ---------------------------------------------------------------------
 
