@@ -44,6 +44,7 @@ from vault.grpc_api import (
 from vault.interceptors import ServiceInterceptor
 from vault.keycache import DataKeyCache
 from vault.metrics import MetricsServer, build_registry, start_metrics_server
+from vault.private_files import make_private_dir, tighten, write_private
 from vault.retention import RetentionJob
 from vault.rights import RightsService
 from vault.service import VaultService
@@ -69,9 +70,31 @@ def build_kms(config: ServerConfig) -> KeyManager:
     return LocalKeystore(config.resolved_keystore_path)
 
 
+def private_data_dir(config: ServerConfig) -> None:
+    """Make what oubli keeps on this machine private before anything opens it.
+
+    The data directory is created 0700 when the embedded database or the default
+    keystore lives there. Its existing directory, the default keystore directory, the
+    keystore file and its journals and the tokens file lose any group or other
+    permission (logged); one another user owns raises ``OpenToOthers``. The database
+    file gets the same treatment in ``make_engine``.
+    """
+    default_keystore = config.kms == "local" and config.keystore_path is None
+    if not config.database_url or default_keystore:
+        make_private_dir(config.data_dir)
+    owned = [config.resolved_tokens_path]
+    if not config.database_url or default_keystore or config.tokens_path is None:
+        owned.insert(0, config.data_dir)
+    if default_keystore:
+        owned.append(config.resolved_keystore_path.parent)
+    if config.kms == "local":
+        keystore = config.resolved_keystore_path
+        owned += [keystore, Path(f"{keystore}-wal"), Path(f"{keystore}-shm")]
+    tighten(owned)
+
+
 def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
-    if not config.database_url:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(config)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
     return VaultService(
@@ -190,9 +213,7 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
         **({"metrics_port": running.metrics.port} if running.metrics else {}),
     )
     if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(str(running.port))
-        tmp.replace(ready_file)
+        write_private(ready_file, str(running.port).encode())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
