@@ -3,34 +3,24 @@ and any file others can read."""
 
 from __future__ import annotations
 
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import hvac
 import pytest
 
 from kms.openbao_process import OpenBaoDevServer
+from tests.file_modes import mode, umask
 
 pytestmark = pytest.mark.openbao
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The common umask, under which files are world-readable unless made otherwise."""
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
 def test_the_root_token_is_not_on_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask_022: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     log = tmp_path / "openbao.log"
-    with OpenBaoDevServer(log) as bao:
+    with umask(0o022), OpenBaoDevServer(log) as bao:
         assert bao.pid is not None
         command_line = Path(f"/proc/{bao.pid}/cmdline").read_bytes().split(b"\0")
         assert b"-dev" in command_line  # the dev server itself, not a wrapper
@@ -39,6 +29,6 @@ def test_the_root_token_is_not_on_the_command_line(
         client = hvac.Client(url=bao.address, token=bao.token)
         assert client.auth.token.lookup_self()["data"]["policies"] == ["root"]
         client.adapter.close()
-        assert stat.S_IMODE(log.stat().st_mode) == 0o600  # the log prints the token
+        assert mode(log) == 0o600  # the log prints the token
     # the dev server did not write its token to ~/.vault-token (nor ~/.bao-token)
     assert list((tmp_path / "home").iterdir()) == []
