@@ -280,14 +280,15 @@ def _stream_to_stdout(chunks: Iterator[bytes]) -> None:
 def _stream_to_file(chunks: Iterator[bytes], output: Path) -> None:
     """Write the chunks to ``output``: a regular file is replaced only once the whole
     document arrived (a failed export leaves it untouched), and is 0600 whatever the
-    umask or the mode of the file it replaces — it holds personal data; anything else
-    (a FIFO, a device, a symlink such as /dev/stdout) is written as the chunks come. Nothing is
-    opened before the first chunk, so an export the server refuses writes nothing."""
+    umask or the mode of the file it replaces, as it holds personal data; anything else
+    (a FIFO, a device, a symlink such as /dev/stdout) is written as the chunks come.
+    Nothing is opened before the first chunk, so an export the server refuses writes
+    nothing."""
     first = next(chunks, None)
     if first is None:  # pragma: no cover - the server always sends the document's end
         raise OubliClientError(StatusCode.UNKNOWN, "the server sent no data")
     if output.is_symlink() or (output.exists() and not output.is_file()):
-        # O_CREAT's mode applies only if a dangling symlink makes the file
+        # the mode only matters when a dangling symlink makes the file
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "wb") as sink:
             for chunk in itertools.chain((first,), chunks):

@@ -72,7 +72,7 @@ def build_kms(config: ServerConfig) -> KeyManager:
     return LocalKeystore(config.resolved_keystore_path)
 
 
-def private_data_dir(config: ServerConfig) -> None:
+def make_local_files_private(config: ServerConfig) -> None:
     """Make what oubli keeps on this machine private before anything opens it.
 
     The data directory is created 0700 when the embedded database or the default
@@ -96,7 +96,7 @@ def private_data_dir(config: ServerConfig) -> None:
 
 
 def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
-    private_data_dir(config)
+    make_local_files_private(config)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
     return VaultService(
