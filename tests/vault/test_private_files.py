@@ -141,3 +141,12 @@ def test_a_data_dir_that_cannot_be_made_private_is_refused(
     assert f"reconcile failed: {data} is open to other users (mode 0755)" in message
     assert f"chmod go= {data}" in message
     assert not (data / "oubli.db").exists()
+
+
+def test_token_create_makes_the_data_dir_private(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "oubli-data"
+    with umask(0o022):
+        result = CliRunner().invoke(app, ["token", "create", "billing", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert open_to_others(tmp_path / "new") == {}
+    assert (data / "tokens.toml").exists()
