@@ -1,9 +1,11 @@
 """The embedded default KMS: subject keys in their own SQLite file.
 
 The keystore file must never be the data database (a database backup must not carry
-keys) and is created with mode 0600. A destroyed key must really be gone from disk:
-SQLite leaves deleted rows in free pages and old pages in the WAL, so the keystore runs
-with ``secure_delete=ON`` (deleted content is overwritten with zeros) in WAL mode, and
+keys). It is created with mode 0600 (SQLite gives its ``-wal`` and ``-shm`` the same
+mode) and missing directories above it 0700, whatever the umask (``oubli serve`` also
+tightens an existing one: vault/server.py). A destroyed key must really be gone from
+disk: SQLite leaves deleted rows in free pages and old pages in the WAL, so the keystore
+runs with ``secure_delete=ON`` (deleted content is overwritten with zeros) in WAL mode, and
 every destroy ends with ``wal_checkpoint(TRUNCATE)`` so neither the file nor its
 journal keeps the key's bytes. Several processes may share one keystore file.
 
@@ -52,6 +54,22 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 """
 
 
+def _create_private(path: Path) -> None:
+    """Create the missing directories above ``path`` 0700 and ``path`` itself 0600."""
+    for directory in reversed([p for p in path.parents if not p.exists()]):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours to chmod
+        os.chmod(directory, 0o700)  # the umask may have taken owner bits
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
 class LocalKeystore(KeyManager):
     backend_name = "local-keystore"
 
@@ -68,9 +86,7 @@ class LocalKeystore(KeyManager):
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            _create_private(self.path)
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )

@@ -55,6 +55,15 @@ class _BaoProcess:
     def start(self) -> Self:
         raise NotImplementedError
 
+    def _open_log(self, path: Path | None) -> None:
+        """The server's output goes to ``path`` (appended), a 0600 file: a dev server
+        prints its root token there."""
+        if path is None:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # also an existing log, and whatever the umask
+        self._log = os.fdopen(fd, "ab")
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
@@ -99,14 +108,19 @@ class OpenBaoDevServer(_BaoProcess):
         self._log_path = log_path
 
     def start(self, timeout: float = 30.0) -> Self:
-        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115
+        self._open_log(self._log_path)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        # The root token goes through the environment: a command line is in the process
+        # table for every user to read, /proc/PID/environ only for the same user.
+        env["BAO_DEV_ROOT_TOKEN_ID"] = self.token
         self._process = subprocess.Popen(
             [
                 find_bao(),
                 "server",
                 "-dev",
-                f"-dev-root-token-id={self.token}",
+                # else the dev server writes its root token to ~/.vault-token, replacing
+                # whatever token the user keeps there
+                "-dev-no-store-token",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
             ],
             stdout=self._log or subprocess.DEVNULL,
@@ -175,8 +189,9 @@ class OpenBaoRaftServer(_BaoProcess):
         self._log_path = log_path
 
     def _write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self.data_dir / "openbao.hcl"
+        config.touch(mode=0o600)
         config.write_text(
             # performance_multiplier 1: raft's tightest timings (production's advice too),
             # so the lone node elects itself in ~2 s rather than ~10 s. No disable_mlock:
@@ -202,7 +217,7 @@ class OpenBaoRaftServer(_BaoProcess):
 
     def start(self, timeout: float = 60.0) -> Self:
         config = self._write_config()
-        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115
+        self._open_log(self._log_path)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         self._process = subprocess.Popen(
             [find_bao(), "server", f"-config={config}"],

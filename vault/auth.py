@@ -26,6 +26,7 @@ import grpc
 
 from vault.callers import CALLER_NAME
 from vault.errors import OubliError
+from vault.private_files import make_private_dir
 
 
 class Unauthenticated(OubliError):
@@ -79,7 +80,7 @@ class TokenStore:
         for name in sorted(current):
             quoted = ", ".join(f'"{h}"' for h in sorted(current[name]))
             lines.append(f'"{name}" = [{quoted}]')
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:

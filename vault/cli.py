@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from vault.catalog import CatalogError
 from vault.config import ConfigError, ServerConfig, parse_host_port
 from vault.errors import OubliError
 from vault.logs import configure_logging
+from vault.private_files import PRIVATE_FILE_MODE, OpenToOthers
 
 app = typer.Typer(help="oubli: encrypted personal-data vault with crypto-shredding.")
 subject_app = typer.Typer(help="Act on one subject through a running server.")
@@ -53,7 +53,14 @@ def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
 
     try:
         serve(config, ready_file)
-    except (OubliError, CatalogError, CallerPolicyError, ConfigError, KmsError) as e:
+    except (
+        OubliError,
+        CatalogError,
+        CallerPolicyError,
+        ConfigError,
+        KmsError,
+        OpenToOthers,
+    ) as e:
         raise _fail("cannot start:", e) from None
 
 
@@ -130,6 +137,7 @@ def dev(
     from kms.openbao_process import OpenBaoDevServer
     from vault.auth import TokenStore
     from vault.callers import CallerPolicy
+    from vault.private_files import make_private_dir, write_private
 
     if metrics_listen:  # refused before OpenBao starts, like serve's invalid settings
         try:
@@ -151,13 +159,10 @@ def dev(
             vault_addr=bao.address,
             vault_token=bao.token,
         )
-        token_dir = tokens_out or Path(tmp) / "tokens"
-        token_dir.mkdir(parents=True, exist_ok=True)
+        token_dir = make_private_dir(tokens_out or Path(tmp) / "tokens")
         store = TokenStore(config.resolved_tokens_path)
         for caller in CallerPolicy.load().callers:
-            path = token_dir / f"{caller}.token"
-            path.touch(mode=0o600)
-            path.write_text(store.create(caller))
+            write_private(token_dir / f"{caller}.token", store.create(caller).encode())
         err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")
         _run_server(config, ready_file)
 
@@ -208,7 +213,7 @@ def reconcile(
     try:
         vault = build_vault(config)
         checked = vault.reconcile_shreds()
-    except (OubliError, CatalogError, KmsError) as e:
+    except (OubliError, CatalogError, KmsError, OpenToOthers) as e:
         raise _fail("reconcile failed:", e) from None
     print(f"{checked} shredded keys confirmed destroyed")
 
@@ -274,29 +279,27 @@ def _stream_to_stdout(chunks: Iterator[bytes]) -> None:
 
 def _stream_to_file(chunks: Iterator[bytes], output: Path) -> None:
     """Write the chunks to ``output``: a regular file is replaced only once the whole
-    document arrived (a failed export leaves it untouched); anything else (a FIFO, a
-    device, a symlink such as /dev/stdout) is written as the chunks come. Nothing is
-    opened before the first chunk, so an export the server refuses writes nothing."""
+    document arrived (a failed export leaves it untouched), and is 0600 whatever the
+    umask or the mode of the file it replaces, as it holds personal data; anything else
+    (a FIFO, a device, a symlink such as /dev/stdout) is written as the chunks come.
+    Nothing is opened before the first chunk, so an export the server refuses writes
+    nothing."""
     first = next(chunks, None)
     if first is None:  # pragma: no cover - the server always sends the document's end
         raise OubliClientError(StatusCode.UNKNOWN, "the server sent no data")
     if output.is_symlink() or (output.exists() and not output.is_file()):
-        with output.open("wb") as sink:
-            for chunk in itertools.chain((first,), chunks):
-                sink.write(chunk)
-        return
-    if output.exists():
-        mode = stat.S_IMODE(output.stat().st_mode)
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask  # what creating the file directly would have given
-    fd, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    try:
+        # the mode only matters when a dangling symlink makes the file
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "wb") as sink:
             for chunk in itertools.chain((first,), chunks):
                 sink.write(chunk)
-        os.chmod(partial, mode)
+        return
+    fd, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as sink:
+            for chunk in itertools.chain((first,), chunks):
+                sink.write(chunk)
         os.replace(partial, output)
     except BaseException:
         Path(partial).unlink(missing_ok=True)

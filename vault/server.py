@@ -6,8 +6,10 @@ Registers oubli's services, gRPC health checking and server reflection; with
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from vault.auth import Authenticator, TokenStore
 from vault.callers import CallerPolicy
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
-from vault.config import ConfigError, ServerConfig
+from vault.config import ConfigError, ServerConfig, parse_host_port
 from vault.errors import Unavailable
 from vault.finder import SubjectFinder
 from vault.grpc_api import (
@@ -44,6 +46,7 @@ from vault.grpc_api import (
 from vault.interceptors import ServiceInterceptor
 from vault.keycache import DataKeyCache
 from vault.metrics import MetricsServer, build_registry, start_metrics_server
+from vault.private_files import make_private_dir, tighten, write_private
 from vault.retention import RetentionJob
 from vault.rights import RightsService
 from vault.service import VaultService
@@ -69,9 +72,31 @@ def build_kms(config: ServerConfig) -> KeyManager:
     return LocalKeystore(config.resolved_keystore_path)
 
 
+def make_local_files_private(config: ServerConfig) -> None:
+    """Make what oubli keeps on this machine private before anything opens it.
+
+    The data directory is created 0700 when the embedded database or the default
+    keystore lives there. Its existing directory, the default keystore directory, the
+    keystore file and its journals and the tokens file lose any group or other
+    permission (logged); one another user owns raises ``OpenToOthers``. The database
+    file gets the same treatment in ``make_engine``.
+    """
+    default_keystore = config.kms == "local" and config.keystore_path is None
+    if not config.database_url or default_keystore:
+        make_private_dir(config.data_dir)
+    owned = [config.resolved_tokens_path]
+    if not config.database_url or default_keystore or config.tokens_path is None:
+        owned.insert(0, config.data_dir)
+    if default_keystore:
+        owned.append(config.resolved_keystore_path.parent)
+    if config.kms == "local":
+        keystore = config.resolved_keystore_path
+        owned += [keystore, Path(f"{keystore}-wal"), Path(f"{keystore}-shm")]
+    tighten(owned)
+
+
 def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
-    if not config.database_url:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+    make_local_files_private(config)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
     return VaultService(
@@ -121,15 +146,29 @@ def start_server(
     clock: Clock = utc_now,
     auth: tuple[Authenticator, CallerPolicy] | None = None,
     audit: AuditRecorder | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> RunningServer:
+    """Build and start the gRPC server for ``config``.
+
+    The listening port is this server's alone: a port another process listens on is
+    refused (``Unavailable``) rather than shared. ``reuse_port=True`` (SO_REUSEPORT) is
+    for several worker processes of one server, on one database, that deliberately
+    share the port; the kernel then spreads connections among them. It cannot join a
+    port an exclusive server holds.
+    """
     vault = vault or build_vault(config, clock)
     authenticator, policy = auth or build_auth(config)
     audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock)
-    audit.start_checkpoints(config.audit_checkpoint_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[ServiceInterceptor(authenticator, policy, audit)],
-        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            # grpc turns SO_REUSEPORT on by default: a second server on the same port
+            # would then start without a word and take half the connections.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
     )
     pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
     pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
@@ -159,12 +198,37 @@ def start_server(
         else:
             port = server.add_insecure_port(config.listen)
     except RuntimeError as e:  # grpc raises it when the address is taken or invalid
-        raise Unavailable(f"cannot listen on {config.listen}") from e
+        raise Unavailable(_cannot_listen(config.listen)) from e
     if port == 0:
-        raise Unavailable("cannot listen on the configured address")
+        raise Unavailable(_cannot_listen(config.listen))
     metrics = start_metrics(config, vault)
+    audit.start_checkpoints(config.audit_checkpoint_seconds)
     server.start()
     return RunningServer(server, port, vault, health_servicer, audit, metrics)
+
+
+def _cannot_listen(listen: str) -> str:
+    """Why ``listen`` could not be bound, as far as a plain bind can tell (grpc says
+    only that it failed)."""
+    try:
+        host, port = parse_host_port(listen, "--listen")
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (ConfigError, OSError):
+        return f"cannot listen on {listen}: not a host:port this machine can resolve"
+    reason = ""
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return (
+                        f"cannot listen on {listen}: the port is in use (another oubli "
+                        "server, or another program, listens there)"
+                    )
+                reason = reason or f": {e.strerror}"
+    return f"cannot listen on {listen}{reason}"
 
 
 def start_metrics(config: ServerConfig, vault: VaultService) -> MetricsServer | None:
@@ -190,9 +254,7 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
         **({"metrics_port": running.metrics.port} if running.metrics else {}),
     )
     if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(str(running.port))
-        tmp.replace(ready_file)
+        write_private(ready_file, str(running.port).encode())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

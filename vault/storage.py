@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from alembic import command
@@ -34,6 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +49,7 @@ from vault.models import (
     ShredReceiptRow,
     SubjectRow,
 )
+from vault.private_files import create_private_file, tighten
 
 ACTIVE = "active"
 CLOSED = "closed"
@@ -66,8 +69,13 @@ BUCKET_DESTROYED = "destroyed"
 
 
 def make_engine(url: str) -> Engine:
-    """Engine with the settings oubli relies on for each backend."""
+    """Engine with the settings oubli relies on for each backend.
+
+    A SQLite database file is created 0600 before SQLite opens it (its ``-wal`` and
+    ``-shm`` then get the same mode); an existing one open to others is tightened.
+    """
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -90,6 +98,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _private_sqlite_file(url: str) -> None:
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in memory, or a URI whose options SQLite interprets: left to SQLite
+    path = Path(database)
+    if path.parent.is_dir():  # else SQLite reports the missing directory, as before
+        create_private_file(path)
+        tighten(Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm"))
 
 
 @contextmanager

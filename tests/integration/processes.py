@@ -18,8 +18,16 @@ from vault.auth import token_hash
 class ServerProcess:
     """An ``oubli`` server in its own process; stderr (the JSON log) goes to a file."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        umask: int = -1,
+    ) -> None:
+        """``umask``: the server's (-1: this process's)."""
         self.workdir = workdir
+        self.umask = umask
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_file = workdir / f"ready-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
@@ -50,6 +58,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             env=self.env,
+            umask=self.umask,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
