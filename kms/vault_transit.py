@@ -89,7 +89,9 @@ class DeadlineAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac 
     hvac sets one timeout on the client; a request made within a
     :func:`kms.deadline.time_limit` gets the smaller of it and the time left, and a
     request with no time left is not sent (``requests`` ``Timeout``, translated like
-    any timeout).
+    any timeout). ``requests`` applies a timeout to connecting and to each read apart:
+    a KMS that accepts connections and then says nothing (a stopped process) fails
+    within the time left; one that is slow at both could take up to twice that.
     """
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
