@@ -19,6 +19,7 @@ Transit's ``vault:vN:<base64>`` strings, stored as their ASCII bytes.
 from __future__ import annotations
 
 import base64
+import contextvars
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import hvac
+import hvac.adapters
 import hvac.exceptions
 import requests
 
@@ -37,6 +39,7 @@ from kms.base import (
     KmsError,
     KmsUnavailable,
 )
+from kms.deadline import seconds_left
 from kms.names import check_key_id
 
 #: Ciphertexts per batch decrypt: OpenBao refuses a request body holding more than 1 000
@@ -80,6 +83,26 @@ def _translated(key_id: str | None) -> Iterator[None]:
         raise KmsError(f"Vault refused the request: {type(e).__name__}", key_id=key_id) from e
 
 
+class DeadlineAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac is untyped
+    """hvac's JSON adapter, each request's timeout cut to the KMS call's time left.
+
+    hvac sets one timeout on the client; a request made within a
+    :func:`kms.deadline.time_limit` gets the smaller of it and the time left, and a
+    request with no time left is not sent (``requests`` ``Timeout``, translated like
+    any timeout). ``requests`` applies a timeout to connecting and to each read apart:
+    a KMS that accepts connections and then says nothing (a stopped process) fails
+    within the time left; one that is slow at both could take up to twice that.
+    """
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        left = seconds_left()
+        if left is not None:
+            if left <= 0:
+                raise requests.exceptions.Timeout("no time left for the KMS call")
+            kwargs["timeout"] = min(left, self._kwargs["timeout"])
+        return super().request(*args, **kwargs)
+
+
 class VaultTransitKeyManager(KeyManager):
     backend_name = "vault-transit"
 
@@ -94,7 +117,9 @@ class VaultTransitKeyManager(KeyManager):
     ) -> None:
         super().__init__()
         self.mount_point = mount_point
-        self._client = client_factory(url=url, token=token, timeout=timeout)
+        self._client = client_factory(
+            url=url, token=token, timeout=timeout, adapter=DeadlineAdapter
+        )
         self._transit = self._client.secrets.transit
 
     def ensure_mount(self, *, cache_size: int = 0) -> None:
@@ -203,7 +228,12 @@ class VaultTransitKeyManager(KeyManager):
         elif by_key:
             workers = min(PARALLEL_KEYS, len(by_key))
             with ThreadPoolExecutor(workers, thread_name_prefix="oubli-unwrap") as pool:
-                for future in [pool.submit(unwrap_key, k, i) for k, i in by_key.items()]:
+                # Each thread runs in a copy of this context: it keeps the call's budget.
+                submitted = [
+                    pool.submit(contextvars.copy_context().run, unwrap_key, k, i)
+                    for k, i in by_key.items()
+                ]
+                for future in submitted:
                     future.result()  # KmsUnavailable: nothing is returned
         done = [r for r in results if r is not None]
         assert len(done) == len(items)

@@ -21,6 +21,12 @@ Environment variables (all optional):
     OUBLI_AUDIT_CHECKPOINT_SECONDS  how often the audit chain head is signed (default 300)
     VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
     OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
+    OUBLI_KMS_TIMEOUT_SECONDS  longest a KMS call may take, less when the caller's
+                          deadline is nearer (default 2)
+    OUBLI_KMS_MAX_IN_FLIGHT  KMS calls in flight at once; 0: half the worker threads
+                          (default 0)
+    OUBLI_KMS_BREAKER_FAILURES  consecutive KMS failures that open the breaker (default 5)
+    OUBLI_KMS_BREAKER_RESET_SECONDS  an open breaker lets a probe through after (default 0.5)
 """
 
 from __future__ import annotations
@@ -83,6 +89,12 @@ class ServerConfig:
     audit_checkpoint_seconds: float = 300.0
     #: host:port of the Prometheus metrics endpoint (HTTP, ``/metrics``); empty = off.
     metrics_listen: str = ""
+    #: The KMS guard (kms/guard.py): per-call budget cap, calls in flight (0: half the
+    #: workers), consecutive failures that open the breaker, and when it probes again.
+    kms_timeout_seconds: float = 2.0
+    kms_max_in_flight: int = 0
+    kms_breaker_failures: int = 5
+    kms_breaker_reset_seconds: float = 0.5
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -90,6 +102,12 @@ class ServerConfig:
         if not self.metrics_listen:
             return None
         return parse_host_port(self.metrics_listen, "OUBLI_METRICS_LISTEN / --metrics-listen")
+
+    @property
+    def resolved_kms_max_in_flight(self) -> int:
+        """KMS calls in flight at once: as set, or half the workers, so that a hung KMS
+        always leaves workers for the calls that need no key."""
+        return self.kms_max_in_flight or max(1, self.max_workers // 2)
 
     @property
     def resolved_tokens_path(self) -> Path:
@@ -118,6 +136,17 @@ class ServerConfig:
             raise ConfigError("KMS backup retention must be >= 0 days")
         if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
             raise ConfigError(f"cache TTL must be in (0, {MAX_TTL_SECONDS}] seconds")
+        if not MIN_KMS_TIMEOUT_SECONDS <= self.kms_timeout_seconds <= MAX_KMS_TIMEOUT_SECONDS:
+            raise ConfigError(
+                f"the KMS timeout must be in [{MIN_KMS_TIMEOUT_SECONDS}, "
+                f"{MAX_KMS_TIMEOUT_SECONDS}] seconds"
+            )
+        if self.kms_max_in_flight < 0 or self.kms_breaker_failures < 1:
+            raise ConfigError("KMS calls in flight must be >= 0 and breaker failures >= 1")
+        if not 0 < self.kms_breaker_reset_seconds <= MAX_KMS_TIMEOUT_SECONDS:
+            raise ConfigError(
+                f"the KMS breaker's reset interval must be in (0, {MAX_KMS_TIMEOUT_SECONDS}] s"
+            )
         metrics = self.metrics_address  # raises ConfigError when malformed
         if metrics is not None and metrics[1] != 0 and self.metrics_listen == self.listen:
             raise ConfigError("the metrics address must differ from the gRPC listen address")
@@ -182,6 +211,11 @@ def parse_host_port(value: str, setting: str) -> tuple[str, int]:
     return match["ipv6"] or match["host"], port
 
 
+#: Bounds of the per-call KMS budget: below, a healthy KMS could miss it; above, a hung
+#: one holds workers for longer than a client waits.
+MIN_KMS_TIMEOUT_SECONDS = 0.1
+MAX_KMS_TIMEOUT_SECONDS = 60.0
+
 #: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
 DEFAULT_VAULT_CACHE_SIZE = 10_000
 
@@ -206,4 +240,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_TLS_KEY": ("tls_key", Path),
     "OUBLI_TLS_CLIENT_CA": ("tls_client_ca", Path),
     "OUBLI_AUDIT_CHECKPOINT_SECONDS": ("audit_checkpoint_seconds", float),
+    "OUBLI_KMS_TIMEOUT_SECONDS": ("kms_timeout_seconds", float),
+    "OUBLI_KMS_MAX_IN_FLIGHT": ("kms_max_in_flight", int),
+    "OUBLI_KMS_BREAKER_FAILURES": ("kms_breaker_failures", int),
+    "OUBLI_KMS_BREAKER_RESET_SECONDS": ("kms_breaker_reset_seconds", float),
 }

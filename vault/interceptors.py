@@ -22,6 +22,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from kms.deadline import time_limit
 from vault.access import AccessNote, acting_as, noting
 from vault.auditing import AuditRecorder
 from vault.auth import Authenticator
@@ -247,7 +248,8 @@ class ServiceInterceptor(_Interceptor):
                     self._record(
                         method, caller, request, note, "STARTED", request_id, bound, required=True
                     )
-                with acting_as(rule), noting(note):
+                # KMS calls made for this RPC end before its deadline (kms/deadline.py).
+                with acting_as(rule), noting(note), time_limit(context.time_remaining):
                     response = behavior(request, context)
             except Exception as error:
                 outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
@@ -286,7 +288,7 @@ class ServiceInterceptor(_Interceptor):
                 self._record(
                     method, caller, request, note, "STARTED", request_id, bound, required=True
                 )
-                with acting_as(rule), noting(note):
+                with acting_as(rule), noting(note), time_limit(context.time_remaining):
                     yield from behavior(request, context)
             except GeneratorExit:  # the client cancelled or went away mid-stream
                 self._record(

@@ -7,8 +7,19 @@ single collector that reads the current values from the running vault when scrap
     oubli_kms_backend_info{backend}    gauge, always 1: which KMS backend is in use
     oubli_dek_cache_entries            gauge: keys (subjects, buckets) in the DEK cache
 
-Labels carry only the KMS backend's name (``local-keystore``, ``vault-transit``, ...):
-never a subject id, key id, caller, field name or value.
+and, when the KMS is behind the guard (kms/guard.py, as ``oubli serve`` wires it):
+
+    oubli_kms_breaker_state{state}     gauge: 1 for the breaker's current state
+                                       (closed, open, half_open), 0 for the others
+    oubli_kms_in_flight                gauge: KMS calls at the KMS now
+    oubli_kms_in_flight_limit          gauge: the most allowed at once
+    oubli_kms_refused_total{reason}    counter: calls refused without reaching the KMS
+                                       (circuit_open, overloaded, no_time_left,
+                                       failed_before)
+
+Labels carry only the KMS backend's name (``local-keystore``, ``vault-transit``, ...)
+and the fixed state and reason names above: never a subject id, key id, caller, field
+name or value.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kms.base import KeyManager
+from kms.guard import BreakerState, GuardedKeyManager
 from vault.keycache import DataKeyCache
 
 
@@ -55,6 +67,38 @@ class VaultCollector(Collector):
             "cache; expired entries are not counted.",
             value=len(self._cache),
         )
+        if isinstance(self._kms, GuardedKeyManager):
+            yield from _guard_metrics(self._kms)
+
+
+def _guard_metrics(guard: GuardedKeyManager) -> Iterable[Metric]:
+    status = guard.status()
+    breaker = GaugeMetricFamily(
+        "oubli_kms_breaker_state",
+        "The KMS circuit breaker's state: 1 for the current one (open: KMS calls are "
+        "refused at once; half_open: one probe is let through).",
+        labels=["state"],
+    )
+    for state in BreakerState:
+        breaker.add_metric([state.value], 1 if status.breaker is state else 0)
+    yield breaker
+    yield GaugeMetricFamily(
+        "oubli_kms_in_flight", "KMS calls at the KMS now.", value=status.in_flight
+    )
+    yield GaugeMetricFamily(
+        "oubli_kms_in_flight_limit",
+        "The most KMS calls allowed at the KMS at once.",
+        value=status.max_in_flight,
+    )
+    refused = CounterMetricFamily(
+        "oubli_kms_refused",
+        "KMS calls refused without reaching the KMS (breaker open, too many in flight, "
+        "caller's deadline too near, KMS unavailable earlier in the same call).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(status.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
 
 
 def build_registry(kms: KeyManager, cache: DataKeyCache) -> CollectorRegistry:

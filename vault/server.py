@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.base import KeyManager, KmsError
+from kms.guard import BreakerState, GuardedKeyManager
 from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
 from vault.auditing import AuditRecorder
@@ -59,17 +60,36 @@ SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by
 
 
 def build_kms(config: ServerConfig) -> KeyManager:
+    """The configured backend behind the KMS guard (budget, calls in flight, breaker)."""
+    backend: KeyManager
     if config.kms == "vault":
         assert config.vault is not None
-        kms = VaultTransitKeyManager(
+        transit = VaultTransitKeyManager(
             config.vault.address, config.vault.token, mount_point=config.vault.mount
         )
         try:
-            kms.ensure_mount(cache_size=config.vault.cache_size)
+            transit.ensure_mount(cache_size=config.vault.cache_size)
         except KmsError as e:
             raise Unavailable(f"cannot prepare the Transit mount: {e}") from e
-        return kms
-    return LocalKeystore(config.resolved_keystore_path)
+        backend = transit
+    else:
+        backend = LocalKeystore(config.resolved_keystore_path)
+    return guard_kms(backend, config)
+
+
+def guard_kms(backend: KeyManager, config: ServerConfig) -> GuardedKeyManager:
+    def breaker_changed(state: BreakerState) -> None:
+        # An operator's signal: the KMS stopped answering, or answers again.
+        log.warning("kms_breaker", state=state.value, backend=backend.backend_name)
+
+    return GuardedKeyManager(
+        backend,
+        max_call_seconds=config.kms_timeout_seconds,
+        max_in_flight=config.resolved_kms_max_in_flight,
+        failure_threshold=config.kms_breaker_failures,
+        reset_seconds=config.kms_breaker_reset_seconds,
+        on_breaker_change=breaker_changed,
+    )
 
 
 def make_local_files_private(config: ServerConfig) -> None:
