@@ -186,9 +186,15 @@ class VaultService:
 
     def lookup_index(self) -> BlindIndex:
         """The blind index (e-mail, phone), its key unwrapped once and kept in memory."""
+        found = self._lookup
+        if found is not None:
+            return found
+        # The KMS call runs outside the lock: with a hung KMS, writers must each meet
+        # the KMS guard's deadline, not queue one after another behind this lock.
+        # Concurrent first loads are safe (load_or_create settles races between replicas).
+        key = IndexKeyStore(self.storage, clock=self.clock).load_or_create(self.kms)
         with self._lookup_lock:
             if self._lookup is None:
-                key = IndexKeyStore(self.storage, clock=self.clock).load_or_create(self.kms)
                 self._lookup = BlindIndex(self.storage, key, self._lookup_bits)
             return self._lookup
 
