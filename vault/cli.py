@@ -27,6 +27,7 @@ from vault.catalog import CatalogError
 from vault.config import ConfigError, ServerConfig, parse_host_port
 from vault.errors import OubliError
 from vault.logs import configure_logging
+from vault.token_commands import token_app
 
 app = typer.Typer(help="oubli: encrypted personal-data vault with crypto-shredding.")
 subject_app = typer.Typer(help="Act on one subject through a running server.")
@@ -35,6 +36,7 @@ retention_app = typer.Typer(help="Retention: expire what is due by destroying ke
 app.add_typer(retention_app, name="retention")
 audit_app = typer.Typer(help="The tamper-evident audit trail.")
 app.add_typer(audit_app, name="audit")
+app.add_typer(token_app, name="token")
 err = Console(stderr=True)
 
 Target = Annotated[
@@ -81,7 +83,9 @@ def serve(
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
     catalog: Annotated[Path | None, typer.Option(help="policy catalog TOML")] = None,
     callers: Annotated[Path | None, typer.Option(help="caller policy TOML")] = None,
-    tokens_file: Annotated[Path | None, typer.Option(help="bearer token hashes")] = None,
+    tokens_file: Annotated[
+        Path | None, typer.Option(help="pre-0007 token hashes, imported at start")
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="server key (PEM)")] = None,
     tls_client_ca: Annotated[
@@ -128,8 +132,8 @@ def dev(
     """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary).
     Makes one bearer token per default caller, in files named CALLER.token."""
     from kms.openbao_process import OpenBaoDevServer
-    from vault.auth import TokenStore
     from vault.callers import CallerPolicy
+    from vault.server import token_registry
 
     if metrics_listen:  # refused before OpenBao starts, like serve's invalid settings
         try:
@@ -153,36 +157,14 @@ def dev(
         )
         token_dir = tokens_out or Path(tmp) / "tokens"
         token_dir.mkdir(parents=True, exist_ok=True)
-        store = TokenStore(config.resolved_tokens_path)
+        registry = token_registry(config)
         for caller in CallerPolicy.load().callers:
             path = token_dir / f"{caller}.token"
             path.touch(mode=0o600)
-            path.write_text(store.create(caller))
+            path.write_text(registry.create(caller).token)
+        registry.engine.dispose()
         err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")
         _run_server(config, ready_file)
-
-
-token_app = typer.Typer(help="Bearer tokens for the embedded default.")
-app.add_typer(token_app, name="token")
-
-
-@token_app.command("create")
-def token_create(
-    caller: str,
-    data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
-    tokens_file: Annotated[Path | None, typer.Option(help="bearer token hashes")] = None,
-) -> None:
-    """Make a bearer token for CALLER (a name from the caller policy). The token is
-    printed once; only its hash is stored."""
-    from vault.auth import TokenStore
-    from vault.callers import CallerPolicy, CallerPolicyError
-
-    config = _config(data_dir=data_dir, tokens_path=tokens_file)
-    try:
-        CallerPolicy.load(config.callers_path).rule(caller)
-    except (CallerPolicyError, OubliError) as e:
-        raise _fail("unknown caller:", e, code=2) from None
-    print(TokenStore(config.resolved_tokens_path).create(caller))
 
 
 @app.command()
