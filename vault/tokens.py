@@ -351,8 +351,10 @@ class TokenRegistry:
         events += [_event("token.rotate", caller, old, new["token_id"]) for old in replaced]
         with self._recorded(events), self._writing() as c:
             c.execute(insert(TOKENS), [new])
-            # Read again under the write lock: only what is still active is replaced.
-            for row in c.execute(active.where(TOKENS.c.token_id.in_(replaced))).all():
+            # Read again, locked (SQLite: the write lock is held already): only what is
+            # still active is replaced.
+            still = active.where(TOKENS.c.token_id.in_(replaced)).with_for_update()
+            for row in c.execute(still).all():
                 ending: dict[str, Any] = {
                     "replaced_by": func.coalesce(TOKENS.c.replaced_by, new["token_id"])
                 }
@@ -391,9 +393,10 @@ class TokenRegistry:
             for digest, caller in sorted(by_hash.items())
             if digest not in known
         ]
-        if not fresh:
-            return 0
         imported = 0
+        if not fresh:
+            log.info("tokens_file_imported", imported=0, already_known=len(known))
+            return 0
         events = [_event("token.import", caller, token_id) for token_id, caller, _ in fresh]
         with self._recorded(events):
             for token_id, caller, digest in fresh:
