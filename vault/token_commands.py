@@ -11,7 +11,7 @@ import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,15 +19,13 @@ from rich.markup import escape
 
 from vault.config import ConfigError, ServerConfig
 from vault.errors import InvalidArgument, OubliError
-from vault.tokens import (
-    DEFAULT_EXPIRY,
-    DEFAULT_GRACE,
-    IssuedToken,
-    TokenInfo,
-    TokenRegistry,
-    is_token_id,
-    parse_duration,
-)
+
+if TYPE_CHECKING:  # vault.tokens loads the database layer: only for these commands
+    from vault.tokens import IssuedToken, TokenInfo, TokenRegistry
+
+#: vault.tokens.DEFAULT_EXPIRY and DEFAULT_GRACE (a test keeps them equal).
+DEFAULT_EXPIRES_IN = "90d"
+DEFAULT_GRACE = "1h"
 
 token_app = typer.Typer(
     help="Bearer tokens: hashes in the data database, checked by every replica on every call."
@@ -68,6 +66,8 @@ def _registry(config: ServerConfig) -> TokenRegistry:
 
 
 def _duration(text: str, option: str) -> timedelta:
+    from vault.tokens import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as e:
@@ -97,7 +97,7 @@ def _announce(issued: IssuedToken) -> None:
 @token_app.command("create")
 def token_create(
     caller: str,
-    expires_in: ExpiresIn = f"{DEFAULT_EXPIRY.days}d",
+    expires_in: ExpiresIn = DEFAULT_EXPIRES_IN,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     tokens_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
@@ -196,17 +196,19 @@ def token_rotate(
     target: Annotated[str, typer.Argument(metavar="CALLER|TOKEN_ID")],
     grace: Annotated[
         str, typer.Option(help="how long the replaced tokens keep working (at most 30d)")
-    ] = f"{int(DEFAULT_GRACE.total_seconds() // 3600)}h",
+    ] = DEFAULT_GRACE,
     now: Annotated[
         bool, typer.Option("--now", help="revoke the replaced tokens at once, no grace")
     ] = False,
-    expires_in: ExpiresIn = f"{DEFAULT_EXPIRY.days}d",
+    expires_in: ExpiresIn = DEFAULT_EXPIRES_IN,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Make a new token for a caller and retire the old ones: every active token of
     CALLER, or the one token TOKEN_ID. The new token is printed once; the old ones keep
     working for --grace (default 1h), or stop at once with --now."""
+    from vault.tokens import is_token_id
+
     config = _config(data_dir, database_url)
     overlap = None if now else _duration(grace, "--grace")
     lifetime = _duration(expires_in, "--expires-in")

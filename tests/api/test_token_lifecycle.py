@@ -189,3 +189,10 @@ def test_token_commands_refuse_bad_arguments_with_exit_2(
 def test_rotate_with_nothing_active_fails(served: Served) -> None:
     code, _, err = served.cli("rotate", "billing")
     assert code == 1 and "no active token" in err
+
+
+def test_the_commands_defaults_are_the_registrys() -> None:
+    from vault import token_commands, tokens
+
+    assert tokens.parse_duration(token_commands.DEFAULT_EXPIRES_IN) == tokens.DEFAULT_EXPIRY
+    assert tokens.parse_duration(token_commands.DEFAULT_GRACE) == tokens.DEFAULT_GRACE
