@@ -2,9 +2,10 @@
 
 - **mTLS** (production): the client certificate, verified against the configured CA,
   names the caller in its common name.
-- **Bearer tokens** (embedded default): ``authorization: Bearer <token>``; the server
-  keeps only SHA-256 hashes of tokens (``tokens.toml``), so a copy of its files does
-  not let anyone call it.
+- **Bearer tokens** (embedded default): ``authorization: Bearer <token>``; the data
+  database keeps only SHA-256 hashes of tokens, with their expiry and revocation
+  (vault.tokens), so a copy of it does not let anyone call the server, and every
+  replica sees a revocation from its next call.
 
 No credentials, or unknown ones, is UNAUTHENTICATED. What a caller may then do is
 vault.callers' business.
@@ -12,21 +13,27 @@ vault.callers' business.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
-import threading
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
 
 from vault.callers import CALLER_NAME
 from vault.errors import OubliError
-from vault.private_files import make_private_dir
+from vault.tokens import ACTIVE, REVOKED, TokenInfo, TokenRegistry, token_hash
+
+__all__ = [
+    "Authenticator",
+    "Caller",
+    "TokenExpired",
+    "TokenRevoked",
+    "Unauthenticated",
+    "token_hash",
+]
+
+log = structlog.get_logger("oubli.auth")
 
 
 class Unauthenticated(OubliError):
@@ -40,106 +47,84 @@ class Caller:
     method: str
 
 
-def token_hash(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+class TokenExpired(Unauthenticated):
+    """The token was valid and its expiry passed: the caller needs a new one."""
+
+    reason = "TOKEN_EXPIRED"
 
 
-class TokenStore:
-    """``[tokens]`` caller = ["sha256:<hex>", ...] — several per caller for rotation."""
+class TokenRevoked(Unauthenticated):
+    """The token was revoked (``oubli token revoke``, or ``rotate --now``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, str]:
-        """hash -> caller"""
-        if not self.path.exists():
-            return {}
-        data: dict[str, Any] = tomllib.loads(self.path.read_text())
-        table = data.get("tokens", {})
-        if not isinstance(table, dict):
-            raise ValueError("the tokens file needs a [tokens] table")
-        by_hash: dict[str, str] = {}
-        for caller, hashes in table.items():
-            for value in hashes if isinstance(hashes, list) else [hashes]:
-                by_hash[str(value)] = caller
-        return by_hash
-
-    def create(self, caller: str) -> str:
-        """Make a new token for ``caller``; only its hash is stored. Returns the token."""
-        if not CALLER_NAME.fullmatch(caller):
-            raise ValueError("caller names match [a-z][a-z0-9-]{0,63}")
-        token = f"oubli_{secrets.token_urlsafe(32)}"
-        current: dict[str, list[str]] = {}
-        for value, name in self.load().items():
-            current.setdefault(name, []).append(value)
-        current.setdefault(caller, []).append(token_hash(token))
-        lines = [
-            "# Hashes of oubli bearer tokens (oubli token create CALLER). No secrets here.",
-            "[tokens]",
-        ]
-        for name in sorted(current):
-            quoted = ", ".join(f'"{h}"' for h in sorted(current[name]))
-            lines.append(f'"{name}" = [{quoted}]')
-        make_private_dir(self.path.parent)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("\n".join(lines) + "\n")
-        tmp.replace(self.path)
-        return token
+    reason = "TOKEN_REVOKED"
 
 
 class Authenticator:
-    """``token_hashes``: hash -> caller. With ``store``, the tokens file is read again
-    whenever it changes, so ``oubli token create`` (or removing a hash to revoke a
-    token) takes effect without a restart."""
+    """Who is calling, checked on every call.
+
+    Args:
+        token_hashes: fixed tokens, hash -> caller, that never expire (the test suite's
+            and embedders'; a served configuration has none).
+        mtls: take the caller from the client certificate's common name first.
+        registry: the ``bearer_tokens`` table, read on every call (vault.tokens), so a
+            token made, revoked or rotated on any machine counts from the next call.
+    """
 
     def __init__(
         self,
-        token_hashes: Mapping[str, str],
+        token_hashes: Mapping[str, str] | None = None,
         *,
         mtls: bool = False,
-        store: TokenStore | None = None,
+        registry: TokenRegistry | None = None,
     ) -> None:
-        self._by_hash = dict(token_hashes)
+        self._by_hash = dict(token_hashes or {})
         self._mtls = mtls
-        self._store = store
-        self._stamp = self._file_stamp()
-        self._lock = threading.Lock()
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        if self._store is None:
-            return None
-        try:
-            stat = self._store.path.stat()
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
-
-    def _refresh(self) -> None:
-        stamp = self._file_stamp()
-        if stamp == self._stamp or self._store is None:
-            return
-        with self._lock:
-            try:
-                self._by_hash = self._store.load()
-            except (OSError, ValueError):
-                return  # half-written file: keep the tokens we have, try again next call
-            self._stamp = stamp
+        self._registry = registry
 
     def authenticate(self, context: grpc.ServicerContext) -> Caller:
-        self._refresh()
+        """Raises:
+        Unauthenticated: no credentials, or unknown ones; TokenExpired / TokenRevoked
+            (reasons TOKEN_EXPIRED / TOKEN_REVOKED) for a token that was valid once.
+        Unavailable: the token table could not be read.
+        """
         if self._mtls:
             names: list[Any] = list(context.auth_context().get("x509_common_name") or [])
             if names and isinstance(names[0], bytes):
                 name = names[0].decode("utf-8", errors="replace")
                 if CALLER_NAME.fullmatch(name):
                     return Caller(name, "mtls")
-        for key, value in context.invocation_metadata():
-            if key == "authorization" and isinstance(value, str):
-                scheme, _, token = value.partition(" ")
-                if scheme.lower() == "bearer" and token:
-                    caller = self._by_hash.get(token_hash(token.strip()))
-                    if caller is not None:
-                        return Caller(caller, "token")
+        token = _bearer_token(context)
+        if token is not None:
+            digest = token_hash(token)
+            fixed = self._by_hash.get(digest)
+            if fixed is not None:
+                return Caller(fixed, "token")
+            if self._registry is not None:
+                found = self._registry.find(digest)
+                if found is not None:
+                    return Caller(self._live(found), "token")
         raise Unauthenticated("missing or unknown credentials")
+
+    def _live(self, token: TokenInfo) -> str:
+        """The token's caller if it is active now. Only the holder of a token that was
+        valid once can tell expired or revoked from unknown: guessing gets nothing."""
+        assert self._registry is not None
+        now = self._registry.clock()
+        status = token.status(now)
+        if status == ACTIVE:
+            self._registry.note_use(token, now)
+            return token.caller
+        # A revoked token in use may be a stolen one: worth a line of its own.
+        log.warning("token_refused", status=status, token_id=token.token_id, caller=token.caller)
+        if status == REVOKED:
+            raise TokenRevoked("the token was revoked", token_id=token.token_id)
+        raise TokenExpired("the token has expired", token_id=token.token_id)
+
+
+def _bearer_token(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None

@@ -27,6 +27,7 @@ from vault.config import ConfigError, ServerConfig, parse_host_port
 from vault.errors import OubliError
 from vault.logs import configure_logging
 from vault.private_files import PRIVATE_FILE_MODE, OpenToOthers
+from vault.token_commands import token_app
 
 app = typer.Typer(help="oubli: encrypted personal-data vault with crypto-shredding.")
 subject_app = typer.Typer(help="Act on one subject through a running server.")
@@ -35,6 +36,7 @@ retention_app = typer.Typer(help="Retention: expire what is due by destroying ke
 app.add_typer(retention_app, name="retention")
 audit_app = typer.Typer(help="The tamper-evident audit trail.")
 app.add_typer(audit_app, name="audit")
+app.add_typer(token_app, name="token")
 err = Console(stderr=True)
 
 Target = Annotated[
@@ -88,7 +90,9 @@ def serve(
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
     catalog: Annotated[Path | None, typer.Option(help="policy catalog TOML")] = None,
     callers: Annotated[Path | None, typer.Option(help="caller policy TOML")] = None,
-    tokens_file: Annotated[Path | None, typer.Option(help="bearer token hashes")] = None,
+    tokens_file: Annotated[
+        Path | None, typer.Option(help="pre-0007 token hashes, imported at start")
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="server key (PEM)")] = None,
     tls_client_ca: Annotated[
@@ -135,9 +139,9 @@ def dev(
     """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary).
     Makes one bearer token per default caller, in files named CALLER.token."""
     from kms.openbao_process import OpenBaoDevServer
-    from vault.auth import TokenStore
     from vault.callers import CallerPolicy
     from vault.private_files import make_private_dir, write_private
+    from vault.server import token_registry
 
     if metrics_listen:  # refused before OpenBao starts, like serve's invalid settings
         try:
@@ -160,34 +164,12 @@ def dev(
             vault_token=bao.token,
         )
         token_dir = make_private_dir(tokens_out or Path(tmp) / "tokens")
-        store = TokenStore(config.resolved_tokens_path)
+        registry = token_registry(config)
         for caller in CallerPolicy.load().callers:
-            write_private(token_dir / f"{caller}.token", store.create(caller).encode())
+            write_private(token_dir / f"{caller}.token", registry.create(caller).token.encode())
+        registry.engine.dispose()
         err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")
         _run_server(config, ready_file)
-
-
-token_app = typer.Typer(help="Bearer tokens for the embedded default.")
-app.add_typer(token_app, name="token")
-
-
-@token_app.command("create")
-def token_create(
-    caller: str,
-    data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
-    tokens_file: Annotated[Path | None, typer.Option(help="bearer token hashes")] = None,
-) -> None:
-    """Make a bearer token for CALLER (a name from the caller policy). The token is
-    printed once; only its hash is stored."""
-    from vault.auth import TokenStore
-    from vault.callers import CallerPolicy, CallerPolicyError
-
-    config = _config(data_dir=data_dir, tokens_path=tokens_file)
-    try:
-        CallerPolicy.load(config.callers_path).rule(caller)
-    except (CallerPolicyError, OubliError) as e:
-        raise _fail("unknown caller:", e, code=2) from None
-    print(TokenStore(config.resolved_tokens_path).create(caller))
 
 
 @app.command()

@@ -15,7 +15,8 @@ Environment variables (all optional):
     OUBLI_MAX_WORKERS     gRPC worker threads (default 16)
     OUBLI_KMS_BACKUP_RETENTION_DAYS  how long KMS backups are kept (default 7)
     OUBLI_CALLERS         caller policy TOML (default: the shipped default_callers.toml)
-    OUBLI_TOKENS_FILE     bearer token hashes (default DATA_DIR/tokens.toml)
+    OUBLI_TOKENS_FILE     pre-0007 bearer token hashes, imported at start (default
+                          DATA_DIR/tokens.toml; tokens now live in the database)
     OUBLI_TLS_CERT, OUBLI_TLS_KEY  serve TLS (1.3 negotiated) with this certificate
     OUBLI_TLS_CLIENT_CA   require client certificates signed by this CA (mTLS)
     OUBLI_AUDIT_CHECKPOINT_SECONDS  how often the audit chain head is signed (default 300)
@@ -79,7 +80,8 @@ class ServerConfig:
     kms_backup_retention_days: int = 7
     #: Caller policy TOML (default: the shipped vault/default_callers.toml).
     callers_path: Path | None = None
-    #: Hashes of bearer tokens (default: DATA_DIR/tokens.toml).
+    #: A pre-0007 file of bearer token hashes, imported into the database at start
+    #: (default: DATA_DIR/tokens.toml).
     tokens_path: Path | None = None
     #: TLS: server certificate and key (PEM); with a client CA, mTLS is required.
     tls_cert: Path | None = None

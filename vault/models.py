@@ -279,3 +279,30 @@ class SupportGrantRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: NULL while not ended early; revoked | resolved | erased
     ended_reason: Mapped[str | None] = mapped_column(String(16))
+
+
+class BearerTokenRow(Base):
+    """A bearer token of a caller: its SHA-256 hash, never the token (vault.tokens).
+
+    Every replica reads this table on every call, so a revocation committed here is
+    refused by all of them from their next call.
+    """
+
+    __tablename__ = "bearer_tokens"
+
+    #: ``tok_`` + a random id: shown by ``oubli token list``, named in the audit trail.
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    caller: Mapped[str] = mapped_column(String(64), index=True)
+    #: ``sha256:<hex>`` of the token's UTF-8 bytes; unique, so looked up by index.
+    token_hash: Mapped[str] = mapped_column(String(71), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: NULL only for hashes imported from a pre-0007 tokens file (they had no expiry).
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: Set once, never cleared: a revoked token stays revoked whatever the clocks say.
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: The token that replaced this one (``oubli token rotate``).
+    replaced_by: Mapped[str | None] = mapped_column(String(32))
+    #: Updated at most every few minutes (vault.tokens.LAST_USED_GRANULARITY).
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: created (oubli token create / rotate / dev) | imported (from a tokens file)
+    source: Mapped[str] = mapped_column(String(16))

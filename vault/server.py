@@ -20,15 +20,18 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
 
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from kms.absent import AbsentKeyManager
 from kms.base import KeyManager, KmsError
 from kms.guard import BreakerState, GuardedKeyManager
 from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
+from vault.audit import AuditLog
 from vault.auditing import AuditRecorder
-from vault.auth import Authenticator, TokenStore
+from vault.auth import Authenticator
 from vault.callers import CallerPolicy
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
@@ -53,6 +56,7 @@ from vault.rights import RightsService
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
 from vault.support import SupportAccess
+from vault.tokens import TokenRegistry
 
 log = structlog.get_logger("oubli.server")
 
@@ -115,12 +119,18 @@ def make_local_files_private(config: ServerConfig) -> None:
     tighten(owned)
 
 
-def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
+def open_database(config: ServerConfig) -> Engine:
+    """The data database, migrated to the newest revision (what oubli keeps on this
+    machine made private first: the embedded default's directory is created 0700)."""
     make_local_files_private(config)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
+    return engine
+
+
+def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
     return VaultService(
-        Storage(engine),
+        Storage(open_database(config)),
         build_kms(config),
         Catalog.load(config.catalog_path),
         tenant=config.tenant,
@@ -150,14 +160,28 @@ class RunningServer:
         self.vault.storage.engine.dispose()
 
 
-def build_auth(config: ServerConfig) -> tuple[Authenticator, CallerPolicy]:
+def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistry:
+    """The bearer tokens of ``config``'s database, for the ``oubli token`` commands.
+
+    No KMS: the commands only append to the audit trail, and revoking a token must not
+    wait for the KMS (nor need its credentials).
+    """
+    engine = open_database(config)
+    return TokenRegistry(engine, AuditLog(engine, AbsentKeyManager(), clock, ""), clock)
+
+
+def build_auth(
+    config: ServerConfig, engine: Engine, audit: AuditLog, clock: Clock = utc_now
+) -> tuple[Authenticator, CallerPolicy]:
+    """The caller policy, and an Authenticator over the database's token table, into
+    which the tokens file (pre-0007 hashes), if there is one, is imported first."""
     policy = CallerPolicy.load(config.callers_path)
-    store = TokenStore(config.resolved_tokens_path)
+    registry = TokenRegistry(engine, audit, clock)
     try:
-        tokens = store.load()
+        registry.import_file(config.resolved_tokens_path)
     except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
         raise ConfigError(f"cannot read the tokens file: {type(e).__name__}") from e
-    return Authenticator(tokens, mtls=config.tls_client_ca is not None, store=store), policy
+    return Authenticator(mtls=config.tls_client_ca is not None, registry=registry), policy
 
 
 def start_server(
@@ -178,8 +202,8 @@ def start_server(
     port an exclusive server holds.
     """
     vault = vault or build_vault(config, clock)
-    authenticator, policy = auth or build_auth(config)
     audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock)
+    authenticator, policy = auth or build_auth(config, vault.storage.engine, audit.audit, clock)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[ServiceInterceptor(authenticator, policy, audit)],

@@ -344,15 +344,19 @@ def test_refused_calls_are_audited_under_the_callers_name_unauthenticated_ones_n
 
 
 def test_a_token_created_while_serving_works_without_restart(tmp_path: Path) -> None:
-    from vault.auth import TokenStore
-    from vault.server import build_auth
+    """The README's flow: `oubli token create` beside a running server, same data dir."""
+    from typer.testing import CliRunner
+
+    from vault.cli import app
 
     config = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path)
-    vault = _vault(f"sqlite:///{tmp_path / 'tokens.db'}")
-    server = start_server(config, vault=vault, auth=build_auth(config))
+    vault = _vault(config.resolved_database_url)
+    server = start_server(config, vault=vault)
     try:
         subject = vault.create_subject()
-        token = TokenStore(config.resolved_tokens_path).create("dpo")
+        created = CliRunner().invoke(app, ["token", "create", "dpo", "--data-dir", str(tmp_path)])
+        assert created.exit_code == 0, created.output
+        token = created.stdout.strip()
         with OubliClient(f"127.0.0.1:{server.port}", token=token, max_attempts=1) as dpo:
             assert dpo.get_subject(subject.subject_id).state == "active"
     finally:

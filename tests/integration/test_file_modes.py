@@ -76,7 +76,7 @@ def test_dev_keeps_its_directory_tokens_and_openbao_log_private(tmp_path: Path) 
         assert found is not None
         dev_dir = Path(found[1])
         assert (dev_dir / "openbao.log").read_text().count("Root Token:") == 1
-        assert {"openbao.log", "oubli.db", "tokens.toml"} <= {p.name for p in dev_dir.iterdir()}
+        assert {"openbao.log", "oubli.db"} <= {p.name for p in dev_dir.iterdir()}
         assert open_to_others(dev_dir) == {}
         assert open_to_others(server.tokens_dir) == {}
         assert len(list(server.tokens_dir.iterdir())) == 5

@@ -149,4 +149,4 @@ def test_token_create_makes_the_data_dir_private(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, ["token", "create", "billing", "--data-dir", str(data)])
     assert result.exit_code == 0, result.output
     assert open_to_others(tmp_path / "new") == {}
-    assert (data / "tokens.toml").exists()
+    assert (data / "oubli.db").exists()  # the token's hash is in the data database
