@@ -142,3 +142,29 @@ def test_resolving_a_ticket_answers_metadata_only_whoever_calls(
         stored = panel.get_record(sid, never_granted.record_id, "access")
         assert stored.fields == fields and stored.version == 2
 
+
+def test_read_under_grant_decrypts_and_audits_only_what_it_returns(
+    served: tuple[RunningServer, Clock],
+) -> None:
+    """Issue 9, finding 4: the read decrypted every ticket of the subject and its audit
+    entry named their fields, with an empty purpose."""
+    server, _ = served
+    with _client(server, "control-panel") as panel, _client(server, "support") as support:
+        sid = panel.create_subject().subject_id
+        ticket = panel.create_record(sid, "support", {"message": SECRET}, "customer")
+        panel.create_record(sid, "support", {"subject_line": "older case", "channel": "phone"})
+        panel.create_record(sid, "contact", {"email": "client@example.org"})
+        panel.create_record(sid, "usage", {"page": "/billing"})  # not for purpose support
+        grant = panel.grant_support_access(sid, ticket.record_id, 24)
+
+        read = support.read_under_grant(sid, grant.grant_id)
+
+    assert {r.category: r.fields for r in read} == {
+        "support": {"message": SECRET},
+        "contact": {"email": "client@example.org"},
+    }
+    entries = server.audit.audit.query(subject_id=sid)
+    (entry,) = [e.event for e in entries if e.event.action == "SupportService.ReadUnderGrant"]
+    assert set(entry.fields) == {"message", "email"}  # not the other ticket's fields
+    assert set(entry.categories) == {"support", "contact"}
+    assert (entry.caller, entry.outcome, entry.purpose) == ("support", "OK", "support")
