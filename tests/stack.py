@@ -64,8 +64,12 @@ def suite_auth() -> tuple[Authenticator, CallerPolicy]:
 
 
 def start_stack(
-    database_url: str, kms: KeyManager, **vault_options: object
+    database_url: str,
+    kms: KeyManager,
+    auth: tuple[Authenticator, CallerPolicy] | None = None,
+    **vault_options: object,
 ) -> tuple[RunningServer, Storage]:
+    """A served VaultService; ``auth`` defaults to the suite's all-RPC caller."""
     engine = make_engine(database_url)
     migrate(engine)
     storage = Storage(engine)
@@ -76,7 +80,7 @@ def start_stack(
     server = start_server(
         config,
         vault=vault,
-        auth=suite_auth(),
+        auth=auth or suite_auth(),
         **({"clock": clock} if clock else {}),  # type: ignore[arg-type]
     )
     return server, storage
