@@ -19,6 +19,7 @@ from vault.callers import CallerPolicy, CallerRule
 from vault.catalog import Catalog
 from vault.config import ServerConfig
 from vault.keycache import DataKeyCache
+from vault.rpcs import SERVICES
 from vault.server import RunningServer, start_server
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
@@ -40,18 +41,7 @@ class Stack:
 #: A caller that may call every RPC, for tests that are not about authorization
 #: (tests/api/test_authorization.py walks the real policy's caller x RPC matrix).
 TEST_TOKEN = "test-admin-token-for-the-suite-only"
-ALL_SERVICES = frozenset(
-    f"{service}.*"
-    for service in (
-        "SubjectService",
-        "RecordService",
-        "RightsService",
-        "RetentionService",
-        "AuditService",
-        "SupportService",
-        "LookupService",
-    )
-)
+ALL_SERVICES = frozenset(f"{service}.*" for service in SERVICES)
 TEST_POLICY_TOML = (
     "[callers.test-admin]\nrpcs = [" + ", ".join(f'"{r}"' for r in sorted(ALL_SERVICES)) + "]\n"
     'categories = "*"\npurposes = "*"\n'
