@@ -470,6 +470,11 @@ class OubliClient:
         self._call(self._records.DeleteRecord, request, idempotent=False)
 
     def record_event(self, subject_id: str, record_id: str, event: str) -> Record:
+        """Start the record's retention clock (``"resolved"`` for a support ticket).
+
+        Returns the record's metadata (new ``version``, ``retain_until``); ``fields`` is
+        always empty: recording an event is not a read.
+        """
         request = pb.RecordEventRequest(subject_id=subject_id, record_id=record_id, event=event)
         return _record(self._call(self._records.RecordEvent, request, idempotent=False).record)
 

@@ -19,6 +19,7 @@ from vault.callers import CallerPolicy, CallerRule
 from vault.catalog import Catalog
 from vault.config import ServerConfig
 from vault.keycache import DataKeyCache
+from vault.rpcs import SERVICES
 from vault.server import RunningServer, start_server
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
@@ -40,18 +41,7 @@ class Stack:
 #: A caller that may call every RPC, for tests that are not about authorization
 #: (tests/api/test_authorization.py walks the real policy's caller x RPC matrix).
 TEST_TOKEN = "test-admin-token-for-the-suite-only"
-ALL_SERVICES = frozenset(
-    f"{service}.*"
-    for service in (
-        "SubjectService",
-        "RecordService",
-        "RightsService",
-        "RetentionService",
-        "AuditService",
-        "SupportService",
-        "LookupService",
-    )
-)
+ALL_SERVICES = frozenset(f"{service}.*" for service in SERVICES)
 TEST_POLICY_TOML = (
     "[callers.test-admin]\nrpcs = [" + ", ".join(f'"{r}"' for r in sorted(ALL_SERVICES)) + "]\n"
     'categories = "*"\npurposes = "*"\n'
@@ -64,8 +54,12 @@ def suite_auth() -> tuple[Authenticator, CallerPolicy]:
 
 
 def start_stack(
-    database_url: str, kms: KeyManager, **vault_options: object
+    database_url: str,
+    kms: KeyManager,
+    auth: tuple[Authenticator, CallerPolicy] | None = None,
+    **vault_options: object,
 ) -> tuple[RunningServer, Storage]:
+    """A served VaultService; ``auth`` defaults to the suite's all-RPC caller."""
     engine = make_engine(database_url)
     migrate(engine)
     storage = Storage(engine)
@@ -76,7 +70,7 @@ def start_stack(
     server = start_server(
         config,
         vault=vault,
-        auth=suite_auth(),
+        auth=auth or suite_auth(),
         **({"clock": clock} if clock else {}),  # type: ignore[arg-type]
     )
     return server, storage

@@ -65,6 +65,9 @@ class AccessNote:
         self.fields: set[str] = set()
         #: Set when the call made the subject (CreateSubject has no subject id to name).
         self.subject_id: str | None = None
+        #: The purpose the call read for when the server, not the request, states it
+        #: (ReadUnderGrant: ``support``; GetAccessReport: ``access``).
+        self.purpose: str | None = None
         #: Batch calls: (subject id, purpose) -> what its items touched, in the order
         #: first seen.
         self.items: dict[tuple[str, str], ItemNote] = {}
@@ -105,3 +108,10 @@ def note_subject(subject_id: str) -> None:
     current = _note.get()
     if current is not None:
         current.subject_id = subject_id
+
+
+def note_purpose(purpose: str) -> None:
+    """The purpose the call reads for, when the request has no ``purpose`` field."""
+    current = _note.get()
+    if current is not None:
+        current.purpose = purpose

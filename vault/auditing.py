@@ -83,7 +83,8 @@ def _shares(request: Any, note: AccessNote) -> list[_Share]:
     subject_id = note.subject_id or getattr(request, "subject_id", "") or None
     category = getattr(request, "category", "") or ""
     categories = set(note.categories) | ({category} if category else set())
-    return [(subject_id, getattr(request, "purpose", "") or "", categories, note.fields, None)]
+    purpose = note.purpose or getattr(request, "purpose", "") or ""
+    return [(subject_id, purpose, categories, note.fields, None)]
 
 
 class AuditRecorder:

@@ -4,6 +4,11 @@ A TOML file maps each caller — named by its client certificate's common name (
 by its bearer token — to the RPCs it may call, and for record content to the categories
 and purposes it may use. Checked on every call, before the domain runs; the domain's
 own purpose rules (vault.policy) apply on top.
+
+RPC names are checked against the RPC table (vault.rpcs) at load, and a caller whose
+``content`` is ``"under-grant"`` (support, seed 002) may be given no RPC that returns
+field values other than those bound to a live support grant: a policy that would let it
+read by purpose is refused at load, not discovered at the first call.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vault.errors import PermissionDenied
+from vault.rpcs import Content, declared, matching
 
 CALLER_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _RPC = re.compile(r"[A-Z][A-Za-z]*Service\.([A-Z][A-Za-z]*|\*)")
@@ -35,9 +41,48 @@ class CallerRule:
     categories: frozenset[str] | None
     #: Purposes the caller may state; None = every purpose.
     purposes: frozenset[str] | None
+    #: How the caller reaches content: BY_PURPOSE (its purposes and categories, under
+    #: the catalog) or UNDER_GRANT (only through RPCs bound to a live support grant).
+    content: Content = Content.BY_PURPOSE
+
+    def __post_init__(self) -> None:
+        check_rpcs(self.rpcs, self.content)
 
     def may_call(self, service: str, method: str) -> bool:
+        # An RPC the table does not declare is callable by no one, wildcard or not.
+        if declared(service, method) is None:
+            return False
         return f"{service}.{method}" in self.rpcs or f"{service}.*" in self.rpcs
+
+
+#: The ways a caller may reach content (``content`` in the policy file).
+CONTENT_ACCESS = (Content.BY_PURPOSE, Content.UNDER_GRANT)
+#: What an UNDER_GRANT caller's RPCs may return: nothing, or content under a grant.
+_UNDER_GRANT_ALLOWS = frozenset({Content.NONE, Content.UNDER_GRANT})
+
+
+def check_rpcs(rpcs: frozenset[str], content: Content) -> None:
+    """Every name is a declared RPC (or a declared service's ``*``), and an UNDER_GRANT
+    caller gets no RPC that returns content any other way.
+
+    Raises:
+        CallerPolicyError: naming the offending RPCs (names from vault.rpcs only).
+    """
+    if content not in CONTENT_ACCESS:
+        raise CallerPolicyError(
+            f"content: one of {', '.join(repr(c.value) for c in CONTENT_ACCESS)}"
+        )
+    unknown = sorted(r for r in rpcs if not matching(r))
+    if unknown:
+        raise CallerPolicyError(f"rpcs: not RPCs of the oubli API: {unknown}")
+    if content is Content.UNDER_GRANT:
+        given = {rpc for r in rpcs for rpc in matching(r)}
+        outside = sorted(rpc.name for rpc in given if rpc.content not in _UNDER_GRANT_ALLOWS)
+        if outside:
+            raise CallerPolicyError(
+                'rpcs: a caller with content = "under-grant" reaches content only through '
+                f"RPCs bound to a support grant; these return it otherwise: {outside}"
+            )
 
 
 def rpc_name(full_method: str) -> tuple[str, str]:
@@ -127,7 +172,7 @@ def _rule(name: str, spec: Any, where: str) -> CallerRule:
         raise CallerPolicyError(f"{where}: caller names match [a-z][a-z0-9-]{{0,63}}")
     if not isinstance(spec, dict):
         raise CallerPolicyError(f"{where}: must be a table")
-    unknown = set(spec) - {"description", "rpcs", "categories", "purposes"}
+    unknown = set(spec) - {"description", "rpcs", "categories", "purposes", "content"}
     if unknown:
         raise CallerPolicyError(f"{where}: unknown keys {sorted(unknown)}")
     rpcs = spec.get("rpcs", [])
@@ -135,9 +180,12 @@ def _rule(name: str, spec: Any, where: str) -> CallerRule:
         isinstance(r, str) and _RPC.fullmatch(r) for r in rpcs
     ):
         raise CallerPolicyError(f'{where}.rpcs: a list of "Service.Method" or "Service.*"')
-    return CallerRule(
-        name,
-        frozenset(rpcs),
-        _names(spec.get("categories", []), f"{where}.categories"),
-        _names(spec.get("purposes", []), f"{where}.purposes"),
-    )
+    content = spec.get("content", Content.BY_PURPOSE.value)
+    if content not in {c.value for c in CONTENT_ACCESS}:
+        raise CallerPolicyError(f'{where}.content: "by-purpose" (the default) or "under-grant"')
+    categories = _names(spec.get("categories", []), f"{where}.categories")
+    purposes = _names(spec.get("purposes", []), f"{where}.purposes")
+    try:
+        return CallerRule(name, frozenset(rpcs), categories, purposes, Content(content))
+    except CallerPolicyError as e:
+        raise CallerPolicyError(f"{where}.{e}") from None

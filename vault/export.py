@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from vault import access
 from vault.catalog import Category
 from vault.service import RecordView, SubjectView, VaultService
 from vault.storage import RecordLike
@@ -163,6 +164,7 @@ def access_report(
     """Right of access: all data plus, per category, origin, purposes, legal basis,
     recipients and retention; the subject's restriction, objections and consents."""
     info, records = vault.all_records(subject_id, "access")
+    access.note_purpose("access")  # the request names none: the audit entry says it
     subject = vault.get_subject(subject_id)
     groups = _grouped(records)
     return {

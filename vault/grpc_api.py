@@ -28,6 +28,7 @@ from vault.grpc_errors import status_code_for
 from vault.ids import check_id
 from vault.retention import RetentionJob, RetentionSummary
 from vault.rights import RightsService
+from vault.rpcs import DISCLOSING
 from vault.service import RecordView, ShredReceipt, SubjectView, VaultService
 from vault.storage import RightsRequest
 from vault.support import Grant, SupportAccess
@@ -276,22 +277,7 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
         self, request: pb.RecordEventRequest, context: grpc.ServicerContext
     ) -> pb.RecordEventResponse:
         view = self._vault.record_event(request.subject_id, request.record_id, request.event)
-        return pb.RecordEventResponse(record=record_message(view))
-
-
-#: Audit actions that disclose content: their callers are the data's recipients.
-READ_ACTIONS = frozenset(
-    {
-        "RecordService.GetRecord",
-        "RecordService.BatchGetRecords",
-        "RecordService.ListRecords",
-        "SubjectService.ExportSubject",
-        "SubjectService.StreamExport",
-        "RightsService.GetAccessReport",
-        "SupportService.ReadUnderGrant",
-        "LookupService.FindSubject",
-    }
-)
+        return pb.RecordEventResponse(record=record_message(view, with_fields=False))
 
 
 class RightsServicer(pb_grpc.RightsServiceServicer):
@@ -301,6 +287,8 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
         self._audit = audit
 
     def _readers(self, subject_id: str) -> dict[str, set[str]]:
+        """Category -> callers that read it: the callers of RPCs that disclose stored
+        values (vault.rpcs), from the subject's audit entries."""
         readers: dict[str, set[str]] = {}
         if self._audit is None:
             return readers
@@ -308,7 +296,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
         while True:
             page = self._audit.query(subject_id=subject_id, limit=1000, after_seq=after)
             for entry in page:
-                if entry.event.outcome == "OK" and entry.event.action in READ_ACTIONS:
+                if entry.event.outcome == "OK" and entry.event.action in DISCLOSING:
                     for category in entry.event.categories:
                         readers.setdefault(category, set()).add(entry.event.caller)
             if len(page) < 1000:

@@ -26,33 +26,15 @@ from kms.deadline import time_limit
 from vault.access import AccessNote, acting_as, noting
 from vault.auditing import AuditRecorder
 from vault.auth import Authenticator
-from vault.callers import CallerPolicy, CallerRule
+from vault.callers import CallerPolicy, CallerRule, rpc_name
 from vault.errors import OubliError
 from vault.grpc_errors import error_status, plain_status, status_code_for
+from vault.rpcs import READ_ONLY
 
 log = structlog.get_logger("oubli.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
 OWN_PREFIX = "/oubli."
-
-#: RPCs that change nothing: recorded once, before their response leaves the server.
-#: Every other RPC is also recorded (outcome STARTED) before it runs.
-READ_ONLY_METHODS = frozenset(
-    {
-        "GetSubject",
-        "GetRecord",
-        "BatchGetRecords",
-        "ListRecords",
-        "ExportSubject",
-        "GetAccessReport",
-        "ListRightsRequests",
-        "QueryAudit",
-        "VerifyAudit",
-        "FindSubject",
-        "GetOverview",
-        "ReadUnderGrant",
-    }
-)
 
 
 class _Malformed:
@@ -234,7 +216,9 @@ class ServiceInterceptor(_Interceptor):
             note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
                 self._fail(context, None, request_id, bound, start)
-            read_only = method.rsplit("/", 1)[-1] in READ_ONLY_METHODS
+            # A read (vault.rpcs) is recorded once, before its response leaves; a change
+            # is also recorded (STARTED) before it runs.
+            read_only = ".".join(rpc_name(method)) in READ_ONLY
             # oubli's servicers never abort themselves: they raise domain errors, and
             # this is the one place that turns exceptions into statuses.
             try:

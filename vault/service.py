@@ -567,7 +567,9 @@ class VaultService:
         """Record an event that starts a record's retention clock (a ticket resolved).
 
         The record is re-encrypted under the expiry bucket of its new deadline, so the
-        retention job destroys it with the bucket's key.
+        retention job destroys it with the bucket's key. Returns the record's metadata
+        only (``fields`` empty): starting a retention clock is not a read, and its
+        callers (support resolving a ticket) may have no right to the content.
         """
         info = self.writable_subject(subject_id)
         current = self._stored(subject_id, record_id)
@@ -580,7 +582,7 @@ class VaultService:
         refuse_if_restricted(info)
         bucket = self._expiry_bucket(current.category, add_months(self.clock(), rule.months))
         fields = self._decrypt(info, current)
-        return self._rewrite(
+        moved = self._rewrite(
             info,
             current,
             fields,
@@ -589,6 +591,7 @@ class VaultService:
             bucket_id=bucket.bucket_id,
             retain_until=bucket.destroy_at,
         )
+        return replace(moved, fields={})
 
     # --- account lifecycle ----------------------------------------------------------
 

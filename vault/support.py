@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from vault import access
 from vault.callers import CALLER_NAME
 from vault.errors import (
     FailedPrecondition,
@@ -38,7 +39,13 @@ from vault.errors import (
 from vault.ids import check_id, new_id
 from vault.models import RecordRow, RetentionBucketRow, SupportGrantRow
 from vault.service import RecordView, VaultService
-from vault.storage import BUCKET_ACTIVE, SCHEME_SUBJECT, WRITABLE, translate_db_errors
+from vault.storage import (
+    BUCKET_ACTIVE,
+    SCHEME_SUBJECT,
+    WRITABLE,
+    StoredRecord,
+    translate_db_errors,
+)
 
 #: The catalog category a grant's ticket must belong to, and the purpose reads state.
 SUPPORT_CATEGORY = "support"
@@ -132,6 +139,12 @@ def _grant(row: SupportGrantRow) -> Grant:
     )
 
 
+def _open_ticket(ticket: StoredRecord) -> bool:
+    """Not resolved: resolution re-encrypts the ticket under an expiry bucket (its
+    retention clock runs), out of the subject key scheme."""
+    return ticket.key_scheme == SCHEME_SUBJECT and ticket.retain_until is None
+
+
 def _no_live_grant() -> PermissionDenied:
     # The same answer whatever the cause (unknown, another subject's, ended): a caller
     # cannot probe for other subjects' grants.
@@ -196,7 +209,7 @@ class SupportAccess:
             raise InvalidArgument(
                 "ticket_record_id", f"the ticket must be a record of category {SUPPORT_CATEGORY}"
             )
-        if ticket.key_scheme != SCHEME_SUBJECT or ticket.retain_until is not None:
+        if not _open_ticket(ticket):
             raise FailedPrecondition("TICKET_RESOLVED", "the ticket is resolved already")
         now = self.vault.clock()
         row = SupportGrantRow(
@@ -286,7 +299,7 @@ class SupportAccess:
         ticket = self.vault.storage.record(grant.subject_id, grant.ticket_record_id)
         # Resolution re-encrypts the ticket under an expiry bucket (its retention clock
         # runs): it leaves the subject key scheme. A deleted ticket ends the case too.
-        if ticket is None or ticket.key_scheme != SCHEME_SUBJECT or ticket.retain_until is not None:
+        if ticket is None or not _open_ticket(ticket):
             return RESOLVED
         return None
 
@@ -357,18 +370,28 @@ class SupportAccess:
         """The granted ticket and the subject's profile, under a live grant.
 
         The consent is for one case (seed 002): of the support category only the granted
-        ticket is returned, never the subject's other tickets; of the rest, what the
-        catalog lets purpose ``support`` read (identity, contact). The caller's own
-        policy, when one is bound, and the subject's restriction still apply.
+        ticket is read, never the subject's other tickets; of the rest, what the catalog
+        lets purpose ``support`` read (identity, contact). The caller's own policy, when
+        one is bound, and the subject's restriction still apply. Only the records
+        returned are read from the database and decrypted, so the call's audit entry
+        (purpose ``support``) names exactly the categories and fields it returned.
 
         Raises:
             PermissionDenied: NO_LIVE_GRANT (see :meth:`live_grant`), or a catalog
                 rule such as RESTRICTED.
         """
         grant = self.live_grant(subject_id, grant_id)
-        _, records = self.vault.all_records(subject_id, SUPPORT_PURPOSE)
+        info = self.vault.subject_info(subject_id)
+        readable = self.vault.readable(info, SUPPORT_PURPOSE, "")
+        profile = [c for c in readable if c != SUPPORT_CATEGORY]
+        stored = list(self.vault.storage.records(subject_id, categories=profile)) if profile else []
+        if SUPPORT_CATEGORY in readable:
+            ticket = self.vault.storage.record(subject_id, grant.ticket_record_id)
+            # Only as the grant found it: a ticket resolved since has ended the case.
+            if ticket is not None and _open_ticket(ticket):
+                stored.append(ticket)
+        access.note_purpose(SUPPORT_PURPOSE)
         return [
-            r
-            for r in records
-            if r.category != SUPPORT_CATEGORY or r.record_id == grant.ticket_record_id
+            self.vault.open_record(info, record)
+            for record in sorted(stored, key=lambda r: r.record_id)
         ]

@@ -810,7 +810,12 @@ class RecordEventResponse(_message.Message):
 
     RECORD_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def record(self) -> Global___Record: ...
+    def record(self) -> Global___Record:
+        """The record's metadata (new version, retain_until_time); fields is always empty,
+        whoever calls: the caller may have no right to the content (support resolving a
+        ticket without a live grant).
+        """
+
     def __init__(
         self,
         *,

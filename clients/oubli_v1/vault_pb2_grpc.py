@@ -506,7 +506,8 @@ class RecordServiceServicer:
 
     def RecordEvent(self, request, context):
         """Records an event that starts the record's retention clock (e.g. "resolved" for
-        a support ticket: kept 2 years after resolution).
+        a support ticket: kept 2 years after resolution). Answers the record's metadata
+        only: starting a retention clock is not a read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

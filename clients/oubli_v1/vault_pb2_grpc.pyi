@@ -193,7 +193,8 @@ class RecordServiceStub:
     DeleteRecord: _grpc.UnaryUnaryMultiCallable[_vault_pb2.DeleteRecordRequest, _vault_pb2.DeleteRecordResponse]
     RecordEvent: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]
     """Records an event that starts the record's retention clock (e.g. "resolved" for
-    a support ticket: kept 2 years after resolution).
+    a support ticket: kept 2 years after resolution). Answers the record's metadata
+    only: starting a retention clock is not a read.
     """
     BatchCreateRecords: _grpc.UnaryUnaryMultiCallable[_vault_pb2.BatchCreateRecordsRequest, _vault_pb2.BatchCreateRecordsResponse]
     """Creates up to 1 000 records, across any number of subjects, atomically: either
@@ -223,7 +224,8 @@ class RecordServiceAsyncStub(RecordServiceStub):
     DeleteRecord: _aio.UnaryUnaryMultiCallable[_vault_pb2.DeleteRecordRequest, _vault_pb2.DeleteRecordResponse]  # type: ignore[assignment]
     RecordEvent: _aio.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]  # type: ignore[assignment]
     """Records an event that starts the record's retention clock (e.g. "resolved" for
-    a support ticket: kept 2 years after resolution).
+    a support ticket: kept 2 years after resolution). Answers the record's metadata
+    only: starting a retention clock is not a read.
     """
     BatchCreateRecords: _aio.UnaryUnaryMultiCallable[_vault_pb2.BatchCreateRecordsRequest, _vault_pb2.BatchCreateRecordsResponse]  # type: ignore[assignment]
     """Creates up to 1 000 records, across any number of subjects, atomically: either
@@ -286,7 +288,8 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.RecordEventResponse, _abc.Awaitable[_vault_pb2.RecordEventResponse]]:
         """Records an event that starts the record's retention clock (e.g. "resolved" for
-        a support ticket: kept 2 years after resolution).
+        a support ticket: kept 2 years after resolution). Answers the record's metadata
+        only: starting a retention clock is not a read.
         """
 
     @_abc_1.abstractmethod

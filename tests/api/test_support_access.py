@@ -113,3 +113,58 @@ def test_only_the_control_panel_records_consent(served: tuple[RunningServer, Clo
         with pytest.raises(PermissionDenied) as refused:
             support.grant_support_access(sid, ticket.record_id, 24)
         assert refused.value.reason == "RPC_NOT_ALLOWED"
+
+
+def test_resolving_a_ticket_answers_metadata_only_whoever_calls(
+    served: tuple[RunningServer, Clock],
+) -> None:
+    """Issue 9, finding 1: RecordEvent returned the decrypted ticket, so support read it
+    without (or after) the customer's consent, and no access report showed it."""
+    server, _ = served
+    with _client(server, "control-panel") as panel, _client(server, "support") as support:
+        sid = panel.create_subject().subject_id
+        fields = {"subject_line": "VPN down", "message": SECRET}
+        never_granted = panel.create_record(sid, "support", fields, "customer")
+        revoked = panel.create_record(sid, "support", fields, "customer")
+        grant = panel.grant_support_access(sid, revoked.record_id, 24)
+        panel.revoke_support_access(grant.grant_id)
+        for ticket in (never_granted, revoked):
+            resolved = support.record_event(sid, ticket.record_id, "resolved")
+            assert resolved.fields == {}
+            assert resolved.version == 2 and resolved.retain_until is not None
+        # Not a read for anyone: the control panel (it may read tickets for the customer's
+        # own access) gets the same.
+        third = panel.create_record(sid, "support", fields, "customer")
+        assert panel.record_event(sid, third.record_id, "resolved").fields == {}
+
+        report = panel.access_report(sid)
+        assert "support" not in report["categories"]["support"]["recipients_seen"]
+        stored = panel.get_record(sid, never_granted.record_id, "access")
+        assert stored.fields == fields and stored.version == 2
+
+
+def test_read_under_grant_decrypts_and_audits_only_what_it_returns(
+    served: tuple[RunningServer, Clock],
+) -> None:
+    """Issue 9, finding 4: the read decrypted every ticket of the subject and its audit
+    entry named their fields, with an empty purpose."""
+    server, _ = served
+    with _client(server, "control-panel") as panel, _client(server, "support") as support:
+        sid = panel.create_subject().subject_id
+        ticket = panel.create_record(sid, "support", {"message": SECRET}, "customer")
+        panel.create_record(sid, "support", {"subject_line": "older case", "channel": "phone"})
+        panel.create_record(sid, "contact", {"email": "client@example.org"})
+        panel.create_record(sid, "usage", {"page": "/billing"})  # not for purpose support
+        grant = panel.grant_support_access(sid, ticket.record_id, 24)
+
+        read = support.read_under_grant(sid, grant.grant_id)
+
+    assert {r.category: r.fields for r in read} == {
+        "support": {"message": SECRET},
+        "contact": {"email": "client@example.org"},
+    }
+    entries = server.audit.audit.query(subject_id=sid)
+    (entry,) = [e.event for e in entries if e.event.action == "SupportService.ReadUnderGrant"]
+    assert set(entry.fields) == {"message", "email"}  # not the other ticket's fields
+    assert set(entry.categories) == {"support", "contact"}
+    assert (entry.caller, entry.outcome, entry.purpose) == ("support", "OK", "support")

@@ -389,13 +389,17 @@ def test_resolved_ticket_moves_to_the_expiry_bucket(
     clock.set(resolved_at)
     view = vault.record_event(sid, ticket.record_id, "resolved")
     assert view.retain_until == datetime(2028, 6, 1, tzinfo=UTC)  # resolution + 24 months
-    assert view.version == 2 and view.fields == {"ticket_id": "T-1", "message": "help"}
+    # Metadata only: starting a retention clock is not a read (issue 9, finding 1).
+    assert view.version == 2 and view.fields == {}
     stored = storage.record(sid, ticket.record_id)
     assert stored is not None
     assert stored.key_scheme == SCHEME_EXPIRY
     assert stored.bucket_id == "expiry:support:2028-06"
     assert stored.retain_until == datetime(2028, 6, 1, tzinfo=UTC)
-    assert vault.get_record(sid, ticket.record_id, "support").fields == view.fields
+    assert vault.get_record(sid, ticket.record_id, "support").fields == {
+        "ticket_id": "T-1",
+        "message": "help",
+    }
 
     with pytest.raises(FailedPrecondition) as caught:
         vault.record_event(sid, ticket.record_id, "resolved")
