@@ -47,6 +47,7 @@ READ_ONLY_METHODS = frozenset(
         "ListRightsRequests",
         "QueryAudit",
         "VerifyAudit",
+        "ListAuditCheckpoints",
         "FindSubject",
         "GetOverview",
         "ReadUnderGrant",

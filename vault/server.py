@@ -124,7 +124,12 @@ def start_server(
 ) -> RunningServer:
     vault = vault or build_vault(config, clock)
     authenticator, policy = auth or build_auth(config)
-    audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock)
+    audit = audit or AuditRecorder.build(
+        vault.storage,
+        vault.kms,
+        vault.clock,
+        timedelta(seconds=config.audit_full_verify_seconds),
+    )
     audit.start_checkpoints(config.audit_checkpoint_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
