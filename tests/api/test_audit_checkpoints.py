@@ -233,3 +233,24 @@ def test_a_truncated_tail_is_caught_by_the_export(clocked: tuple[Stack, FakeCloc
         checkpoint.seq,
         "CHECKPOINT_ENTRY_MISSING",
     )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"seq": 1}\n',
+        "not json\n",
+        '{"seq": 1, "hash": "a", "at": "x", "signature": "!", "key_id": "k", "key_version": 1}\n',
+    ],
+)
+def test_an_unreadable_checkpoints_file_stops_verify_before_any_call(
+    tmp_path: Path, content: str
+) -> None:
+    path = tmp_path / "checkpoints.jsonl"
+    path.write_text(content)
+    # Nothing listens on port 9: the file is refused before any call is made.
+    result = CliRunner().invoke(
+        app, ["audit", "verify", "--checkpoints", str(path), "--target", "127.0.0.1:9"]
+    )
+    assert result.exit_code == 2
+    assert "invalid checkpoints file: line 1" in result.stderr
