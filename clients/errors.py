@@ -13,7 +13,12 @@ from grpc_status import rpc_status
 
 class OubliClientError(Exception):
     def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str = "", field: str = ""
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        field: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}" + (f" [{reason}]" if reason else ""))
         self.code = code
@@ -21,6 +26,8 @@ class OubliClientError(Exception):
         self.reason = reason
         #: For INVALID_ARGUMENT: the request field at fault.
         self.field = field
+        #: Seconds to wait before trying again (google.rpc.RetryInfo), when the server said.
+        self.retry_after = retry_after
 
 
 class InvalidArgument(OubliClientError):
@@ -51,6 +58,10 @@ class DataLoss(OubliClientError):
     """A stored ciphertext failed authentication."""
 
 
+class ResourceExhausted(OubliClientError):
+    """A costly call ran too recently (e.g. a full audit walk): see ``retry_after``."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[OubliClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -59,6 +70,7 @@ _BY_CODE: dict[grpc.StatusCode, type[OubliClientError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
@@ -71,16 +83,21 @@ def grpc_code(value: int) -> grpc.StatusCode:
 
 
 def error_for(
-    code: grpc.StatusCode, message: str, reason: str = "", field: str = ""
+    code: grpc.StatusCode,
+    message: str,
+    reason: str = "",
+    field: str = "",
+    retry_after: float | None = None,
 ) -> OubliClientError:
     """The exception for a status (also used for the per-item errors of batches)."""
-    return _BY_CODE.get(code, OubliClientError)(code, message, reason, field)
+    return _BY_CODE.get(code, OubliClientError)(code, message, reason, field, retry_after)
 
 
 def from_rpc_error(error: grpc.RpcError) -> OubliClientError:
     code: grpc.StatusCode = error.code()
     message: str = error.details() or ""
     reason = field = ""
+    retry_after: float | None = None
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is not None:
         for detail in status.details:
@@ -93,4 +110,8 @@ def from_rpc_error(error: grpc.RpcError) -> OubliClientError:
                 detail.Unpack(bad)
                 if bad.field_violations:
                     field = bad.field_violations[0].field
-    return error_for(code, message, reason, field)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    return error_for(code, message, reason, field, retry_after)

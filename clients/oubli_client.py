@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.errors import OubliClientError, error_for, from_rpc_error, grpc_code
 from clients.oubli_v1 import vault_pb2 as pb
@@ -41,6 +42,12 @@ _STATES = {
     pb.SUBJECT_STATE_HELD: "held",
     pb.SUBJECT_STATE_SHREDDED: "shredded",
 }
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def _time(message: Any, name: str) -> datetime | None:
@@ -140,10 +147,41 @@ class AuditEntry:
 @dataclass(frozen=True, slots=True)
 class AuditVerification:
     ok: bool
+    #: Entries walked.
     checked: int
     first_broken_seq: int | None
     reason: str
     checkpoint_seq: int | None
+    #: The whole chain was walked (asked for, or no checkpoint yet).
+    full: bool = False
+    #: One sentence for people, naming seqs only.
+    detail: str = ""
+    #: Exported checkpoints compared with the chain.
+    exported_checked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheckpoint:
+    """A signed chain head, to keep outside the server's database.
+
+    ``signature`` is in the KMS backend's format; it signs
+    ``b"oubli-audit-checkpoint/v1\\n" + seq + b"\\n" + hash`` (ASCII).
+    """
+
+    seq: int
+    hash: str
+    at: datetime
+    signature: bytes
+    key_id: str
+    key_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheckpointPage:
+    checkpoints: list[AuditCheckpoint]
+    #: Raw 32-byte Ed25519 public key of the signing key's latest version.
+    public_key: bytes
+    key_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,14 +649,57 @@ class OubliClient:
             for e in response.entries
         ]
 
-    def verify_audit(self) -> AuditVerification:
-        response = self._call(self._audit.VerifyAudit, pb.VerifyAuditRequest(), idempotent=True)
+    def verify_audit(
+        self, *, full: bool = False, exported: Sequence[AuditCheckpoint] = ()
+    ) -> AuditVerification:
+        """Check the audit chain from the newest checkpoint on (all of it with ``full``,
+        which the server allows once per interval: ResourceExhausted with
+        ``retry_after`` beyond), and against ``exported`` checkpoints (at most 10000)."""
+        request = pb.VerifyAuditRequest(
+            full=full,
+            exported=[
+                pb.AuditCheckpoint(
+                    seq=c.seq,
+                    hash=c.hash,
+                    time=_timestamp(c.at),
+                    signature=c.signature,
+                    key_id=c.key_id,
+                    key_version=c.key_version,
+                )
+                for c in exported
+            ],
+        )
+        response = self._call(self._audit.VerifyAudit, request, idempotent=True)
         return AuditVerification(
             response.ok,
             response.checked,
             response.first_broken_seq or None,
             response.reason,
             response.checkpoint_seq or None,
+            response.full,
+            response.detail,
+            response.exported_checked,
+        )
+
+    def list_audit_checkpoints(self, *, after_seq: int = 0, limit: int = 0) -> AuditCheckpointPage:
+        """Signed checkpoints with a seq greater than ``after_seq``, oldest first (at most
+        ``limit``, 0 meaning 1000), and the signing public key."""
+        request = pb.ListAuditCheckpointsRequest(after_seq=after_seq, limit=limit)
+        response = self._call(self._audit.ListAuditCheckpoints, request, idempotent=True)
+        return AuditCheckpointPage(
+            [
+                AuditCheckpoint(
+                    c.seq,
+                    c.hash,
+                    c.time.ToDatetime(tzinfo=UTC),
+                    c.signature,
+                    c.key_id,
+                    c.key_version,
+                )
+                for c in response.checkpoints
+            ],
+            response.public_key,
+            response.key_id,
         )
 
     # --- support access -------------------------------------------------------------

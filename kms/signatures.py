@@ -42,6 +42,15 @@ def local_signature_version(signature: bytes) -> int | None:
     return signature[0]
 
 
+def signature_key_version(signature: bytes) -> int | None:
+    """The key version a signature of any backend names; None if it is malformed."""
+    local = local_signature_version(signature)
+    if local is not None:
+        return local
+    match = _TRANSIT_SIGNATURE.fullmatch(signature)
+    return None if match is None else int(match.group(1))
+
+
 def local_public_key(private_key: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
 

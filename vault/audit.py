@@ -26,7 +26,14 @@ key, or the local keystore's). The signed message is::
 so anyone with the public key (:meth:`AuditLog.public_key`) can check a published
 checkpoint offline (:func:`kms.signatures.verify_offline`). Truncation or rewriting
 *after* the newest checkpoint is undetectable by design; checkpoint often, and copy
-checkpoints outside the database.
+checkpoints outside the database (:meth:`AuditLog.checkpoints_after`): whoever can
+write to the database can also delete checkpoint rows, and :meth:`AuditLog.verify`
+given the copies (``exported``) catches what that deletion hid.
+
+:meth:`AuditLog.verify` is incremental by default in the server: it checks the newest
+checkpoint and the entries after it, since the checkpointed entry's hash vouches for
+every entry before it through the links. A full walk from seq 1 (which also finds an
+edit before that checkpoint that nobody re-chained) is throttled.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -44,6 +52,7 @@ from sqlalchemy import Connection, Engine, String, func, insert, select, text, t
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kms.base import KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
+from kms.signatures import signature_key_version
 from vault.clock import Clock
 from vault.errors import (
     FailedPrecondition,
@@ -55,6 +64,7 @@ from vault.errors import (
 from vault.groupcommit import GroupCommit
 from vault.models import AuditCheckpointRow, AuditEntryRow
 from vault.storage import Storage, sqlite_writer
+from vault.throttle import Throttle
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
@@ -62,6 +72,9 @@ GENESIS_HASH = "0" * 64
 INVALID = "~invalid"
 CHECKPOINT_CONTEXT = b"oubli-audit-checkpoint/v1\n"
 MAX_QUERY_LIMIT = 10_000
+#: Checkpoints kept outside the database that one verification compares (the newest
+#: one alone vouches for every entry before it; older ones narrow a rewrite down).
+MAX_EXPORTED_CHECKPOINTS = 10_000
 
 # Names: catalog names, callers, RPC names, reason codes, request ids. No "@", "+",
 # spaces or other characters that e-mail addresses, phone numbers or prose need.
@@ -154,6 +167,11 @@ class Checkpoint:
     def message(self) -> bytes:
         return checkpoint_message(self.seq, self.hash)
 
+    @property
+    def key_version(self) -> int:
+        """The signing key version the signature names (0 if it is malformed)."""
+        return signature_key_version(self.signature) or 0
+
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
@@ -169,9 +187,14 @@ class VerifyResult:
             replaced, reordered or removed), ``CHECKPOINT_MISMATCH`` (chain rewritten at
             or before the checkpoint), ``CHECKPOINT_ENTRY_MISSING`` (tail truncated),
             ``CHECKPOINT_SIGNATURE_INVALID``, ``CHECKPOINT_KEY_UNTRUSTED`` (signed by
-            another key id), ``CHECKPOINT_KEY_MISSING`` (the signing key is gone).
+            another key id), ``CHECKPOINT_KEY_MISSING`` (the signing key is gone),
+            ``CHECKPOINT_DELETED`` (a checkpoint this AuditLog verified before is gone
+            from the database or changed), ``EXPORTED_CHECKPOINT_INVALID`` (an exported
+            checkpoint is not signed by the signing key: the copy was altered).
         detail: one sentence for people, with seqs only.
         checkpoint_seq: the newest checkpoint the chain was checked against, if any.
+        full: the walk started at seq 1.
+        exported_checked: exported checkpoints compared with the chain.
     """
 
     ok: bool
@@ -180,6 +203,8 @@ class VerifyResult:
     reason: str
     detail: str = ""
     checkpoint_seq: int | None = None
+    full: bool = True
+    exported_checked: int = 0
 
 
 def iso_time(at: datetime) -> str:
@@ -280,8 +305,56 @@ class _Walk:
     reason: str = "OK"
     detail: str = ""
 
+    @property
+    def failed(self) -> bool:
+        return self.broken_seq is not None
+
     def fail(self, seq: int, reason: str, detail: str) -> None:
         self.broken_seq, self.reason, self.detail = seq, reason, detail
+
+
+def _recomputed_hash(row: Any) -> str | None:
+    """The hash a stored row's columns give (None for a value no append writes)."""
+    try:
+        entry = _entry(row, strict=True)
+    except _Unreadable:
+        return None
+    return entry_hash(entry.prev_hash, entry.seq, entry.at, entry.event)
+
+
+def _exported(checkpoints: Sequence[Checkpoint]) -> list[Checkpoint]:
+    """Exported checkpoints in seq order, checked for shape (not yet for signature)."""
+    if len(checkpoints) > MAX_EXPORTED_CHECKPOINTS:
+        raise InvalidArgument(
+            "exported", f"at most {MAX_EXPORTED_CHECKPOINTS} exported checkpoints per call"
+        )
+    by_seq: dict[int, Checkpoint] = {}
+    for checkpoint in checkpoints:
+        if checkpoint.seq < 1 or not _HEX_HASH.fullmatch(checkpoint.hash):
+            raise InvalidArgument(
+                "exported", "an exported checkpoint needs a seq >= 1 and a hex SHA-256 hash"
+            )
+        if by_seq.setdefault(checkpoint.seq, checkpoint).hash != checkpoint.hash:
+            raise InvalidArgument("exported", "two exported checkpoints for one seq differ")
+    return [by_seq[seq] for seq in sorted(by_seq)]
+
+
+def _ok_detail(walk: _Walk, newest: Checkpoint | None, full: bool, exported: int) -> str:
+    if newest is None:
+        detail = (
+            f"{walk.checked} entries verified; no signed checkpoint yet, so a truncated "
+            "tail would go unnoticed"
+        )
+    elif full:
+        detail = f"{walk.checked} entries verified against the checkpoint at seq {newest.seq}"
+    else:
+        detail = (
+            f"the checkpoint at seq {newest.seq} and the {walk.checked - 1} entries after "
+            "it verified (the checkpoint vouches for the entries before it)"
+        )
+    if exported:
+        detail += f"; {exported} exported checkpoints match"
+    return detail
 
 
 # Built once: a statement made per call cost more to compile than to run.
@@ -307,6 +380,7 @@ class AuditLog:
         clock: the time written into entries and checkpoints.
         signing_key_id: the KMS signing key; checkpoints signed by another key id are
             not trusted by :meth:`verify`.
+        full_walks: bounds walks from seq 1 in :meth:`verify` (None: unbounded).
     """
 
     def __init__(
@@ -315,6 +389,7 @@ class AuditLog:
         kms: KeyManager,
         clock: Clock,
         signing_key_id: str,
+        full_walks: Throttle | None = None,
     ) -> None:
         self._engine = (
             engine_or_storage.engine
@@ -329,6 +404,13 @@ class AuditLog:
         self._group: GroupCommit[AuditEvent, AuditEntry] = GroupCommit(
             lambda events: self._write(events)  # looked up per batch (tests replace it)
         )
+        self._full_walks = full_walks
+        # The newest checkpoint this process verified (its signature, and the chain up
+        # to it). Kept in memory, out of reach of whoever writes to the database: if
+        # its row disappears or its entry changes, checkpoints were deleted to hide a
+        # rewrite. Lost on restart; the exported copies cover that.
+        self._verified: Checkpoint | None = None
+        self._verified_lock = threading.Lock()
 
     @property
     def transactions(self) -> int:
@@ -486,10 +568,15 @@ class AuditLog:
             if existing is None:
                 raise
             return existing
+        self._remember(checkpoint)
         return checkpoint
 
     def _check_since(self, previous: Checkpoint | None, head_seq: int) -> _Walk:
         """Verify the entries the previous checkpoint does not cover yet."""
+        # Signing a chain whose checkpoints were deleted would bless the rewrite.
+        known = self._check_remembered()
+        if known.broken_seq is not None:
+            return known
         if previous is None:
             return self._walk(after_seq=0, prev_hash=GENESIS_HASH, up_to=head_seq)
         walk = _Walk()
@@ -559,6 +646,25 @@ class AuditLog:
         with self._database("audit log read failed") as connection:
             return [_checkpoint(row) for row in connection.execute(statement.limit(limit))]
 
+    def checkpoints_after(self, after_seq: int = 0, limit: int = 1000) -> list[Checkpoint]:
+        """Checkpoints with a seq greater than ``after_seq``, oldest first (to copy them
+        outside the database a page at a time).
+
+        Raises:
+            InvalidArgument: ``limit`` outside 1..MAX_QUERY_LIMIT.
+            Unavailable: the database could not be reached.
+        """
+        if not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise InvalidArgument("limit", f"limit must be within 1..{MAX_QUERY_LIMIT}")
+        statement = (
+            select(AuditCheckpointRow)
+            .where(AuditCheckpointRow.seq > after_seq)
+            .order_by(AuditCheckpointRow.seq)
+            .limit(limit)
+        )
+        with self._database("audit log read failed") as connection:
+            return [_checkpoint(row) for row in connection.execute(statement)]
+
     def public_key(self) -> bytes:
         """The raw 32-byte Ed25519 public key checkpoints are signed with.
 
@@ -568,24 +674,83 @@ class AuditLog:
         """
         return self._kms_call(lambda: self._kms.public_key(self.signing_key_id))
 
-    def verify(self) -> VerifyResult:
-        """Walk the whole chain and check it against the newest signed checkpoint.
+    def verify(self, *, full: bool = True, exported: Sequence[Checkpoint] = ()) -> VerifyResult:
+        """Check the chain from the newest signed checkpoint on (``full=False``), or all
+        of it, and against the checkpoints kept outside the database.
 
-        Every entry's hash is recomputed and its link to the previous entry checked;
-        every stored checkpoint must match the entry at its seq; the newest checkpoint's
-        entry must exist and its signature must verify with the KMS (one call; older
-        checkpoints add nothing once the newest, which covers them, is genuine).
+        Incremental: the newest checkpoint's signature is checked (one KMS call), the
+        entry at its seq must hash to the checkpoint's hash, and only the entries after
+        it are walked. That entry's hash vouches for every entry before it through the
+        links, so a rewrite before the checkpoint that someone re-chained is caught; an
+        edit there that nobody re-chained is found by a full walk only. Without any
+        checkpoint the walk starts at seq 1, as a full one.
+
+        Full: every entry from seq 1 is walked, every stored checkpoint must match the
+        entry at its seq, and the newest checkpoint's entry must exist and its
+        signature verify (older checkpoints add nothing once the newest, which covers
+        them, is genuine). A walk from seq 1 goes through the ``full_walks`` throttle.
+
+        Either way, also:
+
+        - the newest checkpoint this AuditLog verified before (in memory) must still be
+          in the database, and its entry still hash to it (``CHECKPOINT_DELETED``,
+          ``CHECKPOINT_MISMATCH``, ``CHECKPOINT_ENTRY_MISSING``);
+        - every checkpoint of ``exported`` (copies kept outside the database) must
+          name an entry that still hashes to it; the newest one, and the first that
+          fails, must be signed by the signing key (``EXPORTED_CHECKPOINT_INVALID``).
+
+        The result names the lowest seq any of these found broken.
 
         Raises:
+            InvalidArgument: more than MAX_EXPORTED_CHECKPOINTS exported checkpoints,
+                or one with a seq below 1, a malformed hash, or two for one seq.
+            RateLimited: a walk from seq 1 ran too recently (``full_walks``).
             Unavailable: the database or the KMS could not be reached (nothing was
                 concluded).
             KmsRefused: the KMS refused oubli's credentials.
             FailedPrecondition: ``signing_key_id`` names a key that is not a signing key.
         """
+        copies = _exported(exported)
         # Read before the walk: entries it names existed then, and entries are never
         # removed, so the walk must reach it (appends meanwhile only add to the walk).
         newest = self._newest_checkpoint()
         newest_seq = None if newest is None else newest.seq
+        from_start = full or newest is None
+        throttle: AbstractContextManager[None] = (
+            self._full_walks.run() if from_start and self._full_walks else nullcontext()
+        )
+        with throttle:
+            walk = (
+                self._walk_from_start(newest) if newest is None or full else self._walk_from(newest)
+            )
+        exported_walk = self._check_exported(copies)
+        findings = [w for w in (walk, exported_walk, self._check_remembered()) if w.failed]
+        if findings:
+            first = min(findings, key=lambda w: w.broken_seq or 0)  # ties: first listed
+            return VerifyResult(
+                False,
+                walk.checked,
+                first.broken_seq,
+                first.reason,
+                first.detail,
+                newest_seq,
+                from_start,
+                exported_walk.checked,
+            )
+        if newest is not None:
+            self._remember(newest)
+        return VerifyResult(
+            True,
+            walk.checked,
+            None,
+            "OK",
+            _ok_detail(walk, newest, from_start, exported_walk.checked),
+            newest_seq,
+            from_start,
+            exported_walk.checked,
+        )
+
+    def _walk_from_start(self, newest: Checkpoint | None) -> _Walk:
         walk = self._walk(after_seq=0, prev_hash=GENESIS_HASH)
         if walk.broken_seq is None and newest is not None and newest.seq > walk.last_seq:
             first_lost = self._first_checkpoint_after(walk.last_seq)
@@ -597,43 +762,163 @@ class AuditLog:
             )
         if walk.broken_seq is None and newest is not None:
             self._check_newest(newest, walk)
-        if walk.broken_seq is not None:
-            return VerifyResult(
-                False, walk.checked, walk.broken_seq, walk.reason, walk.detail, newest_seq
+        return walk
+
+    def _walk_from(self, newest: Checkpoint) -> _Walk:
+        """Walk from the checkpointed entry on: ``_walk`` recomputes its hash and compares
+        it with the checkpoint's, then follows the links after it."""
+        walk = self._walk(after_seq=newest.seq - 1, prev_hash=None)
+        if walk.last_seq < newest.seq and (walk.broken_seq is None or walk.reason == "SEQ_GAP"):
+            walk = _Walk(last_seq=newest.seq - 1)
+            walk.fail(
+                newest.seq,
+                "CHECKPOINT_ENTRY_MISSING",
+                f"the checkpoint at seq {newest.seq} names an entry the chain no longer "
+                "has: entries were removed",
             )
-        detail = (
-            f"{walk.checked} entries verified against the checkpoint at seq {newest_seq}"
-            if newest is not None
-            else f"{walk.checked} entries verified; no signed checkpoint yet, so a "
-            "truncated tail would go unnoticed"
-        )
-        return VerifyResult(True, walk.checked, None, "OK", detail, newest_seq)
+        if walk.broken_seq is None:
+            self._check_newest(newest, walk)
+        return walk
 
     def _check_newest(self, newest: Checkpoint, walk: _Walk) -> None:
-        if newest.key_id != self.signing_key_id:
+        problem = self._signature_problem(newest)
+        if problem == "CHECKPOINT_KEY_UNTRUSTED":
             walk.fail(
                 newest.seq,
-                "CHECKPOINT_KEY_UNTRUSTED",
+                problem,
                 f"the checkpoint at seq {newest.seq} names another signing key",
             )
-            return
-        try:
-            valid = self._kms.verify(newest.key_id, newest.message, newest.signature)
-        except KeyDestroyed:
+        elif problem == "CHECKPOINT_KEY_MISSING":
             walk.fail(
                 newest.seq,
-                "CHECKPOINT_KEY_MISSING",
+                problem,
                 "the signing key is gone from the KMS: the checkpoint cannot be checked",
             )
-            return
-        except KmsError as e:
-            raise self._kms_error(e) from e
-        if not valid:
+        elif problem is not None:
             walk.fail(
                 newest.seq,
-                "CHECKPOINT_SIGNATURE_INVALID",
+                problem,
                 f"the signature of the checkpoint at seq {newest.seq} does not verify",
             )
+
+    def _signature_problem(self, checkpoint: Checkpoint) -> str | None:
+        """None if ``checkpoint`` is signed by the signing key, else a reason code."""
+        if checkpoint.key_id != self.signing_key_id:
+            return "CHECKPOINT_KEY_UNTRUSTED"
+        try:
+            valid = self._kms.verify(checkpoint.key_id, checkpoint.message, checkpoint.signature)
+        except KeyDestroyed:
+            return "CHECKPOINT_KEY_MISSING"
+        except KmsError as e:
+            raise self._kms_error(e) from e
+        return None if valid else "CHECKPOINT_SIGNATURE_INVALID"
+
+    def _check_remembered(self) -> _Walk:
+        """The newest checkpoint this process verified must still stand in the database."""
+        walk = _Walk()
+        with self._verified_lock:
+            known = self._verified
+        if known is None:
+            return walk
+        row = self._entry_rows([known.seq]).get(known.seq)
+        stored = self._checkpoint_at(known.seq)
+        if row is None:
+            walk.fail(
+                known.seq,
+                "CHECKPOINT_ENTRY_MISSING",
+                f"the entry at seq {known.seq}, signed by a checkpoint this server "
+                "verified, is gone: entries were removed",
+            )
+        elif _recomputed_hash(row) != known.hash:
+            walk.fail(
+                known.seq,
+                "CHECKPOINT_MISMATCH",
+                f"seq {known.seq} no longer matches the checkpoint this server verified: "
+                f"the chain was rewritten at or before seq {known.seq}",
+            )
+        elif stored is None or (stored.hash, stored.signature) != (known.hash, known.signature):
+            walk.fail(
+                known.seq,
+                "CHECKPOINT_DELETED",
+                f"the checkpoint at seq {known.seq} that this server verified is gone from "
+                "the database or changed: checkpoints were deleted",
+            )
+        return walk
+
+    def _remember(self, checkpoint: Checkpoint) -> None:
+        with self._verified_lock:
+            if self._verified is None or checkpoint.seq > self._verified.seq:
+                self._verified = checkpoint
+
+    def _check_exported(self, exported: Sequence[Checkpoint]) -> _Walk:
+        """Each exported checkpoint must name an entry that still hashes to it.
+
+        Signatures are checked where they decide: the first checkpoint that fails (is
+        the chain broken, or the copy altered?) and, when all match, the newest one
+        (a copy altered together with the database would otherwise pass).
+        """
+        walk = _Walk()
+        if not exported:
+            return walk
+        rows = self._entry_rows(c.seq for c in exported)
+        matched = 0  # the last exported seq that still matches
+        for copy in exported:
+            row = rows.get(copy.seq)
+            if row is not None and _recomputed_hash(row) == copy.hash:
+                matched = copy.seq
+                walk.checked += 1
+                continue
+            if self._copy_is_forged(copy, walk):
+                return walk
+            if row is None:
+                head = self._head()
+                walk.fail(
+                    copy.seq,
+                    "CHECKPOINT_ENTRY_MISSING",
+                    f"the exported checkpoint at seq {copy.seq} names an entry the chain no "
+                    f"longer has (it ends at seq {0 if head is None else head[0]}): "
+                    "entries were removed",
+                )
+            else:
+                walk.fail(
+                    copy.seq,
+                    "CHECKPOINT_MISMATCH",
+                    f"seq {copy.seq} differs from its exported checkpoint: the chain was "
+                    f"rewritten between seq {matched + 1} and seq {copy.seq}",
+                )
+            return walk
+        self._copy_is_forged(exported[-1], walk)
+        return walk
+
+    def _copy_is_forged(self, copy: Checkpoint, walk: _Walk) -> bool:
+        problem = self._signature_problem(copy)
+        if problem is None:
+            return False
+        if problem == "CHECKPOINT_KEY_MISSING":
+            walk.fail(
+                copy.seq,
+                problem,
+                "the signing key is gone from the KMS: exported checkpoints cannot be checked",
+            )
+        else:
+            walk.fail(
+                copy.seq,
+                "EXPORTED_CHECKPOINT_INVALID",
+                f"the exported checkpoint at seq {copy.seq} is not signed by the audit "
+                "signing key: the exported copy was altered",
+            )
+        return True
+
+    def _entry_rows(self, seqs: Iterable[int]) -> dict[int, Any]:
+        """The stored rows at ``seqs``, as the walk reads them."""
+        wanted = sorted(set(seqs))
+        rows: dict[int, Any] = {}
+        with self._database("audit log read failed") as connection:
+            for start in range(0, len(wanted), _PAGE):
+                chunk = wanted[start : start + _PAGE]
+                statement = select(*_RAW_COLUMNS).where(AuditEntryRow.seq.in_(chunk))
+                rows.update((row.seq, row) for row in connection.execute(statement))
+        return rows
 
     def _walk(self, *, after_seq: int, prev_hash: str | None, up_to: int | None = None) -> _Walk:
         """Check the entries after ``after_seq`` in seq order, a page at a time, and each

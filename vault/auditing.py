@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from vault.errors import Unavailable
 from vault.ids import RandomBytes, new_id
 from vault.models import ServiceKeyRow
 from vault.storage import Storage
+from vault.throttle import Throttle
 
 log = structlog.get_logger("oubli.audit")
 
@@ -96,8 +98,21 @@ class AuditRecorder:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def build(cls, storage: Storage, kms: KeyManager, clock: Clock) -> AuditRecorder:
-        audit = AuditLog(storage, kms, clock, signing_key_id(storage, clock))
+    def build(
+        cls,
+        storage: Storage,
+        kms: KeyManager,
+        clock: Clock,
+        full_walk_pause: timedelta = timedelta(seconds=300),
+    ) -> AuditRecorder:
+        """The recorder over ``storage``; walks of the whole chain by this server are
+        ``full_walk_pause`` apart at least (zero: no limit)."""
+        full_walks = (
+            Throttle(full_walk_pause, clock, "a full walk of the audit chain")
+            if full_walk_pause > timedelta(0)
+            else None
+        )
+        audit = AuditLog(storage, kms, clock, signing_key_id(storage, clock), full_walks)
         audit.ensure_signing_key()
         return cls(audit)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -19,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient, RetentionSummary
+from clients.oubli_client import AuditCheckpoint, OubliClient, RetentionSummary
 from kms.base import KmsError
 from vault.callers import CallerPolicyError
 from vault.catalog import CatalogError
@@ -375,12 +376,29 @@ def retention_run(
 
 
 @audit_app.command("verify")
-def audit_verify(target: Target = "127.0.0.1:50051") -> None:
-    """Recompute the audit hash chain; exit 1 naming the first broken entry (2 when the
+def audit_verify(
+    target: Target = "127.0.0.1:50051",
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="walk the whole chain, not only what follows the newest checkpoint "
+            "(the server allows one full walk per interval)",
+        ),
+    ] = False,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints", help="also check the chain against this export-checkpoints file"
+        ),
+    ] = None,
+) -> None:
+    """Check the audit hash chain; exit 1 naming the first broken entry (2 when the
     verification itself could not run)."""
+    exported = _read_checkpoints(checkpoints) if checkpoints is not None else []
     try:
         with _client_call(target) as client:
-            result = client.verify_audit()
+            result = client.verify_audit(full=full, exported=exported)
     except OubliClientError as e:
         raise _fail("audit verify failed:", e, code=2) from None
     print(
@@ -391,11 +409,131 @@ def audit_verify(target: Target = "127.0.0.1:50051") -> None:
                 "first_broken_seq": result.first_broken_seq,
                 "reason": result.reason,
                 "checkpoint_seq": result.checkpoint_seq,
+                "full": result.full,
+                "exported_checked": result.exported_checked,
+                "detail": result.detail,
             }
         )
     )
     if not result.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("export-checkpoints")
+def audit_export_checkpoints(
+    target: Target = "127.0.0.1:50051",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (default stdout), written 0600")
+    ] = None,
+) -> None:
+    """Copy every signed checkpoint out of the database, as JSON lines (seq, hash, at,
+    key_id, key_version, signature and the signing public key, base64). Keep the copy
+    elsewhere: `audit verify --checkpoints FILE` then catches checkpoints deleted from the
+    database to hide a rewritten or truncated chain. Each checkpoint's signature is
+    checked with the public key first; nothing is written if one does not verify."""
+    lines: list[str] = []
+    try:
+        with _client_call(target) as client:
+            after = 0
+            while True:
+                page = client.list_audit_checkpoints(after_seq=after, limit=_CHECKPOINT_PAGE)
+                for checkpoint in page.checkpoints:
+                    lines.append(_checkpoint_line(checkpoint, page.public_key))
+                if len(page.checkpoints) < _CHECKPOINT_PAGE:
+                    break
+                after = page.checkpoints[-1].seq
+    except OubliClientError as e:
+        raise _fail("audit export-checkpoints failed:", e) from None
+    except _ForgedCheckpoint as e:
+        raise _fail("audit export-checkpoints failed:", e) from None
+    text = "".join(line + "\n" for line in lines)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        _write_private(output, text)
+    err.print(f"{len(lines)} checkpoints exported")
+
+
+_CHECKPOINT_PAGE = 1000
+#: What one VerifyAudit compares (the newest alone vouches for every entry before it).
+_MAX_EXPORTED = 10_000
+
+
+class _ForgedCheckpoint(Exception):
+    pass
+
+
+def _checkpoint_line(checkpoint: AuditCheckpoint, public_key: bytes) -> str:
+    from kms.signatures import verify_offline
+    from vault.audit import checkpoint_message
+
+    message = checkpoint_message(checkpoint.seq, checkpoint.hash)
+    if not verify_offline(public_key, message, checkpoint.signature):
+        raise _ForgedCheckpoint(
+            f"the checkpoint at seq {checkpoint.seq} does not verify with the signing key's "
+            "public key: the database's checkpoints were altered; nothing written"
+        )
+    return json.dumps(
+        {
+            "seq": checkpoint.seq,
+            "hash": checkpoint.hash,
+            "at": _iso(checkpoint.at),
+            "key_id": checkpoint.key_id,
+            "key_version": checkpoint.key_version,
+            "signature": base64.b64encode(checkpoint.signature).decode("ascii"),
+            "public_key": base64.b64encode(public_key).decode("ascii"),
+        }
+    )
+
+
+def _read_checkpoints(path: Path) -> list[AuditCheckpoint]:
+    """The newest checkpoints of an export-checkpoints file (exit 2 if unreadable)."""
+    found: list[AuditCheckpoint] = []
+    try:
+        with path.open(encoding="utf-8") as source:
+            for number, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                    found.append(
+                        AuditCheckpoint(
+                            int(item["seq"]),
+                            str(item["hash"]),
+                            datetime.fromisoformat(item["at"]),
+                            base64.b64decode(item["signature"], validate=True),
+                            str(item["key_id"]),
+                            int(item["key_version"]),
+                        )
+                    )
+                except (ValueError, KeyError, TypeError) as e:
+                    raise _fail(
+                        "invalid checkpoints file:",
+                        ValueError(f"line {number}: {type(e).__name__}"),
+                        code=2,
+                    ) from None
+    except OSError as e:
+        raise _fail("cannot read the checkpoints file:", e, code=2) from None
+    found.sort(key=lambda c: c.seq)
+    return found[-_MAX_EXPORTED:]
+
+
+def _write_private(output: Path, text: str) -> None:
+    """Write ``text`` to ``output``, readable by its owner only (0600): a regular file
+    is replaced whole; anything else (a FIFO, /dev/stdout) is written as it is."""
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        with output.open("w", encoding="utf-8") as sink:
+            sink.write(text)
+        return
+    # mkstemp creates the file 0600 whatever the umask.
+    fd, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as sink:
+            sink.write(text)
+        os.replace(partial, output)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 @audit_app.command("query")

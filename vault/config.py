@@ -20,6 +20,9 @@ Environment variables (all optional):
     OUBLI_TLS_CERT, OUBLI_TLS_KEY  serve TLS (1.3 negotiated) with this certificate
     OUBLI_TLS_CLIENT_CA   require client certificates signed by this CA (mTLS)
     OUBLI_AUDIT_CHECKPOINT_SECONDS  how often the audit chain head is signed (default 300)
+    OUBLI_AUDIT_FULL_VERIFY_SECONDS  least pause between two full walks of the audit
+                          chain (VerifyAudit full, or before any checkpoint; default 300,
+                          0 = no limit)
     VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
     OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
     OUBLI_KMS_TIMEOUT_SECONDS  longest a KMS call may take, less when the caller's
@@ -89,6 +92,8 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     #: How often the audit chain's head is signed with the KMS signing key.
     audit_checkpoint_seconds: float = 300.0
+    #: Least pause between two walks of the whole audit chain by this server (0: none).
+    audit_full_verify_seconds: float = 300.0
     #: host:port of the Prometheus metrics endpoint (HTTP, ``/metrics``); empty = off.
     metrics_listen: str = ""
     #: The KMS guard (kms/guard.py): per-call budget cap, calls in flight (0: half the
@@ -134,6 +139,8 @@ class ServerConfig:
             raise ConfigError("mTLS (a client CA) needs the server's TLS certificate and key")
         if self.audit_checkpoint_seconds <= 0:
             raise ConfigError("the audit checkpoint interval must be > 0 seconds")
+        if self.audit_full_verify_seconds < 0:
+            raise ConfigError("the pause between full audit walks must be >= 0 seconds")
         if self.kms_backup_retention_days < 0:
             raise ConfigError("KMS backup retention must be >= 0 days")
         if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
@@ -246,4 +253,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_KMS_MAX_IN_FLIGHT": ("kms_max_in_flight", int),
     "OUBLI_KMS_BREAKER_FAILURES": ("kms_breaker_failures", int),
     "OUBLI_KMS_BREAKER_RESET_SECONDS": ("kms_breaker_reset_seconds", float),
+    "OUBLI_AUDIT_FULL_VERIFY_SECONDS": ("audit_full_verify_seconds", float),
 }

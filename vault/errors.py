@@ -7,6 +7,8 @@ their own exceptions into these before they reach the domain.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from kms.base import KeyDestroyed, KmsAccessDenied, KmsError, KmsUnavailable
 
 
@@ -112,6 +114,17 @@ class Unavailable(OubliError):
     """
 
     reason = "BACKEND_UNAVAILABLE"
+
+
+class RateLimited(OubliError):
+    """A costly operation ran too recently on this server; ``retry_after`` says when
+    it may run again (google.rpc.RetryInfo)."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after: timedelta, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.retry_after = retry_after
 
 
 def kms_error(error: KmsError) -> OubliError:

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from vault.access import current_caller
-from vault.audit import AuditLog
+from vault.audit import AuditLog, Checkpoint
 from vault.bulk import BulkOps, NewRecord, RecordRead
 from vault.callers import CALLER_NAME
 from vault.clock import Clock
@@ -450,14 +450,51 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     def VerifyAudit(
         self, request: pb.VerifyAuditRequest, context: grpc.ServicerContext
     ) -> pb.VerifyAuditResponse:
-        result = self._audit.verify()
+        result = self._audit.verify(
+            full=request.full, exported=[_exported_checkpoint(c) for c in request.exported]
+        )
         return pb.VerifyAuditResponse(
             ok=result.ok,
             checked=result.checked,
             first_broken_seq=result.first_broken_seq or 0,
             reason=result.reason,
             checkpoint_seq=result.checkpoint_seq or 0,
+            full=result.full,
+            detail=result.detail,
+            exported_checked=result.exported_checked,
         )
+
+    def ListAuditCheckpoints(
+        self, request: pb.ListAuditCheckpointsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditCheckpointsResponse:
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq", "after_seq must be >= 0")
+        if not 0 <= request.limit <= 1000:
+            raise InvalidArgument("limit", "limit must be between 0 and 1000")
+        checkpoints = self._audit.checkpoints_after(request.after_seq, request.limit or 1000)
+        return pb.ListAuditCheckpointsResponse(
+            checkpoints=[
+                pb.AuditCheckpoint(
+                    seq=c.seq,
+                    hash=c.hash,
+                    time=_ts(c.at),
+                    signature=c.signature,
+                    key_id=c.key_id,
+                    key_version=c.key_version,
+                )
+                for c in checkpoints
+            ],
+            public_key=self._audit.public_key(),
+            key_id=self._audit.signing_key_id,
+        )
+
+
+def _exported_checkpoint(message: pb.AuditCheckpoint) -> Checkpoint:
+    try:
+        at = message.time.ToDatetime(tzinfo=UTC)
+    except ValueError:  # its message quotes the value; this one does not
+        raise InvalidArgument("exported", "an exported checkpoint's time is out of range") from None
+    return Checkpoint(message.seq, message.hash, message.signature, message.key_id, at)
 
 
 class LookupServicer(pb_grpc.LookupServiceServicer):

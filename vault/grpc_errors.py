@@ -1,7 +1,8 @@
 """One table from domain errors to gRPC status codes, with google.rpc details.
 
 Every status carries an ``ErrorInfo`` (domain ``oubli.v1``, a stable reason code and
-non-personal metadata); invalid arguments also carry a ``BadRequest`` naming the field.
+non-personal metadata); invalid arguments also carry a ``BadRequest`` naming the field,
+and rate-limited calls a ``RetryInfo`` saying when to try again.
 Messages come from the domain errors, which never hold personal data.
 """
 
@@ -22,6 +23,7 @@ from vault.errors import (
     KmsRefused,
     OubliError,
     PermissionDenied,
+    RateLimited,
     RecordNotFound,
     RequestNotFound,
     SubjectNotFound,
@@ -49,6 +51,7 @@ STATUS_BY_ERROR: tuple[tuple[type[OubliError], grpc.StatusCode], ...] = (
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (IntegrityFailure, grpc.StatusCode.DATA_LOSS),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     # oubli's own credentials were refused: an operator must act, retrying will not help.
     (KmsRefused, grpc.StatusCode.INTERNAL),
@@ -82,6 +85,10 @@ def error_status(error: OubliError) -> grpc.Status:
             field=error.field, description=error.message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(error, RateLimited):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(error.retry_after)
+        details.append(_pack(retry))
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 

@@ -114,6 +114,7 @@ _TABLE = [
         "AuditService",
         ("QueryAudit", _READ, Content.NONE),
         ("VerifyAudit", _READ, Content.NONE),
+        ("ListAuditCheckpoints", _READ, Content.NONE),
     ),
     *_service("LookupService", ("FindSubject", _READ, Content.BY_PURPOSE)),
     *_service(

@@ -202,7 +202,12 @@ def start_server(
     port an exclusive server holds.
     """
     vault = vault or build_vault(config, clock)
-    audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock)
+    audit = audit or AuditRecorder.build(
+        vault.storage,
+        vault.kms,
+        vault.clock,
+        timedelta(seconds=config.audit_full_verify_seconds),
+    )
     authenticator, policy = auth or build_auth(config, vault.storage.engine, audit.audit, clock)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),

@@ -1829,12 +1829,28 @@ Global___QueryAuditResponse: _TypeAlias = QueryAuditResponse  # noqa: Y015
 class VerifyAuditRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    FULL_FIELD_NUMBER: _builtins.int
+    EXPORTED_FIELD_NUMBER: _builtins.int
+    full: _builtins.bool
+    """Walk the whole chain from seq 1, not only the entries after the newest signed
+    checkpoint. At most one full walk per interval per server: RESOURCE_EXHAUSTED
+    with a google.rpc.RetryInfo detail beyond it.
+    """
+    @_builtins.property
+    def exported(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditCheckpoint]:
+        """Checkpoints kept outside the database (ListAuditCheckpoints): the entry at each
+        one's seq must still hash to it. At most 10000.
+        """
+
     def __init__(
         self,
+        *,
+        full: _builtins.bool = ...,
+        exported: _abc.Iterable[Global___AuditCheckpoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exported", b"exported", "full", b"full"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1849,14 +1865,24 @@ class VerifyAuditResponse(_message.Message):
     FIRST_BROKEN_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CHECKPOINT_SEQ_FIELD_NUMBER: _builtins.int
+    FULL_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    EXPORTED_CHECKED_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     checked: _builtins.int
+    """Entries walked."""
     first_broken_seq: _builtins.int
     """The first entry (seq) found edited, missing or out of order; 0 when ok."""
     reason: _builtins.str
     """OK, HASH_MISMATCH, SEQ_GAP, PREV_HASH_MISMATCH, CHECKPOINT_..."""
     checkpoint_seq: _builtins.int
     """The newest signed checkpoint checked."""
+    full: _builtins.bool
+    """The whole chain was walked (asked for, or there is no checkpoint yet)."""
+    detail: _builtins.str
+    """One sentence for people, naming seqs only."""
+    exported_checked: _builtins.int
+    """Exported checkpoints compared with the chain."""
     def __init__(
         self,
         *,
@@ -1865,14 +1891,112 @@ class VerifyAuditResponse(_message.Message):
         first_broken_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
         checkpoint_seq: _builtins.int = ...,
+        full: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        exported_checked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "checkpoint_seq", b"checkpoint_seq", "first_broken_seq", b"first_broken_seq", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "checkpoint_seq", b"checkpoint_seq", "detail", b"detail", "exported_checked", b"exported_checked", "first_broken_seq", b"first_broken_seq", "full", b"full", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAuditResponse: _TypeAlias = VerifyAuditResponse  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoint(_message.Message):
+    """A signed chain head."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    hash: _builtins.str
+    """Hex SHA-256 of the entry at seq."""
+    signature: _builtins.bytes
+    """Ed25519 over "oubli-audit-checkpoint/v1\\n<seq>\\n<hash>", in the KMS backend's
+    format: Transit's "vault:v<N>:<base64>" as ASCII, or one key-version byte and
+    the 64-byte signature (local keystore).
+    """
+    key_id: _builtins.str
+    key_version: _builtins.int
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        hash: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "key_id", b"key_id", "key_version", b"key_version", "seq", b"seq", "signature", b"signature", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoint: _TypeAlias = AuditCheckpoint  # noqa: Y015
+
+@_typing.final
+class ListAuditCheckpointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Only checkpoints with a greater seq (to page on)."""
+    limit: _builtins.int
+    """At most 1000; 0 means 1000."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditCheckpointsRequest: _TypeAlias = ListAuditCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditCheckpointsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.bytes
+    """Raw 32-byte Ed25519 public key of the signing key's latest version."""
+    key_id: _builtins.str
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditCheckpoint]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___AuditCheckpoint] | None = ...,
+        public_key: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditCheckpointsResponse: _TypeAlias = ListAuditCheckpointsResponse  # noqa: Y015
 
 @_typing.final
 class FindSubjectRequest(_message.Message):

@@ -1368,6 +1368,11 @@ class AuditServiceStub:
                 request_serializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.ListAuditCheckpoints = channel.unary_unary(
+                '/oubli.v1.AuditService/ListAuditCheckpoints',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.ListAuditCheckpointsRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.ListAuditCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -1382,7 +1387,17 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAudit(self, request, context):
-        """Recomputes the hash chain and checks the newest signed checkpoint.
+        """Checks the newest signed checkpoint and the entries after it (the whole chain
+        with full, rate-limited), and the chain against checkpoints kept outside the
+        database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditCheckpoints(self, request, context):
+        """Signed checkpoints and the signing public key, to keep a copy outside the
+        database (oubli audit export-checkpoints).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1400,6 +1415,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditRequest.FromString,
                     response_serializer=oubli_dot_v1_dot_vault__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'ListAuditCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditCheckpoints,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.ListAuditCheckpointsRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.ListAuditCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1457,6 +1477,33 @@ class AuditService:
             '/oubli.v1.AuditService/VerifyAudit',
             oubli_dot_v1_dot_vault__pb2.VerifyAuditRequest.SerializeToString,
             oubli_dot_v1_dot_vault__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.AuditService/ListAuditCheckpoints',
+            oubli_dot_v1_dot_vault__pb2.ListAuditCheckpointsRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.ListAuditCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -496,7 +496,14 @@ class AuditServiceStub:
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_vault_pb2.QueryAuditRequest, _vault_pb2.QueryAuditResponse]
     """Entries by subject, caller and time (newest last)."""
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_vault_pb2.VerifyAuditRequest, _vault_pb2.VerifyAuditResponse]
-    """Recomputes the hash chain and checks the newest signed checkpoint."""
+    """Checks the newest signed checkpoint and the entries after it (the whole chain
+    with full, rate-limited), and the chain against checkpoints kept outside the
+    database.
+    """
+    ListAuditCheckpoints: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ListAuditCheckpointsRequest, _vault_pb2.ListAuditCheckpointsResponse]
+    """Signed checkpoints and the signing public key, to keep a copy outside the
+    database (oubli audit export-checkpoints).
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -506,7 +513,14 @@ class AuditServiceAsyncStub(AuditServiceStub):
     QueryAudit: _aio.UnaryUnaryMultiCallable[_vault_pb2.QueryAuditRequest, _vault_pb2.QueryAuditResponse]  # type: ignore[assignment]
     """Entries by subject, caller and time (newest last)."""
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_vault_pb2.VerifyAuditRequest, _vault_pb2.VerifyAuditResponse]  # type: ignore[assignment]
-    """Recomputes the hash chain and checks the newest signed checkpoint."""
+    """Checks the newest signed checkpoint and the entries after it (the whole chain
+    with full, rate-limited), and the chain against checkpoints kept outside the
+    database.
+    """
+    ListAuditCheckpoints: _aio.UnaryUnaryMultiCallable[_vault_pb2.ListAuditCheckpointsRequest, _vault_pb2.ListAuditCheckpointsResponse]  # type: ignore[assignment]
+    """Signed checkpoints and the signing public key, to keep a copy outside the
+    database (oubli audit export-checkpoints).
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """The tamper-evident audit trail: who touched which subject's data, when, why."""
@@ -525,7 +539,20 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vault_pb2.VerifyAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.VerifyAuditResponse, _abc.Awaitable[_vault_pb2.VerifyAuditResponse]]:
-        """Recomputes the hash chain and checks the newest signed checkpoint."""
+        """Checks the newest signed checkpoint and the entries after it (the whole chain
+        with full, rate-limited), and the chain against checkpoints kept outside the
+        database.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditCheckpoints(
+        self,
+        request: _vault_pb2.ListAuditCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ListAuditCheckpointsResponse, _abc.Awaitable[_vault_pb2.ListAuditCheckpointsResponse]]:
+        """Signed checkpoints and the signing public key, to keep a copy outside the
+        database (oubli audit export-checkpoints).
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

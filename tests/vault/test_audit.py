@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,17 +19,20 @@ from kms.local_keystore import LocalKeystore
 from kms.memory import InMemoryKeyManager
 from kms.signatures import verify_offline
 from kms.vault_transit import VaultTransitKeyManager
+from tests.clock import FakeClock
 from vault.audit import (
     GENESIS_HASH,
     INVALID,
+    MAX_EXPORTED_CHECKPOINTS,
     AuditChainBroken,
     AuditEvent,
     AuditLog,
     checkpoint_message,
     entry_hash,
 )
-from vault.errors import FailedPrecondition, InvalidArgument, Unavailable
+from vault.errors import FailedPrecondition, InvalidArgument, RateLimited, Unavailable
 from vault.storage import Storage, make_engine, migrate
+from vault.throttle import Throttle
 
 SIGNING_KEY = "audit-checkpoints"
 START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
@@ -532,6 +536,273 @@ def test_checkpoints_with_openbao(storage: Storage, vault_kms: VaultTransitKeyMa
     assert audit.verify().ok
     sql(storage, "UPDATE audit_checkpoints SET signature = :s", s=b"vault:v1:" + b"A" * 88)
     assert audit.verify().reason == "CHECKPOINT_SIGNATURE_INVALID"
+
+
+# --- incremental verification ---------------------------------------------------------
+
+
+def rechain_from(storage: Storage, audit: AuditLog, seq: int, caller: str = "support") -> None:
+    """Rewrite entry ``seq`` and recompute every hash after it, as an attacker with write
+    access to the database would: the chain is consistent again."""
+    entries = audit.query(limit=10_000)
+    prev_hash = GENESIS_HASH if seq == 1 else entries[seq - 2].hash
+    for entry in entries[seq - 1 :]:
+        recorded = replace(entry.event, caller=caller) if entry.seq == seq else entry.event
+        digest = entry_hash(prev_hash, entry.seq, entry.at, recorded)
+        sql(
+            storage,
+            "UPDATE audit_entries SET caller = :caller, prev_hash = :prev, hash = :hash "
+            "WHERE seq = :seq",
+            caller=recorded.caller,
+            prev=prev_hash,
+            hash=digest,
+            seq=entry.seq,
+        )
+        prev_hash = digest
+
+
+def another_replica(storage: Storage, kms: KeyManager) -> AuditLog:
+    """An AuditLog that never verified anything: a restarted server, or another replica."""
+    return AuditLog(storage, kms, ticking_clock(), SIGNING_KEY)
+
+
+def test_incremental_verify_walks_only_from_the_newest_checkpoint(audit: AuditLog) -> None:
+    fill(audit, 10)
+    audit.checkpoint()
+    fill(audit, 5)
+
+    incremental = audit.verify(full=False)
+    full = audit.verify(full=True)
+
+    # The checkpointed entry (its hash recomputed, its signature checked), then 11..15.
+    assert (incremental.ok, incremental.checked, incremental.full) == (True, 6, False)
+    assert incremental.checkpoint_seq == 10
+    assert (full.ok, full.checked, full.full) == (True, 15, True)
+
+
+def test_incremental_verify_without_a_checkpoint_walks_everything(audit: AuditLog) -> None:
+    fill(audit, 4)
+
+    result = audit.verify(full=False)
+
+    assert (result.ok, result.checked, result.full) == (True, 4, True)
+
+
+def test_incremental_verify_catches_a_rechained_rewrite_before_the_checkpoint(
+    audit: AuditLog, storage: Storage, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 8)
+    audit.checkpoint()
+    fill(audit, 2)
+    rechain_from(storage, audit, 3)
+
+    # This process and one that never saw the chain both find it: the checkpointed
+    # entry no longer hashes to what was signed.
+    for log in (audit, another_replica(storage, memory_kms)):
+        result = log.verify(full=False)
+        assert (result.ok, result.first_broken_seq, result.reason) == (
+            False,
+            8,
+            "CHECKPOINT_MISMATCH",
+        )
+
+
+def test_an_unchained_edit_before_the_checkpoint_takes_a_full_walk(
+    audit: AuditLog, storage: Storage
+) -> None:
+    # The documented limit of the incremental check: an edit before the checkpoint
+    # that nobody re-chained leaves the checkpointed entry's hash as it was.
+    fill(audit, 6)
+    audit.checkpoint()
+    fill(audit, 2)
+    sql(storage, "UPDATE audit_entries SET purpose = 'marketing' WHERE seq = 3")
+
+    assert audit.verify(full=False).ok
+    full = audit.verify(full=True)
+    assert (full.ok, full.first_broken_seq, full.reason) == (False, 3, "HASH_MISMATCH")
+
+
+def test_incremental_verify_finds_the_checkpointed_entry_missing(
+    audit: AuditLog, storage: Storage, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 6)
+    audit.checkpoint()
+    sql(storage, "DELETE FROM audit_entries WHERE seq >= 5")
+
+    result = another_replica(storage, memory_kms).verify(full=False)
+
+    assert (result.ok, result.first_broken_seq, result.reason) == (
+        False,
+        6,
+        "CHECKPOINT_ENTRY_MISSING",
+    )
+
+
+def test_incremental_verify_checks_the_checkpoint_signature(
+    audit: AuditLog, storage: Storage
+) -> None:
+    fill(audit, 3)
+    audit.checkpoint()
+    sql(storage, "UPDATE audit_checkpoints SET signature = :s", s=b"\x01" + b"\x00" * 64)
+
+    result = audit.verify(full=False)
+
+    assert (result.first_broken_seq, result.reason) == (3, "CHECKPOINT_SIGNATURE_INVALID")
+
+
+def test_the_server_that_verified_a_checkpoint_notices_its_deletion(
+    audit: AuditLog, storage: Storage, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 5)
+    audit.checkpoint()
+    fill(audit, 5)
+    audit.checkpoint()
+    assert audit.verify(full=False).ok
+    sql(storage, "DELETE FROM audit_checkpoints WHERE seq = 10")
+
+    result = audit.verify(full=False)
+
+    assert (result.ok, result.first_broken_seq, result.reason) == (
+        False,
+        10,
+        "CHECKPOINT_DELETED",
+    )
+    # It will not sign over the gap either; a process that never saw seq 10's
+    # checkpoint (restarted) has nothing to go by: hence the exported copies.
+    with pytest.raises(AuditChainBroken):
+        audit.checkpoint()
+    assert another_replica(storage, memory_kms).verify(full=True).ok
+
+
+def test_a_rechained_rewrite_with_its_checkpoints_deleted_is_caught_by_the_exported_copy(
+    audit: AuditLog, storage: Storage, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 5)
+    first = audit.checkpoint()
+    fill(audit, 5)
+    second = audit.checkpoint()
+    fill(audit, 3)
+    exported = audit.checkpoints_after(0)
+    assert [c.seq for c in exported] == [5, 10] and (first, second) == tuple(exported)
+
+    sql(storage, "DELETE FROM audit_checkpoints")
+    rechain_from(storage, audit, 7)
+    restarted = another_replica(storage, memory_kms)
+
+    # Without the copy, the rewritten chain verifies clean.
+    assert restarted.verify(full=True).ok
+    assert restarted.verify(full=False).ok
+    for mode in (False, True):
+        result = restarted.verify(full=mode, exported=exported)
+        assert (result.ok, result.first_broken_seq, result.reason) == (
+            False,
+            10,
+            "CHECKPOINT_MISMATCH",
+        )
+        assert "between seq 6 and seq 10" in result.detail
+        assert result.exported_checked == 1  # seq 5 still matches
+
+
+def test_a_truncated_tail_with_its_checkpoints_deleted_is_caught_by_the_exported_copy(
+    audit: AuditLog, storage: Storage, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 4)
+    audit.checkpoint()
+    fill(audit, 4)
+    audit.checkpoint()
+    fill(audit, 2)
+    exported = audit.checkpoints_after(0)
+
+    sql(storage, "DELETE FROM audit_checkpoints")
+    sql(storage, "DELETE FROM audit_entries WHERE seq >= 7")
+    restarted = another_replica(storage, memory_kms)
+
+    assert restarted.verify(full=True).ok
+    result = restarted.verify(full=False, exported=exported)
+    assert (result.ok, result.first_broken_seq, result.reason) == (
+        False,
+        8,
+        "CHECKPOINT_ENTRY_MISSING",
+    )
+
+
+def test_an_exported_copy_that_matches_verifies(audit: AuditLog) -> None:
+    fill(audit, 3)
+    audit.checkpoint()
+    fill(audit, 3)
+    audit.checkpoint()
+    fill(audit, 1)
+
+    result = audit.verify(full=False, exported=audit.checkpoints_after(0))
+
+    assert (result.ok, result.exported_checked) == (True, 2)
+    assert "2 exported checkpoints match" in result.detail
+
+
+def test_an_altered_exported_copy_is_told_apart_from_a_broken_chain(audit: AuditLog) -> None:
+    fill(audit, 3)
+    audit.checkpoint()
+    fill(audit, 3)
+    genuine = audit.checkpoints_after(0)
+    # A copy edited to accuse the chain: its hash no longer matches its signature.
+    accusing = replace(genuine[0], hash="f" * 64)
+    # A copy forged to vouch for the chain: right hash, signed by nobody.
+    vouching = replace(genuine[0], seq=6, hash=audit.query()[-1].hash)
+    rogue = replace(genuine[0], key_id="rogue")
+
+    for copy in ([accusing], [*genuine, vouching], [rogue]):
+        result = audit.verify(full=False, exported=copy)
+        assert (result.ok, result.reason) == (False, "EXPORTED_CHECKPOINT_INVALID")
+
+
+def test_exported_checkpoints_are_checked_for_shape(audit: AuditLog) -> None:
+    fill(audit, 2)
+    checkpoint = audit.checkpoint()
+    assert checkpoint is not None
+    for bad in (
+        [replace(checkpoint, seq=0)],
+        [replace(checkpoint, hash="not-a-hash")],
+        [checkpoint, replace(checkpoint, hash="0" * 64)],
+        [checkpoint] * (MAX_EXPORTED_CHECKPOINTS + 1),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            audit.verify(exported=bad)
+        assert caught.value.field == "exported"
+    assert audit.verify(exported=[checkpoint, checkpoint]).ok  # the same one twice
+
+
+def test_checkpoints_after_pages_oldest_first(audit: AuditLog) -> None:
+    for _ in range(3):
+        fill(audit, 2)
+        audit.checkpoint()
+
+    assert [c.seq for c in audit.checkpoints_after(0)] == [2, 4, 6]
+    assert [c.seq for c in audit.checkpoints_after(2, limit=1)] == [4]
+    assert all(c.key_version == 1 for c in audit.checkpoints_after(0))
+    with pytest.raises(InvalidArgument):
+        audit.checkpoints_after(0, limit=0)
+
+
+def test_full_walks_are_throttled(storage: Storage, memory_kms: InMemoryKeyManager) -> None:
+    clock = FakeClock(START)
+    throttle = Throttle(timedelta(seconds=60), clock, "a full walk of the audit chain")
+    audit = AuditLog(storage, memory_kms, clock, SIGNING_KEY, full_walks=throttle)
+    audit.ensure_signing_key()
+    fill(audit, 3)
+
+    assert audit.verify(full=False).full  # no checkpoint yet: a full walk, counted
+    with pytest.raises(RateLimited) as caught:
+        audit.verify(full=True)
+    assert caught.value.retry_after == timedelta(seconds=60)
+    with pytest.raises(RateLimited):
+        audit.verify(full=False)
+
+    audit.checkpoint()
+    for _ in range(3):  # from the checkpoint on: not throttled
+        assert not audit.verify(full=False).full
+
+    clock.set(START + timedelta(seconds=60))
+    assert audit.verify(full=True).ok
 
 
 # --- concurrency ----------------------------------------------------------------------

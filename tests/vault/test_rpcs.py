@@ -63,6 +63,7 @@ def test_derived_lists() -> None:
         "RightsService.ListRightsRequests",
         "AuditService.QueryAudit",
         "AuditService.VerifyAudit",
+        "AuditService.ListAuditCheckpoints",
         "LookupService.FindSubject",
         "SupportService.GetOverview",
         "SupportService.ReadUnderGrant",
@@ -83,7 +84,11 @@ def test_derived_lists() -> None:
 
 
 def test_matching_and_declared() -> None:
-    assert {r.method for r in rpcs.matching("AuditService.*")} == {"QueryAudit", "VerifyAudit"}
+    assert {r.method for r in rpcs.matching("AuditService.*")} == {
+        "QueryAudit",
+        "VerifyAudit",
+        "ListAuditCheckpoints",
+    }
     assert [r.name for r in rpcs.matching("RecordService.GetRecord")] == ["RecordService.GetRecord"]
     assert rpcs.matching("RecordService.Nope") == []
     assert rpcs.matching("NopeService.*") == []
