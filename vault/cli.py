@@ -519,21 +519,8 @@ def _read_checkpoints(path: Path) -> list[AuditCheckpoint]:
 
 
 def _write_private(output: Path, text: str) -> None:
-    """Write ``text`` to ``output``, readable by its owner only (0600): a regular file
-    is replaced whole; anything else (a FIFO, /dev/stdout) is written as it is."""
-    if output.is_symlink() or (output.exists() and not output.is_file()):
-        with output.open("w", encoding="utf-8") as sink:
-            sink.write(text)
-        return
-    # mkstemp creates the file 0600 whatever the umask.
-    fd, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as sink:
-            sink.write(text)
-        os.replace(partial, output)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``output`` as exports are written (0600, replaced whole)."""
+    _stream_to_file(iter([text.encode("utf-8")]), output)
 
 
 @audit_app.command("query")
