@@ -241,7 +241,9 @@ class BulkOps:
                 ) from None
             if not stale:
                 for view in views:
-                    vault.index(view.subject_id, view.record_id, view.category, view.fields)
+                    vault.index(
+                        view.subject_id, view.record_id, view.category, view.fields, view.version
+                    )
                 return views
         raise Unavailable("subjects' keys kept changing; retry")
 

@@ -65,7 +65,7 @@ from vault.errors import (
 )
 from vault.ids import RandomBytes, new_id
 from vault.models import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
-from vault.storage import WRITABLE, Storage, translate_db_errors
+from vault.storage import WRITABLE, Storage, sqlite_writer, translate_db_errors
 
 EMAIL = "email"
 PHONE = "phone"
@@ -219,7 +219,8 @@ class _Database:
     """One transaction per call; SQLAlchemy errors translated as vault.storage does."""
 
     def __init__(self, storage_engine: Engine | Storage) -> None:
-        self._sessions = sessionmaker(_engine(storage_engine), expire_on_commit=False)
+        self.engine = _engine(storage_engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -261,35 +262,49 @@ class BlindIndex:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return int.from_bytes(digest[:4], "big") >> (32 - self.bits)
 
-    def index(self, subject_id: str, record_id: str, values: Mapping[str, str]) -> bool:
+    def index(
+        self,
+        subject_id: str,
+        record_id: str,
+        values: Mapping[str, str],
+        version: int | None = None,
+    ) -> bool:
         """Replace the record's rows with tags of ``values`` ({kind: normalised}), in
         one transaction.
 
-        Rows are written only while the record exists and its subject is writable
-        (active or closed), under a share lock on both rows: a shred or a delete that
+        Rows are written only while the record exists (at ``version``, when given) and
+        its subject is writable (active or closed), under a share lock on both rows,
+        the subject's first (the order every writer locks in): a shred or a delete that
         starts meanwhile waits, then deletes the rows with the record. Returns False
-        (and writes nothing) when the record is gone or its subject is being erased.
+        (and writes nothing) when the record is gone or its subject is being erased, or
+        when the record has moved past ``version``: the write that made the newer
+        version indexes its own values, so a late call cannot put back a replaced
+        value's tags.
         """
         tags = {_check_kind(kind): self.tag(kind, value) for kind, value in values.items()}
-        live = (
-            select(RecordRow.record_id)
-            .join(SubjectRow, SubjectRow.subject_id == RecordRow.subject_id)
-            .where(
-                RecordRow.subject_id == subject_id,
-                RecordRow.record_id == record_id,
-                SubjectRow.state.in_(WRITABLE),
-            )
+        subject = (
+            select(SubjectRow.subject_id)
+            .where(SubjectRow.subject_id == subject_id, SubjectRow.state.in_(WRITABLE))
             .with_for_update(read=True)
         )
-        with self._db.session() as s:
-            # The write first: on SQLite it takes the write lock before anything is read.
+        record = select(RecordRow.record_id).where(
+            RecordRow.subject_id == subject_id, RecordRow.record_id == record_id
+        )
+        if version is not None:
+            record = record.where(RecordRow.version == version)
+        with sqlite_writer(self._db.engine), self._db.session() as s:
+            if s.connection().dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            if s.execute(subject).first() is None:
+                return False
+            if s.execute(record.with_for_update(read=True)).first() is None:
+                return False
             s.execute(
                 delete(BlindIndexRow).where(
                     BlindIndexRow.subject_id == subject_id, BlindIndexRow.record_id == record_id
                 )
             )
-            found = s.execute(live).first() is not None
-            if found and tags:
+            if tags:
                 s.execute(
                     insert(BlindIndexRow),
                     [
@@ -297,7 +312,7 @@ class BlindIndex:
                         for k, t in sorted(tags.items())
                     ],
                 )
-            return found
+            return True
 
     def remove_record(self, subject_id: str, record_id: str) -> int:
         """Delete the record's rows; returns how many there were."""
