@@ -52,7 +52,7 @@ import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kms.base import KeyManager, KmsError
@@ -65,7 +65,13 @@ from vault.errors import (
 )
 from vault.ids import RandomBytes, new_id
 from vault.models import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
-from vault.storage import WRITABLE, Storage, sqlite_writer, translate_db_errors
+from vault.storage import (
+    WRITABLE,
+    Storage,
+    replace_index_rows,
+    sqlite_writer,
+    translate_db_errors,
+)
 
 EMAIL = "email"
 PHONE = "phone"
@@ -262,6 +268,10 @@ class BlindIndex:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return int.from_bytes(digest[:4], "big") >> (32 - self.bits)
 
+    def tags(self, values: Mapping[str, str]) -> dict[str, int]:
+        """{kind: tag} of ``values`` ({kind: normalised}): the rows a record gets."""
+        return {_check_kind(kind): self.tag(kind, value) for kind, value in values.items()}
+
     def index(
         self,
         subject_id: str,
@@ -281,7 +291,7 @@ class BlindIndex:
         version indexes its own values, so a late call cannot put back a replaced
         value's tags.
         """
-        tags = {_check_kind(kind): self.tag(kind, value) for kind, value in values.items()}
+        tags = self.tags(values)
         subject = (
             select(SubjectRow.subject_id)
             .where(SubjectRow.subject_id == subject_id, SubjectRow.state.in_(WRITABLE))
@@ -299,19 +309,7 @@ class BlindIndex:
                 return False
             if s.execute(record.with_for_update(read=True)).first() is None:
                 return False
-            s.execute(
-                delete(BlindIndexRow).where(
-                    BlindIndexRow.subject_id == subject_id, BlindIndexRow.record_id == record_id
-                )
-            )
-            if tags:
-                s.execute(
-                    insert(BlindIndexRow),
-                    [
-                        {"subject_id": subject_id, "record_id": record_id, "kind": k, "tag": t}
-                        for k, t in sorted(tags.items())
-                    ],
-                )
+            replace_index_rows(s.connection(), subject_id, record_id, tags)
             return True
 
     def remove_record(self, subject_id: str, record_id: str) -> int:

@@ -217,9 +217,9 @@ class VaultService:
         fields: Mapping[str, str],
         version: int,
     ) -> None:
-        """Index the values a write stored as ``version``; a no-op once a newer version
-        is stored (its own write indexes it), so the index follows the stored content
-        whatever order concurrent writers get here in."""
+        """Index the values a new record stored as ``version`` (rewrites index in their
+        own transaction, Storage.update_record); a no-op once a newer version is stored,
+        so a late call cannot put back a replaced value's tags."""
         if category in INDEXED_FIELDS:
             self.lookup_index().index(
                 subject_id, record_id, indexed_values(category, fields), version
@@ -578,9 +578,14 @@ class VaultService:
             bucket_id=bucket_id,
             retain_until=retain_until,
         )
-        if not self.storage.update_record(updated, current, info.key_id):
+        # The index rows change in the record's own transaction.
+        tags = (
+            self.lookup_index().tags(indexed_values(current.category, fields))
+            if current.category in INDEXED_FIELDS
+            else None
+        )
+        if not self.storage.update_record(updated, current, info.key_id, tags):
             return None
-        self.index(info.subject_id, current.record_id, current.category, fields, updated.version)
         return RecordView(
             info.subject_id,
             current.record_id,

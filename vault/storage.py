@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vault.errors import AlreadyExists, OubliError, SubjectNotFound, Unavailable
 from vault.groupcommit import GroupCommit
 from vault.models import (
+    BlindIndexRow,
     KeyLedgerRow,
     RecordRow,
     RetentionBucketRow,
@@ -248,6 +249,7 @@ RECORDS = cast(Table, RecordRow.__table__)
 SUBJECTS = cast(Table, SubjectRow.__table__)
 SHRED_RECEIPTS = cast(Table, ShredReceiptRow.__table__)
 KEY_LEDGER = cast(Table, KeyLedgerRow.__table__)
+BLIND_INDEX = cast(Table, BlindIndexRow.__table__)
 
 
 def _subject_and_record() -> Any:
@@ -411,6 +413,26 @@ def _holds_key(c: Connection, subject_id: str, key_id: str) -> bool:
         .with_for_update(read=True)
     ).first()
     return row is not None and row.key_id == key_id and row.state in WRITABLE
+
+
+def replace_index_rows(
+    c: Connection, subject_id: str, record_id: str, tags: Mapping[str, int]
+) -> None:
+    """Replace a record's blind-index rows with ``tags`` ({kind: tag}, computed by
+    vault.lookup), inside the caller's transaction."""
+    c.execute(
+        delete(BLIND_INDEX).where(
+            BLIND_INDEX.c.subject_id == subject_id, BLIND_INDEX.c.record_id == record_id
+        )
+    )
+    if tags:
+        c.execute(
+            insert(BLIND_INDEX),
+            [
+                {"subject_id": subject_id, "record_id": record_id, "kind": kind, "tag": tag}
+                for kind, tag in sorted(tags.items())
+            ],
+        )
 
 
 #: A record to insert, its singleton (profile categories) and the subject's key id.
@@ -989,10 +1011,20 @@ class Storage:
                 raise SubjectNotFound("subject not found", subject_id=subject_id)
             return _subject(row), [_record(r) for r in c.execute(query)]
 
-    def update_record(self, record: StoredRecord, expected: StoredRecord, key_id: str) -> bool:
+    def update_record(
+        self,
+        record: StoredRecord,
+        expected: StoredRecord,
+        key_id: str,
+        index_tags: Mapping[str, int] | None = None,
+    ) -> bool:
         """Compare-and-set: write ``record`` over the row ``expected`` (as the caller read
         it: same version, key scheme and bucket) if the subject is still writable under
         ``key_id``, the key ``record`` was sealed with. False when anything changed.
+
+        ``index_tags`` (for an indexed category) replace the record's blind-index rows in
+        the same transaction: the index holds the tags of the content stored, whatever
+        order concurrent writers commit in.
 
         The subject row is share-locked and its key checked first, in its own statement
         (PostgreSQL; SQLite's write lock serializes the whole transaction): a re-key holds
@@ -1024,7 +1056,11 @@ class Storage:
                     retain_until=record.retain_until,
                 )
             )
-            return bool(getattr(result, "rowcount", 0))
+            if not getattr(result, "rowcount", 0):
+                return False
+            if index_tags is not None:
+                replace_index_rows(c, record.subject_id, record.record_id, index_tags)
+            return True
 
     def delete_record(self, subject_id: str, record_id: str) -> bool:
         with self._session() as s:

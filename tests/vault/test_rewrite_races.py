@@ -124,25 +124,49 @@ def test_a_rewrite_sealed_under_the_old_key_is_sealed_again(
 
 
 def test_the_index_follows_the_last_write(vault: VaultService) -> None:
-    """Two rectifications in a row whose index updates arrive in the wrong order: the
-    index must keep the tags of the content stored, not of the first update."""
+    """A creation's index update arrives after a rectification of the new record has
+    committed (with its own index rows): the index must keep the tags of the content
+    stored, not put back the created value's (before the fix the subject was then found
+    by its replaced address and not by its current one)."""
+    sid = vault.create_subject().subject_id
+    index = vault.lookup_index()
+    created: list[str] = []
+    once_before(index, "index", lambda: vault.update_record(sid, created[0], NEW, 1))
+    real_insert = vault.storage.insert_record
+
+    def insert(record: Any, *args: Any) -> bool:
+        created.append(record.record_id)
+        return real_insert(record, *args)
+
+    vault.storage.insert_record = insert  # type: ignore[method-assign]
+    contact = vault.create_record(sid, "contact", OLD, "customer").record_id
+
+    assert vault.get_record(sid, contact, "service").fields == NEW
+    assert found(vault, NEW["email"]) == [sid]
+    assert found(vault, OLD["email"]) == []
+
+
+def test_a_rectification_replaces_the_index_rows_with_the_record(vault: VaultService) -> None:
+    """A second rectification commits right after the first, before the first returns:
+    the index must hold the last one's tags (before the fix each indexed after its
+    commit, so the first overwrote the second's rows with a replaced address)."""
     sid = vault.create_subject().subject_id
     contact = vault.create_record(sid, "contact", OLD, "customer").record_id
-    index = vault.lookup_index()
     latest = {"email": "ada@lovelace.example"}
-    real = index.index
-    calls: list[int] = []
+    real = vault.storage.update_record
+    overtaken: list[bool] = []
 
-    def late_index(*args: Any, **kwargs: Any) -> bool:
-        calls.append(1)
-        if len(calls) == 1:  # the v1 -> v2 update's index: v2 -> v3 overtakes it
+    def update_then_overtaken(*args: Any, **kwargs: Any) -> bool:
+        written = real(*args, **kwargs)
+        if not overtaken:
+            overtaken.append(True)
             vault.update_record(sid, contact, latest, 2)
-        return real(*args, **kwargs)
+        return written
 
-    index.index = late_index  # type: ignore[method-assign]
+    vault.storage.update_record = update_then_overtaken  # type: ignore[method-assign]
     vault.update_record(sid, contact, NEW, 1)
 
-    assert vault.get_record(sid, contact, "service").fields == latest
+    assert overtaken and vault.get_record(sid, contact, "service").fields == latest
     assert found(vault, latest["email"]) == [sid]
     assert found(vault, NEW["email"]) == []
     assert found(vault, OLD["email"]) == []
