@@ -44,19 +44,20 @@ def consenting_subject(vault: VaultService) -> tuple[str, str]:
     return sid, vault.create_record(sid, "contact", OLD, "customer").record_id
 
 
-def once_before(target: object, name: str, action: Callable[[], object]) -> list[object]:
+def once_before(target: object, name: str, action: Callable[[], object]) -> list[bool]:
     """Wrap ``target.name`` so that ``action`` runs (committed) right before its first
-    call; returns the list ``action``'s result lands in."""
+    call; returns a list that holds True once ``action`` has started."""
     real = getattr(target, name)
-    done: list[object] = []
+    started: list[bool] = []
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not done:
-            done.append(action())
+        if not started:
+            started.append(True)  # first: calls made by the action itself go through
+            action()
         return real(*args, **kwargs)
 
     setattr(target, name, wrapper)
-    return done
+    return started
 
 
 def found(vault: VaultService, email: str) -> list[str]:
