@@ -290,7 +290,12 @@ class VaultService:
         try:
             dek = self.kms.unwrap(info.key_id, info.wrapped_dek)
         except KmsError as e:
-            raise kms_error(e) from e
+            error = kms_error(e)
+            # A shred (or re-key) that committed after ``info`` was read destroyed the
+            # key: say what happened to the subject rather than "key destroyed".
+            if isinstance(error, KeyDestroyedError):
+                self.writable_subject(info.subject_id)
+            raise error from e
         self.cache.put(info.key_id, version, dek)
         return dek
 
@@ -421,7 +426,12 @@ class VaultService:
             refuse_if_restricted(info)
             now = self.clock()
             scheme, bucket_id, retain_until = self.placement(spec, now)
-            ciphertext = self.seal(info, record_id, category, fields, scheme, bucket_id)
+            try:
+                ciphertext = self.seal(info, record_id, category, fields, scheme, bucket_id)
+            except KeyDestroyedError:
+                if self.rekeyed_since(info):
+                    continue
+                raise
             stored = StoredRecord(
                 subject_id,
                 record_id,
@@ -521,6 +531,21 @@ class VaultService:
         if stored is None:
             raise RecordNotFound("record not found", record_id=record_id)
         return info, stored
+
+    def rekeyed_since(self, info: SubjectKeyInfo) -> bool:
+        """Whether the subject moved to another key since ``info`` was read: a
+        KeyDestroyedError for ``info``'s key then means "read again and seal anew"."""
+        return self.subject_info(info.subject_id).key_id != info.key_id
+
+    def _decrypt_current(self, info: SubjectKeyInfo, stored: StoredRecord) -> dict[str, str] | None:
+        """Decrypt a record about to be rewritten; None when a re-key committed since
+        ``info`` was read and destroyed its key (the caller reads again)."""
+        try:
+            return self._decrypt(info, stored)
+        except KeyDestroyedError:
+            if self.rekeyed_since(info):
+                return None
+            raise
 
     def update_record(
         self,
@@ -624,7 +649,9 @@ class VaultService:
                 raise FailedPrecondition("EVENT_ALREADY_RECORDED", "the event was already recorded")
             refuse_if_restricted(info)
             bucket = self._expiry_bucket(current.category, add_months(self.clock(), rule.months))
-            fields = self._decrypt(info, current)
+            fields = self._decrypt_current(info, current)
+            if fields is None:
+                continue  # re-keyed since the read: read again
             view = self._rewrite(
                 info,
                 current,
@@ -809,24 +836,8 @@ class VaultService:
                     key_version=data_key.key_version,
                 )
                 dropped = [r.record_id for r in records if r.category in drop_categories]
-                # Each copy keeps the version, scheme and bucket it was read with:
-                # Storage.rekey writes nothing if any of them changed meanwhile.
-                kept = [
-                    replace(
-                        r,
-                        ciphertext=self.seal(
-                            new_info,
-                            r.record_id,
-                            r.category,
-                            self._decrypt(info, r),
-                            r.key_scheme,
-                            r.bucket_id,
-                        ),
-                    )
-                    for r in records
-                    if r.category not in drop_categories
-                ]
-                if self.storage.rekey(
+                kept = self._reseal(info, new_info, records, drop_categories)
+                if kept is not None and self.storage.rekey(
                     subject_id,
                     info.key_id,
                     key_id,
@@ -851,6 +862,29 @@ class VaultService:
         except KmsError as e:  # in the ledger: reconcile destroys it later
             raise kms_error(e) from e
         return len(dropped)
+
+    def _reseal(
+        self,
+        info: SubjectKeyInfo,
+        new_info: SubjectKeyInfo,
+        records: Sequence[StoredRecord],
+        drop_categories: Sequence[str],
+    ) -> list[StoredRecord] | None:
+        """The records not dropped, sealed under ``new_info``'s key, each keeping the
+        version, scheme and bucket it was read with (Storage.rekey writes nothing if any
+        changed meanwhile); None when another re-key destroyed ``info``'s key since."""
+        kept: list[StoredRecord] = []
+        for r in records:
+            if r.category in drop_categories:
+                continue
+            fields = self._decrypt_current(info, r)
+            if fields is None:
+                return None
+            ciphertext = self.seal(
+                new_info, r.record_id, r.category, fields, r.key_scheme, r.bucket_id
+            )
+            kept.append(replace(r, ciphertext=ciphertext))
+        return kept
 
     def destroy_retired_keys(self, subject_id: str) -> None:
         """Destroy (again) every key the ledger lists for this subject; idempotent."""

@@ -5,8 +5,8 @@ Each race sets up one subject (a stored card under the ``card_storage`` consent,
 contact, a support ticket, an invoice), then starts together, on a barrier, a seeded
 mix of: a rectification of the contact (sometimes two from the same version), the
 withdrawal of ``card_storage`` (which re-keys the subject), a RecordEvent on the ticket,
-a rectification of the invoice and, in some races, ShredSubject. Whatever the
-interleaving:
+a rectification of the invoice, a new record (a log line, in an expiry bucket) and, in
+some races, ShredSubject. Whatever the interleaving:
 
 - no acknowledged write is lost: each record holds the content of its last
   acknowledged write, at the matching version, and can be decrypted;
@@ -39,6 +39,7 @@ RACER_TIMEOUT = 30.0
 
 CARD = {"card_holder": "Ada Lovelace", "card_number": "4111111111111111", "card_expiry": "12/29"}
 TICKET = {"ticket_id": "T-1", "message": "cannot log in"}
+LOG_LINE = {"event": "login", "server_id": "web-1"}
 
 #: The error each racer may answer with, besides success: a lost compare-and-set, and
 #: an erased subject (only when a shred races).
@@ -74,7 +75,13 @@ def set_up(stack: Stack, number: int, rng: random.Random) -> Race:
     ticket = client.create_record(sid, "support", TICKET, "support").record_id
     invoice = client.create_record(sid, "billing", {"invoice_number": "INV-1"}, "billing")
     racers = ["update", "withdraw"]
-    for racer, chance in (("event", 0.6), ("invoice", 0.5), ("update2", 0.3), ("shred", 0.25)):
+    for racer, chance in (
+        ("event", 0.6),
+        ("invoice", 0.5),
+        ("update2", 0.3),
+        ("create", 0.3),
+        ("shred", 0.25),
+    ):
         if rng.random() < chance:
             racers.append(racer)
     rng.shuffle(racers)  # who starts its thread first varies too
@@ -103,6 +110,7 @@ def calls(client: OubliClient, race: Race) -> dict[str, Callable[[], object]]:
         "withdraw": lambda: client.withdraw_consent(sid, "card_storage"),
         "event": lambda: client.record_event(sid, race.ticket, "resolved"),
         "invoice": lambda: client.update_record(sid, race.invoice, {"invoice_number": "INV-2"}, 1),
+        "create": lambda: client.create_record(sid, "technical_logs", LOG_LINE, "server"),
         "shred": lambda: client.shred_subject(sid),
     }
 
@@ -178,7 +186,13 @@ def violations(stack: Stack, race: Race) -> list[str]:
         if isinstance(contact, Exception):
             found.append(f"contact unreadable: {contact}")
         elif contact.fields != {"email": current} or contact.version != 1 + len(winners[:1]):
-            found.append(f"contact lost a write (version {contact.version})")
+            stored = contact.fields.get("email")
+            landed = [n for n in ("update", "update2") if stored == race.emails[n]]
+            found.append(
+                f"contact holds {landed[0]}, answered {race.outcomes[landed[0]]!r}"
+                if landed and not winners
+                else f"contact lost a write (version {contact.version})"
+            )
         ticket = read(client, race, race.ticket, "support")
         if isinstance(ticket, Exception):
             found.append(f"ticket unreadable: {ticket}")
@@ -194,6 +208,13 @@ def violations(stack: Stack, race: Race) -> list[str]:
                 found.append("card readable after the consent was withdrawn")
         elif isinstance(card, Exception):
             found.append(f"card unreadable: {card}")
+        created = race.outcomes.get("create")
+        if isinstance(created, Record):
+            log = read(client, race, created.record_id, "security")
+            if isinstance(log, Exception):
+                found.append(f"created record unreadable: {log}")
+            elif log.fields != LOG_LINE:
+                found.append("created record lost its content")
         if client.find_subject(email=current, purpose="service") != [race.subject_id]:
             found.append("not found by its current e-mail address")
         searched = [e for e in race.emails.values() if e != current]
@@ -208,18 +229,21 @@ def violations(stack: Stack, race: Race) -> list[str]:
 def test_interleavings_never_lose_or_resurrect_a_write(stack: Stack) -> None:
     rng = random.Random(20260409)
     broken: dict[int, list[str]] = {}
-    mixes: dict[str, int] = {}
+    mixes: dict[str, list[int]] = {}  # racer -> [acknowledged, started]
     for number in range(RACES):
         race = set_up(stack, number, rng)
         run(stack.client, race)
         for racer in race.racers:
-            mixes[racer] = mixes.get(racer, 0) + 1
+            counts = mixes.setdefault(racer, [0, 0])
+            counts[0] += race.acked(racer)
+            counts[1] += 1
         if found := violations(stack, race):
             broken[number] = found
     lost = sum(any("lost" in v or "unreadable" in v for v in vs) for vs in broken.values())
     summary = (
         f"{len(broken)} of {RACES} races broke a property ({lost} lost an acknowledged write); "
-        f"racers: {dict(sorted(mixes.items()))}"
+        "racers acknowledged/started: "
+        + ", ".join(f"{name} {ok}/{n}" for name, (ok, n) in sorted(mixes.items()))
     )
     print(summary)
     assert not broken, summary + "".join(

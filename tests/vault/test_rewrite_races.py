@@ -19,6 +19,8 @@ import pytest
 from sqlalchemy import Connection, select, text, update
 
 from kms.memory import InMemoryKeyManager
+from vault.bulk import BulkOps, NewRecord
+from vault.errors import SubjectShredded
 from vault.finder import SubjectFinder
 from vault.models import RecordRow, SubjectRow
 from vault.rights import RightsService
@@ -55,6 +57,23 @@ def once_before(target: object, name: str, action: Callable[[], object]) -> list
             started.append(True)  # first: calls made by the action itself go through
             action()
         return real(*args, **kwargs)
+
+    setattr(target, name, wrapper)
+    return started
+
+
+def once_after(target: object, name: str, action: Callable[[], object]) -> list[bool]:
+    """Wrap ``target.name`` so that ``action`` runs (committed) right after its first
+    call returns, before the caller sees the result."""
+    real = getattr(target, name)
+    started: list[bool] = []
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if not started:
+            started.append(True)
+            action()
+        return result
 
     setattr(target, name, wrapper)
     return started
@@ -122,6 +141,46 @@ def test_a_rewrite_sealed_under_the_old_key_is_sealed_again(
     else:
         vault.record_event(sid, ticket, "resolved")
         assert vault.get_record(sid, ticket, "support").fields == {"ticket_id": "T-1"}
+
+
+@pytest.mark.parametrize("write", ["create", "event", "batch"])
+def test_a_write_whose_key_a_rekey_destroyed_seals_again(
+    vault: VaultService, memory_kms: InMemoryKeyManager, write: str
+) -> None:
+    """A cold replica reads the subject, then the re-key commits and destroys the key
+    before the replica unwraps it: the destroyed key is not the data's key being gone
+    but a new key to use, so the write reads again (before the fix: KEY_DESTROYED)."""
+    sid, _ = consenting_subject(vault)
+    ticket = vault.create_record(sid, "support", {"ticket_id": "T-1"}, "support").record_id
+    vault.cache.evict(vault.storage.subject(sid).key_id)
+    raced = once_before(
+        memory_kms, "unwrap", lambda: RightsService(vault).withdraw_consent(sid, "card_storage")
+    )
+
+    if write == "create":
+        record_id = vault.create_record(sid, "usage", {"page": "/"}, "app").record_id
+        assert vault.get_record(sid, record_id, "analytics").fields == {"page": "/"}
+    elif write == "event":
+        vault.record_event(sid, ticket, "resolved")
+        assert vault.get_record(sid, ticket, "support").retain_until is not None
+    else:
+        [view] = BulkOps(vault).create_records([NewRecord(sid, "usage", {"page": "/"}, "app")])
+        assert vault.get_record(sid, view.record_id, "analytics").fields == {"page": "/"}
+    assert raced
+    assert vault.get_subject(sid).consents == ()
+
+
+def test_a_rekey_racing_a_shred_says_the_subject_was_erased(
+    vault: VaultService, memory_kms: InMemoryKeyManager
+) -> None:
+    """The shred destroys the key between the re-key's read and its decryption: the
+    answer is SUBJECT_SHREDDED, not KEY_DESTROYED (nothing was written either way)."""
+    sid, _ = consenting_subject(vault)
+    once_before(memory_kms, "create_key", lambda: vault.shred_subject(sid))  # the new key
+
+    with pytest.raises(SubjectShredded):
+        RightsService(vault).withdraw_consent(sid, "card_storage")
+    assert vault.get_subject(sid).state == "shredded"
 
 
 def test_the_index_follows_the_last_write(vault: VaultService) -> None:
