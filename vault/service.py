@@ -290,12 +290,7 @@ class VaultService:
         try:
             dek = self.kms.unwrap(info.key_id, info.wrapped_dek)
         except KmsError as e:
-            error = kms_error(e)
-            # A shred (or re-key) that committed after ``info`` was read destroyed the
-            # key: say what happened to the subject rather than "key destroyed".
-            if isinstance(error, KeyDestroyedError):
-                self.writable_subject(info.subject_id)
-            raise error from e
+            raise kms_error(e) from e
         self.cache.put(info.key_id, version, dek)
         return dek
 
@@ -533,9 +528,11 @@ class VaultService:
         return info, stored
 
     def rekeyed_since(self, info: SubjectKeyInfo) -> bool:
-        """Whether the subject moved to another key since ``info`` was read: a
-        KeyDestroyedError for ``info``'s key then means "read again and seal anew"."""
-        return self.subject_info(info.subject_id).key_id != info.key_id
+        """For a write that met KeyDestroyedError on ``info``'s key: whether a re-key
+        moved the subject to another key since ``info`` was read (read again and seal
+        anew). Raises SubjectShredded if an erasure started meanwhile, which is what
+        destroyed the key then."""
+        return self.writable_subject(info.subject_id).key_id != info.key_id
 
     def _decrypt_current(self, info: SubjectKeyInfo, stored: StoredRecord) -> dict[str, str] | None:
         """Decrypt a record about to be rewritten; None when a re-key committed since
