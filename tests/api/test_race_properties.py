@@ -41,6 +41,15 @@ CARD = {"card_holder": "Ada Lovelace", "card_number": "4111111111111111", "card_
 TICKET = {"ticket_id": "T-1", "message": "cannot log in"}
 LOG_LINE = {"event": "login", "server_id": "web-1"}
 
+#: Racers besides the contact update and the withdrawal, with their chance to join.
+OPTIONAL_RACERS = (
+    ("event", 0.6),
+    ("invoice", 0.5),
+    ("update2", 0.3),
+    ("create", 0.3),
+    ("shred", 0.25),
+)
+
 #: The error each racer may answer with, besides success: a lost compare-and-set, and
 #: an erased subject (only when a shred races).
 LOSING = {"update": Conflict, "update2": Conflict, "invoice": Conflict}
@@ -75,14 +84,10 @@ def set_up(stack: Stack, number: int, rng: random.Random) -> Race:
     ticket = client.create_record(sid, "support", TICKET, "support").record_id
     invoice = client.create_record(sid, "billing", {"invoice_number": "INV-1"}, "billing")
     racers = ["update", "withdraw"]
-    for racer, chance in (
-        ("event", 0.6),
-        ("invoice", 0.5),
-        ("update2", 0.3),
-        ("create", 0.3),
-        ("shred", 0.25),
-    ):
-        if rng.random() < chance:
+    for index, (racer, chance) in enumerate(OPTIONAL_RACERS):
+        # Each optional racer joins with its chance, and every fifth race for sure, so
+        # that even the smoke run has each of them at least once.
+        if rng.random() < chance or number % len(OPTIONAL_RACERS) == index:
             racers.append(racer)
     rng.shuffle(racers)  # who starts its thread first varies too
     return Race(
