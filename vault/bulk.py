@@ -28,6 +28,7 @@ from vault.catalog import Cardinality, Category, RetentionKind
 from vault.errors import (
     AlreadyExists,
     InvalidArgument,
+    KeyDestroyedError,
     OubliError,
     RecordNotFound,
     SubjectNotFound,
@@ -227,6 +228,9 @@ class BulkOps:
                         )
                     )
             except OubliError as e:
+                sid = checked[index].item.subject_id
+                if isinstance(e, KeyDestroyedError) and vault.rekeyed_since(infos[sid]):
+                    continue  # a re-key destroyed the key just read: seal again
                 failed = at_index(e, "requests", index)
                 if note is not None:  # that subject's entry names the item's reason
                     note.item(checked[index].item.subject_id).outcome = failed.reason
@@ -241,7 +245,9 @@ class BulkOps:
                 ) from None
             if not stale:
                 for view in views:
-                    vault.index(view.subject_id, view.record_id, view.category, view.fields)
+                    vault.index(
+                        view.subject_id, view.record_id, view.category, view.fields, view.version
+                    )
                 return views
         raise Unavailable("subjects' keys kept changing; retry")
 

@@ -52,7 +52,7 @@ import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kms.base import KeyManager, KmsError
@@ -65,7 +65,13 @@ from vault.errors import (
 )
 from vault.ids import RandomBytes, new_id
 from vault.models import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
-from vault.storage import WRITABLE, Storage, translate_db_errors
+from vault.storage import (
+    WRITABLE,
+    Storage,
+    replace_index_rows,
+    sqlite_writer,
+    translate_db_errors,
+)
 
 EMAIL = "email"
 PHONE = "phone"
@@ -219,7 +225,8 @@ class _Database:
     """One transaction per call; SQLAlchemy errors translated as vault.storage does."""
 
     def __init__(self, storage_engine: Engine | Storage) -> None:
-        self._sessions = sessionmaker(_engine(storage_engine), expire_on_commit=False)
+        self.engine = _engine(storage_engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -261,43 +268,49 @@ class BlindIndex:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return int.from_bytes(digest[:4], "big") >> (32 - self.bits)
 
-    def index(self, subject_id: str, record_id: str, values: Mapping[str, str]) -> bool:
+    def tags(self, values: Mapping[str, str]) -> dict[str, int]:
+        """{kind: tag} of ``values`` ({kind: normalised}): the rows a record gets."""
+        return {_check_kind(kind): self.tag(kind, value) for kind, value in values.items()}
+
+    def index(
+        self,
+        subject_id: str,
+        record_id: str,
+        values: Mapping[str, str],
+        version: int | None = None,
+    ) -> bool:
         """Replace the record's rows with tags of ``values`` ({kind: normalised}), in
         one transaction.
 
-        Rows are written only while the record exists and its subject is writable
-        (active or closed), under a share lock on both rows: a shred or a delete that
+        Rows are written only while the record exists (at ``version``, when given) and
+        its subject is writable (active or closed), under a share lock on both rows,
+        the subject's first (the order every writer locks in): a shred or a delete that
         starts meanwhile waits, then deletes the rows with the record. Returns False
-        (and writes nothing) when the record is gone or its subject is being erased.
+        (and writes nothing) when the record is gone or its subject is being erased, or
+        when the record has moved past ``version``: the write that made the newer
+        version indexes its own values, so a late call cannot put back a replaced
+        value's tags.
         """
-        tags = {_check_kind(kind): self.tag(kind, value) for kind, value in values.items()}
-        live = (
-            select(RecordRow.record_id)
-            .join(SubjectRow, SubjectRow.subject_id == RecordRow.subject_id)
-            .where(
-                RecordRow.subject_id == subject_id,
-                RecordRow.record_id == record_id,
-                SubjectRow.state.in_(WRITABLE),
-            )
+        tags = self.tags(values)
+        subject = (
+            select(SubjectRow.subject_id)
+            .where(SubjectRow.subject_id == subject_id, SubjectRow.state.in_(WRITABLE))
             .with_for_update(read=True)
         )
-        with self._db.session() as s:
-            # The write first: on SQLite it takes the write lock before anything is read.
-            s.execute(
-                delete(BlindIndexRow).where(
-                    BlindIndexRow.subject_id == subject_id, BlindIndexRow.record_id == record_id
-                )
-            )
-            found = s.execute(live).first() is not None
-            if found and tags:
-                s.execute(
-                    insert(BlindIndexRow),
-                    [
-                        {"subject_id": subject_id, "record_id": record_id, "kind": k, "tag": t}
-                        for k, t in sorted(tags.items())
-                    ],
-                )
-            return found
+        record = select(RecordRow.record_id).where(
+            RecordRow.subject_id == subject_id, RecordRow.record_id == record_id
+        )
+        if version is not None:
+            record = record.where(RecordRow.version == version)
+        with sqlite_writer(self._db.engine), self._db.session() as s:
+            if s.connection().dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            if s.execute(subject).first() is None:
+                return False
+            if s.execute(record.with_for_update(read=True)).first() is None:
+                return False
+            replace_index_rows(s.connection(), subject_id, record_id, tags)
+            return True
 
     def remove_record(self, subject_id: str, record_id: str) -> int:
         """Delete the record's rows; returns how many there were."""

@@ -90,6 +90,13 @@ RESIDUAL_RISK = {
 }
 RESIDUAL_RISK_OTHER = "The key was destroyed in the {backend} KMS, which keeps no backups."
 
+#: Tries of a rewrite (UpdateRecord, RecordEvent) whose compare-and-set found the
+#: subject's key changed by a re-key: each seals again under the key read anew.
+REWRITE_ATTEMPTS = 3
+#: Tries of a re-key that found records written meanwhile; the new key is reused, so a
+#: try costs a read and local re-encryption, no KMS call.
+REKEY_ATTEMPTS = 5
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectView:
@@ -203,10 +210,20 @@ class VaultService:
         return new_id(self._random_bytes)
 
     def index(
-        self, subject_id: str, record_id: str, category: str, fields: Mapping[str, str]
+        self,
+        subject_id: str,
+        record_id: str,
+        category: str,
+        fields: Mapping[str, str],
+        version: int,
     ) -> None:
+        """Index the values a new record stored as ``version`` (rewrites index in their
+        own transaction, Storage.update_record); a no-op once a newer version is stored,
+        so a late call cannot put back a replaced value's tags."""
         if category in INDEXED_FIELDS:
-            self.lookup_index().index(subject_id, record_id, indexed_values(category, fields))
+            self.lookup_index().index(
+                subject_id, record_id, indexed_values(category, fields), version
+            )
 
     # --- subjects -------------------------------------------------------------------
 
@@ -404,7 +421,12 @@ class VaultService:
             refuse_if_restricted(info)
             now = self.clock()
             scheme, bucket_id, retain_until = self.placement(spec, now)
-            ciphertext = self.seal(info, record_id, category, fields, scheme, bucket_id)
+            try:
+                ciphertext = self.seal(info, record_id, category, fields, scheme, bucket_id)
+            except KeyDestroyedError:
+                if self.rekeyed_since(info):
+                    continue
+                raise
             stored = StoredRecord(
                 subject_id,
                 record_id,
@@ -426,7 +448,7 @@ class VaultService:
                     category=category,
                 ) from None
             if inserted:
-                self.index(subject_id, record_id, category, fields)
+                self.index(subject_id, record_id, category, fields, 1)
                 return RecordView(
                     subject_id, record_id, category, fields, 1, origin, now, now, retain_until
                 )
@@ -490,6 +512,38 @@ class VaultService:
             self._open(info, s) for s in self.storage.records(subject_id, categories=categories)
         ]
 
+    def _writable_record(
+        self, subject_id: str, record_id: str
+    ) -> tuple[SubjectKeyInfo, StoredRecord]:
+        """The subject (writable) and one of its records, read in one statement: the
+        record is sealed under the key the subject row names (two reads could straddle
+        a re-key and pair the new ciphertext with the old key)."""
+        info, stored = self.storage.subject_and_record(
+            check_id("subject_id", subject_id), check_id("record_id", record_id)
+        )
+        if info.state not in WRITABLE or info.wrapped_dek is None:
+            raise SubjectShredded("the subject was erased", subject_id=subject_id)
+        if stored is None:
+            raise RecordNotFound("record not found", record_id=record_id)
+        return info, stored
+
+    def rekeyed_since(self, info: SubjectKeyInfo) -> bool:
+        """For a write that met KeyDestroyedError on ``info``'s key: whether a re-key
+        moved the subject to another key since ``info`` was read (read again and seal
+        anew). Raises SubjectShredded if an erasure started meanwhile, which is what
+        destroyed the key then."""
+        return self.writable_subject(info.subject_id).key_id != info.key_id
+
+    def _decrypt_current(self, info: SubjectKeyInfo, stored: StoredRecord) -> dict[str, str] | None:
+        """Decrypt a record about to be rewritten; None when a re-key committed since
+        ``info`` was read and destroyed its key (the caller reads again)."""
+        try:
+            return self._decrypt(info, stored)
+        except KeyDestroyedError:
+            if self.rekeyed_since(info):
+                return None
+            raise
+
     def update_record(
         self,
         subject_id: str,
@@ -500,18 +554,23 @@ class VaultService:
     ) -> RecordView:
         if expected_version < 1:
             raise InvalidArgument("expected_version", "expected_version must be >= 1")
-        info = self.writable_subject(subject_id)
-        current = self._stored(subject_id, record_id)
-        access.check(category=current.category)
-        spec = self.catalog.category(current.category)
-        fields = check_fields(fields, spec.fields)
-        origin = check_origin(origin) if origin else current.origin
-        authorize_write(spec, info)
-        if current.version != expected_version:
-            raise VersionConflict(
-                "record was changed since it was read", current_version=str(current.version)
-            )
-        return self._rewrite(info, current, fields, origin)
+        # A failed compare-and-set reads again: a concurrent update shows as a version
+        # conflict, an erasure as SUBJECT_SHREDDED, a re-key means sealing again.
+        for _ in range(REWRITE_ATTEMPTS):
+            info, current = self._writable_record(subject_id, record_id)
+            access.check(category=current.category)
+            spec = self.catalog.category(current.category)
+            checked = check_fields(fields, spec.fields)
+            new_origin = check_origin(origin) if origin else current.origin
+            authorize_write(spec, info)
+            if current.version != expected_version:
+                raise VersionConflict(
+                    "record was changed since it was read", current_version=str(current.version)
+                )
+            view = self._rewrite(info, current, checked, new_origin)
+            if view is not None:
+                return view
+        raise Unavailable("the subject's key kept changing; retry")
 
     def _rewrite(
         self,
@@ -523,7 +582,9 @@ class VaultService:
         scheme: str | None = None,
         bucket_id: str | None = None,
         retain_until: datetime | None = None,
-    ) -> RecordView:
+    ) -> RecordView | None:
+        """Seal ``fields`` and write them over ``current`` if the row and the subject's
+        key are still as read; None, with nothing written, otherwise (read again)."""
         scheme = scheme or current.key_scheme
         if bucket_id is None:
             bucket_id, retain_until = current.bucket_id, current.retain_until
@@ -539,10 +600,14 @@ class VaultService:
             bucket_id=bucket_id,
             retain_until=retain_until,
         )
-        if not self.storage.update_record(updated, current.version, info.key_id):
-            self.writable_subject(info.subject_id)  # erased meanwhile?
-            raise VersionConflict("record was changed since it was read")
-        self.index(info.subject_id, current.record_id, current.category, fields)
+        # The index rows change in the record's own transaction.
+        tags = (
+            self.lookup_index().tags(indexed_values(current.category, fields))
+            if current.category in INDEXED_FIELDS
+            else None
+        )
+        if not self.storage.update_record(updated, current, info.key_id, tags):
+            return None
         return RecordView(
             info.subject_id,
             current.record_id,
@@ -571,27 +636,31 @@ class VaultService:
         only (``fields`` empty): starting a retention clock is not a read, and its
         callers (support resolving a ticket) may have no right to the content.
         """
-        info = self.writable_subject(subject_id)
-        current = self._stored(subject_id, record_id)
-        access.check(category=current.category)
-        rule = self.catalog.category(current.category).retention
-        if rule.kind is not RetentionKind.AFTER_EVENT or rule.event != event:
-            raise InvalidArgument("event", "this category's retention does not use that event")
-        if current.key_scheme != SCHEME_SUBJECT:
-            raise FailedPrecondition("EVENT_ALREADY_RECORDED", "the event was already recorded")
-        refuse_if_restricted(info)
-        bucket = self._expiry_bucket(current.category, add_months(self.clock(), rule.months))
-        fields = self._decrypt(info, current)
-        moved = self._rewrite(
-            info,
-            current,
-            fields,
-            current.origin,
-            scheme=SCHEME_EXPIRY,
-            bucket_id=bucket.bucket_id,
-            retain_until=bucket.destroy_at,
-        )
-        return replace(moved, fields={})
+        for _ in range(REWRITE_ATTEMPTS):  # as update_record: read again after a failed write
+            info, current = self._writable_record(subject_id, record_id)
+            access.check(category=current.category)
+            rule = self.catalog.category(current.category).retention
+            if rule.kind is not RetentionKind.AFTER_EVENT or rule.event != event:
+                raise InvalidArgument("event", "this category's retention does not use that event")
+            if current.key_scheme != SCHEME_SUBJECT:
+                raise FailedPrecondition("EVENT_ALREADY_RECORDED", "the event was already recorded")
+            refuse_if_restricted(info)
+            bucket = self._expiry_bucket(current.category, add_months(self.clock(), rule.months))
+            fields = self._decrypt_current(info, current)
+            if fields is None:
+                continue  # re-keyed since the read: read again
+            view = self._rewrite(
+                info,
+                current,
+                fields,
+                current.origin,
+                scheme=SCHEME_EXPIRY,
+                bucket_id=bucket.bucket_id,
+                retain_until=bucket.destroy_at,
+            )
+            if view is not None:
+                return replace(view, fields={})
+        raise Unavailable("the subject's key kept changing; retry")
 
     # --- account lifecycle ----------------------------------------------------------
 
@@ -687,33 +756,42 @@ class VaultService:
         if not pending:
             return
         closure = info.closed_at or self.clock()
-        moved: list[StoredRecord] = []
-        for stored in pending:
-            rule = legal[stored.category].retention
-            bucket = self.buckets.for_deadline(
-                HOLD, stored.category, add_months(closure, rule.months)
-            )
-            if bucket is None:
-                continue  # the hold period is already over: it goes with the rest
-            try:
-                fields = self._decrypt(info, stored)
-            except KeyDestroyedError:
-                # The subject's key is gone already (e.g. this database was restored
-                # from before an earlier erasure): nothing can be held, nothing is left.
-                return
-            ciphertext = self.seal(
-                info, stored.record_id, stored.category, fields, SCHEME_HOLD, bucket.bucket_id
-            )
-            moved.append(
-                replace(
-                    stored,
-                    ciphertext=ciphertext,
-                    key_scheme=SCHEME_HOLD,
-                    bucket_id=bucket.bucket_id,
-                    retain_until=bucket.destroy_at,
+        for _ in range(REWRITE_ATTEMPTS):
+            moved: list[StoredRecord] = []
+            for stored in pending:
+                rule = legal[stored.category].retention
+                bucket = self.buckets.for_deadline(
+                    HOLD, stored.category, add_months(closure, rule.months)
                 )
+                if bucket is None:
+                    continue  # the hold period is already over: it goes with the rest
+                try:
+                    fields = self._decrypt(info, stored)
+                except KeyDestroyedError:
+                    # The subject's key is gone already (e.g. this database was restored
+                    # from before an earlier erasure): nothing can be held, nothing is left.
+                    return
+                ciphertext = self.seal(
+                    info, stored.record_id, stored.category, fields, SCHEME_HOLD, bucket.bucket_id
+                )
+                moved.append(
+                    replace(
+                        stored,
+                        ciphertext=ciphertext,
+                        key_scheme=SCHEME_HOLD,
+                        bucket_id=bucket.bucket_id,
+                        retain_until=bucket.destroy_at,
+                    )
+                )
+            # A compare-and-set on each version: a write that committed after the records
+            # were listed (it passed its state check before the subject was marked) is
+            # what must be held, so the records are read again.
+            if self.storage.move_records(moved):
+                return
+            pending = self.storage.records(
+                info.subject_id, categories=sorted(legal), scheme=SCHEME_SUBJECT
             )
-        self.storage.move_records(moved)
+        raise Unavailable("the subject's records kept changing during erasure; retry")
 
     def receipt_view(self, receipt: Receipt) -> ShredReceipt:
         days = self._kms_backup_retention.days
@@ -737,50 +815,73 @@ class VaultService:
         under the new key: afterwards no copy of the database, backups included, can
         yield the dropped records. Returns how many records were dropped.
         """
-        for _ in range(3):
-            info = self.writable_subject(subject_id)
-            records = self.storage.records(subject_id)
-            dropped = [r.record_id for r in records if r.category in drop_categories]
-            key_id, data_key = self._new_subject_key()
-            self.cache.put(key_id, data_key.key_version, data_key.plaintext)
-            new_info = replace(
-                info, key_id=key_id, wrapped_dek=data_key.wrapped, key_version=data_key.key_version
-            )
-            kept = [
-                replace(
-                    r,
-                    ciphertext=self.seal(
-                        new_info,
-                        r.record_id,
-                        r.category,
-                        self._decrypt(info, r),
-                        r.key_scheme,
-                        r.bucket_id,
-                    ),
+        new_key: tuple[str, DataKey] | None = None
+        try:
+            for _ in range(REKEY_ATTEMPTS):
+                # Subject and records read together: every record is under info's key.
+                info, records = self.storage.subject_with_records(subject_id)
+                if info.state not in WRITABLE or info.wrapped_dek is None:
+                    raise SubjectShredded("the subject was erased", subject_id=subject_id)
+                if new_key is None:
+                    new_key = self._new_subject_key()
+                    self.cache.put(new_key[0], new_key[1].key_version, new_key[1].plaintext)
+                key_id, data_key = new_key
+                new_info = replace(
+                    info,
+                    key_id=key_id,
+                    wrapped_dek=data_key.wrapped,
+                    key_version=data_key.key_version,
                 )
-                for r in records
-                if r.category not in drop_categories
-            ]
-            if self.storage.rekey(
-                subject_id,
-                info.key_id,
-                key_id,
-                data_key.wrapped,
-                data_key.key_version,
-                kept,
-                dropped,
-                self.clock(),
-                **flags,
-            ):
-                self.cache.evict(info.key_id)
-                try:
-                    self.kms.destroy_key(info.key_id)
-                except KmsError as e:  # in the ledger: reconcile destroys it later
-                    raise kms_error(e) from e
-                return len(dropped)
-            self.cache.evict(key_id)
-            self._discard_key(key_id)
-        raise Unavailable("the subject kept changing during re-keying; retry")
+                dropped = [r.record_id for r in records if r.category in drop_categories]
+                kept = self._reseal(info, new_info, records, drop_categories)
+                if kept is not None and self.storage.rekey(
+                    subject_id,
+                    info.key_id,
+                    key_id,
+                    data_key.wrapped,
+                    data_key.key_version,
+                    kept,
+                    dropped,
+                    self.clock(),
+                    **flags,
+                ):
+                    new_key = None  # in use now: not to be discarded
+                    break
+            else:
+                raise Unavailable("the subject kept changing during re-keying; retry")
+        finally:
+            if new_key is not None:  # never committed: leave no orphan key
+                self.cache.evict(new_key[0])
+                self._discard_key(new_key[0])
+        self.cache.evict(info.key_id)
+        try:
+            self.kms.destroy_key(info.key_id)
+        except KmsError as e:  # in the ledger: reconcile destroys it later
+            raise kms_error(e) from e
+        return len(dropped)
+
+    def _reseal(
+        self,
+        info: SubjectKeyInfo,
+        new_info: SubjectKeyInfo,
+        records: Sequence[StoredRecord],
+        drop_categories: Sequence[str],
+    ) -> list[StoredRecord] | None:
+        """The records not dropped, sealed under ``new_info``'s key, each keeping the
+        version, scheme and bucket it was read with (Storage.rekey writes nothing if any
+        changed meanwhile); None when another re-key destroyed ``info``'s key since."""
+        kept: list[StoredRecord] = []
+        for r in records:
+            if r.category in drop_categories:
+                continue
+            fields = self._decrypt_current(info, r)
+            if fields is None:
+                return None
+            ciphertext = self.seal(
+                new_info, r.record_id, r.category, fields, r.key_scheme, r.bucket_id
+            )
+            kept.append(replace(r, ciphertext=ciphertext))
+        return kept
 
     def destroy_retired_keys(self, subject_id: str) -> None:
         """Destroy (again) every key the ledger lists for this subject; idempotent."""

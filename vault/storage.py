@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vault.errors import AlreadyExists, OubliError, SubjectNotFound, Unavailable
 from vault.groupcommit import GroupCommit
 from vault.models import (
+    BlindIndexRow,
     KeyLedgerRow,
     RecordRow,
     RetentionBucketRow,
@@ -248,6 +249,7 @@ RECORDS = cast(Table, RecordRow.__table__)
 SUBJECTS = cast(Table, SubjectRow.__table__)
 SHRED_RECEIPTS = cast(Table, ShredReceiptRow.__table__)
 KEY_LEDGER = cast(Table, KeyLedgerRow.__table__)
+BLIND_INDEX = cast(Table, BlindIndexRow.__table__)
 
 
 def _subject_and_record() -> Any:
@@ -387,6 +389,50 @@ def _readable() -> Any:
         RetentionBucketRow.state == BUCKET_ACTIVE,
     )
     return or_(RecordRow.bucket_id.is_(None), live.exists())
+
+
+class _Changed(Exception):
+    """A compare-and-set inside a transaction found a row changed: roll back."""
+
+
+def _unchanged(read: StoredRecord) -> tuple[Any, ...]:
+    """Conditions: the record row is as ``read`` saw it (version, key scheme, bucket)."""
+    return (
+        RECORDS.c.version == read.version,
+        RECORDS.c.key_scheme == read.key_scheme,
+        RECORDS.c.bucket_id.is_not_distinct_from(read.bucket_id),
+    )
+
+
+def _holds_key(c: Connection, subject_id: str, key_id: str) -> bool:
+    """Share-lock the subject row (PostgreSQL) and say whether the subject is still
+    writable under ``key_id``: a re-key or a shred then waits for this transaction."""
+    row = c.execute(
+        select(SUBJECTS.c.key_id, SUBJECTS.c.state)
+        .where(SUBJECTS.c.subject_id == subject_id)
+        .with_for_update(read=True)
+    ).first()
+    return row is not None and row.key_id == key_id and row.state in WRITABLE
+
+
+def replace_index_rows(
+    c: Connection, subject_id: str, record_id: str, tags: Mapping[str, int]
+) -> None:
+    """Replace a record's blind-index rows with ``tags`` ({kind: tag}, computed by
+    vault.lookup), inside the caller's transaction."""
+    c.execute(
+        delete(BLIND_INDEX).where(
+            BLIND_INDEX.c.subject_id == subject_id, BLIND_INDEX.c.record_id == record_id
+        )
+    )
+    if tags:
+        c.execute(
+            insert(BLIND_INDEX),
+            [
+                {"subject_id": subject_id, "record_id": record_id, "kind": kind, "tag": tag}
+                for kind, tag in sorted(tags.items())
+            ],
+        )
 
 
 #: A record to insert, its singleton (profile categories) and the subject's key id.
@@ -947,24 +993,58 @@ class Storage:
         with self._session() as s:
             return [_record(row) for row in s.scalars(query)]
 
-    def update_record(self, record: StoredRecord, expected_version: int, key_id: str) -> bool:
-        """Compare-and-set on ``version`` (and the subject's state and key); False when
-        anything changed since the caller read it."""
-        with self._session() as s:
-            result = s.execute(
-                update(RecordRow)
+    def subject_with_records(self, subject_id: str) -> tuple[SubjectKeyInfo, list[StoredRecord]]:
+        """The subject and all its readable records as of one moment, so every record
+        read is sealed under the key the subject row names: the subject row is
+        share-locked first on PostgreSQL (a re-key cannot switch the key until this
+        read ends), and SQLite reads both in one transaction (one snapshot)."""
+        query = (
+            select(RECORDS)
+            .where(RECORDS.c.subject_id == subject_id, _readable())
+            .order_by(RECORDS.c.record_id)
+        )
+        with self._connection() as c:
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN")  # pysqlite would not begin before a SELECT
+            row = c.execute(_SUBJECT.with_for_update(read=True), {"subject_id": subject_id}).first()
+            if row is None:
+                raise SubjectNotFound("subject not found", subject_id=subject_id)
+            return _subject(row), [_record(r) for r in c.execute(query)]
+
+    def update_record(
+        self,
+        record: StoredRecord,
+        expected: StoredRecord,
+        key_id: str,
+        index_tags: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Compare-and-set: write ``record`` over the row ``expected`` (as the caller read
+        it: same version, key scheme and bucket) if the subject is still writable under
+        ``key_id``, the key ``record`` was sealed with. False when anything changed.
+
+        ``index_tags`` (for an indexed category) replace the record's blind-index rows in
+        the same transaction: the index holds the tags of the content stored, whatever
+        order concurrent writers commit in.
+
+        The subject row is share-locked and its key checked first, in its own statement
+        (PostgreSQL; SQLite's write lock serializes the whole transaction): a re-key holds
+        that row ``FOR UPDATE`` until it commits, so this write lands wholly before the
+        re-key reads the records or sees the new key and writes nothing. A single UPDATE
+        checking the key in a subquery is not enough on READ COMMITTED: after waiting on
+        the record's row lock, PostgreSQL re-checks the record row only, not the subject
+        row the subquery read before the wait.
+        """
+        with sqlite_writer(self.engine), self._connection() as c:
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            if not _holds_key(c, record.subject_id, key_id):
+                return False
+            result = c.execute(
+                update(RECORDS)
                 .where(
-                    RecordRow.subject_id == record.subject_id,
-                    RecordRow.record_id == record.record_id,
-                    RecordRow.version == expected_version,
-                    # A shred deletes rows under the row lock this update takes.
-                    select(SubjectRow.subject_id)
-                    .where(
-                        SubjectRow.subject_id == record.subject_id,
-                        SubjectRow.state.in_(WRITABLE),
-                        SubjectRow.key_id == key_id,
-                    )
-                    .exists(),
+                    RECORDS.c.subject_id == record.subject_id,
+                    RECORDS.c.record_id == record.record_id,
+                    *_unchanged(expected),
                 )
                 .values(
                     version=record.version,
@@ -976,7 +1056,11 @@ class Storage:
                     retain_until=record.retain_until,
                 )
             )
-            return bool(getattr(result, "rowcount", 0))
+            if not getattr(result, "rowcount", 0):
+                return False
+            if index_tags is not None:
+                replace_index_rows(c, record.subject_id, record.record_id, index_tags)
+            return True
 
     def delete_record(self, subject_id: str, record_id: str) -> bool:
         with self._session() as s:
@@ -987,23 +1071,35 @@ class Storage:
             )
             return bool(getattr(result, "rowcount", 0))
 
-    def move_records(self, moved: Sequence[StoredRecord]) -> None:
-        """Replace ciphertext and key scheme of records (re-encryption), one transaction."""
-        with self._session() as s:
-            for record in moved:
-                s.execute(
-                    update(RecordRow)
-                    .where(
-                        RecordRow.subject_id == record.subject_id,
-                        RecordRow.record_id == record.record_id,
+    def move_records(self, moved: Sequence[StoredRecord]) -> bool:
+        """Replace ciphertext and key scheme of records (re-encryption), one transaction,
+        all or nothing: each record's ``version`` must still be the one read (a move does
+        not change it). False, and nothing written, when one changed or went meanwhile.
+        """
+        try:
+            with sqlite_writer(self.engine), self._connection() as c:
+                if c.dialect.name == "sqlite":
+                    c.exec_driver_sql("BEGIN IMMEDIATE")
+                for record in moved:
+                    result = c.execute(
+                        update(RECORDS)
+                        .where(
+                            RECORDS.c.subject_id == record.subject_id,
+                            RECORDS.c.record_id == record.record_id,
+                            RECORDS.c.version == record.version,
+                        )
+                        .values(
+                            ciphertext=record.ciphertext,
+                            key_scheme=record.key_scheme,
+                            bucket_id=record.bucket_id,
+                            retain_until=record.retain_until,
+                        )
                     )
-                    .values(
-                        ciphertext=record.ciphertext,
-                        key_scheme=record.key_scheme,
-                        bucket_id=record.bucket_id,
-                        retain_until=record.retain_until,
-                    )
-                )
+                    if getattr(result, "rowcount", 0) != 1:
+                        raise _Changed
+        except _Changed:
+            return False
+        return True
 
     def rekey(
         self,
@@ -1018,48 +1114,72 @@ class Storage:
         **flags: Any,
     ) -> bool:
         """Switch a subject to a new key with its records re-encrypted, in one
-        transaction; the old key goes into the ledger (to be destroyed next)."""
+        transaction; the old key goes into the ledger (to be destroyed next).
+
+        ``reencrypted`` carry the version, key scheme and bucket they were read with:
+        if any record was written, moved or added since (or the subject's key or state
+        changed), nothing is written and the answer is False: the caller reads again.
+        The subject row is locked ``FOR UPDATE`` first (SQLite: ``BEGIN IMMEDIATE``),
+        and every rewrite takes it ``FOR SHARE`` before writing (:meth:`update_record`,
+        :meth:`insert_records`), so no write slips between this check and the commit.
+        """
         if "consents" in flags:
             flags["consents"] = json.dumps(flags["consents"], sort_keys=True)
-        with self._session() as s:
-            row = s.get(SubjectRow, subject_id, with_for_update=True)
-            if row is None or row.key_id != old_key_id or row.state not in WRITABLE:
-                return False
-            # Readable records only, as the caller listed them: rows of a bucket being
-            # destroyed are unreadable already and go with their bucket.
-            current = set(
-                s.scalars(
-                    select(RecordRow.record_id).where(
-                        RecordRow.subject_id == subject_id, _readable()
+        try:
+            with sqlite_writer(self.engine), self._session() as s:
+                c = s.connection()
+                if c.dialect.name == "sqlite":
+                    c.exec_driver_sql("BEGIN IMMEDIATE")
+                row = s.get(SubjectRow, subject_id, with_for_update=True)
+                if row is None or row.key_id != old_key_id or row.state not in WRITABLE:
+                    return False
+                # Readable records only, as the caller listed them: rows of a bucket being
+                # destroyed are unreadable already and go with their bucket.
+                current = {
+                    r.record_id: (r.version, r.key_scheme, r.bucket_id)
+                    for r in s.execute(
+                        select(
+                            RecordRow.record_id,
+                            RecordRow.version,
+                            RecordRow.key_scheme,
+                            RecordRow.bucket_id,
+                        ).where(RecordRow.subject_id == subject_id, _readable())
                     )
-                )
-            )
-            if current != {r.record_id for r in reencrypted} | set(deleted_record_ids):
-                return False  # a record was written meanwhile: the caller starts again
-            if deleted_record_ids:
-                s.execute(
-                    delete(RecordRow).where(
-                        RecordRow.subject_id == subject_id,
-                        RecordRow.record_id.in_(deleted_record_ids),
+                }
+                read = {r.record_id: (r.version, r.key_scheme, r.bucket_id) for r in reencrypted}
+                if set(current) != set(read) | set(deleted_record_ids) or any(
+                    current[record_id] != seen for record_id, seen in read.items()
+                ):
+                    return False  # written meanwhile: the caller starts again
+                if deleted_record_ids:
+                    s.execute(
+                        delete(RecordRow).where(
+                            RecordRow.subject_id == subject_id,
+                            RecordRow.record_id.in_(deleted_record_ids),
+                        )
                     )
-                )
-            for record in reencrypted:
-                s.execute(
-                    update(RecordRow)
-                    .where(
-                        RecordRow.subject_id == subject_id,
-                        RecordRow.record_id == record.record_id,
+                for record in reencrypted:
+                    result = s.execute(
+                        update(RecordRow)
+                        .where(
+                            RecordRow.subject_id == subject_id,
+                            RecordRow.record_id == record.record_id,
+                            *_unchanged(record),
+                        )
+                        .values(ciphertext=record.ciphertext)
                     )
-                    .values(ciphertext=record.ciphertext)
-                )
-            row.key_id = new_key_id
-            row.wrapped_dek = wrapped_dek
-            row.key_version = key_version
-            row.updated_at = now
-            for name, value in flags.items():
-                setattr(row, name, value)
-            self._ledger(s, old_key_id, "retired", now, subject_id)
-            return True
+                    if getattr(result, "rowcount", 0) != 1:  # a delete takes no subject lock
+                        raise _Changed
+                row.key_id = new_key_id
+                row.wrapped_dek = wrapped_dek
+                row.key_version = key_version
+                row.updated_at = now
+                for name, value in flags.items():
+                    setattr(row, name, value)
+                self._ledger(s, old_key_id, "retired", now, subject_id)
+                return True
+        except _Changed:
+            return False
 
     # --- retention buckets ----------------------------------------------------------
 
