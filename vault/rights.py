@@ -6,13 +6,14 @@ portability and access vault.export.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from vault.errors import FailedPrecondition, InvalidArgument, RequestNotFound
 from vault.ids import check_id, new_id
 from vault.service import SubjectView, VaultService
-from vault.storage import WRITABLE, RightsRequest
+from vault.storage import RightsRequest, SubjectFlags, SubjectKeyInfo
 
 REQUEST_KINDS = frozenset(
     {"access", "rectification", "erasure", "restriction", "portability", "objection"}
@@ -30,11 +31,13 @@ class RightsService:
     def __init__(self, vault: VaultService) -> None:
         self.vault = vault
 
-    def _set(self, subject_id: str, **values: object) -> SubjectView:
+    def _change(
+        self, subject_id: str, change: Callable[[SubjectKeyInfo], SubjectFlags]
+    ) -> SubjectView:
+        """Apply ``change`` to the subject's flags as they stand under its row lock, so
+        concurrent rights calls on one subject never undo each other."""
         check_id("subject_id", subject_id)
-        if not self.vault.storage.update_subject(
-            subject_id, self.vault.clock(), states=WRITABLE, **values
-        ):
+        if self.vault.storage.change_flags(subject_id, self.vault.clock(), change) is None:
             self.vault.writable_subject(subject_id)  # raises NOT_FOUND / SHREDDED
             raise FailedPrecondition("SUBJECT_CHANGED", "the subject changed; retry")
         return self.vault.get_subject(subject_id)
@@ -43,10 +46,10 @@ class RightsService:
 
     def restrict(self, subject_id: str) -> SubjectView:
         """Right to restriction: only purposes allowed under restriction may read."""
-        return self._set(subject_id, restricted=True)
+        return self._change(subject_id, lambda _: SubjectFlags(restricted=True))
 
     def lift_restriction(self, subject_id: str) -> SubjectView:
-        return self._set(subject_id, restricted=False)
+        return self._change(subject_id, lambda _: SubjectFlags(restricted=False))
 
     # --- objection ------------------------------------------------------------------
 
@@ -63,13 +66,15 @@ class RightsService:
 
     def object_to(self, subject_id: str, purpose_name: str) -> SubjectView:
         name = self._objectable(purpose_name)
-        info = self.vault.writable_subject(subject_id)
-        return self._set(subject_id, objections=info.objections | {name})
+        return self._change(
+            subject_id, lambda info: SubjectFlags(objections=info.objections | {name})
+        )
 
     def withdraw_objection(self, subject_id: str, purpose_name: str) -> SubjectView:
         name = self._objectable(purpose_name)
-        info = self.vault.writable_subject(subject_id)
-        return self._set(subject_id, objections=info.objections - {name})
+        return self._change(
+            subject_id, lambda info: SubjectFlags(objections=info.objections - {name})
+        )
 
     # --- consent --------------------------------------------------------------------
 
@@ -80,10 +85,10 @@ class RightsService:
 
     def grant_consent(self, subject_id: str, consent: str) -> SubjectView:
         name = self._consent(consent)
-        info = self.vault.writable_subject(subject_id)
-        granted = dict(info.consents)
-        granted.setdefault(name, self.vault.clock().isoformat())
-        return self._set(subject_id, consents=granted)
+        now = self.vault.clock().isoformat()
+        return self._change(
+            subject_id, lambda info: SubjectFlags(consents={name: now, **info.consents})
+        )
 
     def withdraw_consent(self, subject_id: str, consent: str) -> WithdrawalResult:
         """Withdraw a consent; data stored under it is destroyed by re-keying.
@@ -93,17 +98,31 @@ class RightsService:
         database copy, backups included, can yield them any more.
         """
         name = self._consent(consent)
-        info = self.vault.writable_subject(subject_id)
-        remaining = {k: v for k, v in info.consents.items() if k != name}
         bound = [c.name for c in self.vault.catalog.categories.values() if c.consent == name]
-        has_bound = bool(bound) and bool(self.vault.storage.records(subject_id, categories=bound))
-        if not has_bound:
-            view = self._set(subject_id, consents=remaining)
-            # A withdrawal retried after a failed key destruction finds nothing left
-            # to drop, but the old key may still exist: destroy it now.
-            self.vault.destroy_retired_keys(subject_id)
+        if not bound:
+            view = self._change(
+                subject_id,
+                lambda info: SubjectFlags(
+                    consents={k: v for k, v in info.consents.items() if k != name}
+                ),
+            )
             return WithdrawalResult(view, 0)
-        destroyed = self.vault.rekey(subject_id, bound, consents=remaining)
+        info = self.vault.writable_subject(subject_id)
+        if name not in info.consents and not self.vault.storage.records(
+            subject_id, categories=bound
+        ):
+            # Nothing to withdraw and nothing stored under it (a writer that checked the
+            # consent before it was withdrawn met that withdrawal's re-key). A retry
+            # after a failed key destruction still destroys the retired key.
+            self.vault.destroy_retired_keys(subject_id)
+            return WithdrawalResult(self.vault.get_subject(subject_id), 0)
+        # Data depends on this consent: the subject moves to a new key, even when it
+        # holds no such record now. A record being written at this moment was
+        # sealed under the old key, so it either is in the set the re-key drops or is
+        # refused for its stale key and then for the missing consent; and a retried
+        # withdrawal destroys any retired key left from an earlier attempt.
+        destroyed = self.vault.rekey(subject_id, bound, withdrawn_consent=name)
+        self.vault.destroy_retired_keys(subject_id)
         return WithdrawalResult(self.vault.get_subject(subject_id), destroyed)
 
     # --- requests -------------------------------------------------------------------

@@ -808,12 +808,19 @@ class VaultService:
             receipt.retained_until,
         )
 
-    def rekey(self, subject_id: str, drop_categories: Sequence[str] = (), **flags: object) -> int:
+    def rekey(
+        self,
+        subject_id: str,
+        drop_categories: Sequence[str] = (),
+        *,
+        withdrawn_consent: str | None = None,
+    ) -> int:
         """Move a subject to a new KMS key and destroy the old one.
 
         Records of ``drop_categories`` are deleted, every other record is re-encrypted
         under the new key: afterwards no copy of the database, backups included, can
-        yield the dropped records. Returns how many records were dropped.
+        yield the dropped records. ``withdrawn_consent`` leaves the subject's consents
+        in the same transaction. Returns how many records were dropped.
         """
         new_key: tuple[str, DataKey] | None = None
         try:
@@ -843,7 +850,7 @@ class VaultService:
                     kept,
                     dropped,
                     self.clock(),
-                    **flags,
+                    withdrawn_consent=withdrawn_consent,
                 ):
                     new_key = None  # in use now: not to be discarded
                     break

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -180,6 +180,16 @@ class SubjectKeyInfo:
     scheduled_shred_at: datetime | None = None
     hold_bucket_id: str | None = None
     hold_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectFlags:
+    """New values of a subject's rights flags; None leaves a flag as it is."""
+
+    restricted: bool | None = None
+    objections: frozenset[str] | None = None
+    #: consent name -> when it was granted
+    consents: Mapping[str, str] | None = None
 
 
 def _subject(row: Any) -> SubjectKeyInfo:
@@ -534,6 +544,35 @@ class Storage:
                 .values(updated_at=now, **values)
             )
             return bool(getattr(result, "rowcount", 0))
+
+    def change_flags(
+        self,
+        subject_id: str,
+        now: datetime,
+        change: Callable[[SubjectKeyInfo], SubjectFlags],
+    ) -> SubjectKeyInfo | None:
+        """Read-modify-write of a writable subject's flags under its row lock (``FOR
+        UPDATE``; SQLite: ``BEGIN IMMEDIATE``): ``change`` gets the row as it stands in
+        this transaction, so two concurrent changes (a consent granted while another is
+        withdrawn) both land. Returns the subject as changed; None when it is not
+        writable (absent, erased or being erased)."""
+        with sqlite_writer(self.engine), self._session() as s:
+            c = s.connection()
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            row = s.get(SubjectRow, subject_id, with_for_update=True)
+            if row is None or row.state not in WRITABLE:
+                return None
+            flags = change(_subject(row))
+            if flags.restricted is not None:
+                row.restricted = flags.restricted
+            if flags.objections is not None:
+                row.objections = json.dumps(sorted(flags.objections))
+            if flags.consents is not None:
+                row.consents = json.dumps(dict(flags.consents), sort_keys=True)
+            row.updated_at = now
+            s.flush()
+            return _subject(row)
 
     def mark_shredding(self, subject_id: str, now: datetime) -> None:
         self.update_subject(subject_id, now, states=WRITABLE, state=SHREDDING)
@@ -1111,10 +1150,13 @@ class Storage:
         reencrypted: Sequence[StoredRecord],
         deleted_record_ids: Sequence[str],
         now: datetime,
-        **flags: Any,
+        *,
+        withdrawn_consent: str | None = None,
     ) -> bool:
         """Switch a subject to a new key with its records re-encrypted, in one
         transaction; the old key goes into the ledger (to be destroyed next).
+        ``withdrawn_consent`` is taken off the subject's consents as they stand in this
+        transaction (not as the caller read them: a consent granted meanwhile stays).
 
         ``reencrypted`` carry the version, key scheme and bucket they were read with:
         if any record was written, moved or added since (or the subject's key or state
@@ -1123,8 +1165,6 @@ class Storage:
         and every rewrite takes it ``FOR SHARE`` before writing (:meth:`update_record`,
         :meth:`insert_records`), so no write slips between this check and the commit.
         """
-        if "consents" in flags:
-            flags["consents"] = json.dumps(flags["consents"], sort_keys=True)
         try:
             with sqlite_writer(self.engine), self._session() as s:
                 c = s.connection()
@@ -1174,8 +1214,10 @@ class Storage:
                 row.wrapped_dek = wrapped_dek
                 row.key_version = key_version
                 row.updated_at = now
-                for name, value in flags.items():
-                    setattr(row, name, value)
+                if withdrawn_consent is not None:
+                    consents = _subject(row).consents
+                    consents.pop(withdrawn_consent, None)
+                    row.consents = json.dumps(consents, sort_keys=True)
                 self._ledger(s, old_key_id, "retired", now, subject_id)
                 return True
         except _Changed:

@@ -251,7 +251,7 @@ def test_withdraw_card_consent_destroys_cards_by_rekeying(
     }
 
 
-def test_withdraw_consent_without_bound_records_does_not_rekey(
+def test_withdraw_consent_without_bound_records(
     vault: VaultService,
     rights: RightsService,
     storage: Storage,
@@ -264,15 +264,21 @@ def test_withdraw_consent_without_bound_records_does_not_rekey(
     key_id = storage.subject(sid).key_id
     calls = memory_kms.calls
 
-    result = rights.withdraw_consent(sid, "marketing")
+    result = rights.withdraw_consent(sid, "marketing")  # no data depends on it
     assert result.records_destroyed == 0
     assert result.subject.consents == ("card_storage",)
     assert storage.subject(sid).key_id == key_id
+    assert memory_kms.calls == calls  # no KMS call at all
+    # Data depends on card_storage: even with no card stored now, the subject moves to
+    # a new key, so a card being written right now (sealed under the old key) cannot
+    # outlive the withdrawal (issue 9, finding 2).
     result = rights.withdraw_consent(sid, "card_storage")
     assert result.records_destroyed == 0 and result.subject.consents == ()
+    assert storage.subject(sid).key_id != key_id
+    assert not memory_kms.key_exists(key_id)
+    key_id, calls = storage.subject(sid).key_id, memory_kms.calls
+    assert rights.withdraw_consent(sid, "card_storage").records_destroyed == 0  # again
     assert storage.subject(sid).key_id == key_id
-    assert memory_kms.calls == calls  # no KMS call at all
-    assert memory_kms.key_exists(key_id)
     with pytest.raises(PermissionDenied) as caught:
         vault.get_record(sid, contact.record_id, "marketing")
     assert caught.value.reason == "CONSENT_MISSING"
@@ -429,3 +435,75 @@ def test_rights_request_errors(vault: VaultService, rights: RightsService) -> No
     opened = rights.list_requests(sid, open_only=True)
     assert len(opened) == len(REQUEST_KINDS) + 1
     assert rights.close_request(opened[0].request_id).status == "completed"
+
+
+# --- concurrency: withdrawals racing other writes (issue 9, finding 2) ------------------
+
+
+def test_a_consent_granted_during_a_withdrawal_is_kept(
+    vault: VaultService, rights: RightsService, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-key takes the withdrawn consent off the consents as they stand in its own
+    transaction, not as they were read before the records were re-encrypted."""
+    sid = vault.create_subject().subject_id
+    rights.grant_consent(sid, "card_storage")
+    vault.create_record(sid, "payment", CARD, "customer")
+    real_rekey = storage.rekey
+
+    def granted_meanwhile(*args: object, **kwargs: object) -> bool:
+        rights.grant_consent(sid, "marketing")  # lands between read and re-key commit
+        return real_rekey(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "rekey", granted_meanwhile)
+    result = rights.withdraw_consent(sid, "card_storage")
+    assert result.records_destroyed == 1
+    assert result.subject.consents == ("marketing",)
+
+
+def test_objections_made_side_by_side_are_both_kept(
+    vault: VaultService, rights: RightsService, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = vault.create_subject().subject_id
+    real_change = storage.change_flags
+    raced = False
+
+    def other_call_first(subject_id: str, now: datetime, change: Callable[..., object]) -> object:
+        nonlocal raced
+        if not raced:  # another replica's objection commits first
+            raced = True
+            rights.object_to(sid, "marketing")
+        return real_change(subject_id, now, change)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "change_flags", other_call_first)
+    assert rights.object_to(sid, "analytics").objections == ("analytics", "marketing")
+
+
+def test_a_card_written_while_its_consent_is_withdrawn_does_not_survive(
+    vault: VaultService,
+    rights: RightsService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A card whose consent check passed just before the withdrawal, and whose insert
+    comes just after it, must not be stored: the withdrawal re-keys even with no card
+    stored yet, so the insert (sealed under the old key) is refused, and the retry finds
+    the consent gone."""
+    sid = vault.create_subject().subject_id
+    rights.grant_consent(sid, "card_storage")
+    old_key = storage.subject(sid).key_id
+    real_insert = storage.insert_record
+    withdrawn: list[int] = []
+
+    def withdrawal_first(*args: object, **kwargs: object) -> bool:
+        if not withdrawn:
+            withdrawn.append(rights.withdraw_consent(sid, "card_storage").records_destroyed)
+        return real_insert(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "insert_record", withdrawal_first)
+    with pytest.raises(PermissionDenied) as caught:
+        vault.create_record(sid, "payment", CARD, "customer")
+    assert caught.value.reason == "CONSENT_MISSING"
+    assert withdrawn == [0]
+    assert storage.records(sid, categories=["payment"]) == []
+    assert not memory_kms.key_exists(old_key)
