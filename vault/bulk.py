@@ -141,7 +141,7 @@ class BulkOps:
             for index, item in enumerate(items):  # noqa: B007 - index names a failure
                 check_id("subject_id", item.subject_id)
                 spec = vault.catalog.category(item.category)
-                access.check(category=item.category)
+                access.check(category=spec)
                 fields = check_fields(item.fields, spec.fields)
                 origin = check_origin(item.origin)
                 singleton = item.category if spec.cardinality is Cardinality.ONE else None
@@ -257,6 +257,7 @@ class BulkOps:
             try:
                 check_id("subject_id", read.subject_id)
                 check_id("record_id", read.record_id)
+                vault.catalog.purpose(read.purpose)  # before the caller's policy names it
                 keys.append((read.subject_id, read.record_id))
             except OubliError as e:
                 results[index] = e
@@ -272,13 +273,13 @@ class BulkOps:
                 info = infos.get(read.subject_id)
                 if info is None:
                     raise SubjectNotFound("subject not found", subject_id=read.subject_id)
-                access.check(purpose=read.purpose)
+                access.check(purpose=vault.catalog.purpose(read.purpose))
                 authorize_subject(vault.catalog, read.purpose, info)
                 found = stored.get((read.subject_id, read.record_id))
                 if found is None:
                     raise RecordNotFound("record not found", record_id=read.record_id)
-                access.check(category=found.category)
                 spec = vault.catalog.category(found.category)
+                access.check(category=spec)
                 authorize_read(vault.catalog, spec, read.purpose, info)
                 allowed.append((index, info, found))
             except OubliError as e:

@@ -124,7 +124,7 @@ def start_server(
 ) -> RunningServer:
     vault = vault or build_vault(config, clock)
     authenticator, policy = auth or build_auth(config)
-    audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock)
+    audit = audit or AuditRecorder.build(vault.storage, vault.kms, vault.clock, vault.catalog)
     audit.start_checkpoints(config.audit_checkpoint_seconds)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
