@@ -257,7 +257,6 @@ class BulkOps:
             try:
                 check_id("subject_id", read.subject_id)
                 check_id("record_id", read.record_id)
-                vault.catalog.purpose(read.purpose)  # before the caller's policy names it
                 keys.append((read.subject_id, read.record_id))
             except OubliError as e:
                 results[index] = e
@@ -270,10 +269,11 @@ class BulkOps:
             if results[index] is not None:
                 continue
             try:
+                purpose = vault.catalog.purpose(read.purpose)  # known before anything names it
                 info = infos.get(read.subject_id)
                 if info is None:
                     raise SubjectNotFound("subject not found", subject_id=read.subject_id)
-                access.check(purpose=vault.catalog.purpose(read.purpose))
+                access.check(purpose=purpose)
                 authorize_subject(vault.catalog, read.purpose, info)
                 found = stored.get((read.subject_id, read.record_id))
                 if found is None:

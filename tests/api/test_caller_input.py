@@ -177,6 +177,29 @@ def test_names_the_catalog_does_not_know_are_written_as_invalid(
     assert sum(INVALID in row.categories for row in rows) >= 2
 
 
+def test_a_batch_item_with_an_unknown_purpose_is_audited_under_its_subject(
+    served: CallersServer, record: tuple[str, str]
+) -> None:
+    subject_id, record_id = record
+    other = served.vault.create_subject().subject_id
+    other_record = served.vault.create_record(other, "contact", {"city": "Lyon"}, "customer")
+    reads = [
+        pb.GetRecordRequest(subject_id=subject_id, record_id=record_id, purpose="service"),
+        pb.GetRecordRequest(subject_id=other, record_id=other_record.record_id, purpose=CARD),
+    ]
+    with grpc.insecure_channel(served.target) as channel:
+        stub = pb_grpc.RecordServiceStub(channel)
+        batch, code, _, _ = _call(
+            served, stub.BatchGetRecords, pb.BatchGetRecordsRequest(requests=reads)
+        )
+    assert code == grpc.StatusCode.OK
+    assert batch.results[0].record.record_id == record_id
+    assert batch.results[1].error.reason == "INVALID_ARGUMENT"
+    entries = {row.subject_id: row for row in _audit_rows(served)}
+    assert (entries[subject_id].purpose, entries[subject_id].outcome) == ("service", "OK")
+    assert (entries[other].purpose, entries[other].outcome) == (INVALID, "INVALID_ARGUMENT")
+
+
 def test_a_request_id_is_taken_only_as_a_canonical_uuid(
     served: CallersServer, record: tuple[str, str]
 ) -> None:

@@ -6,13 +6,14 @@ numbers), catalog names, real and random ids and arbitrary text; integers at the
 of their type; Timestamps out of range; repeated fields and maps; now and then bytes
 that may not parse at all. Each call goes to a running server (SQLite + local keystore;
 PostgreSQL + OpenBao) as one of the callers of vault/default_callers.toml, or with no or
-an unknown token, and sometimes with a canary as its ``x-request-id``. Whatever the answer, it must not be INTERNAL or UNKNOWN, and no
-canary may come back in the status message, its google.rpc details or any other
-trailing metadata, nor in a batch item's error, nor reach the audit table, whose entries
-must hold only catalog names, ids and UUIDs. The records the server holds carry the
-canaries too (a stored value must not leak into an error either); only the content a
-successful read returns may show them. Whether a caller may see that content is
-tests/api/test_authorization.py's business, not this module's.
+an unknown token, and sometimes with a canary as its ``x-request-id``. Whatever the
+answer, it must not be INTERNAL or UNKNOWN, and no canary may come back in the status
+message, its google.rpc details or any other trailing metadata, nor in a batch item's
+error, nor reach the audit table, whose entries must hold only catalog names, ids and
+UUIDs. The records the server holds carry the canaries too (a stored value must not
+leak into an error either); only the content a successful read returns may show them.
+Whether a caller may see that content is tests/api/test_authorization.py's business,
+not this module's.
 
 By default a smoke run (a few examples per RPC and stack, derandomized: CI replays the
 same examples every time). A long run with random examples::
