@@ -138,11 +138,12 @@ def normalise_phone(value: str) -> str:
     text = _text(value).strip()
     if len(text) > MAX_PHONE_INPUT_LENGTH:
         raise InvalidArgument("value", "not a phone number: too long")
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    if text.startswith("+"):
+    if text.startswith(("+", "00")):
         text = text.replace("(0)", "")
     text = _PHONE_SEPARATORS.sub("", text)
+    # After the separators: "0.0 …" is "00 …" too, and its result must normalise to itself.
+    if text.startswith("00"):
+        text = "+" + text[2:]
     if not _PHONE.fullmatch(text):
         raise InvalidArgument(
             "value", "not a phone number: expected an optional '+' and 6 to 15 digits"
