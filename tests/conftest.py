@@ -95,14 +95,24 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoDevServ
         yield server
 
 
-@pytest.fixture
-def vault_kms(openbao: OpenBaoDevServer) -> Iterator[VaultTransitKeyManager]:
+def _vault_kms(openbao: OpenBaoDevServer) -> Iterator[VaultTransitKeyManager]:
     kms = VaultTransitKeyManager(
         openbao.address, openbao.token, mount_point=f"transit-{secrets.token_hex(4)}"
     )
     kms.ensure_mount(cache_size=1000)
     yield kms
     kms.close()
+
+
+@pytest.fixture
+def vault_kms(openbao: OpenBaoDevServer) -> Iterator[VaultTransitKeyManager]:
+    yield from _vault_kms(openbao)
+
+
+@pytest.fixture(scope="module")
+def vault_module_kms(openbao: OpenBaoDevServer) -> Iterator[VaultTransitKeyManager]:
+    """Its own Transit mount for a whole module, for a server its tests share."""
+    yield from _vault_kms(openbao)
 
 
 # --- PostgreSQL -------------------------------------------------------------------
@@ -132,8 +142,7 @@ def pg_template() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture
-def pg_url(pg_template: str) -> Iterator[str]:
+def _cloned_database(pg_template: str) -> Iterator[str]:
     name = f"oubli_t_{secrets.token_hex(6)}"
     admin = _admin_engine()
     with admin.connect() as c:
@@ -142,6 +151,17 @@ def pg_url(pg_template: str) -> Iterator[str]:
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    yield from _cloned_database(pg_template)
+
+
+@pytest.fixture(scope="module")
+def pg_module_url(pg_template: str) -> Iterator[str]:
+    """One database for a whole module, for a server its tests share."""
+    yield from _cloned_database(pg_template)
 
 
 @pytest.fixture

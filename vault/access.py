@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from vault.callers import CallerPolicy, CallerRule
+from vault.catalog import Category, Purpose
 
 _current: ContextVar[CallerRule | None] = ContextVar("oubli_caller_rule", default=None)
 
@@ -32,10 +33,22 @@ def current_caller() -> str:
     return rule.name if rule is not None else "internal"
 
 
-def check(category: str | None = None, purpose: str | None = None) -> None:
+def check(category: Category | None = None, purpose: Purpose | None = None) -> None:
+    """The caller's own limits for a category and/or a purpose.
+
+    Both come from the catalog (``Catalog.category`` / ``Catalog.purpose``), not as the
+    strings the caller sent: the refusal names them, in its message and its metadata,
+    so a name must be known to the catalog before it may be refused by name. A value
+    the caller typed into a purpose (an e-mail address, a card number) is refused as an
+    unknown name first, without being repeated.
+    """
     rule = _current.get()
     if rule is not None:
-        CallerPolicy.check_data(rule, category, purpose)
+        CallerPolicy.check_data(
+            rule,
+            category.name if category is not None else None,
+            purpose.name if purpose is not None else None,
+        )
 
 
 def within_reach(categories: Iterable[str]) -> list[str]:

@@ -3,13 +3,17 @@
 "No audit, no access": the entry is appended before a response leaves the server; if
 the append fails the call fails with UNAVAILABLE and no data is returned. The entry
 names the caller, the RPC, the pseudonymous subject id, the categories and field names
-touched, the purpose and the outcome — never a value.
+touched, the purpose and the outcome — never a value. A purpose or category is written
+only when the catalog knows it: the request's ``purpose`` and ``category`` fields are
+whatever the caller typed, and a card or phone number looks like a name to the audit's
+own filter, so anything else is written as ``~invalid``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -19,8 +23,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kms.base import KeyManager
 from vault.access import AccessNote
-from vault.audit import AuditEvent, AuditLog
+from vault.audit import INVALID, AuditEvent, AuditLog
 from vault.callers import rpc_name
+from vault.catalog import Catalog
 from vault.clock import Clock
 from vault.errors import Unavailable
 from vault.ids import RandomBytes, new_id
@@ -62,6 +67,22 @@ def signing_key_id(storage: Storage, clock: Clock, random_bytes: RandomBytes = o
 _Share = tuple[str | None, str, set[str], set[str], str | None]
 
 
+def _purpose(catalog: Catalog, name: str) -> str:
+    return name if not name or name in catalog.purposes else INVALID
+
+
+def _categories(catalog: Catalog, names: Iterable[str]) -> set[str]:
+    return {name if name in catalog.categories else INVALID for name in names}
+
+
+def _catalog_names(catalog: Catalog, shares: list[_Share]) -> list[_Share]:
+    """The shares with every purpose and category the catalog does not know as INVALID."""
+    return [
+        (subject_id, _purpose(catalog, purpose), _categories(catalog, categories), fields, outcome)
+        for subject_id, purpose, categories, fields, outcome in shares
+    ]
+
+
 def _shares(request: Any, note: AccessNote) -> list[_Share]:
     """Who the call touched: (subject, purpose, categories, fields, item outcome).
 
@@ -92,8 +113,9 @@ def _shares(request: Any, note: AccessNote) -> list[_Share]:
 class AuditRecorder:
     """Turns a finished RPC into an audit entry; checkpoints the chain periodically."""
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, catalog: Catalog) -> None:
         self.audit = audit
+        self._catalog = catalog
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,6 +125,7 @@ class AuditRecorder:
         storage: Storage,
         kms: KeyManager,
         clock: Clock,
+        catalog: Catalog,
         full_walk_pause: timedelta = timedelta(seconds=300),
     ) -> AuditRecorder:
         """The recorder over ``storage``; walks of the whole chain by this server are
@@ -114,7 +137,7 @@ class AuditRecorder:
         )
         audit = AuditLog(storage, kms, clock, signing_key_id(storage, clock), full_walks)
         audit.ensure_signing_key()
-        return cls(audit)
+        return cls(audit, catalog)
 
     def record(
         self,
@@ -138,7 +161,9 @@ class AuditRecorder:
                 outcome=item_outcome or outcome,
                 request_id=request_id,
             )
-            for subject_id, purpose, categories, fields, item_outcome in _shares(request, note)
+            for subject_id, purpose, categories, fields, item_outcome in _catalog_names(
+                self._catalog, _shares(request, note)
+            )
         ]
         self.audit.append_many(events)
 

@@ -142,7 +142,7 @@ class BulkOps:
             for index, item in enumerate(items):  # noqa: B007 - index names a failure
                 check_id("subject_id", item.subject_id)
                 spec = vault.catalog.category(item.category)
-                access.check(category=item.category)
+                access.check(category=spec)
                 fields = check_fields(item.fields, spec.fields)
                 origin = check_origin(item.origin)
                 singleton = item.category if spec.cardinality is Cardinality.ONE else None
@@ -275,16 +275,17 @@ class BulkOps:
             if results[index] is not None:
                 continue
             try:
+                purpose = vault.catalog.purpose(read.purpose)  # known before anything names it
                 info = infos.get(read.subject_id)
                 if info is None:
                     raise SubjectNotFound("subject not found", subject_id=read.subject_id)
-                access.check(purpose=read.purpose)
+                access.check(purpose=purpose)
                 authorize_subject(vault.catalog, read.purpose, info)
                 found = stored.get((read.subject_id, read.record_id))
                 if found is None:
                     raise RecordNotFound("record not found", record_id=read.record_id)
-                access.check(category=found.category)
                 spec = vault.catalog.category(found.category)
+                access.check(category=spec)
                 authorize_read(vault.catalog, spec, read.purpose, info)
                 allowed.append((index, info, found))
             except OubliError as e:

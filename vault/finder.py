@@ -29,8 +29,7 @@ class SubjectFinder:
         if kind not in KINDS:
             raise InvalidArgument("kind", "kind must be email or phone")
         normalised = normalise(kind, value)
-        self.vault.catalog.purpose(purpose)
-        access.check(purpose=purpose)
+        access.check(purpose=self.vault.catalog.purpose(purpose))
         found: set[str] = set()
         index = self.vault.lookup_index()
         for subject_id, record_id in index.candidates(kind, normalised):
@@ -44,8 +43,8 @@ class SubjectFinder:
                 stored = self.vault.storage.record(subject_id, record_id)
                 if stored is None:
                     continue
-                access.check(category=stored.category)
                 spec = self.vault.catalog.category(stored.category)
+                access.check(category=spec)
                 authorize_read(self.vault.catalog, spec, purpose, info)
                 with access.noting(scratch):
                     view = self.vault.open_record(info, stored)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.oubli_v1 import vault_pb2 as pb
@@ -53,6 +54,26 @@ def _ts(value: datetime) -> Timestamp:
 
 def _maybe_ts(value: datetime | None) -> Timestamp | None:
     return None if value is None else _ts(value)
+
+
+def _request_time(request: Message, field: str) -> datetime | None:
+    """A request's Timestamp field as an aware datetime; None when unset.
+
+    Raises:
+        InvalidArgument: outside what a Timestamp may hold (0001-01-01 to 9999-12-31,
+            nanos 0 to 999999999), which protobuf refuses with a ValueError.
+    """
+    if not request.HasField(field):
+        return None
+    try:
+        value: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            field,
+            f"{field} is not a valid Timestamp: seconds from 0001-01-01 to 9999-12-31 UTC, "
+            "nanos from 0 to 999999999",
+        ) from None
+    return value
 
 
 def subject_message(view: SubjectView) -> pb.Subject:
@@ -424,8 +445,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         entries = self._audit.query(
             subject_id=request.subject_id or None,
             caller=request.caller or None,
-            since=request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None,
-            until=request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None,
+            since=_request_time(request, "since"),
+            until=_request_time(request, "until"),
             limit=request.limit or 1000,
         )
         return pb.QueryAuditResponse(

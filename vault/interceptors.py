@@ -59,15 +59,18 @@ def _safe_deserializer(
     return parse
 
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+#: A canonical UUID (lowercase, hyphenated). The id goes into the log line and the
+#: permanent audit trail, so it takes no format that could carry a personal value as
+#: typed: a phone or card number, an e-mail address.
+_REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _request_id(context: grpc.ServicerContext) -> str:
-    """The caller's x-request-id when well formed (ASCII, <= 64 chars), else a new one."""
+    """The caller's x-request-id when it is a canonical UUID, else a new random one."""
     for key, value in context.invocation_metadata():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return str(uuid.uuid4())
 
 
 class _Status(

@@ -206,6 +206,7 @@ def start_server(
         vault.storage,
         vault.kms,
         vault.clock,
+        vault.catalog,
         timedelta(seconds=config.audit_full_verify_seconds),
     )
     authenticator, policy = auth or build_auth(config, vault.storage.engine, audit.audit, clock)

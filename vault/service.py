@@ -410,7 +410,7 @@ class VaultService:
         self, subject_id: str, category: str, fields: Mapping[str, str], origin: str
     ) -> RecordView:
         spec = self.catalog.category(category)
-        access.check(category=category)
+        access.check(category=spec)
         fields = check_fields(fields, spec.fields)
         origin = check_origin(origin)
         record_id = new_id(self._random_bytes)
@@ -461,22 +461,25 @@ class VaultService:
         return stored
 
     def get_record(self, subject_id: str, record_id: str, purpose: str) -> RecordView:
-        info, stored = self.storage.subject_and_record(
-            check_id("subject_id", subject_id), check_id("record_id", record_id)
-        )
-        access.check(purpose=purpose)  # the caller's own limits come first
+        check_id("subject_id", subject_id)
+        check_id("record_id", record_id)
+        known = self.catalog.purpose(purpose)
+        info, stored = self.storage.subject_and_record(subject_id, record_id)
+        access.check(purpose=known)  # the caller's own limits before the catalog's rules
         authorize_subject(self.catalog, purpose, info)  # erased subjects: refused next
         if stored is None:
             raise RecordNotFound("record not found", record_id=record_id)
-        access.check(category=stored.category)
-        authorize_read(self.catalog, self.catalog.category(stored.category), purpose, info)
+        spec = self.catalog.category(stored.category)
+        access.check(category=spec)
+        authorize_read(self.catalog, spec, purpose, info)
         return self._open(info, stored)
 
     def readable(self, info: SubjectKeyInfo, purpose: str, category: str) -> list[str]:
-        access.check(purpose=purpose)
+        access.check(purpose=self.catalog.purpose(purpose))
         if category:
-            access.check(category=category)
-            authorize_read(self.catalog, self.catalog.category(category), purpose, info)
+            spec = self.catalog.category(category)
+            access.check(category=spec)
+            authorize_read(self.catalog, spec, purpose, info)
             return [category]
         return access.within_reach(readable_categories(self.catalog, purpose, info))
 
@@ -558,8 +561,8 @@ class VaultService:
         # conflict, an erasure as SUBJECT_SHREDDED, a re-key means sealing again.
         for _ in range(REWRITE_ATTEMPTS):
             info, current = self._writable_record(subject_id, record_id)
-            access.check(category=current.category)
             spec = self.catalog.category(current.category)
+            access.check(category=spec)
             checked = check_fields(fields, spec.fields)
             new_origin = check_origin(origin) if origin else current.origin
             authorize_write(spec, info)
@@ -623,7 +626,7 @@ class VaultService:
     def delete_record(self, subject_id: str, record_id: str) -> None:
         self.writable_subject(subject_id)
         category = self._stored(subject_id, record_id).category
-        access.check(category=category)
+        access.check(category=self.catalog.category(category))
         access.note(category)
         if not self.storage.delete_record(subject_id, check_id("record_id", record_id)):
             raise RecordNotFound("record not found", record_id=record_id)
@@ -638,8 +641,9 @@ class VaultService:
         """
         for _ in range(REWRITE_ATTEMPTS):  # as update_record: read again after a failed write
             info, current = self._writable_record(subject_id, record_id)
-            access.check(category=current.category)
-            rule = self.catalog.category(current.category).retention
+            spec = self.catalog.category(current.category)
+            access.check(category=spec)
+            rule = spec.retention
             if rule.kind is not RetentionKind.AFTER_EVENT or rule.event != event:
                 raise InvalidArgument("event", "this category's retention does not use that event")
             if current.key_scheme != SCHEME_SUBJECT:

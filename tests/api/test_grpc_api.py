@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from importlib import resources
 
 import grpc
@@ -270,23 +271,25 @@ def test_database_outage_is_unavailable(pg_url: str) -> None:
 def test_request_id_is_returned_on_success_and_on_error(stack: Stack) -> None:
     from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 
+    ok_id, error_id = str(uuid.uuid4()), str(uuid.uuid4())  # canonical UUIDs only
+
     subject = stack.client.create_subject()
     with grpc.insecure_channel(stack.target) as channel:
         stub = pb_grpc.SubjectServiceStub(channel)
         _, call = stub.GetSubject.with_call(
             pb.GetSubjectRequest(subject_id=subject.subject_id),
-            metadata=(("x-request-id", "req-ok-1"), *AUTH),
+            metadata=(("x-request-id", ok_id), *AUTH),
             timeout=5,
         )
-        assert dict(call.trailing_metadata())["x-request-id"] == "req-ok-1"
+        assert dict(call.trailing_metadata())["x-request-id"] == ok_id
         with pytest.raises(grpc.RpcError) as raised:
             stub.GetSubject(
                 pb.GetSubjectRequest(subject_id="a" * 26),
-                metadata=(("x-request-id", "req-err-2"), *AUTH),
+                metadata=(("x-request-id", error_id), *AUTH),
                 timeout=5,
             )
         trailers = dict(raised.value.trailing_metadata())
-        assert trailers["x-request-id"] == "req-err-2"
+        assert trailers["x-request-id"] == error_id
         assert "grpc-status-details-bin" in trailers
         _, call = stub.GetSubject.with_call(
             pb.GetSubjectRequest(subject_id=subject.subject_id),
@@ -294,4 +297,4 @@ def test_request_id_is_returned_on_success_and_on_error(stack: Stack) -> None:
             timeout=5,
         )
         generated = dict(call.trailing_metadata())["x-request-id"]
-        assert generated != "has spaces; and * stars" and len(generated) == 32
+        assert generated != "has spaces; and * stars" and str(uuid.UUID(generated)) == generated

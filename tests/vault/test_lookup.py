@@ -165,7 +165,8 @@ def test_normalising_an_email_twice_is_stable(raw: str) -> None:
 
 
 @given(st.one_of(st.from_regex(r"(\+|00)?[0-9 ().\-]{4,30}", fullmatch=True), st.text()))
-@example("0.00000")  # "00" only after the separators go: once "000000", then "+0000"
+@example("0.0000000")  # "00000000" once, "+000000" twice, before separators went first
+@example("0.00000")
 def test_normalising_a_phone_twice_is_stable(raw: str) -> None:
     _stable("phone", raw)
 
