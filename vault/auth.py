@@ -21,23 +21,12 @@ import grpc
 import structlog
 
 from vault.callers import CALLER_NAME
-from vault.errors import OubliError
+from vault.errors import TokenExpired, TokenRevoked, Unauthenticated
 from vault.tokens import ACTIVE, REVOKED, TokenInfo, TokenRegistry, token_hash
 
-__all__ = [
-    "Authenticator",
-    "Caller",
-    "TokenExpired",
-    "TokenRevoked",
-    "Unauthenticated",
-    "token_hash",
-]
+__all__ = ["Authenticator", "Caller", "token_hash"]
 
 log = structlog.get_logger("oubli.auth")
-
-
-class Unauthenticated(OubliError):
-    reason = "UNAUTHENTICATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +34,6 @@ class Caller:
     name: str
     #: "mtls" or "token"
     method: str
-
-
-class TokenExpired(Unauthenticated):
-    """The token was valid and its expiry passed: the caller needs a new one."""
-
-    reason = "TOKEN_EXPIRED"
-
-
-class TokenRevoked(Unauthenticated):
-    """The token was revoked (``oubli token revoke``, or ``rotate --now``)."""
-
-    reason = "TOKEN_REVOKED"
 
 
 class Authenticator:

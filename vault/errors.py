@@ -74,6 +74,37 @@ class KmsRefused(OubliError):
     reason = "KMS_REFUSED"
 
 
+class Unauthenticated(OubliError):
+    """The call carries no credential that names a caller (the gRPC layer answers
+    UNAUTHENTICATED)."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class TokenExpired(Unauthenticated):
+    """The token was valid and its expiry passed: the caller needs a new one."""
+
+    reason = "TOKEN_EXPIRED"
+
+
+class TokenRevoked(Unauthenticated):
+    """The token was revoked (``oubli token revoke``, or ``rotate --now``)."""
+
+    reason = "TOKEN_REVOKED"
+
+
+class TokenNotFound(OubliError):
+    """No bearer token with this id (``oubli token revoke`` / ``rotate``)."""
+
+    reason = "TOKEN_NOT_FOUND"
+
+
+class GrantNotFound(OubliError):
+    """No support grant with this id (the gRPC layer maps it to NOT_FOUND)."""
+
+    reason = "GRANT_NOT_FOUND"
+
+
 class PermissionDenied(OubliError):
     """The purpose, the subject's objections, consents or restriction forbid this.
 

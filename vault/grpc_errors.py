@@ -13,10 +13,10 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from vault.auth import Unauthenticated
 from vault.errors import (
     AlreadyExists,
     FailedPrecondition,
+    GrantNotFound,
     IntegrityFailure,
     InvalidArgument,
     KeyDestroyedError,
@@ -28,10 +28,10 @@ from vault.errors import (
     RequestNotFound,
     SubjectNotFound,
     SubjectShredded,
+    Unauthenticated,
     Unavailable,
     VersionConflict,
 )
-from vault.support import GrantNotFound
 
 ERROR_DOMAIN = "oubli.v1"
 

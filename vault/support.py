@@ -31,8 +31,8 @@ from vault import access
 from vault.callers import CALLER_NAME
 from vault.errors import (
     FailedPrecondition,
+    GrantNotFound,
     InvalidArgument,
-    OubliError,
     PermissionDenied,
     RecordNotFound,
 )
@@ -58,12 +58,6 @@ EXPIRED = "expired"
 REVOKED = "revoked"
 RESOLVED = "resolved"
 ERASED = "erased"
-
-
-class GrantNotFound(OubliError):
-    """No grant with this id (the gRPC layer maps it to NOT_FOUND)."""
-
-    reason = "GRANT_NOT_FOUND"
 
 
 @dataclass(frozen=True, slots=True)

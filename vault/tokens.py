@@ -43,7 +43,13 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, 
 from vault.audit import AuditEvent, AuditLog
 from vault.callers import CALLER_NAME
 from vault.clock import Clock, utc_now
-from vault.errors import AlreadyExists, FailedPrecondition, InvalidArgument, OubliError
+from vault.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    OubliError,
+    TokenNotFound,
+)
 from vault.ids import RandomBytes, new_id
 from vault.models import BearerTokenRow
 from vault.storage import sqlite_writer, translate_db_errors
@@ -79,10 +85,6 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 TOKENS = cast(Table, BearerTokenRow.__table__)
 _FIND = select(TOKENS).where(TOKENS.c.token_hash == bindparam("token_hash"))
-
-
-class TokenNotFound(OubliError):
-    reason = "TOKEN_NOT_FOUND"
 
 
 def token_hash(token: str) -> str:

@@ -19,6 +19,7 @@ from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
 from vault.errors import (
     FailedPrecondition,
+    GrantNotFound,
     InvalidArgument,
     PermissionDenied,
     RecordNotFound,
@@ -29,7 +30,7 @@ from vault.models import RecordRow, SupportGrantRow
 from vault.rights import RightsService
 from vault.service import VaultService
 from vault.storage import Storage
-from vault.support import GrantNotFound, SupportAccess
+from vault.support import SupportAccess
 
 Builder = Callable[..., VaultService]
 T0 = datetime(2026, 4, 1, 10, tzinfo=UTC)

@@ -14,8 +14,14 @@ from sqlalchemy import Engine, text
 from kms.absent import AbsentKeyManager
 from tests.clock import FakeClock
 from vault.audit import AuditLog
-from vault.auth import Authenticator, TokenExpired, TokenRevoked, Unauthenticated
-from vault.errors import FailedPrecondition, InvalidArgument
+from vault.auth import Authenticator
+from vault.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    TokenExpired,
+    TokenRevoked,
+    Unauthenticated,
+)
 from vault.storage import make_engine, migrate
 from vault.tokens import (
     DEFAULT_EXPIRY,
