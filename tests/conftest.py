@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import CodeType
 from typing import TextIO
 
 import pytest
@@ -82,6 +83,73 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leaks:
         print(f"\nLOG CANARY: personal data in server logs at {leaks[:10]}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- markers: -m openbao / -m postgres -----------------------------------------------
+
+#: Fixtures that are (or hold a mount or database on) the real OpenBao / PostgreSQL.
+_OPENBAO_FIXTURES = frozenset({"openbao", "vault_kms", "vault_module_kms"})
+_POSTGRES_FIXTURES = frozenset({"pg_template", "pg_url", "pg_module_url"})
+#: Launchers a test or fixture body calls to start a server of its own.
+_OPENBAO_LAUNCHERS = frozenset({"OpenBaoDevServer", "OpenBaoRaftServer"})
+_POSTGRES_LAUNCHERS = frozenset({"PostgresCluster"})
+
+
+def _names_in(code: CodeType) -> set[str]:
+    """Global and attribute names a function's code uses, nested functions included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _names_in(const)
+    return names
+
+
+def _stack_parts(item: pytest.Item) -> set[str]:
+    """The parts of the stack parameters the test runs with: a ``database_url``
+    "postgresql", an ``any_kms`` "vault", a ``stack`` "postgresql+vault", ... (fixtures
+    that pick pg_url or vault_kms by request.getfixturevalue are seen only here)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return set()
+    return {
+        part
+        for value in callspec.params.values()
+        if isinstance(value, str)
+        for part in value.split("+")
+    }
+
+
+def _launchers_used(item: pytest.Item) -> set[str]:
+    functions = [getattr(item, "function", None)]
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    if fixture_info is not None:
+        for definitions in fixture_info.name2fixturedefs.values():
+            functions += [definition.func for definition in definitions]
+    names: set[str] = set()
+    for function in functions:
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            names |= _names_in(code)
+    return names & (_OPENBAO_LAUNCHERS | _POSTGRES_LAUNCHERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it really talks to, so ``-m openbao`` / ``-m postgres``
+    select every such test: through its fixtures (direct or not), its stack parameters,
+    or a server it starts itself. A test that starts OpenBao another way (``oubli dev``)
+    carries the mark by hand."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        parts = _stack_parts(item)
+        launchers = _launchers_used(item)
+        if fixtures & _OPENBAO_FIXTURES or "vault" in parts or launchers & _OPENBAO_LAUNCHERS:
+            item.add_marker(pytest.mark.openbao)
+        if (
+            fixtures & _POSTGRES_FIXTURES
+            or "postgresql" in parts
+            or launchers & _POSTGRES_LAUNCHERS
+        ):
+            item.add_marker(pytest.mark.postgres)
 
 
 # --- OpenBao ----------------------------------------------------------------------

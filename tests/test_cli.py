@@ -22,6 +22,7 @@ from vault.export import EXPORT_PAGE
 runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})
 
 
+@pytest.mark.openbao  # `oubli dev` starts its own OpenBao
 def test_dev_starts_openbao_and_serves(tmp_path: Path) -> None:
     with (
         ServerProcess(tmp_path, "dev") as server,

@@ -49,8 +49,6 @@ from tests.integration.processes import ServerProcess
 
 T = TypeVar("T")
 
-pytestmark = pytest.mark.openbao
-
 #: Outages per test and client threads (the long-run knobs).
 ROUNDS = int(os.environ.get("OUBLI_FAULT_ROUNDS", "1"))
 THREADS = int(os.environ.get("OUBLI_FAULT_THREADS", "10"))

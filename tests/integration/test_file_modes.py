@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from clients.oubli_client import OubliClient
 from tests.file_modes import mode, open_to_others
 from tests.integration.processes import ServerProcess
@@ -66,6 +68,7 @@ def test_serve_tightens_the_data_dir_an_earlier_run_left_open(tmp_path: Path) ->
         assert server.log().count('"file_mode_tightened"') >= 4
 
 
+@pytest.mark.openbao  # `oubli dev` starts its own OpenBao
 def test_dev_keeps_its_directory_tokens_and_openbao_log_private(tmp_path: Path) -> None:
     with (
         ServerProcess(tmp_path, "dev", umask=0o022) as server,

@@ -1,8 +1,8 @@
 """Restoring a KMS backup brings erased keys back; ``oubli reconcile`` destroys them again.
 
-Uses the embedded default (local keystore): the backup is a copy of the keystore file
+On the embedded default (local keystore) the backup is a copy of the keystore file
 taken before a shred, restored after it, as an operator restoring last night's backup
-would.
+would; on OpenBao it is a raft snapshot, restored through OpenBao's own API.
 """
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import hvac
 import pytest
 from typer.testing import CliRunner
 
+from clients.oubli_client import OubliClient
+from kms.openbao_process import OpenBaoRaftServer
+from kms.vault_transit import VaultTransitKeyManager
+from tests.stack import TEST_TOKEN, start_stack
 from vault.cli import app
 from vault.config import ServerConfig
 from vault.errors import KeyDestroyedError
@@ -83,3 +88,56 @@ def test_reconcile_destroys_keys_a_restore_brought_back(tmp_path: Path) -> None:
         "email": "k@x.y"
     }
     assert after.reconcile_shreds() == 1  # idempotent
+
+
+def test_reconcile_destroys_keys_an_openbao_snapshot_restore_brought_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """PostgreSQL + a real OpenBao with raft storage, as in production: the operator
+    restores a raft snapshot taken before a shred, which brings the erased subject's
+    Transit key back; ``oubli reconcile --kms vault`` destroys it again."""
+    bao = OpenBaoRaftServer(tmp_path / "raft", log_path=tmp_path / "openbao.log")
+    with bao:
+        admin = hvac.Client(url=bao.address, token=bao.token)
+        kms = VaultTransitKeyManager(bao.address, bao.token, mount_point="transit")
+        kms.ensure_mount()
+        server, _ = start_stack(pg_url, kms)
+        try:
+            with OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN) as client:
+                erased = client.create_subject().subject_id
+                kept = client.create_subject().subject_id
+                client.create_record(erased, "contact", {"email": "erased@example.org"})
+                kept_record = client.create_record(kept, "contact", {"email": "kept@example.org"})
+                snapshot = admin.sys.take_raft_snapshot().content  # last night's backup
+                receipt = client.shred_subject(erased)
+                assert not kms.key_exists(receipt.key_id)
+
+                admin.sys.restore_raft_snapshot(snapshot)
+                assert kms.key_exists(receipt.key_id)  # the erased key is back
+
+                result = CliRunner(env={"VAULT_TOKEN": bao.token}).invoke(
+                    app,
+                    [
+                        "reconcile",
+                        "--database-url",
+                        pg_url,
+                        "--kms",
+                        "vault",
+                        "--vault-addr",
+                        bao.address,
+                        "--vault-mount",
+                        "transit",
+                        "--data-dir",
+                        str(tmp_path / "data"),
+                    ],
+                )
+                assert result.exit_code == 0, result.output
+                assert "1 shredded keys confirmed destroyed" in result.stdout
+                assert not kms.key_exists(receipt.key_id)
+                # The subject the shred left alone still reads.
+                read = client.get_record(kept, kept_record.record_id, "billing")
+                assert read.fields == {"email": "kept@example.org"}
+        finally:
+            server.stop(grace=0)
+            kms.close()
+            admin.adapter.close()

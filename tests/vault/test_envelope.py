@@ -186,6 +186,43 @@ def test_ciphertext_is_bound_to_its_place(
     assert cipher.open(DEK, PLACE, sealed) == FIELDS
 
 
+BUCKET_PLACE = dataclasses.replace(
+    PLACE, key_scheme="expiry", bucket_id="eeeeeeeeeeeeeeeeeeeeeeeeee"
+)
+
+
+@pytest.mark.parametrize(
+    ("sealed_at", "opened_at"),
+    [
+        pytest.param(
+            BUCKET_PLACE,
+            dataclasses.replace(BUCKET_PLACE, bucket_id="ffffffffffffffffffffffffff"),
+            id="another-bucket",
+        ),
+        pytest.param(
+            BUCKET_PLACE, dataclasses.replace(BUCKET_PLACE, key_scheme="hold"), id="hold-scheme"
+        ),
+        pytest.param(BUCKET_PLACE, PLACE, id="bucket-to-subject-scheme"),
+        pytest.param(PLACE, BUCKET_PLACE, id="subject-to-bucket-scheme"),
+        pytest.param(
+            dataclasses.replace(BUCKET_PLACE, key_scheme="hold"),
+            BUCKET_PLACE,
+            id="hold-to-expiry-scheme",
+        ),
+    ],
+)
+def test_ciphertext_is_bound_to_its_key_scheme_and_bucket(
+    cipher: RecordCipher, sealed_at: RecordPlace, opened_at: RecordPlace
+) -> None:
+    """A record under a retention bucket names its scheme and bucket in the associated
+    data: moved to another bucket, or relabelled as under another scheme, it fails."""
+    blob = cipher.seal(DEK, 1, sealed_at, FIELDS)
+    assert sealed_at.associated_data(1) != opened_at.associated_data(1)
+    with pytest.raises(IntegrityFailure):
+        cipher.open(DEK, opened_at, blob)
+    assert cipher.open(DEK, sealed_at, blob) == FIELDS
+
+
 def test_place_parts_cannot_be_shifted(cipher: RecordCipher) -> None:
     # Length prefixes keep ("ab", "c") and ("a", "bc") apart.
     place = RecordPlace("ab", "c", "r", "x")
