@@ -59,11 +59,36 @@ def test_subject_commands_export_and_shred(stack: Stack, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     receipt = json.loads(result.stdout)
     assert receipt["subject_id"] == subject.subject_id
+    assert receipt["records_retained"] == 0 and receipt["retained_until"] is None
     assert not stack.kms.key_exists(receipt["key_id"])
 
     again = runner.invoke(app, ["subject", "export", subject.subject_id, "--target", stack.target])
     assert again.exit_code == 1
     assert "SUBJECT_SHREDDED" in again.output
+
+
+def test_subject_shred_prints_the_receipt_with_its_legal_hold(stack: Stack) -> None:
+    """The nine fields docs/operations.md lists, the legal hold's two included."""
+    sid = stack.client.create_subject().subject_id
+    stack.client.create_record(sid, "contact", {"email": "held@example.org"})
+    stack.client.create_record(sid, "billing", {"invoice_number": "F-1"}, "billing")
+    result = runner.invoke(app, ["subject", "shred", sid, "--target", stack.target, "--yes"])
+    assert result.exit_code == 0, result.output
+    receipt = json.loads(result.stdout)
+    assert set(receipt) == {
+        "subject_id",
+        "key_id",
+        "shredded_at",
+        "records_deleted",
+        "kms_backend",
+        "residual_risk",
+        "residual_copies_expire_at",
+        "records_retained",
+        "retained_until",
+    }
+    assert receipt["records_deleted"] == 1 and receipt["records_retained"] == 1
+    assert receipt["retained_until"].endswith("Z")
+    assert stack.client.get_subject(sid).state == "held"
 
 
 def _without_export_time(document: bytes) -> bytes:
