@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
@@ -89,6 +90,27 @@ def test_subject_shred_prints_the_receipt_with_its_legal_hold(stack: Stack) -> N
     assert receipt["records_deleted"] == 1 and receipt["records_retained"] == 1
     assert receipt["retained_until"].endswith("Z")
     assert stack.client.get_subject(sid).state == "held"
+
+
+def test_audit_query_converts_a_time_with_an_offset_to_utc(stack: Stack) -> None:
+    """--since with an offset is that instant, not its wall-clock digits read as UTC."""
+    sid = stack.client.create_subject().subject_id
+    query = ["audit", "query", "--subject", sid, "--target", stack.target]
+    listed = runner.invoke(app, query)
+    assert listed.exit_code == 0, listed.output
+    first = json.loads(listed.stdout.splitlines()[0])
+    at = datetime.fromisoformat(first["at"].replace("Z", "+00:00"))
+    plus_two = timezone(timedelta(hours=2))
+    # One hour before the entry, written at +02:00: its digits read as UTC would be an
+    # hour after it, and the entry would be left out.
+    before = (at - timedelta(hours=1)).astimezone(plus_two).isoformat()
+    after = (at + timedelta(hours=1)).astimezone(plus_two).isoformat()
+    since_before = runner.invoke(app, [*query, "--since", before])
+    assert since_before.exit_code == 0, since_before.output
+    assert first["seq"] in [json.loads(line)["seq"] for line in since_before.stdout.splitlines()]
+    since_after = runner.invoke(app, [*query, "--since", after])
+    assert since_after.exit_code == 0, since_after.output
+    assert since_after.stdout == ""
 
 
 def _without_export_time(document: bytes) -> bytes:
