@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
@@ -60,11 +61,57 @@ def test_subject_commands_export_and_shred(stack: Stack, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     receipt = json.loads(result.stdout)
     assert receipt["subject_id"] == subject.subject_id
+    assert receipt["records_retained"] == 0 and receipt["retained_until"] is None
     assert not stack.kms.key_exists(receipt["key_id"])
 
     again = runner.invoke(app, ["subject", "export", subject.subject_id, "--target", stack.target])
     assert again.exit_code == 1
     assert "SUBJECT_SHREDDED" in again.output
+
+
+def test_subject_shred_prints_the_receipt_with_its_legal_hold(stack: Stack) -> None:
+    """The nine fields docs/operations.md lists, the legal hold's two included."""
+    sid = stack.client.create_subject().subject_id
+    stack.client.create_record(sid, "contact", {"email": "held@example.org"})
+    stack.client.create_record(sid, "billing", {"invoice_number": "F-1"}, "billing")
+    result = runner.invoke(app, ["subject", "shred", sid, "--target", stack.target, "--yes"])
+    assert result.exit_code == 0, result.output
+    receipt = json.loads(result.stdout)
+    assert set(receipt) == {
+        "subject_id",
+        "key_id",
+        "shredded_at",
+        "records_deleted",
+        "kms_backend",
+        "residual_risk",
+        "residual_copies_expire_at",
+        "records_retained",
+        "retained_until",
+    }
+    assert receipt["records_deleted"] == 1 and receipt["records_retained"] == 1
+    assert receipt["retained_until"].endswith("Z")
+    assert stack.client.get_subject(sid).state == "held"
+
+
+def test_audit_query_converts_a_time_with_an_offset_to_utc(stack: Stack) -> None:
+    """--since with an offset is that instant, not its wall-clock digits read as UTC."""
+    sid = stack.client.create_subject().subject_id
+    query = ["audit", "query", "--subject", sid, "--target", stack.target]
+    listed = runner.invoke(app, query)
+    assert listed.exit_code == 0, listed.output
+    first = json.loads(listed.stdout.splitlines()[0])
+    at = datetime.fromisoformat(first["at"].replace("Z", "+00:00"))
+    plus_two = timezone(timedelta(hours=2))
+    # One hour before the entry, written at +02:00: its digits read as UTC would be an
+    # hour after it, and the entry would be left out.
+    before = (at - timedelta(hours=1)).astimezone(plus_two).isoformat()
+    after = (at + timedelta(hours=1)).astimezone(plus_two).isoformat()
+    since_before = runner.invoke(app, [*query, "--since", before])
+    assert since_before.exit_code == 0, since_before.output
+    assert first["seq"] in [json.loads(line)["seq"] for line in since_before.stdout.splitlines()]
+    since_after = runner.invoke(app, [*query, "--since", after])
+    assert since_after.exit_code == 0, since_after.output
+    assert since_after.stdout == ""
 
 
 def _without_export_time(document: bytes) -> bytes:
