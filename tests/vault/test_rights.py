@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kms.base import KeyDestroyed
+from kms.base import KeyDestroyed, KmsUnavailable
 from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
+from vault.bulk import BulkOps, NewRecord
 from vault.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -22,6 +23,7 @@ from vault.errors import (
     RequestNotFound,
     SubjectNotFound,
     SubjectShredded,
+    Unavailable,
 )
 from vault.retention import RetentionJob
 from vault.rights import REQUEST_KINDS, RightsService
@@ -507,3 +509,53 @@ def test_a_card_written_while_its_consent_is_withdrawn_does_not_survive(
     assert withdrawn == [0]
     assert storage.records(sid, categories=["payment"]) == []
     assert not memory_kms.key_exists(old_key)
+
+
+def test_a_withdrawal_retried_after_a_failed_key_destruction_destroys_the_old_key(
+    vault: VaultService,
+    rights: RightsService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sid = vault.create_subject().subject_id
+    rights.grant_consent(sid, "card_storage")
+    vault.create_record(sid, "payment", CARD, "customer")
+    old_key = storage.subject(sid).key_id
+    real_destroy = memory_kms.destroy_key
+
+    def outage(key_id: str) -> None:
+        raise KmsUnavailable("the KMS went away")
+
+    monkeypatch.setattr(memory_kms, "destroy_key", outage)
+    with pytest.raises(Unavailable):
+        rights.withdraw_consent(sid, "card_storage")
+    # The switch committed (card gone, consent gone), the old key is still there.
+    assert storage.records(sid, categories=["payment"]) == []
+    assert memory_kms.key_exists(old_key)
+    monkeypatch.setattr(memory_kms, "destroy_key", real_destroy)
+    result = rights.withdraw_consent(sid, "card_storage")  # the client retries
+    assert result.records_destroyed == 0 and result.subject.consents == ()
+    assert not memory_kms.key_exists(old_key)
+
+
+def test_restriction_refuses_new_processing_but_not_rectification(
+    vault: VaultService, rights: RightsService
+) -> None:
+    sid = vault.create_subject().subject_id
+    ticket = vault.create_record(sid, "support", {"subject_line": "Help"}, "customer")
+    contact = vault.create_record(sid, "contact", {"email": "ada@example.org"}, "customer")
+    rights.restrict(sid)
+    for attempt in (
+        lambda: vault.create_record(sid, "identity", {"given_name": "Ada"}, "customer"),
+        lambda: BulkOps(vault).create_records(
+            [NewRecord(sid, "identity", {"given_name": "Ada"}, "customer")]
+        ),
+        lambda: vault.record_event(sid, ticket.record_id, "resolved"),
+    ):
+        with pytest.raises(PermissionDenied) as caught:
+            attempt()
+        assert caught.value.reason == "RESTRICTED"
+    # rectification and deletion stay possible (the subject's own rights)
+    assert vault.update_record(sid, contact.record_id, {"email": "ada@example.com"}, 1).version == 2
+    vault.delete_record(sid, contact.record_id)
