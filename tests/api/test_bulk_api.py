@@ -1,5 +1,7 @@
 """Batch put, get and shred, and the streamed export, end to end: a real gRPC server and
-the Python client, on SQLite + local keystore and on PostgreSQL + real OpenBao.
+the Python client, on SQLite + local keystore and on PostgreSQL + real OpenBao (the
+``stack`` fixture). Two tests serve the in-memory KMS on SQLite instead: one switches the
+KMS off mid-batch, the other serves a restricted caller policy.
 
 The domain rules of the batches are unit-tested in tests/vault/test_bulk.py; here: what
 goes over the wire (statuses, ErrorInfo, per-item errors, chunks) and what the audit

@@ -562,7 +562,8 @@ def rechain_from(storage: Storage, audit: AuditLog, seq: int, caller: str = "sup
 
 
 def another_replica(storage: Storage, kms: KeyManager) -> AuditLog:
-    """An AuditLog that never verified anything: a restarted server, or another replica."""
+    """A second AuditLog in this process that never verified anything: what a restarted
+    server, or another replica, starts from."""
     return AuditLog(storage, kms, ticking_clock(), SIGNING_KEY)
 
 
