@@ -76,8 +76,11 @@ def start_stack(
     return server, storage
 
 
-def stack_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    """SQLite with the local keystore; PostgreSQL with real OpenBao."""
+def stack_fixture(
+    request: pytest.FixtureRequest, tmp_path: Path, **vault_options: object
+) -> Iterator[Stack]:
+    """SQLite with the local keystore; PostgreSQL with real OpenBao. ``vault_options``
+    go to the VaultService (e.g. ``clock``: a FakeClock the test moves)."""
     db, kms_name = request.param.split("+")
     url: str = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
     kms: KeyManager = (
@@ -85,7 +88,7 @@ def stack_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         if kms_name == "local"
         else request.getfixturevalue("vault_kms")
     )
-    server, storage = start_stack(url, kms)
+    server, storage = start_stack(url, kms, **vault_options)
     client = OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN)
     yield Stack(server, client, kms, storage, url)
     client.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
@@ -15,12 +15,14 @@ from typer.testing import CliRunner
 from clients.errors import OubliClientError
 from clients.oubli_client import NewRecord, OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
+from tests.clock import FakeClock
 from tests.integration.processes import ServerProcess
-from tests.stack import TEST_TOKEN, Stack
+from tests.stack import TEST_TOKEN, Stack, stack_fixture
 from vault.cli import _stream_to_file, app
 from vault.export import EXPORT_PAGE
 
 runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})
+RETENTION_START = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
 
 
 @pytest.mark.openbao  # `oubli dev` starts its own OpenBao
@@ -213,7 +215,7 @@ def test_serve_rejects_bad_configuration(tmp_path: Path) -> None:
     assert "keystore must not be the data database" in result.output
 
 
-def test_retention_run_dry_run_and_run(stack: Stack) -> None:
+def test_retention_run_with_nothing_due_destroys_nothing(stack: Stack) -> None:
     subject = stack.client.create_subject()
     stack.client.create_record(subject.subject_id, "technical_logs", {"event": "login"}, "web")
     dry = runner.invoke(app, ["retention", "run", "--dry-run", "--target", stack.target])
@@ -223,6 +225,71 @@ def test_retention_run_dry_run_and_run(stack: Stack) -> None:
     real = runner.invoke(app, ["retention", "run", "--target", stack.target])
     assert real.exit_code == 0, real.output
     assert json.loads(real.stdout.strip().splitlines()[-1])["records_destroyed"] == 0
+
+
+@pytest.fixture(params=["sqlite+local", "postgresql+vault"])
+def clocked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Stack, FakeClock]]:
+    """The ``stack`` fixture's two stacks (PostgreSQL with the real OpenBao), with a
+    clock the test moves."""
+    clock = FakeClock(RETENTION_START)
+    stacks = stack_fixture(request, tmp_path, clock=clock)
+    yield next(stacks), clock
+    next(stacks, None)  # stops the server
+
+
+def test_retention_run_dry_run_lists_and_run_destroys_what_is_due(
+    clocked: tuple[Stack, FakeClock],
+) -> None:
+    stack, clock = clocked
+    client = stack.client
+    closed = client.create_subject().subject_id
+    client.create_record(closed, "contact", {"email": "closed@example.org"})
+    client.close_account(closed)
+    logged = client.create_subject().subject_id
+    log = client.create_record(logged, "technical_logs", {"event": "login"}, "web")
+    bucket_id = stack.storage.record(logged, log.record_id).bucket_id  # type: ignore[union-attr]
+    bucket = stack.storage.bucket(bucket_id)
+    subject_key = stack.storage.subject(closed).key_id
+    assert bucket is not None
+    clock.advance(months=13)  # past the closed account's erasure and the log's bucket
+
+    dry = runner.invoke(app, ["retention", "run", "--dry-run", "--target", stack.target])
+
+    assert dry.exit_code == 0, dry.output
+    *lines, last = dry.stdout.strip().splitlines()
+    assert lines == [
+        f"would destroy subject {closed} (1 records)",
+        f"would destroy bucket {bucket_id} (1 records)",
+    ]
+    summary = json.loads(last)
+    assert summary["dry_run"] is True
+    assert (summary["subjects_erased"], summary["buckets_destroyed"]) == (1, 1)
+    assert (summary["records_destroyed"], summary["failures"]) == (2, 0)
+    # Nothing was destroyed.
+    assert stack.kms.key_exists(subject_key) and stack.kms.key_exists(bucket.key_id)
+    assert client.get_subject(closed).state == "closed"
+    assert client.get_record(logged, log.record_id, "security").fields == {"event": "login"}
+
+    real = runner.invoke(app, ["retention", "run", "--target", stack.target])
+
+    assert real.exit_code == 0, real.output
+    *lines, last = real.stdout.strip().splitlines()
+    assert lines == [
+        f"destroyed subject {closed} (1 records)",
+        f"destroyed bucket {bucket_id} (1 records)",
+    ]
+    summary = json.loads(last)
+    assert summary["dry_run"] is False
+    assert (summary["subjects_erased"], summary["buckets_destroyed"]) == (1, 1)
+    assert (summary["records_destroyed"], summary["failures"]) == (2, 0)
+    assert not stack.kms.key_exists(subject_key) and not stack.kms.key_exists(bucket.key_id)
+    assert client.get_subject(closed).state == "shredded"
+    assert client.list_records(logged, purpose="security") == []
+
+    again = runner.invoke(app, ["retention", "run", "--target", stack.target])
+    assert again.exit_code == 0, again.output
+    [last] = again.stdout.strip().splitlines()  # nothing left to do
+    assert json.loads(last)["records_destroyed"] == 0
 
 
 def test_retention_run_fails_loudly_when_the_server_is_unreachable() -> None:

@@ -45,10 +45,20 @@ class GroupCommit(Generic[I, R]):
     def __init__(self, write: Callable[[list[I]], Sequence[R]]) -> None:
         self._write = write
         self._lock = threading.Lock()
+        # Notified when a submit queues (see wait_until_queued); shares the lock.
+        self._queued = threading.Condition(self._lock)
         self._queue: list[_Pending[I, R]] = []
         self._writing = False
         #: Batches written so far (tests compare it with the calls made).
         self.batches = 0
+
+    def wait_until_queued(self, count: int, timeout: float) -> bool:
+        """Test seam: wait until ``count`` submits are queued, not yet taken into a
+        batch; False if ``timeout`` seconds passed first. Called from inside ``write``,
+        it holds the batch in flight until the others have queued behind it, so tests
+        show grouping without depending on how fast threads start."""
+        with self._queued:
+            return self._queued.wait_for(lambda: len(self._queue) >= count, timeout)
 
     def submit(self, items: Sequence[I]) -> list[R]:
         """Write ``items`` (with whatever else is queued); their results, in order."""
@@ -57,6 +67,7 @@ class GroupCommit(Generic[I, R]):
             self._queue.append(me)
             lead = not self._writing
             self._writing = True
+            self._queued.notify_all()
         if not lead:
             me.wake.wait()
             if not me.lead:  # a leader wrote it

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from clients.errors import InvalidArgument, Unavailable
+from clients.errors import InvalidArgument, PermissionDenied, Unavailable
 from tests.stack import TEST_TOKEN, Stack
 from vault.cli import app
 from vault.errors import Unavailable as DomainUnavailable
@@ -48,8 +48,9 @@ def test_every_rpc_touching_a_subject_is_audited_without_pii(stack: Stack) -> No
 def test_refused_calls_are_audited_too(stack: Stack) -> None:
     sid = stack.client.create_subject().subject_id
     record = stack.client.create_record(sid, "contact", {"email": "a@example.org"})
-    with pytest.raises(Exception):
+    with pytest.raises(PermissionDenied) as refused:
         stack.client.get_record(sid, record.record_id, "marketing")  # no consent
+    assert refused.value.reason == "CONSENT_MISSING"
     last = stack.client.query_audit(subject_id=sid)[-1]
     assert last.action == "RecordService.GetRecord" and last.outcome == "CONSENT_MISSING"
 

@@ -1,5 +1,7 @@
 """Batch put, get and shred, and the streamed export, end to end: a real gRPC server and
-the Python client, on SQLite + local keystore and on PostgreSQL + real OpenBao.
+the Python client, on SQLite + local keystore and on PostgreSQL + real OpenBao (the
+``stack`` fixture). Two tests serve the in-memory KMS on SQLite instead: one switches the
+KMS off mid-batch, the other serves a restricted caller policy.
 
 The domain rules of the batches are unit-tested in tests/vault/test_bulk.py; here: what
 goes over the wire (statuses, ErrorInfo, per-item errors, chunks) and what the audit
@@ -19,6 +21,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
 
 from clients.errors import (
     AlreadyExists,
@@ -644,8 +647,14 @@ def test_unknown_field_names_of_a_batch_put_are_not_recorded(stack: Stack) -> No
         client.batch_create_records(
             [NewRecord(subject_id, "contact", {"canary_bulk_7f3a_ophelie": "x"})]
         )
-    for entry in _batch_entries(client, subject_id, "RecordService.BatchCreateRecords"):
+    entries = _batch_entries(client, subject_id, "RecordService.BatchCreateRecords")
+    # The refused batch is recorded (started, then refused), without the unknown name.
+    assert [e.outcome for e in entries] == ["STARTED", "INVALID_ARGUMENT"]
+    for entry in entries:
         assert "canary_bulk_7f3a_ophelie" not in entry.fields
+    with stack.storage.engine.connect() as c:
+        dump = repr(c.execute(text("SELECT * FROM audit_entries")).all())
+    assert "canary_bulk_7f3a_ophelie" not in dump
 
 
 # --- the caller's data permissions apply to each item ---------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from vault.throttle import Throttle
 
 SIGNING_KEY = "audit-checkpoints"
 START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+QUEUE_TIMEOUT = 10.0  # seconds; only reached if a test fails (the appends never queue)
 SUBJECT_A = "a" * 26
 SUBJECT_B = "b" * 26
 
@@ -562,7 +562,8 @@ def rechain_from(storage: Storage, audit: AuditLog, seq: int, caller: str = "sup
 
 
 def another_replica(storage: Storage, kms: KeyManager) -> AuditLog:
-    """An AuditLog that never verified anything: a restarted server, or another replica."""
+    """A second AuditLog in this process that never verified anything: what a restarted
+    server, or another replica, starts from."""
     return AuditLog(storage, kms, ticking_clock(), SIGNING_KEY)
 
 
@@ -842,14 +843,15 @@ def test_appends_waiting_on_a_write_share_the_next_commit(
     transaction; each caller still gets its own entry back."""
     real_write = audit._write
     first = threading.Event()
+    queued: list[bool] = []
 
-    def slow_first_write(events):  # type: ignore[no-untyped-def]
-        if not first.is_set():
+    def held_first_write(events):  # type: ignore[no-untyped-def]
+        if not first.is_set():  # holds until the 11 others have queued behind it
             first.set()
-            time.sleep(0.2)  # the other threads arrive and queue meanwhile
+            queued.append(audit._group.wait_until_queued(11, QUEUE_TIMEOUT))
         return real_write(events)
 
-    monkeypatch.setattr(audit, "_write", slow_first_write)
+    monkeypatch.setattr(audit, "_write", held_first_write)
     results: dict[int, str] = {}
 
     def appender(n: int) -> None:
@@ -857,12 +859,13 @@ def test_appends_waiting_on_a_write_share_the_next_commit(
 
     workers = [threading.Thread(target=appender, args=(n,)) for n in range(12)]
     workers[0].start()
-    first.wait()
+    assert first.wait(QUEUE_TIMEOUT)
     for worker in workers[1:]:
         worker.start()
     for worker in workers:
         worker.join()
 
+    assert queued == [True]
     assert results == {n: f"req-{n}" for n in range(12)}
     assert audit.transactions == 2  # the first alone, the 11 that queued together
     assert audit.verify().ok
@@ -873,12 +876,13 @@ def test_a_failed_group_commit_fails_every_waiter(
 ) -> None:
     real_write = audit._write
     started = threading.Event()
+    queued: list[bool] = []
     calls = itertools.count()
 
     def failing_second_write(events):  # type: ignore[no-untyped-def]
-        if next(calls) == 0:
+        if next(calls) == 0:  # holds until the 5 others have queued behind it
             started.set()
-            time.sleep(0.2)
+            queued.append(audit._group.wait_until_queued(5, QUEUE_TIMEOUT))
             return real_write(events)
         raise Unavailable("audit log write failed")
 
@@ -894,12 +898,14 @@ def test_a_failed_group_commit_fails_every_waiter(
 
     workers = [threading.Thread(target=appender, args=(n,)) for n in range(6)]
     workers[0].start()
-    started.wait()
+    assert started.wait(QUEUE_TIMEOUT)
     for worker in workers[1:]:
         worker.start()
     for worker in workers:
         worker.join()
 
+    assert queued == [True]
+    assert next(calls) == 2  # two writes: the first alone, the five together (failed)
     assert outcomes == {0: "ok", **{n: "unavailable" for n in range(1, 6)}}
     assert [e.seq for e in audit.query(limit=10)] == [1]
     monkeypatch.undo()

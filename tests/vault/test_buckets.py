@@ -183,7 +183,7 @@ def test_for_deadline_creates_once_then_reuses(
     assert again == bucket
     assert memory_kms.calls == before  # same month: no KMS call, no new row
 
-    # another replica (fresh BucketKeys, fresh cache) finds the row: still no KMS call
+    # a fresh BucketKeys (fresh cache, as on another replica) finds the row: no KMS call
     replica = bucket_keys(storage, memory_kms)
     assert replica.for_deadline(EXPIRY, "technical_logs", at(2027, 5, 2)) == bucket
     assert memory_kms.calls == before
@@ -248,7 +248,8 @@ def test_for_deadline_kms_outage_is_unavailable_and_leaves_no_row(
 def test_concurrent_creation_uses_the_winner(
     storage: Storage, memory_kms: InMemoryKeyManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two replicas miss the bucket at once; the loser uses the winner's and drops its key."""
+    """Two BucketKeys over one database (as two replicas have, here in one process) miss
+    the bucket at once; the loser uses the winner's and drops its key."""
     loser = bucket_keys(storage, memory_kms)
     winner = bucket_keys(storage, memory_kms)
     deadline = at(2027, 3, 9)

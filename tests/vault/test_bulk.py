@@ -152,7 +152,7 @@ def test_batch_get_of_cold_subjects_unwraps_together(storage: Storage, make_vaul
     writer = make_vault(storage, kms)
     subjects = [writer.create_subject().subject_id for _ in range(30)]
     records = [writer.create_record(s, "support", {"message": s}, "c") for s in subjects]
-    reader = make_vault(storage, kms, cache=DataKeyCache())  # another replica: all cold
+    reader = make_vault(storage, kms, cache=DataKeyCache())  # a second VaultService: all cold
     batched: list[int] = []
     real_unwrap_many = kms.unwrap_many
 

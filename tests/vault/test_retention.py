@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kms.base import KmsUnavailable
 from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
 from vault.buckets import add_months
@@ -193,7 +194,11 @@ def closed_customer(vault: VaultService) -> tuple[str, str, str]:
 
 
 def test_closed_account_is_erased_then_the_hold_expires(
-    vault: VaultService, storage: Storage, memory_kms: InMemoryKeyManager, clock: FakeClock
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    make_vault: Builder,
 ) -> None:
     sid, contact_id, invoice_id = closed_customer(vault)
     key_id = storage.subject(sid).key_id
@@ -232,11 +237,13 @@ def test_closed_account_is_erased_then_the_hold_expires(
     assert caught.value.reason == "ERASED"
     with pytest.raises(SubjectShredded):
         vault.create_record(sid, "billing", INVOICE, "billing")
-    # readable through the hold bucket even on a cold replica (fresh cache)
+    # readable through the hold bucket, also by a second VaultService with a cold cache
     stored = storage.record(sid, invoice_id)
     assert stored is not None and stored.bucket_id == "hold:billing:2029-03"
     hold = storage.bucket("hold:billing:2029-03")
     assert hold is not None and memory_kms.key_exists(hold.key_id)
+    cold = make_vault(storage, memory_kms, clock=clock)
+    assert cold.get_record(sid, invoice_id, "accounting").fields == INVOICE
 
     assert job.run().actions == []  # nothing more until the hold ends
 
@@ -425,10 +432,61 @@ def test_resolved_ticket_moves_to_the_expiry_bucket(
 
 
 def test_a_failing_erasure_does_not_block_other_expiries(
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The KMS refuses to destroy one subject's key (a monkeypatched in-memory KMS): that
+    erasure is reported as failed, the other erasure and the due bucket go ahead, and the
+    next run completes the failed one."""
+    failing = vault.create_subject().subject_id
+    erased = vault.create_subject().subject_id
+    for sid in (failing, erased):
+        vault.create_record(sid, "contact", {"email": "c@example.org"}, "customer")
+        vault.close_account(sid)
+    logged = vault.create_subject().subject_id
+    vault.create_record(logged, "technical_logs", LOG, "server")
+    failing_key = storage.subject(failing).key_id
+    real_destroy = memory_kms.destroy_key
+
+    def refuse_one(key_id: str) -> None:
+        if key_id == failing_key:
+            raise KmsUnavailable("transit refused")
+        real_destroy(key_id)
+
+    monkeypatch.setattr(memory_kms, "destroy_key", refuse_one)
+    clock.set(add_months(T0, 13))  # both erasures and the log bucket are due
+
+    summary = RetentionJob(vault).run()
+
+    assert summary.failures == 1
+    [failed] = [a for a in summary.actions if a.error]
+    assert (failed.kind, failed.target, failed.error) == (
+        ERASE_SUBJECT,
+        failing,
+        "BACKEND_UNAVAILABLE",
+    )
+    assert summary.subjects_erased == 1 and summary.buckets_destroyed == 1
+    assert vault.get_subject(erased).state == "shredded"
+    assert vault.get_subject(failing).state == "shredding"  # refused until completed
+    assert memory_kms.key_exists(failing_key)
+
+    monkeypatch.undo()
+    again = RetentionJob(vault).run()
+    assert [(a.kind, a.target, a.error) for a in again.actions] == [(ERASE_SUBJECT, failing, "")]
+    assert vault.get_subject(failing).state == "shredded"
+    assert not memory_kms.key_exists(failing_key)
+
+
+def test_erasure_of_a_subject_whose_key_is_already_gone_completes(
     storage: Storage, memory_kms: InMemoryKeyManager, make_vault: Callable[..., VaultService]
 ) -> None:
-    """A database restored from before an erasure: the subject's key is gone but its
-    invoices are still under it. The job erases what it can and keeps going."""
+    """The KMS no longer has the subject's key while the database still holds its records
+    (what restoring the database from before an erasure leaves; simulated here by
+    destroying the key in the in-memory KMS). The job's erasure still completes, and
+    the other expiry of the same run goes ahead."""
     from datetime import UTC, datetime
 
     from vault.buckets import add_months

@@ -147,9 +147,10 @@ def test_a_rewrite_sealed_under_the_old_key_is_sealed_again(
 def test_a_write_whose_key_a_rekey_destroyed_seals_again(
     vault: VaultService, memory_kms: InMemoryKeyManager, write: str
 ) -> None:
-    """A cold replica reads the subject, then the re-key commits and destroys the key
-    before the replica unwraps it: the destroyed key is not the data's key being gone
-    but a new key to use, so the write reads again (before the fix: KEY_DESTROYED)."""
+    """A write with a cold cache (as on another replica) reads the subject, then a re-key
+    (run in this process, injected just before the write's unwrap) commits and destroys
+    the key: the destroyed key is not the data's key being gone but a new key to use, so
+    the write reads again (before the fix: KEY_DESTROYED)."""
     sid, _ = consenting_subject(vault)
     ticket = vault.create_record(sid, "support", {"ticket_id": "T-1"}, "support").record_id
     vault.cache.evict(vault.storage.subject(sid).key_id)

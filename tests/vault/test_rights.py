@@ -223,7 +223,8 @@ def test_withdraw_card_consent_destroys_cards_by_rekeying(
     for card in cards:
         with pytest.raises(RecordNotFound):
             vault.get_record(sid, card.record_id, "access")
-    # everything else survives, under the new key, also on a cold replica
+    # everything else survives, under the new key, also for a second VaultService
+    # with a cold cache (as on another replica)
     cold = make_vault(storage, memory_kms, clock=clock)
     for reader in (vault, cold):
         assert reader.get_record(sid, contact.record_id, "service").fields == {
@@ -471,7 +472,7 @@ def test_objections_made_side_by_side_are_both_kept(
 
     def other_call_first(subject_id: str, now: datetime, change: Callable[..., object]) -> object:
         nonlocal raced
-        if not raced:  # another replica's objection commits first
+        if not raced:  # another call's objection (run here, injected) commits first
             raced = True
             rights.object_to(sid, "marketing")
         return real_change(subject_id, now, change)  # type: ignore[arg-type]

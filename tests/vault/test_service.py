@@ -1,7 +1,11 @@
 """The domain service on both databases, with the in-memory KMS (unit level).
 
-KMS call counting, shred crash/retry and outages are checked here; the same flows
-against real OpenBao run in tests/api and tests/integration.
+KMS call counting (the in-memory KMS's counter), KMS outages (its ``unavailable``
+switch) and a shred crashing half-way (a monkeypatched storage step) are checked here.
+"Another replica" here is a second VaultService, with its own DEK cache, in the same
+process over the same database. Against real OpenBao: an outage, leaving an
+interrupted shred refused, in tests/integration/test_openbao_outage.py; a shred through
+one server process refused by another at once in tests/integration/test_two_processes.py.
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ def test_cold_subject_costs_one_unwrap_then_none(
     writer = make_vault(storage, memory_kms)
     subject = writer.create_subject()
     record = writer.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "customer")
-    reader = make_vault(storage, memory_kms)  # another replica, empty cache
+    reader = make_vault(storage, memory_kms)  # a second VaultService, empty cache
     before = memory_kms.calls
     reader.get_record(subject.subject_id, record.record_id, "service")
     assert memory_kms.calls == before + 1
@@ -220,6 +224,8 @@ def test_shred_destroys_key_rows_and_refuses_subject(
 def test_shred_is_refused_by_another_replica_with_a_warm_cache(
     storage: Storage, memory_kms: InMemoryKeyManager, make_vault: Builder
 ) -> None:
+    """Two VaultService objects in this process, each with its own DEK cache, over one
+    database stand for two replicas (two processes: tests/integration/test_two_processes.py)."""
     replica_a = make_vault(storage, memory_kms)
     replica_b = make_vault(storage, memory_kms)
     subject = replica_a.create_subject()

@@ -119,7 +119,7 @@ def test_a_revoked_token_is_refused_at_once_even_by_a_clock_behind_the_revoker(
     engine: Engine, audit: AuditLog, registry: TokenRegistry, clock: FakeClock
 ) -> None:
     issued = registry.create("billing")
-    # A replica whose clock is an hour behind the machine that revokes.
+    # A second registry (as on another replica) whose clock is an hour behind the revoker.
     replica = TokenRegistry(engine, audit, FakeClock(START - timedelta(hours=1)))
     assert _caller(replica, issued.token) == "billing"
     clock.advance(hours=2)
