@@ -12,11 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from clients.oubli_client import OubliClient
-from kms.base import KeyManager
-from kms.local_keystore import LocalKeystore
 from tests.clock import FakeClock
-from tests.stack import TEST_TOKEN, Stack, start_stack
+from tests.stack import TEST_TOKEN, Stack, stack_fixture
 from vault.cli import app
 
 START = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -26,19 +23,9 @@ runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})
 @pytest.fixture(params=["sqlite+local", "postgresql+vault"])
 def clocked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Stack, FakeClock]]:
     """The ``stack`` fixture's two stacks, with a clock the test moves."""
-    db, kms_name = request.param.split("+")
-    url: str = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
-    kms: KeyManager = (
-        LocalKeystore(tmp_path / "keystore.db")
-        if kms_name == "local"
-        else request.getfixturevalue("vault_kms")
-    )
     clock = FakeClock(START)
-    server, storage = start_stack(url, kms, clock=clock)
-    client = OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN)
-    yield Stack(server, client, kms, storage, url), clock
-    client.close()
-    server.stop(grace=0)
+    for stack in stack_fixture(request, tmp_path, clock=clock):
+        yield stack, clock
 
 
 def audit_query(stack: Stack, *args: str) -> list[dict[str, Any]]:

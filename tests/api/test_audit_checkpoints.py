@@ -19,11 +19,9 @@ from typer.testing import CliRunner
 
 from clients.errors import ResourceExhausted
 from clients.oubli_client import OubliClient
-from kms.base import KeyManager
-from kms.local_keystore import LocalKeystore
 from kms.signatures import verify_offline
 from tests.clock import FakeClock
-from tests.stack import TEST_TOKEN, Stack, start_stack
+from tests.stack import TEST_TOKEN, Stack, stack_fixture
 from vault.audit import GENESIS_HASH, AuditLog, checkpoint_message, entry_hash
 from vault.cli import app
 from vault.clock import utc_now
@@ -35,19 +33,9 @@ FULL_WALK_PAUSE = timedelta(seconds=300)  # ServerConfig's default
 @pytest.fixture(params=["sqlite+local", "postgresql+vault"])
 def clocked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Stack, FakeClock]]:
     """The ``stack`` fixture's two stacks, with a clock the test moves."""
-    db, kms_name = request.param.split("+")
-    url: str = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
-    kms: KeyManager = (
-        LocalKeystore(tmp_path / "keystore.db")
-        if kms_name == "local"
-        else request.getfixturevalue("vault_kms")
-    )
     clock = FakeClock(START)
-    server, storage = start_stack(url, kms, clock=clock)
-    client = OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN)
-    yield Stack(server, client, kms, storage, url), clock
-    client.close()
-    server.stop(grace=0)
+    for stack in stack_fixture(request, tmp_path, clock=clock):
+        yield stack, clock
 
 
 def cli(*args: str) -> tuple[int, str]:
