@@ -28,8 +28,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from benchmarks.helpers import FULL, SMOKE, Deployment, MeteredServer, Sizes
-from kms.openbao_process import OpenBaoDevServer
 from tests.conftest import PG_ADMIN_URL
+from vault.openbao_process import OpenBaoDevServer
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.oubli_client import NewRecord, OubliClient, Record
-from kms.openbao_process import free_port
 from tests.integration.processes import ServerProcess
+from vault.openbao_process import free_port
 
 MESSAGE = "x" * 1000  # with names and ids a record's request is ~1 KiB
 CATEGORY, FIELD, PURPOSE, ORIGIN = "support", "message", "support", "bench"

@@ -15,8 +15,8 @@ import pytest
 from benchmarks.helpers import CATEGORY, FIELD, MESSAGE, ORIGIN, PURPOSE, client_for
 from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
-from kms.openbao_process import OpenBaoDevServer
 from tests.integration.processes import ServerProcess
+from vault.openbao_process import OpenBaoDevServer
 
 NAIVE_MOUNT, NAIVE_KEY = "naive", "naive-subject"
 

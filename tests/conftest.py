@@ -22,13 +22,13 @@ from sqlalchemy.engine import make_url
 
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
-from kms.memory import InMemoryKeyManager
-from kms.openbao_process import OpenBaoDevServer
 from kms.vault_transit import VaultTransitKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from tests.stack import Stack, stack_fixture
 from vault.catalog import Catalog
 from vault.keycache import DataKeyCache
 from vault.logs import configure_logging
+from vault.openbao_process import OpenBaoDevServer
 from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
 

@@ -293,7 +293,7 @@ def test_retention_run_dry_run_lists_and_run_destroys_what_is_due(
 
 
 def test_retention_run_fails_loudly_when_the_server_is_unreachable() -> None:
-    from kms.openbao_process import free_port
+    from vault.openbao_process import free_port
 
     result = runner.invoke(app, ["retention", "run", "--target", f"127.0.0.1:{free_port()}"])
     assert result.exit_code == 1

@@ -139,8 +139,8 @@ def dev(
 ) -> None:
     """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary).
     Makes one bearer token per default caller, in files named CALLER.token."""
-    from kms.openbao_process import OpenBaoDevServer
     from vault.callers import CallerPolicy
+    from vault.openbao_process import OpenBaoDevServer
     from vault.private_files import make_private_dir, write_private
     from vault.server import token_registry
 

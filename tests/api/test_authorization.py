@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from clients.errors import OubliClientError, PermissionDenied, Unavailable
 from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault.auth import Authenticator, token_hash
 from vault.callers import CallerPolicy, rpc_name
 from vault.catalog import Catalog

@@ -33,7 +33,7 @@ from clients.errors import (
 from clients.oubli_client import AuditEntry, NewRecord, OubliClient, Record, ShredReceipt
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, Stack
 from vault.auth import Authenticator, token_hash
 from vault.bulk import MAX_BATCH_ITEMS

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from clients.oubli_client import OubliClient
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth
 from vault.catalog import Catalog
 from vault.cli import app

@@ -11,7 +11,7 @@ import pytest
 
 from clients.errors import NotFound, PermissionDenied
 from clients.oubli_client import OubliClient
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault.auth import Authenticator, token_hash
 from vault.callers import CallerPolicy
 from vault.catalog import Catalog

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
-from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
+from tests.memory_kms import InMemoryKeyManager
 from vault.catalog import Catalog
 from vault.cli import app
 from vault.config import ServerConfig

@@ -19,10 +19,10 @@ from sqlalchemy.engine import make_url
 from clients.errors import NotFound
 from clients.oubli_client import OubliClient
 from kms.base import KeyDestroyed
-from kms.openbao_process import OpenBaoDevServer
 from kms.vault_transit import VaultTransitKeyManager
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
+from vault.openbao_process import OpenBaoDevServer
 from vault.storage import Storage, make_engine
 
 

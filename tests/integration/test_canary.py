@@ -14,8 +14,8 @@ import pytest
 
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
-from kms.openbao_process import OpenBaoDevServer
 from tests.integration.processes import ServerProcess
+from vault.openbao_process import OpenBaoDevServer
 
 CANARIES = [
     "Canary-Éloïse-Q7Z3",

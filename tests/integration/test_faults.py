@@ -43,9 +43,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.errors import OubliClientError, Unavailable
 from clients.oubli_client import OubliClient
-from kms.openbao_process import OpenBaoDevServer, OpenBaoRaftServer
 from tests.integration.pg_cluster import PostgresCluster
 from tests.integration.processes import ServerProcess
+from vault.openbao_process import OpenBaoDevServer, OpenBaoRaftServer
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from clients.oubli_client import OubliClient
-from kms.memory import InMemoryKeyManager
 from tests.integration.processes import ServerProcess
+from tests.memory_kms import InMemoryKeyManager
 from tests.stack import suite_auth
 from vault.catalog import Catalog
 from vault.config import ServerConfig

@@ -16,12 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from clients.oubli_client import OubliClient
-from kms.openbao_process import OpenBaoRaftServer
 from kms.vault_transit import VaultTransitKeyManager
 from tests.stack import TEST_TOKEN, start_stack
 from vault.cli import app
 from vault.config import ServerConfig
 from vault.errors import KeyDestroyedError
+from vault.openbao_process import OpenBaoRaftServer
 from vault.server import build_vault
 from vault.service import VaultService
 from vault.storage import Storage, make_engine

@@ -13,8 +13,8 @@ import pytest
 
 from clients.errors import NotFound
 from clients.oubli_client import OubliClient
-from kms.openbao_process import OpenBaoDevServer
 from tests.integration.processes import ServerProcess
+from vault.openbao_process import OpenBaoDevServer
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -22,7 +22,7 @@ from kms.guard import (
     KmsNoTimeLeft,
     KmsOverloaded,
 )
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 
 
 class Clock:

@@ -8,8 +8,8 @@ from pathlib import Path
 import hvac
 import pytest
 
-from kms.openbao_process import OpenBaoDevServer
 from tests.file_modes import mode, umask
+from vault.openbao_process import OpenBaoDevServer
 
 pytestmark = pytest.mark.openbao
 

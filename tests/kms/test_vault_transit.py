@@ -11,8 +11,8 @@ import hvac.exceptions
 import pytest
 
 from kms.base import KeyDestroyed, KmsError, KmsUnavailable
-from kms.openbao_process import OpenBaoDevServer, free_port
 from kms.vault_transit import VaultTransitKeyManager
+from vault.openbao_process import OpenBaoDevServer, free_port
 
 pytestmark = pytest.mark.openbao
 

@@ -15,10 +15,10 @@ from sqlalchemy import text
 
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
-from kms.memory import InMemoryKeyManager
 from kms.signatures import verify_offline
 from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
+from tests.memory_kms import InMemoryKeyManager
 from vault.audit import (
     GENESIS_HASH,
     INVALID,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import func, select
 
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault import access
 from vault.bulk import MAX_BATCH_ITEMS, BulkOps, NewRecord, RecordRead
 from vault.errors import (

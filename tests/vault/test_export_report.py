@@ -16,8 +16,8 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
+from tests.memory_kms import InMemoryKeyManager
 from vault.catalog import Catalog
 from vault.errors import InvalidArgument, PermissionDenied, SubjectShredded
 from vault.export import ACCESS_REPORT_FORMAT, EXPORT_FORMAT, access_report, export_document

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault.groupcommit import GroupCommit
 from vault.service import VaultService
 from vault.storage import Storage

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kms.base import KmsUnavailable
 from kms.guard import BreakerState, GuardedKeyManager
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault.config import ConfigError, ServerConfig
 from vault.keycache import DataKeyCache
 from vault.metrics import build_registry

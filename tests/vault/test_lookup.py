@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault.errors import InvalidArgument, Unavailable
 from vault.lookup import (
     INDEX_KEY_NAME,

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kms.base import KmsUnavailable
-from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
+from tests.memory_kms import InMemoryKeyManager
 from vault.buckets import add_months
 from vault.errors import (
     FailedPrecondition,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, select, text, update
 
-from kms.memory import InMemoryKeyManager
+from tests.memory_kms import InMemoryKeyManager
 from vault.bulk import BulkOps, NewRecord
 from vault.errors import SubjectShredded
 from vault.finder import SubjectFinder

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kms.base import KeyDestroyed, KmsUnavailable
-from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
+from tests.memory_kms import InMemoryKeyManager
 from vault.bulk import BulkOps, NewRecord
 from vault.errors import (
     FailedPrecondition,

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from kms.memory import InMemoryKeyManager
 from tests.clock import FakeClock
+from tests.memory_kms import InMemoryKeyManager
 from vault.errors import (
     FailedPrecondition,
     GrantNotFound,
