@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from kms.base import KmsError
 from vault.bulk import MAX_BATCH_ITEMS, BulkOps
 from vault.catalog import RetentionKind
-from vault.errors import OubliError, kms_error
+from vault.errors import OubliError
 from vault.service import VaultService
 
 ERASE_SUBJECT = "erase_subject"
@@ -135,9 +134,6 @@ class RetentionJob:
         assert bucket is not None
         storage.mark_bucket_destroying(bucket_id)
         self.vault.buckets.forget(bucket)
-        try:
-            self.vault.kms.destroy_key(bucket.key_id)
-        except KmsError as e:
-            raise kms_error(e) from e
+        self.vault.destroy_key(bucket.key_id)
         records, _subjects = storage.finish_bucket(bucket_id, self.vault.clock())
         return RetentionAction(DESTROY_BUCKET, bucket_id, due_at, records)

@@ -731,11 +731,7 @@ class VaultService:
             # to a new key, and that is the key to destroy. From here on it cannot change.
             info = self.subject_info(subject_id)
         self._hold_legal_records(info)
-        self.cache.evict(info.key_id)
-        try:
-            self.kms.destroy_key(info.key_id)
-        except KmsError as e:
-            raise kms_error(e) from e
+        self.destroy_key(info.key_id)
         held = self.storage.records(subject_id, scheme=SCHEME_HOLD)
         buckets = [b for b in (self.buckets.get(r.bucket_id or "") for r in held) if b]
         last = max(buckets, key=lambda b: b.destroy_at, default=None)
@@ -864,11 +860,7 @@ class VaultService:
             if new_key is not None:  # never committed: leave no orphan key
                 self.cache.evict(new_key[0])
                 self._discard_key(new_key[0])
-        self.cache.evict(info.key_id)
-        try:
-            self.kms.destroy_key(info.key_id)
-        except KmsError as e:  # in the ledger: reconcile destroys it later
-            raise kms_error(e) from e
+        self.destroy_key(info.key_id)  # in the ledger: a retry or reconcile destroys it later
         return len(dropped)
 
     def _reseal(
@@ -894,6 +886,19 @@ class VaultService:
             kept.append(replace(r, ciphertext=ciphertext))
         return kept
 
+    def destroy_key(self, key_id: str) -> None:
+        """Destroy a KMS key (subject, retired or bucket key): its DEK leaves this
+        process's cache first, and a KMS failure becomes a domain error. Idempotent.
+
+        Raises:
+            Unavailable, KmsRefused: the KMS could not destroy it (safe to retry).
+        """
+        self.cache.evict(key_id)
+        try:
+            self.kms.destroy_key(key_id)
+        except KmsError as e:
+            raise kms_error(e) from e
+
     def destroy_retired_keys(self, subject_id: str) -> None:
         """Destroy (again) every key the ledger lists for this subject; idempotent."""
         self._destroy_ledger_keys(subject_id)
@@ -901,11 +906,7 @@ class VaultService:
     def _destroy_ledger_keys(self, subject_id: str | None = None) -> int:
         key_ids = self.storage.ledger_key_ids(subject_id)
         for key_id in key_ids:
-            self.cache.evict(key_id)
-            try:
-                self.kms.destroy_key(key_id)
-            except KmsError as e:
-                raise kms_error(e) from e
+            self.destroy_key(key_id)
         return len(key_ids)
 
     def reconcile_shreds(self) -> int:
