@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,6 +14,22 @@ from types import TracebackType
 from tests.conftest import SESSION_LOGS
 from tests.stack import TEST_POLICY_TOML, TEST_TOKEN
 from vault.auth import token_hash
+
+
+def replica_args(database_url: str, vault_addr: str) -> list[str]:
+    """`oubli serve` arguments of one replica: the shared database, real OpenBao on a
+    fresh Transit mount (the token goes in the environment, VAULT_TOKEN)."""
+    return [
+        "serve",
+        "--database-url",
+        database_url,
+        "--kms",
+        "vault",
+        "--vault-addr",
+        vault_addr,
+        "--vault-mount",
+        f"transit-{secrets.token_hex(4)}",
+    ]
 
 
 class ServerProcess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
-from tests.integration.processes import ServerProcess
+from tests.integration.processes import ServerProcess, replica_args
 from vault.openbao_process import OpenBaoDevServer
 
 
@@ -49,17 +48,7 @@ def test_revoke_and_rotate_reach_every_replica_at_once(
     backend: str, tmp_path: Path, openbao: OpenBaoDevServer, request: pytest.FixtureRequest
 ) -> None:
     url: str = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
-    args = [
-        "serve",
-        "--database-url",
-        url,
-        "--kms",
-        "vault",
-        "--vault-addr",
-        openbao.address,
-        "--vault-mount",
-        f"transit-{secrets.token_hex(4)}",
-    ]
+    args = replica_args(url, openbao.address)
     with (
         ServerProcess(tmp_path / "a", *args, env={"VAULT_TOKEN": openbao.token}) as a,
         ServerProcess(tmp_path / "b", *args, env={"VAULT_TOKEN": openbao.token}) as b,

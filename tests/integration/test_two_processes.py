@@ -6,14 +6,13 @@ subject's DEK in its cache when the first shreds, and must still refuse.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
 from clients.errors import NotFound
 from clients.oubli_client import OubliClient
-from tests.integration.processes import ServerProcess
+from tests.integration.processes import ServerProcess, replica_args
 from vault.openbao_process import OpenBaoDevServer
 
 
@@ -22,17 +21,7 @@ def test_shred_on_one_replica_is_refused_by_the_other_at_once(
     backend: str, tmp_path: Path, openbao: OpenBaoDevServer, request: pytest.FixtureRequest
 ) -> None:
     url: str = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
-    args = [
-        "serve",
-        "--database-url",
-        url,
-        "--kms",
-        "vault",
-        "--vault-addr",
-        openbao.address,
-        "--vault-mount",
-        f"transit-{secrets.token_hex(4)}",
-    ]
+    args = replica_args(url, openbao.address)
     env = {"VAULT_TOKEN": openbao.token}
     with (
         ServerProcess(tmp_path / "a", *args, env=env) as a,
