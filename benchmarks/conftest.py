@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.helpers import FULL, SMOKE, Deployment, MeteredServer, Sizes
 from tests.conftest import PG_ADMIN_URL
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

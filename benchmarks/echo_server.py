@@ -2,7 +2,7 @@
 
 Run: python -m benchmarks.echo_server PORT_FILE — serves /bench.Echo/Echo on a free
 loopback port (written to PORT_FILE), returning each request's bytes unchanged, with
-the thread pool and message limits of vault.server.
+the thread pool and message limits of vault.app.server.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from vault.config import ServerConfig
+from vault.app.config import ServerConfig
 
 
 def main() -> None:

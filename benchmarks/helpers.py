@@ -15,7 +15,7 @@ from pathlib import Path
 
 from clients.oubli_client import NewRecord, OubliClient, Record
 from tests.integration.processes import ServerProcess
-from vault.openbao_process import free_port
+from vault.app.openbao_process import free_port
 
 MESSAGE = "x" * 1000  # with names and ids a record's request is ~1 KiB
 CATEGORY, FIELD, PURPOSE, ORIGIN = "support", "message", "support", "bench"

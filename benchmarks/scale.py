@@ -49,8 +49,8 @@ from clients.errors import OubliClientError
 from clients.oubli_client import NewRecord, OubliClient
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
-from vault.config import ServerConfig
-from vault.openbao_process import OpenBaoRaftServer
+from vault.app.config import ServerConfig
+from vault.app.openbao_process import OpenBaoRaftServer
 
 MESSAGE = "x" * 1000
 CATEGORY, FIELD, PURPOSE, ORIGIN = "support", "message", "support", "bench"

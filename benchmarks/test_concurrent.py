@@ -3,7 +3,7 @@ driven by the same 8 client threads (a billing service has many requests in flig
 
 One call at a time (test_unary.py) measures latency: every oubli call waits for its
 own durable audit commit. With calls in flight together, the audit's group commit
-(vault.audit.AuditLog.append_many) writes the entries of waiting calls in one
+(vault.audit.chain.AuditLog.append_many) writes the entries of waiting calls in one
 transaction, and the ratio to the echo ceiling shows what the server's own work costs.
 """
 

@@ -11,7 +11,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault.envelope import RecordCipher, RecordPlace, encode_fields
+from vault.crypto.envelope import RecordCipher, RecordPlace, encode_fields
 
 DEK = os.urandom(32)
 FIELDS = {"message": "x" * 1000, "channel": "email"}

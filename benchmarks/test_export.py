@@ -29,7 +29,7 @@ from clients.oubli_client import OubliClient
 
 pytestmark = pytest.mark.timeout(3600)  # the full-size fill
 
-#: How each record's line starts in the export document (vault/export.py).
+#: How each record's line starts in the export document (vault/usecases/export.py).
 MARK = b'{"record_id": '
 
 

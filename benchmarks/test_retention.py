@@ -27,7 +27,7 @@ from benchmarks.helpers import (
     subjects_with_records,
 )
 from clients.oubli_client import RetentionAction, RetentionSummary
-from vault.models import SubjectRow
+from vault.storage.tables import SubjectRow
 
 pytestmark = pytest.mark.timeout(3600)  # the full-size fill: 10 000 subjects
 

@@ -1,6 +1,6 @@
 """What authenticating a bearer token costs per call, in process.
 
-Every call looks its token's hash up in ``bearer_tokens`` (vault.tokens): one indexed
+Every call looks its token's hash up in ``bearer_tokens`` (vault.access.tokens): one indexed
 read, so that a revocation committed on any machine counts from the next call. The
 baseline is the pre-0007 check, a dict lookup of the hash in memory (same run). Both
 hash the token; the difference is the database round trip.
@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import Engine, insert
 
 from kms.absent import AbsentKeyManager
-from vault.audit import AuditLog
-from vault.auth import Authenticator
+from vault.access.authentication import Authenticator
+from vault.access.tokens import DEFAULT_EXPIRY, TOKENS, TokenRegistry, token_hash
+from vault.audit.chain import AuditLog
 from vault.storage import make_engine, migrate
-from vault.tokens import DEFAULT_EXPIRY, TOKENS, TokenRegistry, token_hash
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from benchmarks.helpers import CATEGORY, FIELD, MESSAGE, ORIGIN, PURPOSE, client
 from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from tests.integration.processes import ServerProcess
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 
 NAIVE_MOUNT, NAIVE_KEY = "naive", "naive-subject"
 

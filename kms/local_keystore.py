@@ -3,7 +3,7 @@
 The keystore file must never be the data database (a database backup must not carry
 keys). It is created with mode 0600 (SQLite gives its ``-wal`` and ``-shm`` the same
 mode) and missing directories above it 0700, whatever the umask (``oubli serve`` also
-tightens an existing one: vault/server.py). A destroyed key must really be gone from
+tightens an existing one: vault/app/server.py). A destroyed key must really be gone from
 disk: SQLite leaves deleted rows in free pages and old pages in the WAL, so the keystore
 runs with ``secure_delete=ON`` (deleted content is overwritten with zeros) in WAL mode, and
 every destroy ends with ``wal_checkpoint(TRUNCATE)`` so neither the file nor its

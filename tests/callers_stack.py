@@ -1,7 +1,7 @@
 """A real gRPC server (in process) under the shipped caller policy, a token per caller.
 
 tests/stack.py serves one all-powerful test caller; the tests that must call as the
-callers of vault/default_callers.toml (billing, control-panel, support, ...) use this.
+callers of vault/access/default_callers.toml (billing, control-panel, support, ...) use this.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kms.base import KeyManager
-from vault.auth import Authenticator, token_hash
-from vault.callers import CallerPolicy
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
-from vault.keycache import DataKeyCache
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
+from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 POLICY = CallerPolicy.load()
 CALLERS = tuple(sorted(POLICY.callers))

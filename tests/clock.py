@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from vault.buckets import add_months
+from vault.crypto.bucket_keys import add_months
 
 
 class FakeClock:

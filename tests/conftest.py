@@ -25,12 +25,12 @@ from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import Stack, stack_fixture
+from vault.app.logs import configure_logging
+from vault.app.openbao_process import OpenBaoDevServer
 from vault.catalog import Catalog
-from vault.keycache import DataKeyCache
-from vault.logs import configure_logging
-from vault.openbao_process import OpenBaoDevServer
-from vault.service import VaultService
+from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 PG_ADMIN_URL = os.environ.get(
     "OUBLI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

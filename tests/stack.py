@@ -14,15 +14,15 @@ import pytest
 from clients.oubli_client import OubliClient
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
-from vault.auth import Authenticator, token_hash
-from vault.callers import CallerPolicy, CallerRule
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy, CallerRule
+from vault.api.rpcs import SERVICES
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
-from vault.keycache import DataKeyCache
-from vault.rpcs import SERVICES
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
+from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 
 @dataclass

@@ -18,8 +18,8 @@ from clients.oubli_v1 import vault_pb2 as pb
 from tests.clock import FakeClock
 from tests.integration.processes import ServerProcess
 from tests.stack import TEST_TOKEN, Stack, stack_fixture
-from vault.cli import _stream_to_file, app
-from vault.export import EXPORT_PAGE
+from vault.app.cli import _stream_to_file, app
+from vault.usecases.export import EXPORT_PAGE
 
 runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})
 RETENTION_START = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
@@ -293,7 +293,7 @@ def test_retention_run_dry_run_lists_and_run_destroys_what_is_due(
 
 
 def test_retention_run_fails_loudly_when_the_server_is_unreachable() -> None:
-    from vault.openbao_process import free_port
+    from vault.app.openbao_process import free_port
 
     result = runner.invoke(app, ["retention", "run", "--target", f"127.0.0.1:{free_port()}"])
     assert result.exit_code == 1

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.clock import FakeClock
 from tests.stack import TEST_TOKEN, Stack, stack_fixture
-from vault.cli import app
+from vault.app.cli import app
 
 START = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 runner = CliRunner(env={"OUBLI_TOKEN": TEST_TOKEN})

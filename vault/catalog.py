@@ -2,8 +2,8 @@
 
 Loaded from a TOML file (``vault/default_catalog.toml`` unless configured) and
 validated at start-up; a bad catalog stops the server with a message naming the file
-and the offending key. Every rule in it is enforced by the server (vault.policy,
-vault.retention), never left to callers.
+and the offending key. Every rule in it is enforced by the server (vault.usecases.purpose_check,
+vault.usecases.retention), never left to callers.
 """
 
 from __future__ import annotations

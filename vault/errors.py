@@ -1,7 +1,7 @@
 """Domain errors: one root, typed fields, messages that never hold a personal-data value.
 
 The gRPC layer maps each class to a status code in one table
-(:data:`vault.grpc_errors.STATUS_BY_ERROR`); the KMS and database adapters translate
+(:data:`vault.api.status.STATUS_BY_ERROR`); the KMS and database adapters translate
 their own exceptions into these before they reach the domain.
 """
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from clients.errors import InvalidArgument, PermissionDenied, Unavailable
 from tests.stack import TEST_TOKEN, Stack
-from vault.cli import app
+from vault.app.cli import app
 from vault.errors import Unavailable as DomainUnavailable
 
 CANARY_EMAIL = "Zoe.Canary-8841@Example.invalid"

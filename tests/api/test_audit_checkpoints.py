@@ -22,8 +22,8 @@ from clients.oubli_client import OubliClient
 from kms.signatures import verify_offline
 from tests.clock import FakeClock
 from tests.stack import TEST_TOKEN, Stack, stack_fixture
-from vault.audit import GENESIS_HASH, AuditLog, checkpoint_message, entry_hash
-from vault.cli import app
+from vault.app.cli import app
+from vault.audit.chain import GENESIS_HASH, AuditLog, checkpoint_message, entry_hash
 from vault.clock import utc_now
 
 START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)

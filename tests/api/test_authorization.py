@@ -20,13 +20,13 @@ from clients.errors import OubliClientError, PermissionDenied, Unavailable
 from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from tests.memory_kms import InMemoryKeyManager
-from vault.auth import Authenticator, token_hash
-from vault.callers import CallerPolicy, rpc_name
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy, rpc_name
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 POLICY = CallerPolicy.load()
 CALLERS = sorted(POLICY.callers)
@@ -365,7 +365,7 @@ def test_a_token_created_while_serving_works_without_restart(tmp_path: Path) -> 
     """The README's flow: `oubli token create` beside a running server, same data dir."""
     from typer.testing import CliRunner
 
-    from vault.cli import app
+    from vault.app.cli import app
 
     config = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path)
     vault = _vault(config.resolved_database_url)

@@ -35,15 +35,15 @@ from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, Stack
-from vault.auth import Authenticator, token_hash
-from vault.bulk import MAX_BATCH_ITEMS
-from vault.callers import CallerPolicy
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy
+from vault.app.config import ServerConfig
+from vault.app.server import start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
-from vault.export import EXPORT_PAGE
-from vault.server import start_server
-from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.batches import MAX_BATCH_ITEMS
+from vault.usecases.export import EXPORT_PAGE
+from vault.usecases.service import VaultService
 
 AUTH = (("authorization", f"Bearer {TEST_TOKEN}"),)
 CANARY = "canary-bulk-7f3a@example.org"

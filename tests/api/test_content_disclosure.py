@@ -1,7 +1,7 @@
 """Adversarial suite: no caller gets a field value the policies do not give it.
 
 Derived, not hand-listed: the RPCs come from the proto descriptors, what each may return
-from the RPC table (vault/rpcs.py), the callers from the shipped caller policy (plus two
+from the RPC table (vault/api/rpcs.py), the callers from the shipped caller policy (plus two
 made-up ones: a by-purpose caller limited to two categories, and an under-grant caller
 limited to tickets), categories and purposes from the shipped catalog. Every call goes
 through a real server (SQLite + local keystore; PostgreSQL + real OpenBao).
@@ -45,10 +45,10 @@ from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
 from tests.clock import FakeClock
 from tests.stack import ALL_SERVICES, start_stack
-from vault.auth import Authenticator, token_hash
-from vault.callers import CallerPolicy, CallerRule
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy, CallerRule
+from vault.api.rpcs import RPCS, SERVICES, Content
 from vault.catalog import Catalog
-from vault.rpcs import RPCS, SERVICES, Content
 
 CATALOG = Catalog.load()
 SHIPPED = CallerPolicy.load()

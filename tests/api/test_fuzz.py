@@ -5,7 +5,7 @@ field: strings drawn from planted canaries (e-mail addresses, card, phone and IB
 numbers), catalog names, real and random ids and arbitrary text; integers at the edges
 of their type; Timestamps out of range; repeated fields and maps; now and then bytes
 that may not parse at all. Each call goes to a running server (SQLite + local keystore;
-PostgreSQL + OpenBao) as one of the callers of vault/default_callers.toml, or with no or
+PostgreSQL + OpenBao) as one of the callers of vault/access/default_callers.toml, or with no or
 an unknown token, and sometimes with a canary as its ``x-request-id``. Whatever the
 answer, it must not be INTERNAL or UNKNOWN, and no canary may come back in the status
 message, its google.rpc details or any other trailing metadata, nor in a batch item's
@@ -47,11 +47,11 @@ from clients.oubli_v1 import vault_pb2 as pb
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
 from tests.callers_stack import CALLERS, POLICY, TOKENS, CallersServer, start_callers_server
-from vault.audit import INVALID
+from vault.audit.chain import INVALID
 from vault.catalog import Catalog
-from vault.rights import REQUEST_KINDS, RightsService
-from vault.service import VaultService
-from vault.support import SupportAccess
+from vault.usecases.rights import REQUEST_KINDS, RightsService
+from vault.usecases.service import VaultService
+from vault.usecases.support import SupportAccess
 
 EXAMPLES_VARIABLE = "OUBLI_FUZZ_EXAMPLES"
 SMOKE_EXAMPLES = 8

@@ -24,7 +24,7 @@ from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, Stack, start_stack
-from vault.openbao_process import free_port
+from vault.app.openbao_process import free_port
 
 AUTH = (("authorization", f"Bearer {TEST_TOKEN}"),)
 CANARY = "zz-canary-7f3a9c-Ophélie.Marchand@example.invalid"

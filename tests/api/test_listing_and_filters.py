@@ -18,8 +18,8 @@ from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
 from tests.clock import FakeClock
 from tests.stack import ALL_SERVICES, TEST_TOKEN, Stack, start_stack
-from vault.auth import Authenticator, token_hash
-from vault.callers import CallerPolicy, CallerRule
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy, CallerRule
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 OTHER_CALLER = "second-admin"

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 from clients.oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth
+from vault.app.cli import app
+from vault.app.config import ConfigError, ServerConfig
+from vault.app.metrics import build_registry
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.cli import app
-from vault.config import ConfigError, ServerConfig
-from vault.keycache import DataKeyCache
-from vault.metrics import build_registry
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
+from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 CANARY_EMAIL = "canary-metrics@example.org"
 

@@ -12,13 +12,13 @@ import pytest
 from clients.errors import NotFound, PermissionDenied
 from clients.oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
-from vault.auth import Authenticator, token_hash
-from vault.callers import CallerPolicy
+from vault.access.authentication import Authenticator, token_hash
+from vault.access.caller_policy import CallerPolicy
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 SECRET = "my server password is hunter2"
 

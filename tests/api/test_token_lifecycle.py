@@ -15,13 +15,13 @@ from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
+from vault.access.tokens import TokenRegistry, token_hash
+from vault.app.cli import app
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server, token_registry
 from vault.catalog import Catalog
-from vault.cli import app
-from vault.config import ServerConfig
-from vault.server import RunningServer, start_server, token_registry
-from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
-from vault.tokens import TokenRegistry, token_hash
+from vault.usecases.service import VaultService
 
 runner = CliRunner()
 
@@ -192,7 +192,8 @@ def test_rotate_with_nothing_active_fails(served: Served) -> None:
 
 
 def test_the_commands_defaults_are_the_registrys() -> None:
-    from vault import token_commands, tokens
+    from vault.access import tokens
+    from vault.app import token_cli
 
-    assert tokens.parse_duration(token_commands.DEFAULT_EXPIRES_IN) == tokens.DEFAULT_EXPIRY
-    assert tokens.parse_duration(token_commands.DEFAULT_GRACE) == tokens.DEFAULT_GRACE
+    assert tokens.parse_duration(token_cli.DEFAULT_EXPIRES_IN) == tokens.DEFAULT_EXPIRY
+    assert tokens.parse_duration(token_cli.DEFAULT_GRACE) == tokens.DEFAULT_GRACE

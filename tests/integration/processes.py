@@ -13,7 +13,7 @@ from types import TracebackType
 
 from tests.conftest import SESSION_LOGS
 from tests.stack import TEST_POLICY_TOML, TEST_TOKEN
-from vault.auth import token_hash
+from vault.access.authentication import token_hash
 
 
 def replica_args(database_url: str, vault_addr: str) -> list[str]:
@@ -70,7 +70,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the child's exit
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", *self.args],
+            [sys.executable, "-m", "vault.app.cli", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

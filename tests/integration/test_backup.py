@@ -22,7 +22,7 @@ from kms.base import KeyDestroyed
 from kms.vault_transit import VaultTransitKeyManager
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 from vault.storage import Storage, make_engine
 
 

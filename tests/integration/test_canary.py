@@ -15,7 +15,7 @@ import pytest
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
 from tests.integration.processes import ServerProcess
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 
 CANARIES = [
     "Canary-Éloïse-Q7Z3",

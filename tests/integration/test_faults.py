@@ -45,7 +45,7 @@ from clients.errors import OubliClientError, Unavailable
 from clients.oubli_client import OubliClient
 from tests.integration.pg_cluster import PostgresCluster
 from tests.integration.processes import ServerProcess
-from vault.openbao_process import OpenBaoDevServer, OpenBaoRaftServer
+from vault.app.openbao_process import OpenBaoDevServer, OpenBaoRaftServer
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ from tests.integration.processes import ServerProcess
 
 def _export(server: ServerProcess, subject_id: str, output: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "vault.cli", "subject", "export", subject_id, "-o", str(output)],
+        [sys.executable, "-m", "vault.app.cli", "subject", "export", subject_id, "-o", str(output)],
         env={**os.environ, "OUBLI_TOKEN": server.token, "OUBLI_TARGET": server.target},
         umask=0o022,
         check=True,

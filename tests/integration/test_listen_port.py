@@ -14,12 +14,12 @@ from clients.oubli_client import OubliClient
 from tests.integration.processes import ServerProcess
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import suite_auth
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
 from vault.errors import Unavailable
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 
 def test_a_second_server_on_the_port_of_a_running_one_refuses_to_start(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from clients.errors import Unavailable
 from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
 from tests.stack import TEST_TOKEN, start_stack
-from vault.models import SubjectRow
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
+from vault.storage.tables import SubjectRow
 
 
 def test_vault_outage_is_unavailable_and_writes_nothing(tmp_path: Path, sqlite_url: str) -> None:

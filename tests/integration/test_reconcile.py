@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
 from tests.stack import TEST_TOKEN, start_stack
-from vault.cli import app
-from vault.config import ServerConfig
+from vault.app.cli import app
+from vault.app.config import ServerConfig
+from vault.app.openbao_process import OpenBaoRaftServer
+from vault.app.server import build_vault
 from vault.errors import KeyDestroyedError
-from vault.openbao_process import OpenBaoRaftServer
-from vault.server import build_vault
-from vault.service import VaultService
 from vault.storage import Storage, make_engine
+from vault.usecases.service import VaultService
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:

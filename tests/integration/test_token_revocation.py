@@ -18,12 +18,12 @@ import pytest
 from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
 from tests.integration.processes import ServerProcess, replica_args
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 
 
 def _oubli_token(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "vault.cli", "token", *args],
+        [sys.executable, "-m", "vault.app.cli", "token", *args],
         env=env,
         capture_output=True,
         text=True,

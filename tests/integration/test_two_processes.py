@@ -13,7 +13,7 @@ import pytest
 from clients.errors import NotFound
 from clients.oubli_client import OubliClient
 from tests.integration.processes import ServerProcess, replica_args
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -9,7 +9,7 @@ import hvac
 import pytest
 
 from tests.file_modes import mode, umask
-from vault.openbao_process import OpenBaoDevServer
+from vault.app.openbao_process import OpenBaoDevServer
 
 pytestmark = pytest.mark.openbao
 

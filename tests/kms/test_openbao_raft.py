@@ -8,7 +8,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from vault.openbao_process import OpenBaoRaftServer
+from vault.app.openbao_process import OpenBaoRaftServer
 
 pytestmark = pytest.mark.openbao
 

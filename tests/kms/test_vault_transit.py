@@ -12,7 +12,7 @@ import pytest
 
 from kms.base import KeyDestroyed, KmsError, KmsUnavailable
 from kms.vault_transit import VaultTransitKeyManager
-from vault.openbao_process import OpenBaoDevServer, free_port
+from vault.app.openbao_process import OpenBaoDevServer, free_port
 
 pytestmark = pytest.mark.openbao
 

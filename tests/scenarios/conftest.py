@@ -20,12 +20,12 @@ from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
 from tests.conftest import PG_ADMIN_URL
 from tests.stack import TEST_TOKEN, suite_auth
+from vault.app.config import ServerConfig
+from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
-from vault.config import ServerConfig
-from vault.keycache import DataKeyCache
-from vault.server import RunningServer, start_server
-from vault.service import VaultService
+from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.service import VaultService
 
 
 @dataclass

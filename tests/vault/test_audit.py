@@ -19,7 +19,7 @@ from kms.signatures import verify_offline
 from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
-from vault.audit import (
+from vault.audit.chain import (
     GENESIS_HASH,
     INVALID,
     MAX_EXPORTED_CHECKPOINTS,
@@ -29,9 +29,9 @@ from vault.audit import (
     checkpoint_message,
     entry_hash,
 )
+from vault.audit.throttle import Throttle
 from vault.errors import FailedPrecondition, InvalidArgument, RateLimited, Unavailable
 from vault.storage import Storage, make_engine, migrate
-from vault.throttle import Throttle
 
 SIGNING_KEY = "audit-checkpoints"
 START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Retention buckets (vault.buckets): calendar arithmetic, key derivation, BucketKeys.
+"""Retention buckets (vault.crypto.bucket_keys): calendar arithmetic, key derivation, BucketKeys.
 
 BucketKeys runs on both databases with the in-memory KMS; KMS round trips are counted
 with ``memory_kms.calls``.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kms.base import KmsError
 from tests.memory_kms import InMemoryKeyManager
-from vault.buckets import (
+from vault.crypto.bucket_keys import (
     EXPIRY,
     HOLD,
     BucketKeys,
@@ -26,9 +26,10 @@ from vault.buckets import (
     hold_record_key,
     month_start,
 )
+from vault.crypto.keycache import DataKeyCache
 from vault.errors import KeyDestroyedError, OubliError, Unavailable, kms_error
-from vault.keycache import DataKeyCache
-from vault.storage import BUCKET_ACTIVE, Storage
+from vault.storage import Storage
+from vault.vocabulary import BUCKET_ACTIVE
 
 NOW = datetime(2026, 5, 17, 8, 30, tzinfo=UTC)
 

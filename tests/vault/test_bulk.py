@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.memory_kms import InMemoryKeyManager
-from vault import access
-from vault.bulk import MAX_BATCH_ITEMS, BulkOps, NewRecord, RecordRead
+from vault.access import caller_scope
+from vault.crypto.keycache import DataKeyCache
 from vault.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -21,11 +21,11 @@ from vault.errors import (
     SubjectShredded,
     Unavailable,
 )
-from vault.export import export_chunks, export_json
-from vault.keycache import DataKeyCache
-from vault.models import RecordRow
-from vault.service import ShredReceipt, VaultService
 from vault.storage import Storage
+from vault.storage.tables import RecordRow
+from vault.usecases.batches import MAX_BATCH_ITEMS, BulkOps, NewRecord, RecordRead
+from vault.usecases.export import export_chunks, export_json
+from vault.usecases.service import ShredReceipt, VaultService
 
 Builder = Callable[..., VaultService]
 
@@ -178,8 +178,8 @@ def test_batch_notes_each_subject_for_the_audit(vault: VaultService, bulk: BulkO
     a, b = vault.create_subject().subject_id, vault.create_subject().subject_id
     ra = vault.create_record(a, "support", {"message": "x"}, "c")
     rb = vault.create_record(b, "contact", {"email": "canary@example.org"}, "c")
-    note = access.AccessNote()
-    with access.noting(note):
+    note = caller_scope.AccessNote()
+    with caller_scope.noting(note):
         bulk.get_records(
             [
                 RecordRead(a, ra.record_id, "support"),

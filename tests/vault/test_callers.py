@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from vault.callers import CallerPolicy, CallerPolicyError, CallerRule
-from vault.rpcs import RPCS, Content
+from vault.access.caller_policy import CallerPolicy, CallerPolicyError, CallerRule
+from vault.api.rpcs import RPCS, Content
 
 
 def _default() -> dict[str, Any]:
-    return tomllib.loads(resources.files("vault").joinpath("default_callers.toml").read_text())
+    return tomllib.loads(
+        resources.files("vault.access").joinpath("default_callers.toml").read_text()
+    )
 
 
 def test_the_default_policy_loads_and_support_reaches_content_only_under_a_grant() -> None:
@@ -109,7 +111,7 @@ def test_an_rpc_missing_from_the_table_is_callable_by_no_one() -> None:
 
 
 def test_a_policy_file_giving_support_get_record_stops_the_server_at_start(tmp_path: Path) -> None:
-    text = resources.files("vault").joinpath("default_callers.toml").read_text()
+    text = resources.files("vault.access").joinpath("default_callers.toml").read_text()
     path = tmp_path / "callers.toml"
     path.write_text(
         text.replace(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vault.config import ConfigError, ServerConfig, VaultSettings
-from vault.keycache import MAX_TTL_SECONDS
+from vault.app.config import ConfigError, ServerConfig, VaultSettings
+from vault.crypto.keycache import MAX_TTL_SECONDS
 
 TOKEN = "s.super-secret-root-token-0123456789"
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vault.envelope import (
+from vault.crypto.envelope import (
     MAX_CIPHERTEXT_BYTES,
     MAX_PLAINTEXT_BYTES,
     NONCE_LEN,

@@ -1,4 +1,4 @@
-"""Portability export and access report (vault.export) against their JSON Schemas.
+"""Portability export and access report (vault.usecases.export) against their JSON Schemas.
 
 Both databases, in-memory KMS, a fake clock. The documents are validated with
 jsonschema (draft 2020-12) and a strict date-time format check.
@@ -18,14 +18,19 @@ from jsonschema.exceptions import ValidationError
 
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
+from vault.api.messages import request_json
 from vault.catalog import Catalog
 from vault.errors import InvalidArgument, PermissionDenied, SubjectShredded
-from vault.export import ACCESS_REPORT_FORMAT, EXPORT_FORMAT, access_report, export_document
-from vault.grpc_api import request_json
-from vault.retention import RetentionJob
-from vault.rights import RightsService
-from vault.service import VaultService
 from vault.storage import Storage
+from vault.usecases.export import (
+    ACCESS_REPORT_FORMAT,
+    EXPORT_FORMAT,
+    access_report,
+    export_document,
+)
+from vault.usecases.retention import RetentionJob
+from vault.usecases.rights import RightsService
+from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
 T0 = datetime(2026, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)

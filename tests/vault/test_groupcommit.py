@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable
 
 from tests.memory_kms import InMemoryKeyManager
-from vault.groupcommit import GroupCommit
-from vault.service import VaultService
 from vault.storage import Storage
+from vault.storage.groupcommit import GroupCommit
+from vault.usecases.service import VaultService
 
 QUEUE_TIMEOUT = 10.0  # seconds; only reached if the test fails (callers never queue)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vault.keycache import MAX_TTL_SECONDS, DataKeyCache
+from vault.crypto.keycache import MAX_TTL_SECONDS, DataKeyCache
 
 
 class FakeTimer:

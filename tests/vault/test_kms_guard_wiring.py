@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from kms.base import KmsUnavailable
 from kms.guard import BreakerState, GuardedKeyManager
 from tests.memory_kms import InMemoryKeyManager
-from vault.config import ConfigError, ServerConfig
-from vault.keycache import DataKeyCache
-from vault.metrics import build_registry
-from vault.server import build_kms
+from vault.app.config import ConfigError, ServerConfig
+from vault.app.metrics import build_registry
+from vault.app.server import build_kms
+from vault.crypto.keycache import DataKeyCache
 
 
 def test_guard_settings_default_and_come_from_the_environment() -> None:

@@ -1,4 +1,5 @@
-"""Lookup by e-mail or phone (vault.lookup) on both databases, with the in-memory KMS."""
+"""Lookup by e-mail or phone (vault.crypto.blind_index) on both databases, with the
+in-memory KMS."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tests.memory_kms import InMemoryKeyManager
-from vault.errors import InvalidArgument, Unavailable
-from vault.lookup import (
+from vault.crypto.blind_index import (
     INDEX_KEY_NAME,
     BlindIndex,
     IndexKeyStore,
@@ -25,9 +25,10 @@ from vault.lookup import (
     normalise_phone,
     recommended_bits,
 )
-from vault.models import BlindIndexRow, ServiceKeyRow
-from vault.service import VaultService
+from vault.errors import InvalidArgument, Unavailable
 from vault.storage import Storage
+from vault.storage.tables import BlindIndexRow, ServiceKeyRow
+from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
 KEY = bytes(range(32))

@@ -1,4 +1,4 @@
-"""Purpose limitation (vault.policy): every rule, on subject rows built by hand.
+"""Purpose limitation (vault.usecases.purpose_check): every rule, on subject rows built by hand.
 
 Pure functions, no database and no KMS: each test states a subject's flags and checks
 what the default catalog lets a read (or a write) do with them.
@@ -13,14 +13,15 @@ import pytest
 
 from vault.catalog import Catalog, RetentionKind
 from vault.errors import InvalidArgument, OubliError, PermissionDenied, SubjectShredded
-from vault.policy import (
+from vault.storage import SubjectKeyInfo
+from vault.usecases.purpose_check import (
     authorize_read,
     authorize_subject,
     authorize_write,
     category_denial,
     readable_categories,
 )
-from vault.storage import ACTIVE, CLOSED, HELD, SHREDDED, SHREDDING, SubjectKeyInfo
+from vault.vocabulary import ACTIVE, CLOSED, HELD, SHREDDED, SHREDDING
 
 CATALOG = Catalog.load()
 WHEN = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)

@@ -12,15 +12,15 @@ from typer.testing import CliRunner
 
 from kms.local_keystore import LocalKeystore
 from tests.file_modes import mode, open_to_others, umask
-from vault.cli import app
-from vault.config import ServerConfig
+from vault.app.cli import app
+from vault.app.config import ServerConfig
+from vault.app.server import build_vault
 from vault.private_files import (
     OpenToOthers,
     make_private_dir,
     tighten,
     write_private,
 )
-from vault.server import build_vault
 from vault.storage import make_engine, migrate
 
 

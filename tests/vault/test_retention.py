@@ -1,4 +1,4 @@
-"""The retention job (vault.retention) with a fake clock, on both databases.
+"""The retention job (vault.usecases.retention) with a fake clock, on both databases.
 
 Time moves by setting the clock; the job destroys keys (buckets and subject keys) and
 the tests check what is left readable and how many KMS calls it took.
@@ -14,7 +14,7 @@ import pytest
 from kms.base import KmsUnavailable
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
-from vault.buckets import add_months
+from vault.crypto.bucket_keys import add_months
 from vault.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -23,9 +23,10 @@ from vault.errors import (
     SubjectShredded,
     Unavailable,
 )
-from vault.retention import DESTROY_BUCKET, ERASE_SUBJECT, RetentionJob
-from vault.service import VaultService
-from vault.storage import BUCKET_ACTIVE, BUCKET_DESTROYED, SCHEME_EXPIRY, SCHEME_SUBJECT, Storage
+from vault.storage import Storage
+from vault.usecases.retention import DESTROY_BUCKET, ERASE_SUBJECT, RetentionJob
+from vault.usecases.service import VaultService
+from vault.vocabulary import BUCKET_ACTIVE, BUCKET_DESTROYED, SCHEME_EXPIRY, SCHEME_SUBJECT
 
 Builder = Callable[..., VaultService]
 T0 = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
@@ -489,8 +490,8 @@ def test_erasure_of_a_subject_whose_key_is_already_gone_completes(
     the other expiry of the same run goes ahead."""
     from datetime import UTC, datetime
 
-    from vault.buckets import add_months
-    from vault.retention import RetentionJob
+    from vault.crypto.bucket_keys import add_months
+    from vault.usecases.retention import RetentionJob
 
     now = [datetime(2026, 3, 10, tzinfo=UTC)]
     vault = make_vault(storage, memory_kms, clock=lambda: now[0])

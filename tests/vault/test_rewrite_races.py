@@ -19,13 +19,14 @@ import pytest
 from sqlalchemy import Connection, select, text, update
 
 from tests.memory_kms import InMemoryKeyManager
-from vault.bulk import BulkOps, NewRecord
 from vault.errors import SubjectShredded
-from vault.finder import SubjectFinder
-from vault.models import RecordRow, SubjectRow
-from vault.rights import RightsService
-from vault.service import VaultService
-from vault.storage import SCHEME_EXPIRY, SCHEME_HOLD, Storage, make_engine, migrate
+from vault.storage import Storage, make_engine, migrate
+from vault.storage.tables import RecordRow, SubjectRow
+from vault.usecases.batches import BulkOps, NewRecord
+from vault.usecases.lookup import SubjectFinder
+from vault.usecases.rights import RightsService
+from vault.usecases.service import VaultService
+from vault.vocabulary import SCHEME_EXPIRY, SCHEME_HOLD
 
 Builder = Callable[..., VaultService]
 CARD = {"card_holder": "Ada Lovelace", "card_number": "4111111111111111", "card_expiry": "12/29"}

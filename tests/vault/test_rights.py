@@ -1,4 +1,4 @@
-"""Data-subject rights (vault.rights): restriction, objection, consent, rights requests.
+"""Data-subject rights (vault.usecases.rights): restriction, objection, consent, rights requests.
 
 Both databases, in-memory KMS, a fake clock. Consent withdrawal destroys the data stored
 under it by moving the subject to a new KMS key; the old key is checked gone.
@@ -14,7 +14,6 @@ import pytest
 from kms.base import KeyDestroyed, KmsUnavailable
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
-from vault.bulk import BulkOps, NewRecord
 from vault.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -25,10 +24,11 @@ from vault.errors import (
     SubjectShredded,
     Unavailable,
 )
-from vault.retention import RetentionJob
-from vault.rights import REQUEST_KINDS, RightsService
-from vault.service import VaultService
 from vault.storage import Storage
+from vault.usecases.batches import BulkOps, NewRecord
+from vault.usecases.retention import RetentionJob
+from vault.usecases.rights import REQUEST_KINDS, RightsService
+from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
 T0 = datetime(2026, 4, 1, 10, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The RPC table (vault/rpcs.py) declares exactly the RPCs of the proto, and the lists
+"""The RPC table (vault/api/rpcs.py) declares exactly the RPCs of the proto, and the lists
 that used to be kept by hand derive from it."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from google.protobuf.descriptor import Descriptor
 
 from clients.oubli_v1 import vault_pb2 as pb
-from vault import rpcs
-from vault.rpcs import RPCS, Content
+from vault.api import rpcs
+from vault.api.rpcs import RPCS, Content
 
 PROTO_RPCS = {
     f"{service.name}.{method.name}"

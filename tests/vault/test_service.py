@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.memory_kms import InMemoryKeyManager
+from vault.crypto.keycache import DataKeyCache
 from vault.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -27,10 +28,9 @@ from vault.errors import (
     Unavailable,
     VersionConflict,
 )
-from vault.keycache import DataKeyCache
-from vault.models import RecordRow, SubjectRow
-from vault.service import VaultService
 from vault.storage import Storage
+from vault.storage.tables import RecordRow, SubjectRow
+from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
 

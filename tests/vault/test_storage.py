@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from vault.models import Base
 from vault.storage import Storage, make_engine, migrate
+from vault.storage.tables import Base
 
 
 def test_migrations_create_exactly_the_models(storage: Storage) -> None:

@@ -1,4 +1,4 @@
-"""Support access with consent (vault.support, seed 002) on both databases.
+"""Support access with consent (vault.usecases.support, seed 002) on both databases.
 
 In-memory KMS, fake clock. Without a grant support sees metadata only; with a live
 grant (the subject's consent for one ticket) it reads what the catalog lets purpose
@@ -26,11 +26,11 @@ from vault.errors import (
     SubjectNotFound,
     SubjectShredded,
 )
-from vault.models import RecordRow, SupportGrantRow
-from vault.rights import RightsService
-from vault.service import VaultService
 from vault.storage import Storage
-from vault.support import SupportAccess
+from vault.storage.tables import RecordRow, SupportGrantRow
+from vault.usecases.rights import RightsService
+from vault.usecases.service import VaultService
+from vault.usecases.support import SupportAccess
 
 Builder = Callable[..., VaultService]
 T0 = datetime(2026, 4, 1, 10, tzinfo=UTC)

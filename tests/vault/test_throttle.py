@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.clock import FakeClock
+from vault.audit.throttle import Throttle
 from vault.errors import RateLimited
-from vault.throttle import Throttle
 
 START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 

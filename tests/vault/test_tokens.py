@@ -13,17 +13,8 @@ from sqlalchemy import Engine, text
 
 from kms.absent import AbsentKeyManager
 from tests.clock import FakeClock
-from vault.audit import AuditLog
-from vault.auth import Authenticator
-from vault.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    TokenExpired,
-    TokenRevoked,
-    Unauthenticated,
-)
-from vault.storage import make_engine, migrate
-from vault.tokens import (
+from vault.access.authentication import Authenticator
+from vault.access.tokens import (
     DEFAULT_EXPIRY,
     DEFAULT_GRACE,
     LAST_USED_GRANULARITY,
@@ -33,6 +24,15 @@ from vault.tokens import (
     read_tokens_file,
     token_hash,
 )
+from vault.audit.chain import AuditLog
+from vault.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    TokenExpired,
+    TokenRevoked,
+    Unauthenticated,
+)
+from vault.storage import make_engine, migrate
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -301,7 +301,7 @@ def test_last_use_is_stamped_at_most_every_few_minutes(
 
 
 def test_list_holds_no_hash() -> None:
-    from vault.tokens import TokenInfo
+    from vault.access.tokens import TokenInfo
 
     assert not {"hash", "token", "token_hash"} & set(TokenInfo.__slots__)
 

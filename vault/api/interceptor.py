@@ -1,0 +1,299 @@
+"""Server interceptor: malformed requests, error translation and access logs.
+
+- A request that does not parse (e.g. invalid UTF-8 in a string field) is answered
+  INVALID_ARGUMENT instead of grpc's default INTERNAL "Exception deserializing request".
+- Domain errors become statuses through :mod:`vault.api.status`; any other exception
+  becomes INTERNAL with a generic message (its text could hold anything) and is logged
+  by type only.
+- One structured log line per RPC: method, status, duration, request id. Never a
+  request or response body.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+from kms.deadline import time_limit
+from vault.access.authentication import Authenticator
+from vault.access.caller_policy import CallerPolicy, CallerRule, rpc_name
+from vault.access.caller_scope import AccessNote, acting_as, noting
+from vault.api.rpcs import READ_ONLY
+from vault.api.status import error_status, plain_status, status_code_for
+from vault.audit.recorder import AuditRecorder
+from vault.errors import OubliError
+
+log = structlog.get_logger("oubli.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+OWN_PREFIX = "/oubli."
+
+
+class _Malformed:
+    """Stands in for a request that failed to parse."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _safe_deserializer(
+    deserialize: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except (DecodeError, UnicodeDecodeError, ValueError):
+            return _MALFORMED
+
+    return parse
+
+
+#: A canonical UUID (lowercase, hyphenated). The id goes into the log line and the
+#: permanent audit trail, so it takes no format that could carry a personal value as
+#: typed: a phone or card number, an e-mail address.
+_REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    """The caller's x-request-id when it is a canonical UUID, else a new random one."""
+    for key, value in context.invocation_metadata():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return str(uuid.uuid4())
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
+):
+    pass
+
+
+def _with_request_id(status: grpc.Status, request_id: str) -> grpc.Status:
+    # abort_with_status replaces the trailing metadata: carry the request id in it.
+    trailers = (*(status.trailing_metadata or ()), (REQUEST_ID_HEADER, request_id))
+    return _Status(status.code, status.details, trailers)
+
+
+_MALFORMED_STATUS = plain_status(
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "request could not be parsed (string fields must be valid UTF-8)",
+    "MALFORMED_REQUEST",
+)
+_INTERNAL_STATUS = plain_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL")
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # grpc's runtime class is not generic
+    _Interceptor = grpc.ServerInterceptor
+
+
+class ServiceInterceptor(_Interceptor):
+    """Parses, authenticates, authorizes the RPC, runs it, logs it, maps its errors.
+
+    ``authenticator`` and ``policy`` are both given in a served configuration; without
+    them (in-process tests of the domain) every call runs with no caller rule.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator | None = None,
+        policy: CallerPolicy | None = None,
+        audit: AuditRecorder | None = None,
+    ) -> None:
+        if (authenticator is None) != (policy is None):
+            raise ValueError("authenticator and policy go together")
+        self._authenticator = authenticator
+        self._policy = policy
+        self._audit = audit
+
+    def _record(
+        self,
+        method: str,
+        caller: str,
+        request: Any,
+        note: AccessNote,
+        outcome: str,
+        request_id: str,
+        bound: Any,
+        *,
+        required: bool,
+    ) -> None:
+        """Append the audit entry. ``required``: failure aborts the call (no audit, no
+        access); otherwise (the call failed anyway) it is only logged."""
+        # Unauthenticated calls are logged, not audited: whoever reaches the port must
+        # not be able to grow the audit trail.
+        if self._audit is None or caller == "anonymous":
+            return
+        try:
+            self._audit.record(
+                method=method,
+                caller=caller,
+                request=None if request is _MALFORMED else request,
+                note=note,
+                outcome=outcome,
+                request_id=request_id,
+            )
+        except OubliError:
+            if required:
+                raise
+            bound.error("audit_append_failed", outcome=outcome)
+
+    def _authenticate(self, context: grpc.ServicerContext) -> str | None:
+        """The caller's name; None when the server runs without authentication."""
+        if self._authenticator is None:
+            return None
+        return self._authenticator.authenticate(context).name
+
+    def _authorize(self, method: str, caller: str | None) -> CallerRule | None:
+        if caller is None or self._policy is None:
+            return None
+        return self._policy.check_rpc(caller, method)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        # Only oubli's own services: health and reflection handle their own errors.
+        if handler is None or handler.request_streaming or not method.startswith(OWN_PREFIX):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    @staticmethod
+    def _begin(method: str, context: grpc.ServicerContext) -> tuple[str, Any, float]:
+        request_id = _request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        return request_id, log.bind(method=method, request_id=request_id), time.perf_counter()
+
+    @staticmethod
+    def _fail(
+        context: grpc.ServicerContext,
+        error: BaseException | None,
+        request_id: str,
+        bound: Any,
+        start: float,
+    ) -> None:
+        """Log and abort; error None means the request did not parse."""
+        if error is None:
+            bound.info("rpc", code="INVALID_ARGUMENT", reason="MALFORMED_REQUEST", ms=_ms(start))
+            status = _MALFORMED_STATUS
+        elif isinstance(error, OubliError):
+            code = status_code_for(error)
+            bound.info("rpc", code=code.name, reason=error.reason, ms=_ms(start))
+            status = error_status(error)
+        else:
+            # The exception's text could hold anything: log its type only.
+            bound.error("rpc", code="INTERNAL", error_type=type(error).__name__, ms=_ms(start))
+            status = _INTERNAL_STATUS
+        context.abort_with_status(_with_request_id(status, request_id))
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            request_id, bound, start = self._begin(method, context)
+            note, caller = AccessNote(), "anonymous"
+            if request is _MALFORMED:
+                self._fail(context, None, request_id, bound, start)
+            # A read (vault.api.rpcs) is recorded once, before its response leaves; a change
+            # is also recorded (STARTED) before it runs.
+            read_only = ".".join(rpc_name(method)) in READ_ONLY
+            # oubli's servicers never abort themselves: they raise domain errors, and
+            # this is the one place that turns exceptions into statuses.
+            try:
+                name = self._authenticate(context)
+                caller = name or "internal"
+                bound = bound.bind(caller=caller)
+                rule = self._authorize(method, name)
+                if not read_only:
+                    # A change is recorded before it is made: if the audit cannot be
+                    # written, nothing is changed (no audit, no access).
+                    self._record(
+                        method, caller, request, note, "STARTED", request_id, bound, required=True
+                    )
+                # KMS calls made for this RPC end before its deadline (kms/deadline.py).
+                with acting_as(rule), noting(note), time_limit(context.time_remaining):
+                    response = behavior(request, context)
+            except Exception as error:
+                outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
+                self._record(
+                    method, caller, request, note, outcome, request_id, bound, required=False
+                )
+                self._fail(context, error, request_id, bound, start)
+                raise  # pragma: no cover - abort_with_status raises
+            # A read's entry must exist before its data leaves (no audit, no access). A
+            # change was recorded as STARTED already: if its outcome cannot be written,
+            # the change stands and the client must not be told otherwise.
+            try:
+                self._record(
+                    method, caller, request, note, "OK", request_id, bound, required=read_only
+                )
+            except OubliError as error:
+                self._fail(context, error, request_id, bound, start)
+            bound.info("rpc", code="OK", ms=_ms(start))
+            return response
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            request_id, bound, start = self._begin(method, context)
+            note, caller = AccessNote(), "anonymous"
+            if request is _MALFORMED:
+                self._fail(context, None, request_id, bound, start)
+            try:
+                name = self._authenticate(context)
+                caller = name or "internal"
+                bound = bound.bind(caller=caller)
+                rule = self._authorize(method, name)
+                # A stream is recorded before its first message (no audit, no access)
+                # and again with its outcome.
+                self._record(
+                    method, caller, request, note, "STARTED", request_id, bound, required=True
+                )
+                with acting_as(rule), noting(note), time_limit(context.time_remaining):
+                    yield from behavior(request, context)
+            except GeneratorExit:  # the client cancelled or went away mid-stream
+                self._record(
+                    method, caller, request, note, "CANCELLED", request_id, bound, required=False
+                )
+                bound.info("rpc", code="CANCELLED", ms=_ms(start))
+                raise
+            except Exception as error:
+                outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
+                self._record(
+                    method, caller, request, note, outcome, request_id, bound, required=False
+                )
+                self._fail(context, error, request_id, bound, start)
+            self._record(method, caller, request, note, "OK", request_id, bound, required=False)
+            bound.info("rpc", code="OK", ms=_ms(start))
+
+        return wrapped
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)

@@ -1,0 +1,257 @@
+"""Server configuration: a frozen dataclass built from flags and an explicit environment.
+
+Environment variables (all optional):
+
+    OUBLI_LISTEN          host:port to serve gRPC on (default 127.0.0.1:50051)
+    OUBLI_METRICS_LISTEN  host:port to serve Prometheus metrics on (default: empty, off)
+    OUBLI_DATA_DIR        directory for the embedded default (default ./oubli-data)
+    OUBLI_DATABASE_URL    SQLAlchemy URL (default sqlite:///DATA_DIR/oubli.db)
+    OUBLI_KMS             local | vault (default local)
+    OUBLI_KEYSTORE_PATH   local keystore file (default DATA_DIR/keystore/keys.db)
+    OUBLI_CATALOG         policy catalog TOML file (default: the shipped catalog)
+    OUBLI_TENANT          tenant/namespace bound into every ciphertext (default "default")
+    OUBLI_CACHE_ENTRIES   DEK cache bound (default 10000 subjects)
+    OUBLI_CACHE_TTL_SECONDS  DEK cache TTL, at most 60 (default 60)
+    OUBLI_MAX_WORKERS     gRPC worker threads (default 16)
+    OUBLI_KMS_BACKUP_RETENTION_DAYS  how long KMS backups are kept (default 7)
+    OUBLI_CALLERS         caller policy TOML (default: the shipped default_callers.toml)
+    OUBLI_TOKENS_FILE     pre-0007 bearer token hashes, imported at start (default
+                          DATA_DIR/tokens.toml; tokens now live in the database)
+    OUBLI_TLS_CERT, OUBLI_TLS_KEY  serve TLS (1.3 negotiated) with this certificate
+    OUBLI_TLS_CLIENT_CA   require client certificates signed by this CA (mTLS)
+    OUBLI_AUDIT_CHECKPOINT_SECONDS  how often the audit chain head is signed (default 300)
+    OUBLI_AUDIT_FULL_VERIFY_SECONDS  least pause between two full walks of the audit
+                          chain (VerifyAudit full, or before any checkpoint; default 300,
+                          0 = no limit)
+    VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
+    OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
+    OUBLI_KMS_TIMEOUT_SECONDS  longest a KMS call may take, less when the caller's
+                          deadline is nearer (default 2)
+    OUBLI_KMS_MAX_IN_FLIGHT  KMS calls in flight at once; 0: half the worker threads
+                          (default 0)
+    OUBLI_KMS_BREAKER_FAILURES  consecutive KMS failures that open the breaker (default 5)
+    OUBLI_KMS_BREAKER_RESET_SECONDS  an open breaker lets a probe through after (default 0.5)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from vault.crypto.keycache import MAX_TTL_SECONDS
+
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: host:port; a host name or IPv4 address, or an IPv6 address in brackets.
+_HOST_PORT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})"
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which setting and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSettings:
+    address: str
+    token: str = field(repr=False)
+    mount: str = "transit"
+    cache_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("oubli-data")
+    database_url: str = ""
+    kms: Literal["local", "vault"] = "local"
+    keystore_path: Path | None = None
+    vault: VaultSettings | None = None
+    catalog_path: Path | None = None
+    tenant: str = "default"
+    cache_entries: int = 10_000
+    cache_ttl_seconds: float = MAX_TTL_SECONDS
+    max_workers: int = 16
+    #: How long backups of the KMS (Vault snapshots, keystore file copies) are kept;
+    #: shred receipts say when the last copy holding an erased key expires.
+    kms_backup_retention_days: int = 7
+    #: Caller policy TOML (default: the shipped vault/access/default_callers.toml).
+    callers_path: Path | None = None
+    #: A pre-0007 file of bearer token hashes, imported into the database at start
+    #: (default: DATA_DIR/tokens.toml).
+    tokens_path: Path | None = None
+    #: TLS: server certificate and key (PEM); with a client CA, mTLS is required.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    #: How often the audit chain's head is signed with the KMS signing key.
+    audit_checkpoint_seconds: float = 300.0
+    #: Least pause between two walks of the whole audit chain by this server (0: none).
+    audit_full_verify_seconds: float = 300.0
+    #: host:port of the Prometheus metrics endpoint (HTTP, ``/metrics``); empty = off.
+    metrics_listen: str = ""
+    #: The KMS guard (kms/guard.py): per-call budget cap, calls in flight (0: half the
+    #: workers), consecutive failures that open the breaker, and when it probes again.
+    kms_timeout_seconds: float = 2.0
+    kms_max_in_flight: int = 0
+    kms_breaker_failures: int = 5
+    kms_breaker_reset_seconds: float = 0.5
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The metrics endpoint's (host, port), or None when metrics are off."""
+        if not self.metrics_listen:
+            return None
+        return parse_host_port(self.metrics_listen, "OUBLI_METRICS_LISTEN / --metrics-listen")
+
+    @property
+    def resolved_kms_max_in_flight(self) -> int:
+        """KMS calls in flight at once: as set, or half the workers, so that a hung KMS
+        always leaves workers for the calls that need no key."""
+        return self.kms_max_in_flight or max(1, self.max_workers // 2)
+
+    @property
+    def resolved_tokens_path(self) -> Path:
+        return (self.tokens_path or self.data_dir / "tokens.toml").resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'oubli.db').resolve()}"
+
+    @property
+    def resolved_keystore_path(self) -> Path:
+        return (self.keystore_path or self.data_dir / "keystore" / "keys.db").resolve()
+
+    def validate(self) -> ServerConfig:
+        if not _TENANT.fullmatch(self.tenant):
+            raise ConfigError("tenant must match [a-z0-9][a-z0-9_-]{0,63}")
+        if self.cache_entries < 1 or self.max_workers < 1:
+            raise ConfigError("cache entries and worker count must be >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and its key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("mTLS (a client CA) needs the server's TLS certificate and key")
+        if self.audit_checkpoint_seconds <= 0:
+            raise ConfigError("the audit checkpoint interval must be > 0 seconds")
+        if self.audit_full_verify_seconds < 0:
+            raise ConfigError("the pause between full audit walks must be >= 0 seconds")
+        if self.kms_backup_retention_days < 0:
+            raise ConfigError("KMS backup retention must be >= 0 days")
+        if not 0 < self.cache_ttl_seconds <= MAX_TTL_SECONDS:
+            raise ConfigError(f"cache TTL must be in (0, {MAX_TTL_SECONDS}] seconds")
+        if not MIN_KMS_TIMEOUT_SECONDS <= self.kms_timeout_seconds <= MAX_KMS_TIMEOUT_SECONDS:
+            raise ConfigError(
+                f"the KMS timeout must be in [{MIN_KMS_TIMEOUT_SECONDS}, "
+                f"{MAX_KMS_TIMEOUT_SECONDS}] seconds"
+            )
+        if self.kms_max_in_flight < 0 or self.kms_breaker_failures < 1:
+            raise ConfigError("KMS calls in flight must be >= 0 and breaker failures >= 1")
+        if not 0 < self.kms_breaker_reset_seconds <= MAX_KMS_TIMEOUT_SECONDS:
+            raise ConfigError(
+                f"the KMS breaker's reset interval must be in (0, {MAX_KMS_TIMEOUT_SECONDS}] s"
+            )
+        metrics = self.metrics_address  # raises ConfigError when malformed
+        if metrics is not None and metrics[1] != 0 and self.metrics_listen == self.listen:
+            raise ConfigError("the metrics address must differ from the gRPC listen address")
+        if self.kms == "vault":
+            if self.vault is None or not self.vault.address or not self.vault.token:
+                raise ConfigError("--kms vault needs a Vault address and token")
+        elif self.kms == "local":
+            # Parsed, not prefix-matched: sqlite+pysqlite:///f.db?timeout=5 is the same file.
+            try:
+                url = make_url(self.resolved_database_url)
+            except ArgumentError:
+                raise ConfigError("database URL is not a valid SQLAlchemy URL") from None
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                db = Path(url.database).resolve()
+                if db == self.resolved_keystore_path:
+                    raise ConfigError("the keystore must not be the data database file")
+        else:
+            raise ConfigError("kms must be 'local' or 'vault'")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: object) -> ServerConfig:
+        """Defaults, then the environment, then explicit overrides (CLI flags)."""
+        values: dict[str, object] = {}
+        for name, (attribute, parse) in _ENVIRONMENT.items():
+            if name in env:
+                try:
+                    values[attribute] = parse(env[name])
+                except ValueError:
+                    raise ConfigError(f"{name} is not a valid value") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        vault_values = {key: values.pop(key, None) for key in _VAULT_OVERRIDES}
+        if values.get("kms", "local") == "vault":
+            try:
+                cache_size = int(
+                    str(vault_values["vault_cache_size"] or env.get("OUBLI_VAULT_CACHE_SIZE", ""))
+                    or DEFAULT_VAULT_CACHE_SIZE
+                )
+            except ValueError:
+                raise ConfigError("OUBLI_VAULT_CACHE_SIZE is not a valid value") from None
+            values["vault"] = VaultSettings(
+                address=str(vault_values["vault_addr"] or env.get("VAULT_ADDR", "")),
+                token=str(vault_values["vault_token"] or env.get("VAULT_TOKEN", "")),
+                mount=str(vault_values["vault_mount"] or env.get("OUBLI_VAULT_MOUNT", "transit")),
+                cache_size=cache_size,
+            )
+        return cls(**values).validate()  # type: ignore[arg-type]
+
+
+def parse_host_port(value: str, setting: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets: ``[::1]:9464``) -> (host, port).
+
+    Port 0 picks a free port. Raises ConfigError naming ``setting`` when malformed.
+    """
+    match = _HOST_PORT.fullmatch(value)
+    port = int(match["port"]) if match else -1
+    if match is None or port > 65535:
+        raise ConfigError(
+            f"{setting} must be host:port with a port in 0..65535 (IPv6 as [::1]:9464), "
+            f"got {value!r}"
+        )
+    return match["ipv6"] or match["host"], port
+
+
+#: Bounds of the per-call KMS budget: below, a healthy KMS could miss it; above, a hung
+#: one holds workers for longer than a client waits.
+MIN_KMS_TIMEOUT_SECONDS = 0.1
+MAX_KMS_TIMEOUT_SECONDS = 60.0
+
+#: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
+DEFAULT_VAULT_CACHE_SIZE = 10_000
+
+_VAULT_OVERRIDES = ("vault_addr", "vault_token", "vault_mount", "vault_cache_size")
+
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
+    "OUBLI_LISTEN": ("listen", str),
+    "OUBLI_METRICS_LISTEN": ("metrics_listen", str),
+    "OUBLI_DATA_DIR": ("data_dir", Path),
+    "OUBLI_DATABASE_URL": ("database_url", str),
+    "OUBLI_KMS": ("kms", str),
+    "OUBLI_KEYSTORE_PATH": ("keystore_path", Path),
+    "OUBLI_CATALOG": ("catalog_path", Path),
+    "OUBLI_TENANT": ("tenant", str),
+    "OUBLI_CACHE_ENTRIES": ("cache_entries", int),
+    "OUBLI_CACHE_TTL_SECONDS": ("cache_ttl_seconds", float),
+    "OUBLI_MAX_WORKERS": ("max_workers", int),
+    "OUBLI_KMS_BACKUP_RETENTION_DAYS": ("kms_backup_retention_days", int),
+    "OUBLI_CALLERS": ("callers_path", Path),
+    "OUBLI_TOKENS_FILE": ("tokens_path", Path),
+    "OUBLI_TLS_CERT": ("tls_cert", Path),
+    "OUBLI_TLS_KEY": ("tls_key", Path),
+    "OUBLI_TLS_CLIENT_CA": ("tls_client_ca", Path),
+    "OUBLI_AUDIT_CHECKPOINT_SECONDS": ("audit_checkpoint_seconds", float),
+    "OUBLI_KMS_TIMEOUT_SECONDS": ("kms_timeout_seconds", float),
+    "OUBLI_KMS_MAX_IN_FLIGHT": ("kms_max_in_flight", int),
+    "OUBLI_KMS_BREAKER_FAILURES": ("kms_breaker_failures", int),
+    "OUBLI_KMS_BREAKER_RESET_SECONDS": ("kms_breaker_reset_seconds", float),
+    "OUBLI_AUDIT_FULL_VERIFY_SECONDS": ("audit_full_verify_seconds", float),
+}

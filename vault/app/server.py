@@ -1,0 +1,311 @@
+"""Server wiring: configuration -> KMS, database, domain, gRPC server.
+
+Registers oubli's services, gRPC health checking and server reflection; with
+``metrics_listen`` set, also serves Prometheus metrics over HTTP (vault/app/metrics.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
+
+from clients.oubli_v1 import vault_pb2 as pb
+from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from kms.absent import AbsentKeyManager
+from kms.base import KeyManager, KmsError
+from kms.guard import BreakerState, GuardedKeyManager
+from kms.local_keystore import LocalKeystore
+from kms.vault_transit import VaultTransitKeyManager
+from vault.access.authentication import Authenticator
+from vault.access.caller_policy import CallerPolicy
+from vault.access.tokens import TokenRegistry
+from vault.api.audit import AuditServicer
+from vault.api.interceptor import ServiceInterceptor
+from vault.api.lookup import LookupServicer
+from vault.api.records import RecordServicer
+from vault.api.retention import RetentionServicer
+from vault.api.rights import RightsServicer
+from vault.api.subjects import SubjectServicer
+from vault.api.support import SupportServicer
+from vault.app.config import ConfigError, ServerConfig, parse_host_port
+from vault.app.metrics import MetricsServer, build_registry, start_metrics_server
+from vault.audit.chain import AuditLog
+from vault.audit.recorder import AuditRecorder
+from vault.catalog import Catalog
+from vault.clock import Clock, utc_now
+from vault.crypto.keycache import DataKeyCache
+from vault.errors import Unavailable
+from vault.private_files import make_private_dir, tighten, write_private
+from vault.storage import Storage, make_engine, migrate
+from vault.usecases.lookup import SubjectFinder
+from vault.usecases.retention import RetentionJob
+from vault.usecases.rights import RightsService
+from vault.usecases.service import VaultService
+from vault.usecases.support import SupportAccess
+
+log = structlog.get_logger("oubli.server")
+
+SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
+
+
+def build_kms(config: ServerConfig) -> KeyManager:
+    """The configured backend behind the KMS guard (budget, calls in flight, breaker)."""
+    backend: KeyManager
+    if config.kms == "vault":
+        assert config.vault is not None
+        transit = VaultTransitKeyManager(
+            config.vault.address, config.vault.token, mount_point=config.vault.mount
+        )
+        try:
+            transit.ensure_mount(cache_size=config.vault.cache_size)
+        except KmsError as e:
+            raise Unavailable(f"cannot prepare the Transit mount: {e}") from e
+        backend = transit
+    else:
+        backend = LocalKeystore(config.resolved_keystore_path)
+    return guard_kms(backend, config)
+
+
+def guard_kms(backend: KeyManager, config: ServerConfig) -> GuardedKeyManager:
+    def breaker_changed(state: BreakerState) -> None:
+        # An operator's signal: the KMS stopped answering, or answers again.
+        log.warning("kms_breaker", state=state.value, backend=backend.backend_name)
+
+    return GuardedKeyManager(
+        backend,
+        max_call_seconds=config.kms_timeout_seconds,
+        max_in_flight=config.resolved_kms_max_in_flight,
+        failure_threshold=config.kms_breaker_failures,
+        reset_seconds=config.kms_breaker_reset_seconds,
+        on_breaker_change=breaker_changed,
+    )
+
+
+def make_local_files_private(config: ServerConfig) -> None:
+    """Make what oubli keeps on this machine private before anything opens it.
+
+    The data directory is created 0700 when the embedded database or the default
+    keystore lives there. Its existing directory, the default keystore directory, the
+    keystore file and its journals and the tokens file lose any group or other
+    permission (logged); one another user owns raises ``OpenToOthers``. The database
+    file gets the same treatment in ``make_engine``.
+    """
+    default_keystore = config.kms == "local" and config.keystore_path is None
+    if not config.database_url or default_keystore:
+        make_private_dir(config.data_dir)
+    owned = [config.resolved_tokens_path]
+    if not config.database_url or default_keystore or config.tokens_path is None:
+        owned.insert(0, config.data_dir)
+    if default_keystore:
+        owned.append(config.resolved_keystore_path.parent)
+    if config.kms == "local":
+        keystore = config.resolved_keystore_path
+        owned += [keystore, Path(f"{keystore}-wal"), Path(f"{keystore}-shm")]
+    tighten(owned)
+
+
+def open_database(config: ServerConfig) -> Engine:
+    """The data database, migrated to the newest revision (what oubli keeps on this
+    machine made private first: the embedded default's directory is created 0700)."""
+    make_local_files_private(config)
+    engine = make_engine(config.resolved_database_url)
+    migrate(engine)
+    return engine
+
+
+def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
+    return VaultService(
+        Storage(open_database(config)),
+        build_kms(config),
+        Catalog.load(config.catalog_path),
+        tenant=config.tenant,
+        cache=DataKeyCache(config.cache_entries, config.cache_ttl_seconds),
+        clock=clock,
+        kms_backup_retention=timedelta(days=config.kms_backup_retention_days),
+    )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    vault: VaultService
+    health: health.HealthServicer
+    audit: AuditRecorder
+    #: The Prometheus endpoint, when ``metrics_listen`` is set.
+    metrics: MetricsServer | None = None
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
+        self.audit.stop()
+        self.vault.kms.close()
+        self.vault.storage.engine.dispose()
+
+
+def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistry:
+    """The bearer tokens of ``config``'s database, for the ``oubli token`` commands.
+
+    No KMS: the commands only append to the audit trail, and revoking a token must not
+    wait for the KMS (nor need its credentials).
+    """
+    engine = open_database(config)
+    return TokenRegistry(engine, AuditLog(engine, AbsentKeyManager(), clock, ""), clock)
+
+
+def build_auth(
+    config: ServerConfig, engine: Engine, audit: AuditLog, clock: Clock = utc_now
+) -> tuple[Authenticator, CallerPolicy]:
+    """The caller policy, and an Authenticator over the database's token table, into
+    which the tokens file (pre-0007 hashes), if there is one, is imported first."""
+    policy = CallerPolicy.load(config.callers_path)
+    registry = TokenRegistry(engine, audit, clock)
+    try:
+        registry.import_file(config.resolved_tokens_path)
+    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
+        raise ConfigError(f"cannot read the tokens file: {type(e).__name__}") from e
+    return Authenticator(mtls=config.tls_client_ca is not None, registry=registry), policy
+
+
+def start_server(
+    config: ServerConfig,
+    vault: VaultService | None = None,
+    clock: Clock = utc_now,
+    auth: tuple[Authenticator, CallerPolicy] | None = None,
+    audit: AuditRecorder | None = None,
+    *,
+    reuse_port: bool = False,
+) -> RunningServer:
+    """Build and start the gRPC server for ``config``.
+
+    The listening port is this server's alone: a port another process listens on is
+    refused (``Unavailable``) rather than shared. ``reuse_port=True`` (SO_REUSEPORT) is
+    for several worker processes of one server, on one database, that deliberately
+    share the port; the kernel then spreads connections among them. It cannot join a
+    port an exclusive server holds.
+    """
+    vault = vault or build_vault(config, clock)
+    audit = audit or AuditRecorder.build(
+        vault.storage,
+        vault.kms,
+        vault.clock,
+        vault.catalog,
+        timedelta(seconds=config.audit_full_verify_seconds),
+    )
+    authenticator, policy = auth or build_auth(config, vault.storage.engine, audit.audit, clock)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        interceptors=[ServiceInterceptor(authenticator, policy, audit)],
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            # grpc turns SO_REUSEPORT on by default: a second server on the same port
+            # would then start without a word and take half the connections.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
+    )
+    pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
+    pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
+    pb_grpc.add_RightsServiceServicer_to_server(
+        RightsServicer(RightsService(vault), audit.audit), server
+    )
+    pb_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(RetentionJob(vault)), server)
+    pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit.audit), server)
+    pb_grpc.add_LookupServiceServicer_to_server(LookupServicer(SubjectFinder(vault)), server)
+    pb_grpc.add_SupportServiceServicer_to_server(SupportServicer(SupportAccess(vault)), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        if config.tls_cert is not None and config.tls_key is not None:
+            client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError as e:  # grpc raises it when the address is taken or invalid
+        raise Unavailable(_cannot_listen(config.listen)) from e
+    if port == 0:
+        raise Unavailable(_cannot_listen(config.listen))
+    metrics = start_metrics(config, vault)
+    audit.start_checkpoints(config.audit_checkpoint_seconds)
+    server.start()
+    return RunningServer(server, port, vault, health_servicer, audit, metrics)
+
+
+def _cannot_listen(listen: str) -> str:
+    """Why ``listen`` could not be bound, as far as a plain bind can tell (grpc says
+    only that it failed)."""
+    try:
+        host, port = parse_host_port(listen, "--listen")
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (ConfigError, OSError):
+        return f"cannot listen on {listen}: not a host:port this machine can resolve"
+    reason = ""
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return (
+                        f"cannot listen on {listen}: the port is in use (another oubli "
+                        "server, or another program, listens there)"
+                    )
+                reason = reason or f": {e.strerror}"
+    return f"cannot listen on {listen}{reason}"
+
+
+def start_metrics(config: ServerConfig, vault: VaultService) -> MetricsServer | None:
+    """The Prometheus endpoint for ``vault``, or None when ``metrics_listen`` is empty."""
+    address = config.metrics_address
+    if address is None:
+        return None
+    try:
+        return start_metrics_server(build_registry(vault.kms, vault.cache), *address)
+    except OSError as e:  # taken, not a local address, or a host name that does not resolve
+        raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e
+
+
+def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight calls and stop."""
+    running = start_server(config)
+    log.info(
+        "serving",
+        port=running.port,
+        kms=running.vault.kms.backend_name,
+        database=running.vault.storage.engine.dialect.name,
+        pid=os.getpid(),
+        **({"metrics_port": running.metrics.port} if running.metrics else {}),
+    )
+    if ready_file is not None:
+        write_private(ready_file, str(running.port).encode())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    running.stop()

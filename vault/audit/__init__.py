@@ -1,0 +1,1 @@
+"""The audit chain (append, checkpoints, verify, query) and the per-RPC recorder."""

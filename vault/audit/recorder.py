@@ -1,0 +1,186 @@
+"""Wiring of the audit trail into the server: one entry per oubli RPC.
+
+"No audit, no access": the entry is appended before a response leaves the server; if
+the append fails the call fails with UNAVAILABLE and no data is returned. The entry
+names the caller, the RPC, the pseudonymous subject id, the categories and field names
+touched, the purpose and the outcome — never a value. A purpose or category is written
+only when the catalog knows it: the request's ``purpose`` and ``category`` fields are
+whatever the caller typed, and a card or phone number looks like a name to the audit's
+own filter, so anything else is written as ``~invalid``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from kms.base import KeyManager
+from vault.access.caller_policy import rpc_name
+from vault.access.caller_scope import AccessNote
+from vault.audit.chain import INVALID, AuditEvent, AuditLog
+from vault.audit.throttle import Throttle
+from vault.catalog import Catalog
+from vault.clock import Clock
+from vault.errors import Unavailable
+from vault.ids import RandomBytes, new_id
+from vault.storage import Storage
+from vault.storage.tables import ServiceKeyRow
+
+log = structlog.get_logger("oubli.audit")
+
+SIGNING_KEY_NAME = "audit-signing"
+
+
+def signing_key_id(storage: Storage, clock: Clock, random_bytes: RandomBytes = os.urandom) -> str:
+    """The audit signing key's (random) id, chosen once per database."""
+    try:
+        with storage.engine.begin() as c:
+            found = c.execute(
+                select(ServiceKeyRow.key_id).where(ServiceKeyRow.name == SIGNING_KEY_NAME)
+            ).scalar()
+            if found is not None:
+                return str(found)
+            key_id = new_id(random_bytes)
+            c.execute(
+                insert(ServiceKeyRow).values(
+                    name=SIGNING_KEY_NAME,
+                    key_id=key_id,
+                    wrapped_dek=b"",  # a signing key: nothing is wrapped
+                    key_version=0,
+                    created_at=clock(),
+                )
+            )
+            return key_id
+    except IntegrityError:  # another replica chose first
+        return signing_key_id(storage, clock, random_bytes)
+    except SQLAlchemyError as e:
+        raise Unavailable(f"database error: {type(e).__name__}") from e
+
+
+_Share = tuple[str | None, str, set[str], set[str], str | None]
+
+
+def _purpose(catalog: Catalog, name: str) -> str:
+    return name if not name or name in catalog.purposes else INVALID
+
+
+def _categories(catalog: Catalog, names: Iterable[str]) -> set[str]:
+    return {name if name in catalog.categories else INVALID for name in names}
+
+
+def _catalog_names(catalog: Catalog, shares: list[_Share]) -> list[_Share]:
+    """The shares with every purpose and category the catalog does not know as INVALID."""
+    return [
+        (subject_id, _purpose(catalog, purpose), _categories(catalog, categories), fields, outcome)
+        for subject_id, purpose, categories, fields, outcome in shares
+    ]
+
+
+def _shares(request: Any, note: AccessNote) -> list[_Share]:
+    """Who the call touched: (subject, purpose, categories, fields, item outcome).
+
+    One share for a call on one subject; one per subject (and purpose) for a batch,
+    so that each subject's trail — and its access report — shows the batch.
+    """
+    if note.items:  # what the batch's items noted as they ran
+        return [
+            (subject_id, purpose, item.categories, item.fields, item.outcome)
+            for (subject_id, purpose), item in note.items.items()
+        ]
+    batch = list(getattr(request, "requests", ()) or ()) if request is not None else []
+    if batch:  # before a batch runs (STARTED), or when it failed before any item ran
+        # Subjects only: the request's category and field names are not checked yet,
+        # and an unchecked name must not reach the permanent trail.
+        keys = dict.fromkeys((i.subject_id, getattr(i, "purpose", "")) for i in batch)
+        return [(subject_id, purpose, set(), set(), None) for subject_id, purpose in keys]
+    subject_ids = list(getattr(request, "subject_ids", ()) or ()) if request is not None else []
+    if subject_ids:
+        return [(s, "", set(), set(), None) for s in dict.fromkeys(subject_ids)]
+    subject_id = note.subject_id or getattr(request, "subject_id", "") or None
+    category = getattr(request, "category", "") or ""
+    categories = set(note.categories) | ({category} if category else set())
+    purpose = note.purpose or getattr(request, "purpose", "") or ""
+    return [(subject_id, purpose, categories, note.fields, None)]
+
+
+class AuditRecorder:
+    """Turns a finished RPC into an audit entry; checkpoints the chain periodically."""
+
+    def __init__(self, audit: AuditLog, catalog: Catalog) -> None:
+        self.audit = audit
+        self._catalog = catalog
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def build(
+        cls,
+        storage: Storage,
+        kms: KeyManager,
+        clock: Clock,
+        catalog: Catalog,
+        full_walk_pause: timedelta = timedelta(seconds=300),
+    ) -> AuditRecorder:
+        """The recorder over ``storage``; walks of the whole chain by this server are
+        ``full_walk_pause`` apart at least (zero: no limit)."""
+        full_walks = (
+            Throttle(full_walk_pause, clock, "a full walk of the audit chain")
+            if full_walk_pause > timedelta(0)
+            else None
+        )
+        audit = AuditLog(storage, kms, clock, signing_key_id(storage, clock), full_walks)
+        audit.ensure_signing_key()
+        return cls(audit, catalog)
+
+    def record(
+        self,
+        *,
+        method: str,
+        caller: str,
+        request: Any,
+        note: AccessNote,
+        outcome: str,
+        request_id: str,
+    ) -> None:
+        action = ".".join(rpc_name(method))
+        events = [
+            AuditEvent(
+                caller=caller,
+                action=action,
+                subject_id=subject_id,
+                categories=tuple(sorted(categories)),
+                fields=tuple(sorted(fields)),
+                purpose=purpose,
+                outcome=item_outcome or outcome,
+                request_id=request_id,
+            )
+            for subject_id, purpose, categories, fields, item_outcome in _catalog_names(
+                self._catalog, _shares(request, note)
+            )
+        ]
+        self.audit.append_many(events)
+
+    def start_checkpoints(self, every_seconds: float) -> None:
+        """Sign the chain head every ``every_seconds`` (any replica may; it is idempotent)."""
+
+        def loop() -> None:
+            while not self._stop.wait(every_seconds):
+                try:
+                    self.audit.checkpoint()
+                except Exception as e:  # keep serving; the next tick tries again
+                    log.error("audit_checkpoint_failed", error_type=type(e).__name__)
+
+        self._thread = threading.Thread(target=loop, name="audit-checkpoints", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,143 @@
+"""SQL shared by the repositories: Core tables, prepared statements, the compare-and-set
+conditions and the subject share lock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from vault.storage.rows import StoredRecord
+from vault.storage.tables import (
+    BlindIndexRow,
+    KeyLedgerRow,
+    RecordRow,
+    RetentionBucketRow,
+    ShredReceiptRow,
+    SubjectRow,
+)
+from vault.vocabulary import BUCKET_ACTIVE, WRITABLE
+
+#: The records table for Core statements (batches and exports skip the ORM's per-row cost).
+RECORDS = cast(Table, RecordRow.__table__)
+SUBJECTS = cast(Table, SubjectRow.__table__)
+SHRED_RECEIPTS = cast(Table, ShredReceiptRow.__table__)
+KEY_LEDGER = cast(Table, KeyLedgerRow.__table__)
+BLIND_INDEX = cast(Table, BlindIndexRow.__table__)
+
+
+def _subject_and_record() -> Any:
+    """Built once (a fresh statement per call cost more to compile than to run)."""
+    record = RECORDS.alias("r")
+    live = (
+        select(RetentionBucketRow.bucket_id)
+        .where(
+            RetentionBucketRow.bucket_id == record.c.bucket_id,
+            RetentionBucketRow.state == BUCKET_ACTIVE,
+        )
+        .exists()
+    )
+    joined = SUBJECTS.outerjoin(
+        record,
+        and_(
+            record.c.subject_id == SUBJECTS.c.subject_id,
+            record.c.record_id == bindparam("record_id"),
+            or_(record.c.bucket_id.is_(None), live),
+        ),
+    )
+    columns = [c.label(f"r_{c.name}") for c in record.c if c.name != "subject_id"]
+    return (
+        select(SUBJECTS, *columns)
+        .select_from(joined)
+        .where(SUBJECTS.c.subject_id == bindparam("subject_id"))
+    )
+
+
+SUBJECT_AND_RECORD = _subject_and_record()
+SUBJECT_BY_ID = select(SUBJECTS).where(SUBJECTS.c.subject_id == bindparam("subject_id"))
+
+#: Ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
+IN_CHUNK = 500
+
+
+def chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def live_bucket_or_none() -> Any:
+    """Records whose bucket (if any) still has its key: rows of a destroyed bucket
+    are deleted right after, but a reader must not see them in between."""
+    live = select(RetentionBucketRow.bucket_id).where(
+        RetentionBucketRow.bucket_id == RecordRow.bucket_id,
+        RetentionBucketRow.state == BUCKET_ACTIVE,
+    )
+    return or_(RecordRow.bucket_id.is_(None), live.exists())
+
+
+class Changed(Exception):
+    """A compare-and-set inside a transaction found a row changed: roll back."""
+
+
+def unchanged(read: StoredRecord) -> tuple[Any, ...]:
+    """Conditions: the record row is as ``read`` saw it (version, key scheme, bucket)."""
+    return (
+        RECORDS.c.version == read.version,
+        RECORDS.c.key_scheme == read.key_scheme,
+        RECORDS.c.bucket_id.is_not_distinct_from(read.bucket_id),
+    )
+
+
+def holds_key(c: Connection, subject_id: str, key_id: str) -> bool:
+    """Share-lock the subject row (PostgreSQL) and say whether the subject is still
+    writable under ``key_id``: a re-key or a shred then waits for this transaction."""
+    row = c.execute(
+        select(SUBJECTS.c.key_id, SUBJECTS.c.state)
+        .where(SUBJECTS.c.subject_id == subject_id)
+        .with_for_update(read=True)
+    ).first()
+    return row is not None and row.key_id == key_id and row.state in WRITABLE
+
+
+def replace_index_rows(
+    c: Connection, subject_id: str, record_id: str, tags: Mapping[str, int]
+) -> None:
+    """Replace a record's blind-index rows with ``tags`` ({kind: tag}, computed by
+    vault.crypto.blind_index), inside the caller's transaction."""
+    c.execute(
+        delete(BLIND_INDEX).where(
+            BLIND_INDEX.c.subject_id == subject_id, BLIND_INDEX.c.record_id == record_id
+        )
+    )
+    if tags:
+        c.execute(
+            insert(BLIND_INDEX),
+            [
+                {"subject_id": subject_id, "record_id": record_id, "kind": kind, "tag": tag}
+                for kind, tag in sorted(tags.items())
+            ],
+        )
+
+
+#: A record to insert, its singleton (profile categories) and the subject's key id.
+
+
+def add_to_key_ledger(
+    s: Session, key_id: str, kind: str, now: datetime, subject_id: str | None = None
+) -> None:
+    """Record, in the caller's transaction, that oubli destroyed ``key_id`` (reconcile
+    destroys it again after a KMS restore)."""
+    if s.get(KeyLedgerRow, key_id) is None:
+        s.add(KeyLedgerRow(key_id=key_id, kind=kind, recorded_at=now, subject_id=subject_id))
