@@ -53,7 +53,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     server = start_server(config, vault=vault, clock=clock)
     registry = token_registry(config, clock)
     yield Served(server, registry, clock, tmp_path)
-    registry.engine.dispose()
+    registry.table.engine.dispose()
     server.stop(grace=0)
 
 

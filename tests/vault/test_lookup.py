@@ -223,7 +223,7 @@ def test_tag_width_respects_bits(storage: Storage, bits: int) -> None:
 
 
 def test_tag_is_the_truncated_hmac_of_kind_and_normalised_value(storage: Storage) -> None:
-    index = BlindIndex(storage.engine, KEY, bits=16)
+    index = BlindIndex(storage, KEY, bits=16)
     digest = hmac.new(KEY, b"email\0ada@example.org", hashlib.sha256).digest()
     assert index.tag("email", "ada@example.org") == int.from_bytes(digest[:2], "big")
     assert index.tag("email", "  ADA@example.org") == index.tag("email", "ada@example.org")
@@ -412,7 +412,7 @@ def test_index_key_is_created_once_and_reloaded_with_one_unwrap(storage: Storage
     assert key not in stored[0].wrapped_dek
 
     before = kms.calls
-    again = IndexKeyStore(storage.engine).load_or_create(kms)  # a restart
+    again = IndexKeyStore(Storage(storage.engine)).load_or_create(kms)  # a restart
     assert again == key
     assert kms.calls - before == 1  # one unwrap, nothing else
     assert len(kms.created) == 1

@@ -31,8 +31,10 @@ from vault.errors import (
     TokenExpired,
     TokenRevoked,
     Unauthenticated,
+    Unavailable,
 )
 from vault.storage import make_engine, migrate
+from vault.storage.bearer_tokens import BearerTokenRepository
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -71,7 +73,7 @@ def audit(engine: Engine, clock: FakeClock) -> AuditLog:
 
 @pytest.fixture
 def registry(engine: Engine, audit: AuditLog, clock: FakeClock) -> TokenRegistry:
-    return TokenRegistry(engine, audit, clock)
+    return TokenRegistry(BearerTokenRepository(engine), audit, clock)
 
 
 def _caller(registry: TokenRegistry, token: str) -> str:
@@ -115,12 +117,24 @@ def test_unknown_and_missing_tokens_are_plainly_unauthenticated(registry: TokenR
         assert refused.value.reason == "UNAUTHENTICATED"
 
 
+def test_a_token_lookup_without_database_is_unavailable_never_let_in(
+    audit: AuditLog, tmp_path: Path
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'oubli.db'}")
+    registry = TokenRegistry(BearerTokenRepository(engine), audit)
+    with pytest.raises(Unavailable) as refused:
+        Authenticator(registry=registry).authenticate(_Context("oubli_" + "x" * 43))  # type: ignore[arg-type]
+    assert refused.value.reason == "BACKEND_UNAVAILABLE"
+    engine.dispose()
+
+
 def test_a_revoked_token_is_refused_at_once_even_by_a_clock_behind_the_revoker(
     engine: Engine, audit: AuditLog, registry: TokenRegistry, clock: FakeClock
 ) -> None:
     issued = registry.create("billing")
     # A second registry (as on another replica) whose clock is an hour behind the revoker.
-    replica = TokenRegistry(engine, audit, FakeClock(START - timedelta(hours=1)))
+    behind = FakeClock(START - timedelta(hours=1))
+    replica = TokenRegistry(BearerTokenRepository(engine), audit, behind)
     assert _caller(replica, issued.token) == "billing"
     clock.advance(hours=2)
     info, revoked_now = registry.revoke(issued.info.token_id)
@@ -268,7 +282,6 @@ def test_a_change_whose_audit_entry_cannot_be_written_is_not_made(
     registry: TokenRegistry, audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     issued = registry.create("billing")
-    from vault.errors import Unavailable
 
     def refuse(events: Any) -> Any:
         raise Unavailable("audit log write failed: OperationalError")

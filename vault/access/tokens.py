@@ -35,10 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
 
 from vault.access.caller_policy import CALLER_NAME
 from vault.audit.chain import AuditEvent, AuditLog
@@ -51,8 +50,7 @@ from vault.errors import (
     TokenNotFound,
 )
 from vault.ids import RandomBytes, new_id
-from vault.storage import sqlite_writer, translate_db_errors
-from vault.storage.tables import BearerTokenRow
+from vault.storage.bearer_tokens import BearerTokenRepository, StoredToken
 
 log = structlog.get_logger("oubli.tokens")
 
@@ -82,9 +80,6 @@ _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _TOKEN_ID = re.compile(r"tok_[a-z2-7]{26}")
 _DURATION = re.compile(r"([1-9][0-9]{0,6})([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-TOKENS = cast(Table, BearerTokenRow.__table__)
-_FIND = select(TOKENS).where(TOKENS.c.token_hash == bindparam("token_hash"))
 
 
 def token_hash(token: str) -> str:
@@ -156,16 +151,16 @@ class TokenInfo:
         return ACTIVE
 
 
-def _info(row: Any) -> TokenInfo:
+def _info(stored: StoredToken) -> TokenInfo:
     return TokenInfo(
-        row.token_id,
-        row.caller,
-        row.created_at,
-        row.expires_at,
-        row.revoked_at,
-        row.replaced_by,
-        row.last_used_at,
-        row.source,
+        stored.token_id,
+        stored.caller,
+        stored.created_at,
+        stored.expires_at,
+        stored.revoked_at,
+        stored.replaced_by,
+        stored.last_used_at,
+        stored.source,
     )
 
 
@@ -198,7 +193,7 @@ class TokenRegistry:
     """The ``bearer_tokens`` table: lookup on every call, and the lifecycle commands.
 
     Args:
-        engine: the data database, shared by every replica.
+        table: the ``bearer_tokens`` table, in the data database shared by every replica.
         audit: where lifecycle changes are recorded (an append needs no KMS).
         clock: decides expiry and stamps every change.
         random_bytes: the source of tokens and token ids.
@@ -206,12 +201,12 @@ class TokenRegistry:
 
     def __init__(
         self,
-        engine: Engine,
+        table: BearerTokenRepository,
         audit: AuditLog,
         clock: Clock = utc_now,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
-        self.engine = engine
+        self.table = table
         self.audit = audit
         self.clock = clock
         self._random_bytes = random_bytes
@@ -224,27 +219,16 @@ class TokenRegistry:
         Raises:
             Unavailable: the database could not be reached.
         """
-        with translate_db_errors(), self.engine.connect() as c:
-            row = c.execute(_FIND, {"token_hash": digest}).first()
-        return None if row is None else _info(row)
+        found = self.table.token_by_hash(digest)
+        return None if found is None else _info(found)
 
     def note_use(self, token: TokenInfo, now: datetime) -> None:
         """Stamp ``last_used_at``, at most every LAST_USED_GRANULARITY. Best effort: a
         failed stamp is logged and never fails the call it follows."""
         if token.last_used_at is not None and now - token.last_used_at < LAST_USED_GRANULARITY:
             return
-        stale = now - LAST_USED_GRANULARITY
-        statement = (
-            update(TOKENS)
-            .where(
-                TOKENS.c.token_id == token.token_id,
-                or_(TOKENS.c.last_used_at.is_(None), TOKENS.c.last_used_at <= stale),
-            )
-            .values(last_used_at=now)
-        )
         try:
-            with self._writing() as c:
-                c.execute(statement)
+            self.table.note_token_use(token.token_id, now, now - LAST_USED_GRANULARITY)
         except OubliError as e:
             log.warning("token_last_used_not_saved", token_id=token.token_id, reason=e.reason)
 
@@ -261,29 +245,23 @@ class TokenRegistry:
         if not CALLER_NAME.fullmatch(caller):
             raise InvalidArgument("caller", "caller names match [a-z][a-z0-9-]{0,63}")
         _check_expiry(expires_in)
-        token, row = self._new_row(caller, expires_in, self.clock())
-        events = [_event("token.create", caller, row["token_id"])]
-        with self._recorded(events), self._writing() as c:
-            c.execute(insert(TOKENS), [row])
-        return IssuedToken(token, self.get(row["token_id"]))
+        token, new = self._new_token(caller, expires_in, self.clock())
+        with self._recorded([_event("token.create", caller, new.token_id)]):
+            self.table.insert_token(new, token_hash(token))
+        return IssuedToken(token, self.get(new.token_id))
 
     def tokens(self, caller: str | None = None) -> list[TokenInfo]:
         """Every token (of ``caller``), by caller, then oldest first."""
-        query = select(TOKENS).order_by(TOKENS.c.caller, TOKENS.c.created_at, TOKENS.c.token_id)
-        if caller is not None:
-            query = query.where(TOKENS.c.caller == caller)
-        with translate_db_errors(), self.engine.connect() as c:
-            return [_info(row) for row in c.execute(query)]
+        return [_info(stored) for stored in self.table.tokens(caller)]
 
     def get(self, token_id: str) -> TokenInfo:
         """Raises TokenNotFound."""
         if not is_token_id(token_id):
             raise TokenNotFound("no such token: ids look like tok_ and 26 characters [a-z2-7]")
-        with translate_db_errors(), self.engine.connect() as c:
-            row = c.execute(select(TOKENS).where(TOKENS.c.token_id == token_id)).first()
-        if row is None:
+        found = self.table.token(token_id)
+        if found is None:
             raise TokenNotFound("no such token", token_id=token_id)
-        return _info(row)
+        return _info(found)
 
     def revoke(self, token_id: str) -> tuple[TokenInfo, bool]:
         """Revoke a token now, on every replica; (the token, whether this call revoked
@@ -296,15 +274,9 @@ class TokenRegistry:
         found = self.get(token_id)
         if found.revoked_at is not None:
             return found, False
-        now = self.clock()
-        statement = (
-            update(TOKENS)
-            .where(TOKENS.c.token_id == token_id, TOKENS.c.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        with self._recorded([_event("token.revoke", found.caller, token_id)]), self._writing() as c:
-            changed = c.execute(statement).rowcount
-        return self.get(token_id), bool(changed)
+        with self._recorded([_event("token.revoke", found.caller, token_id)]):
+            changed = self.table.revoke_token(token_id, self.clock())
+        return self.get(token_id), changed
 
     def rotate(
         self,
@@ -329,44 +301,29 @@ class TokenRegistry:
         if grace is not None and not timedelta(0) < grace <= MAX_GRACE:
             raise InvalidArgument("grace", f"the grace period is within {MAX_GRACE.days} days")
         _check_expiry(expires_in)
+        now = self.clock()
         if is_token_id(target):
             caller = self.get(target).caller
-            scope = TOKENS.c.token_id == target
+            replaced = self.table.active_token_ids(now, token_id=target)
         elif CALLER_NAME.fullmatch(target):
-            caller, scope = target, TOKENS.c.caller == target
+            caller = target
+            replaced = self.table.active_token_ids(now, caller=target)
         else:
             raise InvalidArgument("target", "rotate a caller name or a token id (tok_...)")
-        now = self.clock()
-        active = select(TOKENS.c.token_id, TOKENS.c.expires_at).where(
-            scope,
-            TOKENS.c.revoked_at.is_(None),
-            or_(TOKENS.c.expires_at.is_(None), TOKENS.c.expires_at > now),
-        )
-        with translate_db_errors(), self.engine.connect() as c:
-            replaced = [row.token_id for row in c.execute(active)]
         if not replaced:
             raise FailedPrecondition(
                 "TOKEN_NOT_ACTIVE", "no active token to rotate (make one with token create)"
             )
-        token, new = self._new_row(caller, expires_in, now)
-        events = [_event("token.create", caller, new["token_id"])]
-        events += [_event("token.rotate", caller, old, new["token_id"]) for old in replaced]
-        with self._recorded(events), self._writing() as c:
-            c.execute(insert(TOKENS), [new])
-            # Read again, locked (SQLite: the write lock is held already): only what is
-            # still active is replaced.
-            still = active.where(TOKENS.c.token_id.in_(replaced)).with_for_update()
-            for row in c.execute(still).all():
-                ending: dict[str, Any] = {
-                    "replaced_by": func.coalesce(TOKENS.c.replaced_by, new["token_id"])
-                }
-                if grace is None:
-                    ending["revoked_at"] = now
-                elif row.expires_at is None or row.expires_at > now + grace:
-                    ending["expires_at"] = now + grace
-                c.execute(update(TOKENS).where(TOKENS.c.token_id == row.token_id).values(ending))
+        token, new = self._new_token(caller, expires_in, now)
+        events = [_event("token.create", caller, new.token_id)]
+        events += [_event("token.rotate", caller, old, new.token_id) for old in replaced]
+        with self._recorded(events):
+            # Only what is still active when the new token is written is replaced.
+            self.table.replace_tokens(
+                new, token_hash(token), replaced, now, None if grace is None else now + grace
+            )
         return Rotation(
-            IssuedToken(token, self.get(new["token_id"])),
+            IssuedToken(token, self.get(new.token_id)),
             tuple(self.get(old) for old in replaced),
         )
 
@@ -383,12 +340,7 @@ class TokenRegistry:
         by_hash = read_tokens_file(path)
         if not by_hash:
             return 0
-        with translate_db_errors(), self.engine.connect() as c:
-            known = set(
-                c.execute(
-                    select(TOKENS.c.token_hash).where(TOKENS.c.token_hash.in_(list(by_hash)))
-                ).scalars()
-            )
+        known = self.table.known_hashes(list(by_hash))
         now = self.clock()
         fresh = [
             (self._new_id(), caller, digest)
@@ -402,17 +354,9 @@ class TokenRegistry:
         events = [_event("token.import", caller, token_id) for token_id, caller, _ in fresh]
         with self._recorded(events):
             for token_id, caller, digest in fresh:
-                row = {
-                    "token_id": token_id,
-                    "caller": caller,
-                    "token_hash": digest,
-                    "created_at": now,
-                    "expires_at": None,
-                    "source": IMPORTED,
-                }
+                row = StoredToken(token_id, caller, now, None, None, None, None, IMPORTED)
                 try:
-                    with self._writing() as c:
-                        c.execute(insert(TOKENS), [row])
+                    self.table.insert_token(row, digest)
                     imported += 1
                 except AlreadyExists:  # another replica imported it meanwhile
                     continue
@@ -424,32 +368,13 @@ class TokenRegistry:
     def _new_id(self) -> str:
         return TOKEN_ID_PREFIX + new_id(self._random_bytes)
 
-    def _new_row(
+    def _new_token(
         self, caller: str, expires_in: timedelta, now: datetime
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, StoredToken]:
+        """A new secret, and its row (without the hash)."""
         secret = base64.urlsafe_b64encode(self._random_bytes(32)).rstrip(b"=").decode("ascii")
-        token = TOKEN_PREFIX + secret
-        row = {
-            "token_id": self._new_id(),
-            "caller": caller,
-            "token_hash": token_hash(token),
-            "created_at": now,
-            "expires_at": now + expires_in,
-            "revoked_at": None,
-            "replaced_by": None,
-            "last_used_at": None,
-            "source": CREATED,
-        }
-        return token, row
-
-    @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """One write transaction; on SQLite it takes the write lock first, so that what
-        it reads is still true when it writes."""
-        with translate_db_errors(), sqlite_writer(self.engine), self.engine.begin() as c:
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
-            yield c
+        new = StoredToken(self._new_id(), caller, now, now + expires_in, None, None, None, CREATED)
+        return TOKEN_PREFIX + secret, new
 
     @contextmanager
     def _recorded(self, events: Sequence[AuditEvent]) -> Iterator[None]:

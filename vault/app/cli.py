@@ -168,7 +168,7 @@ def dev(
         registry = token_registry(config)
         for caller in CallerPolicy.load().callers:
             write_private(token_dir / f"{caller}.token", registry.create(caller).token.encode())
-        registry.engine.dispose()
+        registry.table.engine.dispose()
         err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")
         _run_server(config, ready_file)
 

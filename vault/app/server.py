@@ -50,6 +50,7 @@ from vault.crypto.keycache import DataKeyCache
 from vault.errors import Unavailable
 from vault.private_files import make_private_dir, tighten, write_private
 from vault.storage import Storage, make_engine, migrate
+from vault.storage.bearer_tokens import BearerTokenRepository
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
@@ -165,7 +166,8 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     wait for the KMS (nor need its credentials).
     """
     engine = open_database(config)
-    return TokenRegistry(engine, AuditLog(engine, AbsentKeyManager(), clock, ""), clock)
+    audit = AuditLog(engine, AbsentKeyManager(), clock, "")
+    return TokenRegistry(BearerTokenRepository(engine), audit, clock)
 
 
 def build_auth(
@@ -174,7 +176,7 @@ def build_auth(
     """The caller policy, and an Authenticator over the database's token table, into
     which the tokens file (pre-0007 hashes), if there is one, is imported first."""
     policy = CallerPolicy.load(config.callers_path)
-    registry = TokenRegistry(engine, audit, clock)
+    registry = TokenRegistry(BearerTokenRepository(engine), audit, clock)
     try:
         registry.import_file(config.resolved_tokens_path)
     except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError

@@ -123,7 +123,7 @@ def token_create(
     except OubliError as e:
         raise _fail("token create failed:", e) from None
     finally:
-        registry.engine.dispose()
+        registry.table.engine.dispose()
     _announce(issued)
 
 
@@ -157,7 +157,7 @@ def token_list(
     except OubliError as e:
         raise _fail("token list failed:", e) from None
     finally:
-        registry.engine.dispose()
+        registry.table.engine.dispose()
     rows = [_row(t, now) for t in tokens]
     if as_json:
         for row in rows:
@@ -186,7 +186,7 @@ def token_revoke(
     except OubliError as e:
         raise _fail("token revoke failed:", e) from None
     finally:
-        registry.engine.dispose()
+        registry.table.engine.dispose()
     when = "" if revoked_now else " already"
     print(f"{info.token_id} ({info.caller}) revoked{when} at {_iso(info.revoked_at)}")
 
@@ -220,7 +220,7 @@ def token_rotate(
     except OubliError as e:
         raise _fail("token rotate failed:", e) from None
     finally:
-        registry.engine.dispose()
+        registry.table.engine.dispose()
     _announce(rotation.issued)
     for old in rotation.replaced:
         if old.revoked_at is not None:

@@ -18,8 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kms.base import KeyManager
 from vault.access.caller_policy import rpc_name
@@ -28,10 +26,10 @@ from vault.audit.chain import INVALID, AuditEvent, AuditLog
 from vault.audit.throttle import Throttle
 from vault.catalog import Catalog
 from vault.clock import Clock
-from vault.errors import Unavailable
+from vault.errors import AlreadyExists
 from vault.ids import RandomBytes, new_id
 from vault.storage import Storage
-from vault.storage.tables import ServiceKeyRow
+from vault.storage.service_keys import ServiceKey
 
 log = structlog.get_logger("oubli.audit")
 
@@ -40,28 +38,16 @@ SIGNING_KEY_NAME = "audit-signing"
 
 def signing_key_id(storage: Storage, clock: Clock, random_bytes: RandomBytes = os.urandom) -> str:
     """The audit signing key's (random) id, chosen once per database."""
+    found = storage.service_key(SIGNING_KEY_NAME)
+    if found is not None:
+        return found.key_id
+    key_id = new_id(random_bytes)
     try:
-        with storage.engine.begin() as c:
-            found = c.execute(
-                select(ServiceKeyRow.key_id).where(ServiceKeyRow.name == SIGNING_KEY_NAME)
-            ).scalar()
-            if found is not None:
-                return str(found)
-            key_id = new_id(random_bytes)
-            c.execute(
-                insert(ServiceKeyRow).values(
-                    name=SIGNING_KEY_NAME,
-                    key_id=key_id,
-                    wrapped_dek=b"",  # a signing key: nothing is wrapped
-                    key_version=0,
-                    created_at=clock(),
-                )
-            )
-            return key_id
-    except IntegrityError:  # another replica chose first
+        # A signing key: nothing is wrapped.
+        storage.add_service_key(ServiceKey(SIGNING_KEY_NAME, key_id, b"", 0, clock()))
+    except AlreadyExists:  # another replica chose first
         return signing_key_id(storage, clock, random_bytes)
-    except SQLAlchemyError as e:
-        raise Unavailable(f"database error: {type(e).__name__}") from e
+    return key_id
 
 
 _Share = tuple[str | None, str, set[str], set[str], str | None]

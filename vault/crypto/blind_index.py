@@ -49,11 +49,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.orm import Session, sessionmaker
+from collections.abc import Mapping
 
 from kms.base import KeyManager, KmsError
 from vault.clock import Clock, utc_now
@@ -64,10 +60,8 @@ from vault.errors import (
     kms_error,
 )
 from vault.ids import RandomBytes, new_id
-from vault.storage import Storage, sqlite_writer, translate_db_errors
-from vault.storage.statements import replace_index_rows
-from vault.storage.tables import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
-from vault.vocabulary import WRITABLE
+from vault.storage.blind_index import BlindIndexRepository
+from vault.storage.service_keys import ServiceKey, ServiceKeyRepository
 
 EMAIL = "email"
 PHONE = "phone"
@@ -210,43 +204,26 @@ def recommended_bits(rows: int) -> tuple[int, int]:
     return min(low, high), high
 
 
-# --- database --------------------------------------------------------------------------
-
-
-def _engine(storage_engine: Engine | Storage) -> Engine:
-    return storage_engine.engine if isinstance(storage_engine, Storage) else storage_engine
-
-
-class _Database:
-    """One transaction per call; SQLAlchemy errors translated as vault.storage does."""
-
-    def __init__(self, storage_engine: Engine | Storage) -> None:
-        self.engine = _engine(storage_engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with translate_db_errors(), self._sessions.begin() as session:
-            yield session
+# --- the index -------------------------------------------------------------------------
 
 
 class BlindIndex:
     """Tags of records' e-mail addresses and phone numbers, and lookups by tag.
 
     Args:
-        storage_engine: the oubli database (an Engine, or the Storage wrapping it).
+        rows: where the index rows are kept (the Storage).
         index_key: the HMAC key (from :meth:`IndexKeyStore.load_or_create`).
         bits: tag length, 1 to 31 (see the module docstring for how to choose it).
     """
 
     def __init__(
-        self, storage_engine: Engine | Storage, index_key: bytes, bits: int = DEFAULT_BITS
+        self, rows: BlindIndexRepository, index_key: bytes, bits: int = DEFAULT_BITS
     ) -> None:
         if not 1 <= bits <= MAX_BITS:
             raise ValueError(f"bits must be between 1 and {MAX_BITS}")
         if len(index_key) < 16:
             raise ValueError("the index key must be at least 16 bytes")
-        self._db = _Database(storage_engine)
+        self._rows = rows
         self._key = bytes(index_key)
         self.bits = bits
 
@@ -287,42 +264,15 @@ class BlindIndex:
         version indexes its own values, so a late call cannot put back a replaced
         value's tags.
         """
-        tags = self.tags(values)
-        subject = (
-            select(SubjectRow.subject_id)
-            .where(SubjectRow.subject_id == subject_id, SubjectRow.state.in_(WRITABLE))
-            .with_for_update(read=True)
-        )
-        record = select(RecordRow.record_id).where(
-            RecordRow.subject_id == subject_id, RecordRow.record_id == record_id
-        )
-        if version is not None:
-            record = record.where(RecordRow.version == version)
-        with sqlite_writer(self._db.engine), self._db.session() as s:
-            if s.connection().dialect.name == "sqlite":
-                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
-            if s.execute(subject).first() is None:
-                return False
-            if s.execute(record.with_for_update(read=True)).first() is None:
-                return False
-            replace_index_rows(s.connection(), subject_id, record_id, tags)
-            return True
+        return self._rows.index_record(subject_id, record_id, self.tags(values), version)
 
     def remove_record(self, subject_id: str, record_id: str) -> int:
         """Delete the record's rows; returns how many there were."""
-        with self._db.session() as s:
-            result = s.execute(
-                delete(BlindIndexRow).where(
-                    BlindIndexRow.subject_id == subject_id, BlindIndexRow.record_id == record_id
-                )
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
+        return self._rows.remove_index_rows(subject_id, record_id)
 
     def remove_subject(self, subject_id: str) -> int:
         """Delete every row of the subject (at erasure); returns how many there were."""
-        with self._db.session() as s:
-            result = s.execute(delete(BlindIndexRow).where(BlindIndexRow.subject_id == subject_id))
-            return int(getattr(result, "rowcount", 0) or 0)
+        return self._rows.remove_index_rows(subject_id)
 
     def candidates(self, kind: str, normalised: str) -> list[tuple[str, str]]:
         """(subject_id, record_id) of every record whose ``kind`` has the value's tag.
@@ -330,14 +280,7 @@ class BlindIndex:
         True matches and coincidences alike: the caller decrypts each and keeps those
         for which :func:`matches` holds.
         """
-        tag = self.tag(kind, normalised)
-        query = (
-            select(BlindIndexRow.subject_id, BlindIndexRow.record_id)
-            .where(BlindIndexRow.kind == kind, BlindIndexRow.tag == tag)
-            .order_by(BlindIndexRow.subject_id, BlindIndexRow.record_id)
-        )
-        with self._db.session() as s:
-            return [(row.subject_id, row.record_id) for row in s.execute(query)]
+        return self._rows.index_candidates(kind, self.tag(kind, normalised))
 
 
 # --- the index key -----------------------------------------------------------------------
@@ -356,19 +299,14 @@ class IndexKeyStore:
 
     def __init__(
         self,
-        storage_engine: Engine | Storage,
+        keys: ServiceKeyRepository,
         *,
         clock: Clock = utc_now,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
-        self._db = _Database(storage_engine)
+        self._keys = keys
         self._clock = clock
         self._random_bytes = random_bytes
-
-    def _stored(self, name: str) -> tuple[str, bytes] | None:
-        with self._db.session() as s:
-            row = s.get(ServiceKeyRow, name)
-            return None if row is None else (row.key_id, row.wrapped_dek)
 
     def load_or_create(self, kms: KeyManager, name: str = INDEX_KEY_NAME) -> bytes:
         """The plaintext DEK named ``name``, created (KMS key + data key) on first use.
@@ -378,9 +316,9 @@ class IndexKeyStore:
             KeyDestroyedError: the KMS key was destroyed: the stored DEK is lost.
             KmsRefused, IntegrityFailure: the KMS refused oubli or the wrapped DEK.
         """
-        stored = self._stored(name)
+        stored = self._keys.service_key(name)
         if stored is not None:
-            return self._unwrap(kms, *stored)
+            return self._unwrap(kms, stored)
         key_id = new_id(self._random_bytes)
         try:
             kms.create_key(key_id)
@@ -389,32 +327,25 @@ class IndexKeyStore:
             self._discard(kms, key_id)
             raise kms_error(e) from e
         try:
-            with self._db.session() as s:
-                s.add(
-                    ServiceKeyRow(
-                        name=name,
-                        key_id=key_id,
-                        wrapped_dek=data_key.wrapped,
-                        key_version=data_key.key_version,
-                        created_at=self._clock(),
-                    )
-                )
+            self._keys.add_service_key(
+                ServiceKey(name, key_id, data_key.wrapped, data_key.key_version, self._clock())
+            )
         except AlreadyExists:
             # Another replica created it first: ours protects nothing, use theirs.
             self._discard(kms, key_id)
-            stored = self._stored(name)
+            stored = self._keys.service_key(name)
             if stored is None:  # pragma: no cover - the insert failed on this very row
                 raise
-            return self._unwrap(kms, *stored)
+            return self._unwrap(kms, stored)
         except OubliError:
             self._discard(kms, key_id)  # no row points at it: leave no orphan key
             raise
         return data_key.plaintext
 
     @staticmethod
-    def _unwrap(kms: KeyManager, key_id: str, wrapped: bytes) -> bytes:
+    def _unwrap(kms: KeyManager, key: ServiceKey) -> bytes:
         try:
-            return kms.unwrap(key_id, wrapped)
+            return kms.unwrap(key.key_id, key.wrapped_dek)
         except KmsError as e:
             raise kms_error(e) from e
 

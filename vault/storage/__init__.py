@@ -1,8 +1,10 @@
 """The database seam: SQLAlchemy 2 on SQLite (default) or PostgreSQL.
 
 :class:`Storage` is the one object the use cases are given: one repository per aggregate
-(subjects, records, erasures, re-key, retention buckets, rights requests), each in its own
-module, sharing the engine. Every SQLAlchemy exception is translated in
+(subjects, records, erasures, re-key, retention buckets, rights requests, blind index,
+service keys, support grants), each in its own module, sharing the engine. The bearer
+tokens' repository (:mod:`vault.storage.bearer_tokens`) stands alone: the ``oubli token``
+commands build it from the engine. Every SQLAlchemy exception is translated in
 :mod:`vault.storage.engine`: connection trouble becomes :class:`vault.errors.Unavailable`,
 nothing foreign reaches the domain. Each method is one transaction, so a failure leaves
 nothing half-written.
@@ -10,6 +12,7 @@ nothing half-written.
 
 from __future__ import annotations
 
+from vault.storage.blind_index import BlindIndexRepository
 from vault.storage.buckets import BucketRepository
 from vault.storage.engine import make_engine, migrate, sqlite_writer, translate_db_errors
 from vault.storage.erasures import ErasureRepository
@@ -25,7 +28,9 @@ from vault.storage.rows import (
     SubjectFlags,
     SubjectKeyInfo,
 )
+from vault.storage.service_keys import ServiceKeyRepository
 from vault.storage.subjects import SubjectRepository
+from vault.storage.support_grants import SupportGrantRepository
 
 __all__ = [
     "BucketInfo",
@@ -50,6 +55,9 @@ class Storage(
     RekeyRepository,
     BucketRepository,
     RightsRequestRepository,
+    BlindIndexRepository,
+    ServiceKeyRepository,
+    SupportGrantRepository,
 ):
     """The repositories over the oubli schema, as one object. Returns plain dataclasses,
     never ORM rows."""

@@ -19,13 +19,9 @@ SQL aggregates: no decryption, no KMS call, never a value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
 
 from vault.access import caller_scope
 from vault.access.caller_policy import CALLER_NAME
@@ -37,10 +33,10 @@ from vault.errors import (
     RecordNotFound,
 )
 from vault.ids import check_id, new_id
-from vault.storage import StoredRecord, translate_db_errors
-from vault.storage.tables import RecordRow, RetentionBucketRow, SupportGrantRow
+from vault.storage import StoredRecord
+from vault.storage.support_grants import CategorySummary, StoredGrant
 from vault.usecases.service import RecordView, VaultService
-from vault.vocabulary import BUCKET_ACTIVE, SCHEME_SUBJECT, WRITABLE
+from vault.vocabulary import SCHEME_SUBJECT, WRITABLE
 
 #: The catalog category a grant's ticket must belong to, and the purpose reads state.
 SUPPORT_CATEGORY = "support"
@@ -82,18 +78,6 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True)
-class CategorySummary:
-    """One category of a subject's records, without any content."""
-
-    category: str
-    record_count: int
-    #: Total size of the records' ciphertexts (an upper bound of the content's size).
-    ciphertext_bytes: int
-    oldest_created_at: datetime
-    newest_updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class GrantSummary:
     grant_id: str
     ticket_record_id: str
@@ -115,16 +99,16 @@ class Overview:
         return sum(c.record_count for c in self.categories)
 
 
-def _grant(row: SupportGrantRow) -> Grant:
+def _grant(stored: StoredGrant) -> Grant:
     return Grant(
-        row.grant_id,
-        row.subject_id,
-        row.ticket_record_id,
-        row.granted_by,
-        row.created_at,
-        row.expires_at,
-        row.revoked_at,
-        row.ended_reason,
+        stored.grant_id,
+        stored.subject_id,
+        stored.ticket_record_id,
+        stored.granted_by,
+        stored.created_at,
+        stored.expires_at,
+        stored.revoked_at,
+        stored.ended_reason,
     )
 
 
@@ -153,13 +137,6 @@ class SupportAccess:
             raise ValueError("max_grant_hours must be at least 1")
         self.vault = vault
         self.max_grant_hours = max_grant_hours
-        self._sessions = sessionmaker(vault.storage.engine, expire_on_commit=False)
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        """One transaction; SQLAlchemy errors translated as vault.storage does."""
-        with translate_db_errors(), self._sessions.begin() as session:
-            yield session
 
     # --- grants ---------------------------------------------------------------------
 
@@ -201,7 +178,7 @@ class SupportAccess:
         if not _open_ticket(ticket):
             raise FailedPrecondition("TICKET_RESOLVED", "the ticket is resolved already")
         now = self.vault.clock()
-        row = SupportGrantRow(
+        stored = StoredGrant(
             grant_id=new_id(),
             subject_id=subject_id,
             ticket_record_id=ticket_record_id,
@@ -211,18 +188,16 @@ class SupportAccess:
             revoked_at=None,
             ended_reason=None,
         )
-        with self._session() as s:
-            s.add(row)
-        return _grant(row)
+        self.vault.storage.insert_grant(stored)
+        return _grant(stored)
 
     def get_grant(self, grant_id: str) -> Grant:
         """The grant as stored (see :meth:`Grant.status`); GrantNotFound if unknown."""
         check_id("grant_id", grant_id)
-        with self._session() as s:
-            row = s.get(SupportGrantRow, grant_id)
-            if row is None:
-                raise GrantNotFound("grant not found", grant_id=grant_id)
-            return _grant(row)
+        stored = self.vault.storage.support_grant(grant_id)
+        if stored is None:
+            raise GrantNotFound("grant not found", grant_id=grant_id)
+        return _grant(stored)
 
     def revoke(self, grant_id: str) -> Grant:
         """End a grant now (the subject withdrew its consent, or support is done).
@@ -234,7 +209,8 @@ class SupportAccess:
         """
         now = self.vault.clock()
         current = self._checked(self.get_grant(grant_id))
-        if current.status(now) != LIVE or not self._end(grant_id, REVOKED, revoked_at=now):
+        ended = current.status(now) != LIVE
+        if ended or not self.vault.storage.end_grant(grant_id, REVOKED, revoked_at=now):
             raise FailedPrecondition("GRANT_ENDED", "the grant has ended", grant_id=grant_id)
         return self.get_grant(grant_id)
 
@@ -248,12 +224,10 @@ class SupportAccess:
         """
         check_id("subject_id", subject_id)
         check_id("grant_id", grant_id)
-        with self._session() as s:
-            row = s.get(SupportGrantRow, grant_id)
-            found = None if row is None else _grant(row)
-        if found is None or found.subject_id != subject_id:
+        stored = self.vault.storage.support_grant(grant_id)
+        if stored is None or stored.subject_id != subject_id:
             raise _no_live_grant()
-        checked = self._checked(found)
+        checked = self._checked(_grant(stored))
         if checked.status(self.vault.clock()) != LIVE:
             raise _no_live_grant()
         return checked
@@ -261,14 +235,7 @@ class SupportAccess:
     def grants(self, subject_id: str) -> list[Grant]:
         """Every grant of the subject, oldest first, with its ticket checked now."""
         check_id("subject_id", subject_id)
-        query = (
-            select(SupportGrantRow)
-            .where(SupportGrantRow.subject_id == subject_id)
-            .order_by(SupportGrantRow.created_at, SupportGrantRow.grant_id)
-        )
-        with self._session() as s:
-            found = [_grant(row) for row in s.scalars(query)]
-        return [self._checked(g) for g in found]
+        return [self._checked(_grant(g)) for g in self.vault.storage.support_grants(subject_id)]
 
     def _checked(self, grant: Grant) -> Grant:
         """Mark a not-yet-ended grant whose ticket was resolved, or whose subject was
@@ -278,7 +245,7 @@ class SupportAccess:
         reason = self._ending(grant)
         if reason is None:
             return grant
-        self._end(grant.grant_id, reason)
+        self.vault.storage.end_grant(grant.grant_id, reason)
         return self.get_grant(grant.grant_id)
 
     def _ending(self, grant: Grant) -> str | None:
@@ -292,20 +259,6 @@ class SupportAccess:
             return RESOLVED
         return None
 
-    def _end(self, grant_id: str, reason: str, revoked_at: datetime | None = None) -> bool:
-        """Compare-and-set: end a grant that has not ended yet; False if it had."""
-        with self._session() as s:
-            result = s.execute(
-                update(SupportGrantRow)
-                .where(
-                    SupportGrantRow.grant_id == grant_id,
-                    SupportGrantRow.ended_reason.is_(None),
-                    SupportGrantRow.revoked_at.is_(None),
-                )
-                .values(ended_reason=reason, revoked_at=revoked_at)
-            )
-            return bool(getattr(result, "rowcount", 0))
-
     # --- what support sees ----------------------------------------------------------
 
     def overview(self, subject_id: str) -> Overview:
@@ -318,32 +271,7 @@ class SupportAccess:
             SubjectNotFound: no such subject.
         """
         info = self.vault.subject_info(subject_id)
-        live_bucket = select(RetentionBucketRow.bucket_id).where(
-            RetentionBucketRow.bucket_id == RecordRow.bucket_id,
-            RetentionBucketRow.state == BUCKET_ACTIVE,
-        )
-        query = (
-            select(
-                RecordRow.category,
-                func.count(),
-                func.coalesce(func.sum(func.length(RecordRow.ciphertext)), 0),
-                func.min(RecordRow.created_at),
-                func.max(RecordRow.updated_at),
-            )
-            .where(
-                RecordRow.subject_id == subject_id,
-                # Rows of a destroyed bucket are unreadable already (as vault.storage).
-                or_(RecordRow.bucket_id.is_(None), live_bucket.exists()),
-            )
-            .group_by(RecordRow.category)
-            .order_by(RecordRow.category)
-        )
-        with self._session() as s:
-            rows = s.execute(query).all()
-        categories = tuple(
-            CategorySummary(category, int(count), int(size), oldest, newest)
-            for category, count, size, oldest, newest in rows
-        )
+        categories = tuple(self.vault.storage.category_summaries(subject_id))
         live: Sequence[Grant] = ()
         if info.state in WRITABLE:
             now = self.vault.clock()
