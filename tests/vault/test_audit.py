@@ -19,18 +19,17 @@ from kms.signatures import verify_offline
 from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
-from vault.audit.chain import (
-    GENESIS_HASH,
-    INVALID,
-    MAX_EXPORTED_CHECKPOINTS,
-    AuditChainBroken,
-    AuditEvent,
-    AuditLog,
-    checkpoint_message,
-    entry_hash,
-)
+from vault.audit.chain import AuditLog
+from vault.audit.entries import GENESIS_HASH, INVALID, AuditEvent, checkpoint_message, entry_hash
 from vault.audit.throttle import Throttle
-from vault.errors import FailedPrecondition, InvalidArgument, RateLimited, Unavailable
+from vault.audit.verification import MAX_EXPORTED_CHECKPOINTS
+from vault.errors import (
+    AuditChainBroken,
+    FailedPrecondition,
+    InvalidArgument,
+    RateLimited,
+    Unavailable,
+)
 from vault.storage import Storage, make_engine, migrate
 
 SIGNING_KEY = "audit-checkpoints"
@@ -918,7 +917,7 @@ def test_concurrent_appends_from_two_audit_logs(storage: Storage) -> None:
     second_engine = make_engine(storage.engine.url.render_as_string(hide_password=False))
     replicas = [
         AuditLog(storage, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
-        AuditLog(second_engine, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
+        AuditLog(Storage(second_engine), InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
     ]
     try:
         workers = [
@@ -1016,7 +1015,7 @@ def test_event_keeps_names_as_they_are() -> None:
 @pytest.fixture
 def unreachable_audit(memory_kms: InMemoryKeyManager) -> Iterator[AuditLog]:
     engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
-    yield AuditLog(engine, memory_kms, ticking_clock(), SIGNING_KEY)
+    yield AuditLog(Storage(engine), memory_kms, ticking_clock(), SIGNING_KEY)
     engine.dispose()
 
 
@@ -1040,6 +1039,6 @@ def test_append_fails_when_the_sqlite_file_is_gone(
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:
         with pytest.raises(Unavailable):
-            AuditLog(engine, memory_kms, ticking_clock(), SIGNING_KEY).append(event())
+            AuditLog(Storage(engine), memory_kms, ticking_clock(), SIGNING_KEY).append(event())
     finally:
         engine.dispose()

@@ -41,7 +41,8 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
 
 from vault.access.caller_policy import CALLER_NAME
-from vault.audit.chain import AuditEvent, AuditLog
+from vault.audit.chain import AuditLog
+from vault.audit.entries import AuditEvent
 from vault.clock import Clock, utc_now
 from vault.errors import (
     AlreadyExists,

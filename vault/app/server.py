@@ -165,7 +165,7 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     wait for the KMS (nor need its credentials).
     """
     engine = open_database(config)
-    return TokenRegistry(engine, AuditLog(engine, AbsentKeyManager(), clock, ""), clock)
+    return TokenRegistry(engine, AuditLog(Storage(engine), AbsentKeyManager(), clock, ""), clock)
 
 
 def build_auth(

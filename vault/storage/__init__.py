@@ -1,15 +1,16 @@
 """The database seam: SQLAlchemy 2 on SQLite (default) or PostgreSQL.
 
 :class:`Storage` is the one object the use cases are given: one repository per aggregate
-(subjects, records, erasures, re-key, retention buckets, rights requests), each in its own
-module, sharing the engine. Every SQLAlchemy exception is translated in
-:mod:`vault.storage.engine`: connection trouble becomes :class:`vault.errors.Unavailable`,
-nothing foreign reaches the domain. Each method is one transaction, so a failure leaves
-nothing half-written.
+(subjects, records, erasures, re-key, retention buckets, rights requests, the audit
+chain's entries and checkpoints), each in its own module, sharing the engine. Every
+SQLAlchemy exception is translated in :mod:`vault.storage.engine`: connection trouble
+becomes :class:`vault.errors.Unavailable`, nothing foreign reaches the domain. Each
+method is one transaction, so a failure leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+from vault.storage.audit_log import AuditLogRepository
 from vault.storage.buckets import BucketRepository
 from vault.storage.engine import make_engine, migrate, sqlite_writer, translate_db_errors
 from vault.storage.erasures import ErasureRepository
@@ -50,6 +51,7 @@ class Storage(
     RekeyRepository,
     BucketRepository,
     RightsRequestRepository,
+    AuditLogRepository,
 ):
     """The repositories over the oubli schema, as one object. Returns plain dataclasses,
     never ORM rows."""
