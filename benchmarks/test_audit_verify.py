@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from kms.local_keystore import LocalKeystore
-from vault.audit.chain import AuditEvent, AuditLog
+from vault.audit.chain import AuditLog
+from vault.audit.entries import AuditEvent
 from vault.storage import Storage, make_engine, migrate
 
 FULL_ENTRIES = 50_000

@@ -19,7 +19,7 @@ from kms.absent import AbsentKeyManager
 from vault.access.authentication import Authenticator
 from vault.access.tokens import DEFAULT_EXPIRY, TokenRegistry, token_hash
 from vault.audit.chain import AuditLog
-from vault.storage import make_engine, migrate
+from vault.storage import Storage, make_engine, migrate
 from vault.storage.bearer_tokens import TOKENS, BearerTokenRepository
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -60,7 +60,7 @@ def test_baseline_token_check_in_memory(benchmark) -> None:  # type: ignore[no-u
 
 @pytest.mark.benchmark(group="token-check")
 def test_token_check_database(benchmark, token_engine: Engine) -> None:  # type: ignore[no-untyped-def]
-    audit = AuditLog(token_engine, AbsentKeyManager(), lambda: NOW, "")
+    audit = AuditLog(Storage(token_engine), AbsentKeyManager(), lambda: NOW, "")
     registry = TokenRegistry(BearerTokenRepository(token_engine), audit, lambda: NOW)
     # Other tokens in the table, as a deployment holds with their history.
     with token_engine.begin() as c:

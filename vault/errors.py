@@ -137,6 +137,12 @@ class IntegrityFailure(OubliError):
     reason = "CIPHERTEXT_INTEGRITY"
 
 
+class AuditChainBroken(IntegrityFailure):
+    """The audit chain since the last checkpoint does not verify: oubli will not sign it."""
+
+    reason = "AUDIT_CHAIN_BROKEN"
+
+
 class Unavailable(OubliError):
     """The KMS or the database is unreachable; safe to retry.
 

@@ -23,7 +23,8 @@ from kms.signatures import verify_offline
 from tests.clock import FakeClock
 from tests.stack import TEST_TOKEN, Stack, stack_fixture
 from vault.app.cli import app
-from vault.audit.chain import GENESIS_HASH, AuditLog, checkpoint_message, entry_hash
+from vault.audit.chain import AuditLog
+from vault.audit.entries import GENESIS_HASH, checkpoint_message, entry_hash
 from vault.clock import utc_now
 
 START = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)

@@ -25,7 +25,7 @@ from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.local_keystore import LocalKeystore
 from tests.callers_stack import CallersServer, start_callers_server
-from vault.audit.chain import INVALID
+from vault.audit.entries import INVALID
 
 EMAIL = "jane.doe.q5k@example.org"
 CARD = "4970100000000007"

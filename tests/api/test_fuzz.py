@@ -47,7 +47,7 @@ from clients.oubli_v1 import vault_pb2 as pb
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
 from tests.callers_stack import CALLERS, POLICY, TOKENS, CallersServer, start_callers_server
-from vault.audit.chain import INVALID
+from vault.audit.entries import INVALID
 from vault.catalog import Catalog
 from vault.usecases.rights import REQUEST_KINDS, RightsService
 from vault.usecases.service import VaultService

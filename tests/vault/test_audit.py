@@ -19,18 +19,24 @@ from kms.signatures import verify_offline
 from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
-from vault.audit.chain import (
+from vault.audit.chain import AuditLog
+from vault.audit.entries import (
     GENESIS_HASH,
     INVALID,
-    MAX_EXPORTED_CHECKPOINTS,
-    AuditChainBroken,
     AuditEvent,
-    AuditLog,
+    Checkpoint,
     checkpoint_message,
     entry_hash,
 )
 from vault.audit.throttle import Throttle
-from vault.errors import FailedPrecondition, InvalidArgument, RateLimited, Unavailable
+from vault.audit.verification import MAX_EXPORTED_CHECKPOINTS
+from vault.errors import (
+    AuditChainBroken,
+    FailedPrecondition,
+    InvalidArgument,
+    RateLimited,
+    Unavailable,
+)
 from vault.storage import Storage, make_engine, migrate
 
 SIGNING_KEY = "audit-checkpoints"
@@ -338,6 +344,27 @@ def test_checkpoint_of_a_signed_head_is_reused(
     second = audit.checkpoint()
     assert second is not None and second.seq == 3
     assert [c.seq for c in audit.checkpoints()] == [3, 2]
+
+
+def test_a_head_another_replica_signed_first_keeps_their_checkpoint(
+    audit: AuditLog, storage: Storage, memory_kms: InMemoryKeyManager
+) -> None:
+    fill(audit, 3)
+    other = AuditLog(storage, memory_kms, ticking_clock(timedelta(hours=1)), SIGNING_KEY)
+    real_sign = audit._signing_key.sign
+    theirs: list[Checkpoint | None] = []
+
+    def sign_after_the_other_replica(seq: int, head_hash: str) -> bytes:
+        theirs.append(other.checkpoint())  # stores its checkpoint of the same head first
+        return real_sign(seq, head_hash)
+
+    audit._signing_key.sign = sign_after_the_other_replica  # type: ignore[method-assign]
+
+    ours = audit.checkpoint()
+
+    assert theirs[0] is not None and ours == theirs[0]
+    assert audit.checkpoints() == [theirs[0]]
+    assert audit.verify().ok
 
 
 def test_truncated_tail_after_a_checkpoint_is_found(audit: AuditLog, storage: Storage) -> None:
@@ -918,7 +945,7 @@ def test_concurrent_appends_from_two_audit_logs(storage: Storage) -> None:
     second_engine = make_engine(storage.engine.url.render_as_string(hide_password=False))
     replicas = [
         AuditLog(storage, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
-        AuditLog(second_engine, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
+        AuditLog(Storage(second_engine), InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
     ]
     try:
         workers = [
@@ -1016,21 +1043,23 @@ def test_event_keeps_names_as_they_are() -> None:
 @pytest.fixture
 def unreachable_audit(memory_kms: InMemoryKeyManager) -> Iterator[AuditLog]:
     engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
-    yield AuditLog(engine, memory_kms, ticking_clock(), SIGNING_KEY)
+    yield AuditLog(Storage(engine), memory_kms, ticking_clock(), SIGNING_KEY)
     engine.dispose()
 
 
 def test_append_fails_when_the_database_is_unreachable(unreachable_audit: AuditLog) -> None:
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as caught:
         unreachable_audit.append(event())
+    assert caught.value.message == "audit log write failed: OperationalError"
 
 
 @pytest.mark.parametrize("operation", ["query", "verify", "checkpoint", "checkpoints"])
 def test_reads_fail_when_the_database_is_unreachable(
     unreachable_audit: AuditLog, operation: str
 ) -> None:
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable) as caught:
         getattr(unreachable_audit, operation)()
+    assert caught.value.message == "audit log read failed: OperationalError"
 
 
 def test_append_fails_when_the_sqlite_file_is_gone(
@@ -1040,6 +1069,6 @@ def test_append_fails_when_the_sqlite_file_is_gone(
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:
         with pytest.raises(Unavailable):
-            AuditLog(engine, memory_kms, ticking_clock(), SIGNING_KEY).append(event())
+            AuditLog(Storage(engine), memory_kms, ticking_clock(), SIGNING_KEY).append(event())
     finally:
         engine.dispose()

@@ -33,7 +33,7 @@ from vault.errors import (
     Unauthenticated,
     Unavailable,
 )
-from vault.storage import make_engine, migrate
+from vault.storage import Storage, make_engine, migrate
 from vault.storage.bearer_tokens import BearerTokenRepository
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -68,7 +68,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def audit(engine: Engine, clock: FakeClock) -> AuditLog:
     # Lifecycle commands only append: no KMS, as in `oubli token`.
-    return AuditLog(engine, AbsentKeyManager(), clock, "")
+    return AuditLog(Storage(engine), AbsentKeyManager(), clock, "")
 
 
 @pytest.fixture

@@ -40,7 +40,8 @@ from typing import Any
 import structlog
 
 from vault.access.caller_policy import CALLER_NAME
-from vault.audit.chain import AuditEvent, AuditLog
+from vault.audit.chain import AuditLog
+from vault.audit.entries import AuditEvent
 from vault.clock import Clock, utc_now
 from vault.errors import (
     AlreadyExists,

@@ -13,7 +13,8 @@ from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from vault.access.caller_policy import CALLER_NAME
 from vault.api.messages import request_time, timestamp
-from vault.audit.chain import AuditLog, Checkpoint
+from vault.audit.chain import AuditLog
+from vault.audit.entries import Checkpoint
 from vault.errors import InvalidArgument
 from vault.ids import check_id
 

@@ -465,7 +465,7 @@ class _ForgedCheckpoint(Exception):
 
 def _checkpoint_line(checkpoint: AuditCheckpoint, public_key: bytes) -> str:
     from kms.signatures import verify_offline
-    from vault.audit.chain import checkpoint_message
+    from vault.audit.entries import checkpoint_message
 
     message = checkpoint_message(checkpoint.seq, checkpoint.hash)
     if not verify_offline(public_key, message, checkpoint.signature):

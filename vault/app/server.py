@@ -166,7 +166,7 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     wait for the KMS (nor need its credentials).
     """
     engine = open_database(config)
-    audit = AuditLog(engine, AbsentKeyManager(), clock, "")
+    audit = AuditLog(Storage(engine), AbsentKeyManager(), clock, "")
     return TokenRegistry(BearerTokenRepository(engine), audit, clock)
 
 

@@ -22,7 +22,8 @@ import structlog
 from kms.base import KeyManager
 from vault.access.caller_policy import rpc_name
 from vault.access.caller_scope import AccessNote
-from vault.audit.chain import INVALID, AuditEvent, AuditLog
+from vault.audit.chain import AuditLog
+from vault.audit.entries import INVALID, AuditEvent
 from vault.audit.throttle import Throttle
 from vault.catalog import Catalog
 from vault.clock import Clock

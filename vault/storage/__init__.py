@@ -2,16 +2,17 @@
 
 :class:`Storage` is the one object the use cases are given: one repository per aggregate
 (subjects, records, erasures, re-key, retention buckets, rights requests, blind index,
-service keys, support grants), each in its own module, sharing the engine. The bearer
-tokens' repository (:mod:`vault.storage.bearer_tokens`) stands alone: the ``oubli token``
-commands build it from the engine. Every SQLAlchemy exception is translated in
-:mod:`vault.storage.engine`: connection trouble becomes :class:`vault.errors.Unavailable`,
-nothing foreign reaches the domain. Each method is one transaction, so a failure leaves
-nothing half-written.
+service keys, support grants, the audit chain's entries and checkpoints), each in its own
+module, sharing the engine. The bearer tokens' repository (:mod:`vault.storage.bearer_tokens`)
+stands alone: the ``oubli token`` commands build it from the engine. Every SQLAlchemy
+exception is translated in :mod:`vault.storage.engine`: connection trouble becomes
+:class:`vault.errors.Unavailable`, nothing foreign reaches the domain. Each method is one
+transaction, so a failure leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+from vault.storage.audit_log import AuditLogRepository
 from vault.storage.blind_index import BlindIndexRepository
 from vault.storage.buckets import BucketRepository
 from vault.storage.engine import make_engine, migrate, sqlite_writer, translate_db_errors
@@ -58,6 +59,7 @@ class Storage(
     BlindIndexRepository,
     ServiceKeyRepository,
     SupportGrantRepository,
+    AuditLogRepository,
 ):
     """The repositories over the oubli schema, as one object. Returns plain dataclasses,
     never ORM rows."""

@@ -222,7 +222,8 @@ class ServiceKeyRow(Base):
 
 
 class AuditEntryRow(Base):
-    """One link of the audit hash chain (vault/audit/chain.py computes and checks ``hash``).
+    """One link of the audit hash chain (``hash``: vault/audit/entries.py computes it,
+    vault/audit/verification.py checks it).
 
     Names only: pseudonymous ids, catalog names, reason codes — never a value.
     """
