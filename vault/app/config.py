@@ -41,10 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from vault.crypto.keycache import MAX_TTL_SECONDS
+from vault.storage.engine import sqlite_file
 
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 #: host:port; a host name or IPv4 address, or an IPv6 address in brackets.
@@ -163,15 +161,12 @@ class ServerConfig:
             if self.vault is None or not self.vault.address or not self.vault.token:
                 raise ConfigError("--kms vault needs a Vault address and token")
         elif self.kms == "local":
-            # Parsed, not prefix-matched: sqlite+pysqlite:///f.db?timeout=5 is the same file.
             try:
-                url = make_url(self.resolved_database_url)
-            except ArgumentError:
+                database_file = sqlite_file(self.resolved_database_url)
+            except ValueError:
                 raise ConfigError("database URL is not a valid SQLAlchemy URL") from None
-            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-                db = Path(url.database).resolve()
-                if db == self.resolved_keystore_path:
-                    raise ConfigError("the keystore must not be the data database file")
+            if database_file is not None and database_file.resolve() == self.resolved_keystore_path:
+                raise ConfigError("the keystore must not be the data database file")
         else:
             raise ConfigError("kms must be 'local' or 'vault'")
         return self

@@ -19,7 +19,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from vault.errors import AlreadyExists, Unavailable
 from vault.private_files import create_private_file, tighten
@@ -55,6 +55,19 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (parsed, not prefix-matched:
+    ``sqlite+pysqlite:///f.db?timeout=5`` is ``f.db``); None for another database or an
+    in-memory one. ValueError when ``url`` is not a database URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("not a valid SQLAlchemy URL") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _private_sqlite_file(url: str) -> None:
