@@ -169,11 +169,10 @@ class Erasure:
         for subject_id, info in infos.items():
             if info.state in (HELD, SHREDDED):
                 results[subject_id] = self._existing_receipt(subject_id)
-        # Subjects marked by an earlier, interrupted call may have legal records left to
-        # hold, or held already.
         pending = [info for sid, info in infos.items() if sid not in results]
-        may_hold = {info.subject_id for info in pending if info.subject_id in held}
-        may_hold.update(info.subject_id for info in pending if info.subject_id not in marked)
+        # A subject marked by an earlier, interrupted call may have legal records left
+        # to hold, or held already.
+        may_hold = held | (infos.keys() - set(marked))
 
         def erase_key(info: SubjectKeyInfo) -> _Hold | None:
             holding = info.subject_id in may_hold
