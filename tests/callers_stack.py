@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kms.base import KeyManager
+from tests.stack import vault_service
 from vault.access.authentication import Authenticator, token_hash
 from vault.access.caller_policy import CallerPolicy
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server
-from vault.catalog import Catalog
-from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
 from vault.usecases.service import VaultService
 
@@ -48,7 +47,7 @@ class CallersServer:
 def start_callers_server(database_url: str, kms: KeyManager) -> CallersServer:
     engine = make_engine(database_url)
     migrate(engine)
-    vault = VaultService(Storage(engine), kms, Catalog.load(), cache=DataKeyCache())
+    vault = vault_service(Storage(engine), kms)
     auth = Authenticator({token_hash(t): c for c, t in TOKENS.items()}), POLICY
     server = start_server(ServerConfig(listen="127.0.0.1:0"), vault=vault, auth=auth)
     return CallersServer(server)

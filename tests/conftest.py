@@ -24,12 +24,11 @@ from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
 from tests.memory_kms import InMemoryKeyManager
-from tests.stack import Stack, stack_fixture
+from tests.stack import Stack, erasure_of, stack_fixture, vault_service
 from vault.app.logs import configure_logging
 from vault.app.openbao_process import OpenBaoDevServer
-from vault.catalog import Catalog
-from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.erasure import Erasure
 from vault.usecases.service import VaultService
 
 PG_ADMIN_URL = os.environ.get(
@@ -277,11 +276,15 @@ def memory_kms() -> InMemoryKeyManager:
 
 @pytest.fixture
 def make_vault() -> Callable[..., VaultService]:
-    def build(storage: Storage, kms: KeyManager, **kwargs: object) -> VaultService:
-        kwargs.setdefault("cache", DataKeyCache())
-        return VaultService(storage, kms, Catalog.load(), **kwargs)  # type: ignore[arg-type]
+    """tests.stack.vault_service: a VaultService (and its RecordCrypto) over a storage
+    and a KMS; ``cache``, ``clock`` optional."""
+    return vault_service
 
-    return build
+
+@pytest.fixture
+def erasure(vault: VaultService) -> Erasure:
+    """Erasure over the test module's ``vault``."""
+    return erasure_of(vault)
 
 
 @pytest.fixture(params=["sqlite+local", "postgresql+vault"])

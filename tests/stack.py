@@ -20,8 +20,11 @@ from vault.api.rpcs import SERVICES
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server
 from vault.catalog import Catalog
+from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
+from vault.crypto.record_crypto import RecordCrypto
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.erasure import Erasure
 from vault.usecases.service import VaultService
 
 
@@ -48,6 +51,26 @@ TEST_POLICY_TOML = (
 )
 
 
+def vault_service(
+    storage: Storage,
+    kms: KeyManager,
+    catalog: Catalog | None = None,
+    *,
+    cache: DataKeyCache | None = None,
+    clock: Clock = utc_now,
+) -> VaultService:
+    """The domain over ``storage`` and ``kms``, as build_vault wires it: one RecordCrypto
+    with its own DEK cache (a fresh one unless given), the shipped catalog by default."""
+    crypto = RecordCrypto(storage, kms, cache=cache, clock=clock)
+    return VaultService(storage, crypto, catalog or Catalog.load(), clock=clock)
+
+
+def erasure_of(vault: VaultService) -> Erasure:
+    """Erasure over ``vault``'s storage, record crypto, catalog and clock (as
+    build_erasure wires it, with the default KMS backup retention)."""
+    return Erasure(vault.storage, vault.crypto, vault.catalog, clock=vault.clock)
+
+
 def suite_auth() -> tuple[Authenticator, CallerPolicy]:
     policy = CallerPolicy({"test-admin": CallerRule("test-admin", ALL_SERVICES, None, None)})
     return Authenticator({token_hash(TEST_TOKEN): "test-admin"}), policy
@@ -57,30 +80,24 @@ def start_stack(
     database_url: str,
     kms: KeyManager,
     auth: tuple[Authenticator, CallerPolicy] | None = None,
-    **vault_options: object,
+    *,
+    clock: Clock | None = None,
 ) -> tuple[RunningServer, Storage]:
     """A served VaultService; ``auth`` defaults to the suite's all-RPC caller."""
     engine = make_engine(database_url)
     migrate(engine)
     storage = Storage(engine)
-    vault_options.setdefault("cache", DataKeyCache())
-    vault = VaultService(storage, kms, Catalog.load(), **vault_options)  # type: ignore[arg-type]
+    vault = vault_service(storage, kms, clock=clock or utc_now)
     config = ServerConfig(listen="127.0.0.1:0")
-    clock = vault_options.get("clock")
-    server = start_server(
-        config,
-        vault=vault,
-        auth=auth or suite_auth(),
-        **({"clock": clock} if clock else {}),  # type: ignore[arg-type]
-    )
+    server = start_server(config, vault=vault, auth=auth or suite_auth(), clock=clock or utc_now)
     return server, storage
 
 
 def stack_fixture(
-    request: pytest.FixtureRequest, tmp_path: Path, **vault_options: object
+    request: pytest.FixtureRequest, tmp_path: Path, *, clock: Clock | None = None
 ) -> Iterator[Stack]:
-    """SQLite with the local keystore; PostgreSQL with real OpenBao. ``vault_options``
-    go to the VaultService (e.g. ``clock``: a FakeClock the test moves)."""
+    """SQLite with the local keystore; PostgreSQL with real OpenBao. ``clock``: a
+    FakeClock the test moves (default: the real time)."""
     db, kms_name = request.param.split("+")
     url: str = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
     kms: KeyManager = (
@@ -88,7 +105,7 @@ def stack_fixture(
         if kms_name == "local"
         else request.getfixturevalue("vault_kms")
     )
-    server, storage = start_stack(url, kms, **vault_options)
+    server, storage = start_stack(url, kms, clock=clock)
     client = OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN)
     yield Stack(server, client, kms, storage, url)
     client.close()

@@ -146,6 +146,15 @@ class Catalog:
         names |= {c.consent for c in self.categories.values() if c.consent}
         return frozenset(names)
 
+    @property
+    def legal_hold_categories(self) -> dict[str, Category]:
+        """The categories an erasure keeps under a legal hold, by name (in name order)."""
+        return {
+            name: spec
+            for name, spec in sorted(self.categories.items())
+            if spec.retention.kind is RetentionKind.LEGAL_HOLD
+        }
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str) -> Catalog:
         _no_unknown_keys(data, {"settings", "purposes", "categories", "title"}, source)

@@ -20,11 +20,11 @@ from clients.errors import OubliClientError, PermissionDenied, Unavailable
 from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import vault_service
 from vault.access.authentication import Authenticator, token_hash
 from vault.access.caller_policy import CallerPolicy, rpc_name
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server
-from vault.catalog import Catalog
 from vault.storage import Storage, make_engine, migrate
 from vault.usecases.service import VaultService
 
@@ -51,7 +51,7 @@ class Served:
 def _vault(url: str) -> VaultService:
     engine = make_engine(url)
     migrate(engine)
-    return VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load())
+    return vault_service(Storage(engine), InMemoryKeyManager())
 
 
 @pytest.fixture(scope="module")

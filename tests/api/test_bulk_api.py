@@ -34,16 +34,14 @@ from clients.oubli_client import AuditEntry, NewRecord, OubliClient, Record, Shr
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from tests.memory_kms import InMemoryKeyManager
-from tests.stack import TEST_TOKEN, Stack
+from tests.stack import TEST_TOKEN, Stack, vault_service
 from vault.access.authentication import Authenticator, token_hash
 from vault.access.caller_policy import CallerPolicy
 from vault.app.config import ServerConfig
 from vault.app.server import start_server
-from vault.catalog import Catalog
 from vault.storage import Storage, make_engine, migrate
 from vault.usecases.batches import MAX_BATCH_ITEMS
 from vault.usecases.export import EXPORT_PAGE
-from vault.usecases.service import VaultService
 
 AUTH = (("authorization", f"Bearer {TEST_TOKEN}"),)
 CANARY = "canary-bulk-7f3a@example.org"
@@ -561,7 +559,7 @@ def test_a_batch_put_failing_while_sealing_gives_every_subject_an_outcome(
         with OubliClient(f"127.0.0.1:{server.port}", token=TEST_TOKEN, max_attempts=1) as client:
             subjects = [client.create_subject().subject_id for _ in range(3)]
             for subject_id in subjects:  # cold keys: sealing needs the KMS
-                server.vault.cache.evict(storage.subject(subject_id).key_id)
+                server.vault.crypto.cache.evict(storage.subject(subject_id).key_id)
             kms.unavailable = True
             with pytest.raises(OubliClientError):
                 client.batch_create_records(
@@ -664,7 +662,7 @@ def test_unknown_field_names_of_a_batch_put_are_not_recorded(stack: Stack) -> No
 def test_callers_categories_and_purposes_apply_per_item(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'oubli.db'}")
     migrate(engine)
-    vault = VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load())
+    vault = vault_service(Storage(engine), InMemoryKeyManager())
     auth = Authenticator({token_hash("billing-token"): "billing"}), CallerPolicy.load()
     server = start_server(ServerConfig(listen="127.0.0.1:0"), vault=vault, auth=auth)
     try:

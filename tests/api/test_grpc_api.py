@@ -212,7 +212,7 @@ def test_kms_outage_is_unavailable_and_writes_nothing(sqlite_url: str) -> None:
             assert raised.value.reason == "BACKEND_UNAVAILABLE"
             kms.unavailable = False
             subject = client.create_subject()
-            server.vault.cache.evict(storage.subject(subject.subject_id).key_id)
+            server.vault.crypto.cache.evict(storage.subject(subject.subject_id).key_id)
             kms.unavailable = True
             with pytest.raises(Unavailable):
                 client.create_record(subject.subject_id, "contact", {"email": "x"})

@@ -14,15 +14,13 @@ from typer.testing import CliRunner
 
 from clients.oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
-from tests.stack import TEST_TOKEN, suite_auth
+from tests.stack import TEST_TOKEN, suite_auth, vault_service
 from vault.app.cli import app
 from vault.app.config import ConfigError, ServerConfig
 from vault.app.metrics import build_registry
 from vault.app.server import RunningServer, start_server
-from vault.catalog import Catalog
 from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
-from vault.usecases.service import VaultService
 
 CANARY_EMAIL = "canary-metrics@example.org"
 
@@ -45,7 +43,7 @@ def metrics_stack(sqlite_url: str) -> Iterator[MetricsStack]:
     engine = make_engine(sqlite_url)
     migrate(engine)
     kms = InMemoryKeyManager()
-    vault = VaultService(Storage(engine), kms, Catalog.load(), cache=DataKeyCache())
+    vault = vault_service(Storage(engine), kms)
     config = ServerConfig(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
@@ -98,7 +96,7 @@ def test_kms_calls_counter_follows_every_kms_round_trip(metrics_stack: MetricsSt
     assert kms_calls(url) == after_write == kms.calls
 
     # A cold read: one unwrap, seen by the next scrape.
-    metrics_stack.server.vault.cache.evict(
+    metrics_stack.server.vault.crypto.cache.evict(
         metrics_stack.server.vault.subject_info(subject.subject_id).key_id
     )
     client.get_record(subject.subject_id, record.record_id, "service")
@@ -142,7 +140,7 @@ def test_metrics_hold_no_personal_data_or_ids(metrics_stack: MetricsStack) -> No
 def test_metrics_endpoint_stops_with_the_server(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     migrate(engine)
-    vault = VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load())
+    vault = vault_service(Storage(engine), InMemoryKeyManager())
     config = ServerConfig(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0")
     server = start_server(config, vault=vault, auth=suite_auth())
     assert server.metrics is not None
@@ -156,7 +154,7 @@ def test_metrics_endpoint_stops_with_the_server(sqlite_url: str) -> None:
 def test_no_metrics_endpoint_by_default(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     migrate(engine)
-    vault = VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load())
+    vault = vault_service(Storage(engine), InMemoryKeyManager())
     server = start_server(ServerConfig(listen="127.0.0.1:0"), vault=vault, auth=suite_auth())
     try:
         assert server.metrics is None

@@ -12,13 +12,12 @@ import pytest
 from clients.errors import NotFound, PermissionDenied
 from clients.oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import vault_service
 from vault.access.authentication import Authenticator, token_hash
 from vault.access.caller_policy import CallerPolicy
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server
-from vault.catalog import Catalog
 from vault.storage import Storage, make_engine, migrate
-from vault.usecases.service import VaultService
 
 SECRET = "my server password is hunter2"
 
@@ -36,7 +35,7 @@ def served(tmp_path: Path) -> Iterator[tuple[RunningServer, Clock]]:
     clock = Clock()
     engine = make_engine(f"sqlite:///{tmp_path / 'support.db'}")
     migrate(engine)
-    vault = VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load(), clock=clock)
+    vault = vault_service(Storage(engine), InMemoryKeyManager(), clock=clock)
     tokens = {token_hash(f"t-{c}"): c for c in ("control-panel", "support", "billing")}
     auth = Authenticator(tokens), CallerPolicy.load()
     server = start_server(ServerConfig(listen="127.0.0.1:0"), vault=vault, clock=clock, auth=auth)

@@ -15,13 +15,12 @@ from clients.errors import OubliClientError
 from clients.oubli_client import OubliClient
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import vault_service
 from vault.access.tokens import TokenRegistry, token_hash
 from vault.app.cli import app
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server, token_registry
-from vault.catalog import Catalog
 from vault.storage import Storage, make_engine, migrate
-from vault.usecases.service import VaultService
 
 runner = CliRunner()
 
@@ -49,7 +48,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     config = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
-    vault = VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load(), clock=clock)
+    vault = vault_service(Storage(engine), InMemoryKeyManager(), clock=clock)
     server = start_server(config, vault=vault, clock=clock)
     registry = token_registry(config, clock)
     yield Served(server, registry, clock, tmp_path)

@@ -13,13 +13,11 @@ import pytest
 from clients.oubli_client import OubliClient
 from tests.integration.processes import ServerProcess
 from tests.memory_kms import InMemoryKeyManager
-from tests.stack import suite_auth
+from tests.stack import suite_auth, vault_service
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server
-from vault.catalog import Catalog
 from vault.errors import Unavailable
 from vault.storage import Storage, make_engine, migrate
-from vault.usecases.service import VaultService
 
 
 def test_a_second_server_on_the_port_of_a_running_one_refuses_to_start(tmp_path: Path) -> None:
@@ -54,7 +52,7 @@ def new_server(sqlite_url: str) -> Iterator[Callable[..., RunningServer]]:
     def start(listen: str, **options: bool) -> RunningServer:
         engine = make_engine(sqlite_url)
         migrate(engine)
-        vault = VaultService(Storage(engine), InMemoryKeyManager(), Catalog.load())
+        vault = vault_service(Storage(engine), InMemoryKeyManager())
         try:
             server = start_server(
                 ServerConfig(listen=listen), vault=vault, auth=suite_auth(), **options

@@ -26,7 +26,7 @@ def test_vault_outage_is_unavailable_and_writes_nothing(tmp_path: Path, sqlite_u
         ) as client:
             subject = client.create_subject()
             record = client.create_record(subject.subject_id, "contact", {"email": "a@b.c"})
-            server.vault.cache.evict(storage.subject(subject.subject_id).key_id)
+            server.vault.crypto.cache.evict(storage.subject(subject.subject_id).key_id)
             bao.stop()
             with pytest.raises(Unavailable):
                 client.get_record(subject.subject_id, record.record_id, "service")

@@ -17,14 +17,13 @@ from typer.testing import CliRunner
 
 from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
-from tests.stack import TEST_TOKEN, start_stack
+from tests.stack import TEST_TOKEN, start_stack, vault_service
 from vault.app.cli import app
 from vault.app.config import ServerConfig
 from vault.app.openbao_process import OpenBaoRaftServer
-from vault.app.server import build_vault
+from vault.app.server import build_erasure, build_vault
 from vault.errors import KeyDestroyedError
 from vault.storage import Storage, make_engine
-from vault.usecases.service import VaultService
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:
@@ -53,33 +52,33 @@ def test_reconcile_destroys_keys_a_restore_brought_back(tmp_path: Path) -> None:
     _copy_sqlite(keystore, tmp_path / "keystore-backup.db")
     _copy_sqlite(database, tmp_path / "database-backup.db")
 
-    receipt = vault.shred_subject(erased.subject_id)
+    receipt = build_erasure(config, vault).shred(erased.subject_id)
     assert receipt.residual_copies_expire_at == receipt.shredded_at + timedelta(days=14)
     assert "14 days" in receipt.residual_risk and "oubli reconcile" in receipt.residual_risk
-    vault.kms.close()
+    vault.crypto.kms.close()
 
     # The operator restores last night's keystore: the erased key is back...
     _restore_sqlite(tmp_path / "keystore-backup.db", keystore)
     restored = build_vault(config)
-    assert restored.kms.key_exists(receipt.key_id)
+    assert restored.crypto.kms.key_exists(receipt.key_id)
     # ...and with last night's database copy, the erased data would be readable again.
-    old_copy = VaultService(
+    old_copy = vault_service(
         Storage(make_engine(f"sqlite:///{tmp_path / 'database-backup.db'}")),
-        restored.kms,
+        restored.crypto.kms,
         restored.catalog,
     )
     assert old_copy.get_record(erased.subject_id, erased_record.record_id, "service").fields
-    restored.kms.close()
+    restored.crypto.kms.close()
 
     result = CliRunner().invoke(app, ["reconcile", "--data-dir", str(data)])
     assert result.exit_code == 0, result.output
     assert "1 shredded keys confirmed destroyed" in result.stdout
 
     after = build_vault(config)
-    assert not after.kms.key_exists(receipt.key_id)
-    old_copy = VaultService(
+    assert not after.crypto.kms.key_exists(receipt.key_id)
+    old_copy = vault_service(
         Storage(make_engine(f"sqlite:///{tmp_path / 'database-backup.db'}")),
-        after.kms,
+        after.crypto.kms,
         after.catalog,
     )
     with pytest.raises(KeyDestroyedError):
@@ -87,7 +86,7 @@ def test_reconcile_destroys_keys_a_restore_brought_back(tmp_path: Path) -> None:
     assert old_copy.get_record(kept.subject_id, kept_record.record_id, "service").fields == {
         "email": "k@x.y"
     }
-    assert after.reconcile_shreds() == 1  # idempotent
+    assert build_erasure(config, after).reconcile() == 1  # idempotent
 
 
 def test_reconcile_destroys_keys_an_openbao_snapshot_restore_brought_back(

@@ -19,11 +19,9 @@ from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
 from tests.conftest import PG_ADMIN_URL
-from tests.stack import TEST_TOKEN, suite_auth
+from tests.stack import TEST_TOKEN, suite_auth, vault_service
 from vault.app.config import ServerConfig
 from vault.app.server import RunningServer, start_server
-from vault.catalog import Catalog
-from vault.crypto.keycache import DataKeyCache
 from vault.storage import Storage, make_engine, migrate
 from vault.usecases.service import VaultService
 
@@ -80,13 +78,7 @@ class Scenario:
 
     def reader(self, database_url: str) -> VaultService:
         """A fresh replica (empty caches) on a database copy, with the KMS as it is now."""
-        return VaultService(
-            Storage(make_engine(database_url)),
-            self.kms,
-            Catalog.load(),
-            cache=DataKeyCache(),
-            clock=self.clock,
-        )
+        return vault_service(Storage(make_engine(database_url)), self.kms, clock=self.clock)
 
     def drop_copies(self) -> None:
         if not self._copies:
@@ -106,9 +98,7 @@ def scenario(
     clock = FakeClock(datetime(2026, 1, 15, 10, 0, tzinfo=UTC))
     engine = make_engine(url)
     migrate(engine)
-    vault = VaultService(
-        Storage(engine), vault_kms, Catalog.load(), cache=DataKeyCache(), clock=clock
-    )
+    vault = vault_service(Storage(engine), vault_kms, clock=clock)
     server = start_server(
         ServerConfig(listen="127.0.0.1:0"), vault=vault, clock=clock, auth=suite_auth()
     )

@@ -24,8 +24,9 @@ from vault.errors import (
 from vault.storage import Storage
 from vault.storage.tables import RecordRow
 from vault.usecases.batches import MAX_BATCH_ITEMS, BulkOps, NewRecord, RecordRead
+from vault.usecases.erasure import Erasure, ShredReceipt
 from vault.usecases.export import export_chunks, export_json
-from vault.usecases.service import ShredReceipt, VaultService
+from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
 
@@ -63,10 +64,10 @@ def test_batch_put_across_subjects_then_batch_get(vault: VaultService, bulk: Bul
     assert single.fields == {"message": "ticket 7"}
 
 
-def test_batch_put_is_all_or_nothing(vault: VaultService, bulk: BulkOps) -> None:
+def test_batch_put_is_all_or_nothing(vault: VaultService, bulk: BulkOps, erasure: Erasure) -> None:
     alive = vault.create_subject().subject_id
     erased = vault.create_subject().subject_id
-    vault.shred_subject(erased)
+    erasure.shred(erased)
     before = _records(vault.storage)
 
     with pytest.raises(SubjectShredded) as caught:
@@ -114,21 +115,21 @@ def test_batch_put_refuses_two_singletons_of_one_subject(
 
 
 @pytest.mark.parametrize("size", [0, MAX_BATCH_ITEMS + 1])
-def test_batch_size_is_bounded(bulk: BulkOps, size: int) -> None:
+def test_batch_size_is_bounded(bulk: BulkOps, size: int, erasure: Erasure) -> None:
     with pytest.raises(InvalidArgument):
         bulk.create_records([NewRecord("a" * 26, "support", {}, "x")] * size)
     with pytest.raises(InvalidArgument):
         bulk.get_records([RecordRead("a" * 26, "b" * 26, "support")] * size)
     with pytest.raises(InvalidArgument):
-        bulk.shred_subjects(["a" * 26] * size)
+        erasure.shred_many(["a" * 26] * size)
 
 
-def test_batch_get_fails_item_by_item(vault: VaultService, bulk: BulkOps) -> None:
+def test_batch_get_fails_item_by_item(vault: VaultService, bulk: BulkOps, erasure: Erasure) -> None:
     sid = vault.create_subject().subject_id
     erased = vault.create_subject().subject_id
     kept = vault.create_record(sid, "support", {"message": "hi"}, "customer")
     lost = vault.create_record(erased, "support", {"message": "bye"}, "customer")
-    vault.shred_subject(erased)
+    erasure.shred(erased)
 
     results = bulk.get_records(
         [
@@ -194,13 +195,15 @@ def test_batch_notes_each_subject_for_the_audit(vault: VaultService, bulk: BulkO
     assert note.items[(b, "service")].outcome == "RECORD_NOT_FOUND"
 
 
-def test_batch_shred_each_subject_independently(vault: VaultService, bulk: BulkOps) -> None:
+def test_batch_shred_each_subject_independently(
+    vault: VaultService, bulk: BulkOps, erasure: Erasure
+) -> None:
     subjects = [vault.create_subject().subject_id for _ in range(12)]
     for sid in subjects:
         vault.create_record(sid, "support", {"message": "m"}, "c")
-    first = vault.shred_subject(subjects[0])
+    first = erasure.shred(subjects[0])
 
-    results = bulk.shred_subjects([*subjects, "z" * 26])
+    results = erasure.shred_many([*subjects, "z" * 26])
 
     assert isinstance(results[0], ShredReceipt)
     assert results[0].key_id == first.key_id  # idempotent: the first receipt
@@ -208,18 +211,18 @@ def test_batch_shred_each_subject_independently(vault: VaultService, bulk: BulkO
     assert isinstance(results[12], SubjectNotFound)
     assert _records(vault.storage) == 0
     with pytest.raises(InvalidArgument):
-        bulk.shred_subjects([subjects[1], subjects[1]])
+        erasure.shred_many([subjects[1], subjects[1]])
 
 
 def test_batch_shred_reports_an_outage_per_subject(
-    vault: VaultService, bulk: BulkOps, memory_kms: InMemoryKeyManager
+    vault: VaultService, bulk: BulkOps, memory_kms: InMemoryKeyManager, erasure: Erasure
 ) -> None:
     sid = vault.create_subject().subject_id
     memory_kms.unavailable = True
-    [result] = bulk.shred_subjects([sid])
+    [result] = erasure.shred_many([sid])
     assert isinstance(result, Unavailable)
     memory_kms.unavailable = False
-    [retried] = bulk.shred_subjects([sid])
+    [retried] = erasure.shred_many([sid])
     assert isinstance(retried, ShredReceipt)
 
 
@@ -250,16 +253,19 @@ def test_streamed_export_of_a_subject_without_records(vault: VaultService) -> No
     assert document["subject"]["subject_id"] == sid
 
 
-def test_batch_shred_keeps_invoices_under_their_hold(vault: VaultService, bulk: BulkOps) -> None:
-    """Subjects with records a law requires to keep take the unary path (hold bucket);
-    the others go the batch way; both end erased with their receipts."""
+def test_batch_shred_keeps_invoices_under_their_hold(
+    vault: VaultService, bulk: BulkOps, erasure: Erasure
+) -> None:
+    """A subject with records a law requires to keep has them moved to their hold
+    bucket, one without is erased whole, in one batch; both end erased with their
+    receipts."""
     plain = vault.create_subject().subject_id
     billed = vault.create_subject().subject_id
     vault.create_record(plain, "support", {"message": "m"}, "c")
     vault.create_record(billed, "support", {"message": "m"}, "c")
     vault.create_record(billed, "billing", {"invoice_number": "F-1", "amount": "9"}, "c")
 
-    results = bulk.shred_subjects([plain, billed])
+    results = erasure.shred_many([plain, billed])
 
     assert all(isinstance(r, ShredReceipt) for r in results)
     assert [(r.records_deleted, r.records_retained) for r in results] == [  # type: ignore[union-attr]
@@ -273,13 +279,13 @@ def test_batch_shred_keeps_invoices_under_their_hold(vault: VaultService, bulk: 
 
 
 def test_batch_shred_destroys_each_key_once_and_writes_the_ledger(
-    vault: VaultService, bulk: BulkOps, memory_kms: InMemoryKeyManager
+    vault: VaultService, bulk: BulkOps, memory_kms: InMemoryKeyManager, erasure: Erasure
 ) -> None:
     subjects = [vault.create_subject() for _ in range(5)]
     keys = [vault.subject_info(s.subject_id).key_id for s in subjects]
     before = memory_kms.calls
 
-    bulk.shred_subjects([s.subject_id for s in subjects])
+    erasure.shred_many([s.subject_id for s in subjects])
 
     assert memory_kms.calls - before == 5  # one destroy per subject key
     assert not any(memory_kms.key_exists(k) for k in keys)

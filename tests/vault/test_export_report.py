@@ -18,10 +18,12 @@ from jsonschema.exceptions import ValidationError
 
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import vault_service
 from vault.api.messages import request_json
 from vault.catalog import Catalog
 from vault.errors import InvalidArgument, PermissionDenied, SubjectShredded
 from vault.storage import Storage
+from vault.usecases.erasure import Erasure
 from vault.usecases.export import (
     ACCESS_REPORT_FORMAT,
     EXPORT_FORMAT,
@@ -334,14 +336,14 @@ def test_access_report_of_a_restricted_closed_subject(
 
 
 def test_access_report_of_a_held_subject(
-    vault: VaultService, rights: RightsService, clock: FakeClock
+    vault: VaultService, rights: RightsService, clock: FakeClock, erasure: Erasure
 ) -> None:
     sid = customer(vault, rights)
     request = rights.open_request(sid, "erasure")
     clock.now = T0 + timedelta(days=3)
     vault.close_account(sid)
     clock.now = T0 + timedelta(days=200)
-    summary = RetentionJob(vault).run()
+    summary = RetentionJob(erasure).run()
     assert summary.subjects_erased == 1
     rights.close_request(request.request_id)
 
@@ -364,7 +366,7 @@ def test_access_report_of_a_held_subject(
 
     # once the hold ends there is nothing left to report
     clock.now = datetime(2029, 2, 1, tzinfo=UTC)
-    RetentionJob(vault).run()
+    RetentionJob(erasure).run()
     with pytest.raises(SubjectShredded):
         access_report(vault, sid, clock.now, [])
 
@@ -382,7 +384,7 @@ def test_access_report_of_a_category_no_longer_in_the_catalog(
         CATALOG.purposes,
         CATALOG.settings,
     )
-    later = VaultService(storage, memory_kms, reduced, clock=clock)
+    later = vault_service(storage, memory_kms, reduced, clock=clock)
     document = access_report(later, sid, clock.now, [])
     validate(document, REPORT_SCHEMA)
     assert "credentials" not in document["categories"]  # not readable under the new catalog

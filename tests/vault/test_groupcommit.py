@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import erasure_of
 from vault.storage import Storage
 from vault.storage.groupcommit import GroupCommit
 from vault.usecases.service import VaultService
@@ -114,7 +115,7 @@ def test_concurrent_record_inserts_are_grouped_and_each_answered(
     vault = make_vault(storage, memory_kms)
     subjects = [vault.create_subject().subject_id for _ in range(8)]
     erased = subjects[3]
-    vault.shred_subject(erased)
+    erasure_of(vault).shred(erased)
     real = storage.insert_records
     sizes: list[int] = []
     started = threading.Event()

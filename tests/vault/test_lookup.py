@@ -28,6 +28,7 @@ from vault.crypto.blind_index import (
 from vault.errors import InvalidArgument, Unavailable
 from vault.storage import Storage
 from vault.storage.tables import BlindIndexRow, ServiceKeyRow
+from vault.usecases.erasure import Erasure
 from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
@@ -325,7 +326,9 @@ def test_deleting_a_record_deletes_its_rows(storage: Storage, vault: VaultServic
     assert rows(storage) == []
 
 
-def test_lookup_before_and_after_shred(storage: Storage, vault: VaultService) -> None:
+def test_lookup_before_and_after_shred(
+    storage: Storage, vault: VaultService, erasure: Erasure
+) -> None:
     index = BlindIndex(storage, KEY)
     subject_id, record_id = contact(vault, email="ada@example.org", phone="+33612345678")
     creds = vault.create_record(
@@ -336,7 +339,7 @@ def test_lookup_before_and_after_shred(storage: Storage, vault: VaultService) ->
         assert index_record(index, vault, s, r)
     assert (subject_id, record_id) in index.candidates("email", "ada@example.org")
 
-    vault.shred_subject(subject_id)
+    erasure.shred(subject_id)
     # Deleting the records at shred deleted their rows; the other subject is untouched.
     found = index.candidates("email", "ada@example.org") + index.candidates("phone", "+33612345678")
     assert all(s != subject_id for s, _ in found)
@@ -351,7 +354,7 @@ def test_index_refused_once_erasure_started(storage: Storage, vault: VaultServic
     index = BlindIndex(storage, KEY)
     subject_id, record_id = contact(vault, email="ada@example.org")
     assert index_record(index, vault, subject_id, record_id)
-    storage.mark_shredding(subject_id, vault.clock())
+    storage.mark_shredding([subject_id], vault.clock())
     assert index.remove_subject(subject_id) == 1
     assert not index.index(subject_id, record_id, {"email": "ada@example.org"})
     assert rows(storage) == []
@@ -494,7 +497,7 @@ def rows(storage: Storage) -> list[BlindIndexRow]:
 
 
 def test_index_tables_hold_no_planted_value(storage: Storage, vault: VaultService) -> None:
-    kms = vault.kms
+    kms = vault.crypto.kms
     key = IndexKeyStore(storage).load_or_create(kms)
     index = BlindIndex(storage, key)
     email, phone, recovery = "Planted.Canary@Example.ORG", "+33 6 98 76 54 32", "zz.c4nary@ex.net"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from vault.catalog import Catalog, RetentionKind
+from vault.catalog import Catalog
 from vault.errors import InvalidArgument, OubliError, PermissionDenied, SubjectShredded
 from vault.storage import SubjectKeyInfo
 from vault.usecases.purpose_check import (
@@ -235,11 +235,7 @@ def test_restriction_applies_to_closed_accounts_too() -> None:
 
 def test_held_subject_only_legal_hold_categories_for_their_legal_purposes() -> None:
     info = replace(subject(HELD), wrapped_dek=None)
-    legal = {
-        name
-        for name, spec in CATALOG.categories.items()
-        if spec.retention.kind is RetentionKind.LEGAL_HOLD
-    }
+    legal = set(CATALOG.legal_hold_categories)
     assert legal == {"billing"}
     read("billing", "accounting", info)
     read("billing", "legal_claims", info)

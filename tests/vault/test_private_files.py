@@ -107,9 +107,9 @@ def test_the_embedded_default_is_private_and_an_open_one_is_tightened(tmp_path: 
     config = ServerConfig(data_dir=data, tokens_path=None)
     with umask(0o022):
         vault = build_vault(config)
-        vault.kms.create_key("k1")
+        vault.crypto.kms.create_key("k1")
         assert open_to_others(data) == {}
-        vault.kms.close()
+        vault.crypto.kms.close()
         vault.storage.engine.dispose()
         # as an earlier oubli left it: everything readable by others
         for path in (data, *data.rglob("*")):
@@ -118,7 +118,7 @@ def test_the_embedded_default_is_private_and_an_open_one_is_tightened(tmp_path: 
         os.chmod(data / "tokens.toml", 0o644)
         vault = build_vault(config)
         assert open_to_others(data) == {}
-        vault.kms.close()
+        vault.crypto.kms.close()
         vault.storage.engine.dispose()
 
 

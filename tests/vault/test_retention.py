@@ -14,6 +14,7 @@ import pytest
 from kms.base import KmsUnavailable
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import erasure_of
 from vault.crypto.bucket_keys import add_months
 from vault.errors import (
     FailedPrecondition,
@@ -24,6 +25,7 @@ from vault.errors import (
     Unavailable,
 )
 from vault.storage import Storage
+from vault.usecases.erasure import Erasure
 from vault.usecases.retention import DESTROY_BUCKET, ERASE_SUBJECT, RetentionJob
 from vault.usecases.service import VaultService
 from vault.vocabulary import BUCKET_ACTIVE, BUCKET_DESTROYED, SCHEME_EXPIRY, SCHEME_SUBJECT
@@ -80,13 +82,14 @@ def test_job_destroys_the_due_bucket_and_its_logs(
     storage: Storage,
     memory_kms: InMemoryKeyManager,
     clock: FakeClock,
+    erasure: Erasure,
 ) -> None:
     sid = vault.create_subject().subject_id
     log = vault.create_record(sid, "technical_logs", LOG, "server")
     contact = vault.create_record(sid, "contact", {"email": "a@example.org"}, "customer")
     bucket = storage.bucket("expiry:technical_logs:2027-03")
     assert bucket is not None
-    job = RetentionJob(vault)
+    job = RetentionJob(erasure)
 
     clock.set(datetime(2027, 3, 1, tzinfo=UTC) - timedelta(microseconds=1))
     assert job.run().actions == []  # not yet due
@@ -118,7 +121,11 @@ def test_job_destroys_the_due_bucket_and_its_logs(
 
 
 def test_expiry_costs_one_kms_call_per_bucket_not_per_record(
-    vault: VaultService, storage: Storage, memory_kms: InMemoryKeyManager, clock: FakeClock
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    erasure: Erasure,
 ) -> None:
     subjects = [vault.create_subject().subject_id for _ in range(30)]
     for n, sid in enumerate(subjects):
@@ -130,7 +137,7 @@ def test_expiry_costs_one_kms_call_per_bucket_not_per_record(
     assert storage.bucket_record_count(bucket.bucket_id) == 150
 
     clock.set(datetime(2027, 3, 2, tzinfo=UTC))
-    job = RetentionJob(vault)
+    job = RetentionJob(erasure)
 
     before = memory_kms.calls
     plan = job.run(dry_run=True)
@@ -166,13 +173,13 @@ def test_expiry_costs_one_kms_call_per_bucket_not_per_record(
     assert memory_kms.calls == before
 
 
-def test_steps_report_progress(vault: VaultService, clock: FakeClock) -> None:
+def test_steps_report_progress(vault: VaultService, clock: FakeClock, erasure: Erasure) -> None:
     sid = vault.create_subject().subject_id
     vault.create_record(sid, "technical_logs", LOG, "server")
     clock.set(T0 + timedelta(days=31))  # April
     vault.create_record(sid, "usage", {"page": "/"}, "server")
     clock.set(datetime(2027, 5, 1, tzinfo=UTC))
-    steps = list(RetentionJob(vault).steps())
+    steps = list(RetentionJob(erasure).steps())
     assert [(a.target, done, total) for a, done, total in steps] == [
         ("expiry:technical_logs:2027-03", 1, 2),
         ("expiry:usage:2027-04", 2, 2),
@@ -200,10 +207,11 @@ def test_closed_account_is_erased_then_the_hold_expires(
     memory_kms: InMemoryKeyManager,
     clock: FakeClock,
     make_vault: Builder,
+    erasure: Erasure,
 ) -> None:
     sid, contact_id, invoice_id = closed_customer(vault)
     key_id = storage.subject(sid).key_id
-    job = RetentionJob(vault)
+    job = RetentionJob(erasure)
 
     clock.set(add_months(T0, 6) - timedelta(seconds=1))
     assert job.run().actions == []
@@ -263,18 +271,22 @@ def test_closed_account_is_erased_then_the_hold_expires(
 
 
 def test_erasure_long_after_the_hold_ends_goes_all_the_way_in_one_run(
-    vault: VaultService, memory_kms: InMemoryKeyManager, clock: FakeClock
+    vault: VaultService, memory_kms: InMemoryKeyManager, clock: FakeClock, erasure: Erasure
 ) -> None:
     sid, _contact, _invoice = closed_customer(vault)
     clock.set(add_months(T0, 40))  # the job did not run for years
-    summary = RetentionJob(vault).run()
+    summary = RetentionJob(erasure).run()
     assert [a.kind for a in summary.actions] == [ERASE_SUBJECT, DESTROY_BUCKET]
     assert summary.records_destroyed == 2
     assert vault.get_subject(sid).state == "shredded"
 
 
 def test_reopen_before_the_deadline_cancels_the_erasure(
-    vault: VaultService, storage: Storage, memory_kms: InMemoryKeyManager, clock: FakeClock
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    erasure: Erasure,
 ) -> None:
     sid, contact_id, invoice_id = closed_customer(vault)
     clock.set(add_months(T0, 3))
@@ -286,7 +298,7 @@ def test_reopen_before_the_deadline_cancels_the_erasure(
     assert caught.value.reason == "ACCOUNT_NOT_CLOSED"
 
     clock.set(add_months(T0, 7))
-    assert RetentionJob(vault).run().actions == []
+    assert RetentionJob(erasure).run().actions == []
     assert vault.get_subject(sid).state == "active"
     assert memory_kms.key_exists(storage.subject(sid).key_id)
     assert vault.get_record(sid, contact_id, "service").fields == {"email": "a@example.org"}
@@ -301,7 +313,11 @@ def test_reopen_before_the_deadline_cancels_the_erasure(
 
 
 def test_interrupted_erasure_is_completed_by_the_next_run(
-    vault: VaultService, storage: Storage, memory_kms: InMemoryKeyManager, clock: FakeClock
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    erasure: Erasure,
 ) -> None:
     sid = vault.create_subject().subject_id
     contact = vault.create_record(sid, "contact", {"email": "a@example.org"}, "customer")
@@ -310,14 +326,14 @@ def test_interrupted_erasure_is_completed_by_the_next_run(
 
     memory_kms.unavailable = True
     with pytest.raises(Unavailable):
-        vault.shred_subject(sid)
+        erasure.shred(sid)
     memory_kms.unavailable = False
     assert vault.get_subject(sid).state == "shredding"
     with pytest.raises(SubjectShredded):  # refused at once
         vault.get_record(sid, contact.record_id, "service")
     assert memory_kms.key_exists(key_id)
 
-    job = RetentionJob(vault)
+    job = RetentionJob(erasure)
     plan = job.run(dry_run=True)
     assert [(a.kind, a.target) for a in plan.actions] == [(ERASE_SUBJECT, sid)]
     assert vault.get_subject(sid).state == "shredding"
@@ -341,6 +357,7 @@ def test_interrupted_erasure_after_the_hold_move(
     storage: Storage,
     memory_kms: InMemoryKeyManager,
     monkeypatch: pytest.MonkeyPatch,
+    erasure: Erasure,
 ) -> None:
     """The KMS fails at the key destruction, after the invoices moved to the hold bucket."""
     sid = vault.create_subject().subject_id
@@ -357,13 +374,13 @@ def test_interrupted_erasure_after_the_hold_move(
 
     monkeypatch.setattr(memory_kms, "destroy_key", failing_destroy)
     with pytest.raises(Unavailable):
-        vault.shred_subject(sid)
+        erasure.shred(sid)
     monkeypatch.setattr(memory_kms, "destroy_key", real_destroy)
     stored = storage.record(sid, invoice.record_id)
     assert stored is not None and stored.bucket_id == "hold:billing:2029-03"
     assert vault.get_subject(sid).state == "shredding"
 
-    RetentionJob(vault).run()
+    RetentionJob(erasure).run()
     assert not memory_kms.key_exists(key_id)
     assert vault.get_subject(sid).state == "held"
     assert vault.get_record(sid, invoice.record_id, "accounting").fields == INVOICE
@@ -373,7 +390,11 @@ def test_interrupted_erasure_after_the_hold_move(
 
 
 def test_resolved_ticket_moves_to_the_expiry_bucket(
-    vault: VaultService, storage: Storage, memory_kms: InMemoryKeyManager, clock: FakeClock
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    erasure: Erasure,
 ) -> None:
     sid = vault.create_subject().subject_id
     ticket = vault.create_record(sid, "support", {"ticket_id": "T-1", "message": "help"}, "support")
@@ -421,7 +442,7 @@ def test_resolved_ticket_moves_to_the_expiry_bucket(
 
     other = vault.create_record(sid, "support", {"ticket_id": "T-2"}, "support")  # unresolved
     clock.set(datetime(2028, 6, 1, tzinfo=UTC))
-    summary = RetentionJob(vault).run()
+    summary = RetentionJob(erasure).run()
     assert [(a.target, a.records) for a in summary.actions] == [
         ("expiry:technical_logs:2027-03", 1),
         ("expiry:support:2028-06", 1),
@@ -438,6 +459,7 @@ def test_a_failing_erasure_does_not_block_other_expiries(
     memory_kms: InMemoryKeyManager,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
+    erasure: Erasure,
 ) -> None:
     """The KMS refuses to destroy one subject's key (a monkeypatched in-memory KMS): that
     erasure is reported as failed, the other erasure and the due bucket go ahead, and the
@@ -460,7 +482,7 @@ def test_a_failing_erasure_does_not_block_other_expiries(
     monkeypatch.setattr(memory_kms, "destroy_key", refuse_one)
     clock.set(add_months(T0, 13))  # both erasures and the log bucket are due
 
-    summary = RetentionJob(vault).run()
+    summary = RetentionJob(erasure).run()
 
     assert summary.failures == 1
     [failed] = [a for a in summary.actions if a.error]
@@ -475,7 +497,7 @@ def test_a_failing_erasure_does_not_block_other_expiries(
     assert memory_kms.key_exists(failing_key)
 
     monkeypatch.undo()
-    again = RetentionJob(vault).run()
+    again = RetentionJob(erasure).run()
     assert [(a.kind, a.target, a.error) for a in again.actions] == [(ERASE_SUBJECT, failing, "")]
     assert vault.get_subject(failing).state == "shredded"
     assert not memory_kms.key_exists(failing_key)
@@ -502,10 +524,10 @@ def test_erasure_of_a_subject_whose_key_is_already_gone_completes(
     vault.create_record(other.subject_id, "technical_logs", {"event": "e"}, "web")
     # As after restoring: the key was destroyed by an erasure the database forgot.
     memory_kms.destroy_key(storage.subject(restored.subject_id).key_id)
-    vault.cache.evict(storage.subject(restored.subject_id).key_id)
+    vault.crypto.cache.evict(storage.subject(restored.subject_id).key_id)
     vault.close_account(restored.subject_id)
     now[0] = add_months(now[0], 13)
-    summary = RetentionJob(vault).run()
+    summary = RetentionJob(erasure_of(vault)).run()
     assert summary.failures == 0
     assert summary.subjects_erased == 1 and summary.buckets_destroyed == 1
     assert vault.get_subject(restored.subject_id).state == "shredded"

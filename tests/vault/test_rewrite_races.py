@@ -23,6 +23,7 @@ from vault.errors import SubjectShredded
 from vault.storage import Storage, make_engine, migrate
 from vault.storage.tables import RecordRow, SubjectRow
 from vault.usecases.batches import BulkOps, NewRecord
+from vault.usecases.erasure import Erasure
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.rights import RightsService
 from vault.usecases.service import VaultService
@@ -154,7 +155,7 @@ def test_a_write_whose_key_a_rekey_destroyed_seals_again(
     the write reads again (before the fix: KEY_DESTROYED)."""
     sid, _ = consenting_subject(vault)
     ticket = vault.create_record(sid, "support", {"ticket_id": "T-1"}, "support").record_id
-    vault.cache.evict(vault.storage.subject(sid).key_id)
+    vault.crypto.cache.evict(vault.storage.subject(sid).key_id)
     raced = once_before(
         memory_kms, "unwrap", lambda: RightsService(vault).withdraw_consent(sid, "card_storage")
     )
@@ -173,12 +174,12 @@ def test_a_write_whose_key_a_rekey_destroyed_seals_again(
 
 
 def test_a_rekey_racing_a_shred_says_the_subject_was_erased(
-    vault: VaultService, memory_kms: InMemoryKeyManager
+    vault: VaultService, memory_kms: InMemoryKeyManager, erasure: Erasure
 ) -> None:
     """The shred destroys the key between the re-key's read and its decryption: the
     answer is SUBJECT_SHREDDED, not KEY_DESTROYED (nothing was written either way)."""
     sid, _ = consenting_subject(vault)
-    once_before(memory_kms, "create_key", lambda: vault.shred_subject(sid))  # the new key
+    once_before(memory_kms, "create_key", lambda: erasure.shred(sid))  # the new key
 
     with pytest.raises(SubjectShredded):
         RightsService(vault).withdraw_consent(sid, "card_storage")
@@ -251,7 +252,9 @@ def test_move_records_refuses_a_record_changed_since_it_was_read(
     assert storage.record(sid, invoice.record_id) == newer
 
 
-def test_shred_holds_the_last_update_of_a_legal_record(vault: VaultService) -> None:
+def test_shred_holds_the_last_update_of_a_legal_record(
+    vault: VaultService, erasure: Erasure
+) -> None:
     """An update that committed after the shred listed the legal records (possible on
     PostgreSQL before the subject lock) must be what the hold keeps: the move is retried."""
     sid = vault.create_subject().subject_id
@@ -259,7 +262,7 @@ def test_shred_holds_the_last_update_of_a_legal_record(vault: VaultService) -> N
     stored = vault.storage.record(sid, invoice.record_id)
     assert stored is not None
     info = vault.storage.subject(sid)
-    newer = vault.seal(
+    newer = vault.crypto.seal(
         info, invoice.record_id, "billing", {"invoice_number": "INV-2"}, stored.key_scheme, None
     )
 
@@ -272,7 +275,7 @@ def test_shred_holds_the_last_update_of_a_legal_record(vault: VaultService) -> N
             )
 
     once_before(vault.storage, "move_records", late_update)
-    vault.shred_subject(sid)
+    erasure.shred(sid)
 
     held = vault.get_record(sid, invoice.record_id, "accounting")
     assert (held.fields, held.version) == ({"invoice_number": "INV-2"}, 2)
@@ -309,7 +312,7 @@ def test_update_waiting_on_a_rekey_does_not_write_under_the_old_key(
     info = storage.subject(sid)
     current = storage.record(sid, contact)
     assert current is not None
-    sealed = vault.seal(info, contact, "contact", NEW, current.key_scheme, None)
+    sealed = vault.crypto.seal(info, contact, "contact", NEW, current.key_scheme, None)
     rewritten = replace(current, version=2, ciphertext=sealed)
     results: list[bool] = []
 

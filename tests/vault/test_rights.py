@@ -26,6 +26,7 @@ from vault.errors import (
 )
 from vault.storage import Storage
 from vault.usecases.batches import BulkOps, NewRecord
+from vault.usecases.erasure import Erasure
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import REQUEST_KINDS, RightsService
 from vault.usecases.service import VaultService
@@ -79,7 +80,7 @@ def test_restrict_and_lift(vault: VaultService, rights: RightsService, clock: Fa
 
 
 def test_restriction_of_closed_unknown_and_erased_subjects(
-    vault: VaultService, rights: RightsService
+    vault: VaultService, rights: RightsService, erasure: Erasure
 ) -> None:
     sid = vault.create_subject().subject_id
     vault.close_account(sid)
@@ -89,7 +90,7 @@ def test_restriction_of_closed_unknown_and_erased_subjects(
         rights.restrict(UNKNOWN_ID)
     with pytest.raises(InvalidArgument):
         rights.restrict("not-an-id")
-    vault.shred_subject(sid)
+    erasure.shred(sid)
     with pytest.raises(SubjectShredded):
         rights.restrict(sid)
     with pytest.raises(SubjectShredded):
@@ -190,6 +191,7 @@ def test_withdraw_card_consent_destroys_cards_by_rekeying(
     memory_kms: InMemoryKeyManager,
     make_vault: Builder,
     clock: FakeClock,
+    erasure: Erasure,
 ) -> None:
     sid = vault.create_subject().subject_id
     rights.grant_consent(sid, "card_storage")
@@ -248,7 +250,7 @@ def test_withdraw_card_consent_destroys_cards_by_rekeying(
     assert again.records_destroyed == 0
     assert storage.subject(sid).key_id == new.key_id
     # the erasure after it still holds the invoice
-    vault.shred_subject(sid)
+    erasure.shred(sid)
     assert vault.get_record(sid, invoice.record_id, "accounting").fields == {
         "invoice_number": "INV-1"
     }
@@ -315,6 +317,7 @@ def test_withdraw_consent_while_a_bucket_is_being_destroyed(
     memory_kms: InMemoryKeyManager,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
+    erasure: Erasure,
 ) -> None:
     """A retention run interrupted between marking a bucket and destroying its key
     leaves rows nobody may read; a consent withdrawal must not trip over them."""
@@ -336,7 +339,7 @@ def test_withdraw_consent_while_a_bucket_is_being_destroyed(
             memory_kms.unavailable = False
 
     monkeypatch.setattr(memory_kms, "destroy_key", failing_destroy)
-    failed = RetentionJob(vault).run()  # reported, not raised: other actions go on
+    failed = RetentionJob(erasure).run()  # reported, not raised: other actions go on
     assert failed.failures == 1 and failed.actions[0].error == "BACKEND_UNAVAILABLE"
     monkeypatch.setattr(memory_kms, "destroy_key", real_destroy)
     bucket = storage.bucket("expiry:technical_logs:2027-04")
@@ -349,7 +352,7 @@ def test_withdraw_consent_while_a_bucket_is_being_destroyed(
         "email": "ada@example.org"
     }
     # the next run finishes the bucket
-    summary = RetentionJob(vault).run()
+    summary = RetentionJob(erasure).run()
     assert [a.target for a in summary.actions] == ["expiry:technical_logs:2027-04"]
     assert vault.get_subject(sid).record_count == 1
 
@@ -410,7 +413,9 @@ def test_rights_requests_lifecycle(
     assert vault.storage.request(access.request_id) == closed  # unchanged
 
 
-def test_rights_request_errors(vault: VaultService, rights: RightsService) -> None:
+def test_rights_request_errors(
+    vault: VaultService, rights: RightsService, erasure: Erasure
+) -> None:
     sid = vault.create_subject().subject_id
     with pytest.raises(RequestNotFound):
         rights.close_request(UNKNOWN_ID)
@@ -434,7 +439,7 @@ def test_rights_request_errors(vault: VaultService, rights: RightsService) -> No
     # every kind; an erased subject's requests stay on record and can be closed
     kinds = {rights.open_request(sid, kind).kind for kind in sorted(REQUEST_KINDS)}
     assert kinds == REQUEST_KINDS
-    vault.shred_subject(sid)
+    erasure.shred(sid)
     opened = rights.list_requests(sid, open_only=True)
     assert len(opened) == len(REQUEST_KINDS) + 1
     assert rights.close_request(opened[0].request_id).status == "completed"

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.memory_kms import InMemoryKeyManager
+from tests.stack import erasure_of
 from vault.crypto.keycache import DataKeyCache
 from vault.errors import (
     AlreadyExists,
@@ -199,7 +200,7 @@ def test_shred_destroys_key_rows_and_refuses_subject(
     for n in range(3):
         vault.create_record(subject.subject_id, "usage", {"page": f"/{n}"}, "web")
     kept = vault.create_record(other.subject_id, "usage", {"page": "/"}, "web")
-    receipt = vault.shred_subject(subject.subject_id)
+    receipt = erasure_of(vault).shred(subject.subject_id)
     assert receipt.records_deleted == 3
     assert receipt.shredded_at == clock_time
     assert receipt.kms_backend == "memory"
@@ -216,7 +217,7 @@ def test_shred_destroys_key_rows_and_refuses_subject(
         vault.list_records(subject.subject_id, purpose="service")
     assert vault.get_subject(subject.subject_id).state == "shredded"
     # a second shred is OK and returns the same receipt
-    assert vault.shred_subject(subject.subject_id) == receipt
+    assert erasure_of(vault).shred(subject.subject_id) == receipt
     # other subjects are untouched
     assert vault.get_record(other.subject_id, kept.record_id, "service").fields == {"page": "/"}
 
@@ -231,7 +232,7 @@ def test_shred_is_refused_by_another_replica_with_a_warm_cache(
     subject = replica_a.create_subject()
     record = replica_a.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
     replica_b.get_record(subject.subject_id, record.record_id, "service")  # B caches the DEK
-    replica_a.shred_subject(subject.subject_id)
+    erasure_of(replica_a).shred(subject.subject_id)
     with pytest.raises(SubjectShredded):
         replica_b.get_record(subject.subject_id, record.record_id, "service")
 
@@ -244,13 +245,13 @@ def test_shred_interrupted_by_kms_outage_refuses_then_completes_on_retry(
     record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
     memory_kms.unavailable = True
     with pytest.raises(Unavailable):
-        vault.shred_subject(subject.subject_id)
+        erasure_of(vault).shred(subject.subject_id)
     memory_kms.unavailable = False
     # half-done: refused already, key still there
     assert vault.get_subject(subject.subject_id).state == "shredding"
     with pytest.raises(SubjectShredded):
         vault.get_record(subject.subject_id, record.record_id, "service")
-    receipt = vault.shred_subject(subject.subject_id)
+    receipt = erasure_of(vault).shred(subject.subject_id)
     assert receipt.records_deleted == 1
     assert not memory_kms.key_exists(receipt.key_id)
 
@@ -268,11 +269,11 @@ def test_shred_interrupted_after_key_destruction_completes_on_retry(
     def crash(*args: object, **kwargs: object) -> None:
         raise Unavailable("database went away")
 
-    monkeypatch.setattr(storage, "finish_shred", crash)
+    monkeypatch.setattr(storage, "finish_shreds", crash)
     with pytest.raises(Unavailable):
-        vault.shred_subject(subject.subject_id)
+        erasure_of(vault).shred(subject.subject_id)
     monkeypatch.undo()
-    receipt = vault.shred_subject(subject.subject_id)  # key already gone: still completes
+    receipt = erasure_of(vault).shred(subject.subject_id)  # key already gone: still completes
     assert receipt.records_deleted == 1
     assert vault.get_subject(subject.subject_id).state == "shredded"
 
@@ -351,21 +352,21 @@ def test_write_racing_a_shred_leaves_no_row(
     vault = make_vault(storage, memory_kms)
     subject = vault.create_subject()
     record = vault.create_record(subject.subject_id, "contact", {"email": "a@b.c"}, "x")
-    real_dek = vault.subject_dek
+    real_dek = vault.crypto.subject_dek
 
     def dek_then_shred_starts(info, key_version=None):  # type: ignore[no-untyped-def]
         dek = real_dek(info, key_version)
-        storage.mark_shredding(subject.subject_id, datetime.now(UTC))
+        storage.mark_shredding([subject.subject_id], datetime.now(UTC))
         return dek
 
-    monkeypatch.setattr(vault, "subject_dek", dek_then_shred_starts)
+    monkeypatch.setattr(vault.crypto, "subject_dek", dek_then_shred_starts)
     with pytest.raises(SubjectShredded):
         vault.create_record(subject.subject_id, "usage", {"page": "/"}, "web")
     with pytest.raises(SubjectShredded):
         vault.update_record(subject.subject_id, record.record_id, {"email": "b@b.c"}, 1)
     monkeypatch.undo()
     assert storage.record_count(subject.subject_id) == 1
-    assert vault.shred_subject(subject.subject_id).records_deleted == 1
+    assert erasure_of(vault).shred(subject.subject_id).records_deleted == 1
 
 
 def test_largest_record_of_escaped_characters_round_trips(vault: VaultService) -> None:

@@ -28,6 +28,7 @@ from vault.errors import (
 )
 from vault.storage import Storage
 from vault.storage.tables import RecordRow, SupportGrantRow
+from vault.usecases.erasure import Erasure
 from vault.usecases.rights import RightsService
 from vault.usecases.service import VaultService
 from vault.usecases.support import SupportAccess
@@ -84,7 +85,8 @@ def test_overview_without_grant_is_metadata_only(
 ) -> None:
     subject_id, _ = customer(vault, clock)
     vault.create_record(subject_id, "usage", {"page": "/billing"}, "control-panel")
-    vault.cache = type(vault.cache)()  # a cold cache: reading content would need the KMS
+    # A cold cache: reading content would need the KMS.
+    vault.crypto.cache = type(vault.crypto.cache)()
     calls = memory_kms.calls
 
     overview = support.overview(subject_id)
@@ -313,11 +315,15 @@ def test_max_grant_hours_is_configurable(
 
 
 def test_grants_for_an_erased_subject(
-    vault: VaultService, support: SupportAccess, clock: FakeClock, storage: Storage
+    vault: VaultService,
+    support: SupportAccess,
+    clock: FakeClock,
+    storage: Storage,
+    erasure: Erasure,
 ) -> None:
     subject_id, ticket_id = customer(vault, clock)
     grant = support.grant(subject_id, ticket_id, 72, "control-panel")
-    vault.shred_subject(subject_id)
+    erasure.shred(subject_id)
 
     with pytest.raises(SubjectShredded):
         support.grant(subject_id, ticket_id, 1, "control-panel")

@@ -13,7 +13,8 @@ from clients.oubli_v1 import vault_pb2 as pb
 from vault.api.status import status_code_for
 from vault.errors import InvalidArgument, OubliError
 from vault.storage import RightsRequest
-from vault.usecases.service import RecordView, ShredReceipt, SubjectView
+from vault.usecases.erasure import ShredReceipt
+from vault.usecases.service import RecordView, SubjectView
 
 STATE = {
     "active": pb.SUBJECT_STATE_ACTIVE,

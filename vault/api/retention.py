@@ -22,7 +22,7 @@ class RetentionServicer(pb_grpc.RetentionServiceServicer):
     def RunRetention(
         self, request: pb.RunRetentionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RunRetentionResponse]:
-        summary = RetentionSummary(self._job.vault.clock(), request.dry_run)
+        summary = RetentionSummary(self._job.clock(), request.dry_run)
         for action, done, total in self._job.steps(dry_run=request.dry_run):
             summary.actions.append(action)
             yield pb.RunRetentionResponse(

@@ -14,15 +14,15 @@ from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from vault.api.messages import item_error, receipt_message, subject_message
 from vault.clock import Clock
 from vault.errors import OubliError
-from vault.usecases.batches import BulkOps
+from vault.usecases.erasure import Erasure
 from vault.usecases.export import export_chunks, export_json
 from vault.usecases.service import VaultService
 
 
 class SubjectServicer(pb_grpc.SubjectServiceServicer):
-    def __init__(self, vault: VaultService, clock: Clock) -> None:
+    def __init__(self, vault: VaultService, erasure: Erasure, clock: Clock) -> None:
         self._vault = vault
-        self._bulk = BulkOps(vault)
+        self._erasure = erasure
         self._clock = clock
 
     def CreateSubject(
@@ -39,7 +39,7 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
     def ShredSubject(
         self, request: pb.ShredSubjectRequest, context: grpc.ServicerContext
     ) -> pb.ShredSubjectResponse:
-        receipt = self._vault.shred_subject(request.subject_id)
+        receipt = self._erasure.shred(request.subject_id)
         return pb.ShredSubjectResponse(receipt=receipt_message(receipt))
 
     def ExportSubject(
@@ -58,7 +58,7 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
     def BatchShredSubjects(
         self, request: pb.BatchShredSubjectsRequest, context: grpc.ServicerContext
     ) -> pb.BatchShredSubjectsResponse:
-        results = self._bulk.shred_subjects(list(request.subject_ids))
+        results = self._erasure.shred_many(list(request.subject_ids))
         return pb.BatchShredSubjectsResponse(
             results=[
                 pb.ShredResult(subject_id=subject_id, error=item_error(result))

@@ -183,7 +183,7 @@ def reconcile(
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
 ) -> None:
     """After restoring a KMS backup: destroy again every key in the shred ledger."""
-    from vault.app.server import build_vault
+    from vault.app.server import build_erasure, build_vault
 
     config = _config(
         data_dir=data_dir,
@@ -194,8 +194,7 @@ def reconcile(
         vault_mount=vault_mount,
     )
     try:
-        vault = build_vault(config)
-        checked = vault.reconcile_shreds()
+        checked = build_erasure(config, build_vault(config)).reconcile()
     except (OubliError, CatalogError, KmsError, OpenToOthers) as e:
         raise _fail("reconcile failed:", e) from None
     print(f"{checked} shredded keys confirmed destroyed")

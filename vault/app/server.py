@@ -47,10 +47,12 @@ from vault.audit.recorder import AuditRecorder
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
+from vault.crypto.record_crypto import RecordCrypto
 from vault.errors import Unavailable
 from vault.private_files import make_private_dir, tighten, write_private
 from vault.storage import Storage, make_engine, migrate
 from vault.storage.bearer_tokens import BearerTokenRepository
+from vault.usecases.erasure import Erasure
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
@@ -128,13 +130,28 @@ def open_database(config: ServerConfig) -> Engine:
 
 
 def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
-    return VaultService(
-        Storage(open_database(config)),
+    """The domain over ``config``'s database and KMS, records sealed through one
+    RecordCrypto (its DEK cache sized by the configuration)."""
+    storage = Storage(open_database(config))
+    crypto = RecordCrypto(
+        storage,
         build_kms(config),
-        Catalog.load(config.catalog_path),
-        tenant=config.tenant,
         cache=DataKeyCache(config.cache_entries, config.cache_ttl_seconds),
         clock=clock,
+    )
+    return VaultService(
+        storage, crypto, Catalog.load(config.catalog_path), tenant=config.tenant, clock=clock
+    )
+
+
+def build_erasure(config: ServerConfig, vault: VaultService) -> Erasure:
+    """Erasure over ``vault``'s database, keys and catalog; its receipts count the
+    configured KMS backup retention."""
+    return Erasure(
+        vault.storage,
+        vault.crypto,
+        vault.catalog,
+        clock=vault.clock,
         kms_backup_retention=timedelta(days=config.kms_backup_retention_days),
     )
 
@@ -155,7 +172,7 @@ class RunningServer:
         if self.metrics is not None:
             self.metrics.stop()
         self.audit.stop()
-        self.vault.kms.close()
+        self.vault.crypto.kms.close()
         self.vault.storage.engine.dispose()
 
 
@@ -204,7 +221,7 @@ def start_server(
     vault = vault or build_vault(config, clock)
     audit = audit or AuditRecorder.build(
         vault.storage,
-        vault.kms,
+        vault.crypto.kms,
         vault.clock,
         vault.catalog,
         timedelta(seconds=config.audit_full_verify_seconds),
@@ -220,12 +237,13 @@ def start_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, clock), server)
+    erasure = build_erasure(config, vault)
+    pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, erasure, clock), server)
     pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
     pb_grpc.add_RightsServiceServicer_to_server(
         RightsServicer(RightsService(vault), audit.audit), server
     )
-    pb_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(RetentionJob(vault)), server)
+    pb_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(RetentionJob(erasure)), server)
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit.audit), server)
     pb_grpc.add_LookupServiceServicer_to_server(LookupServicer(SubjectFinder(vault)), server)
     pb_grpc.add_SupportServiceServicer_to_server(SupportServicer(SupportAccess(vault)), server)
@@ -287,7 +305,7 @@ def start_metrics(config: ServerConfig, vault: VaultService) -> MetricsServer | 
     if address is None:
         return None
     try:
-        return start_metrics_server(build_registry(vault.kms, vault.cache), *address)
+        return start_metrics_server(build_registry(vault.crypto.kms, vault.crypto.cache), *address)
     except OSError as e:  # taken, not a local address, or a host name that does not resolve
         raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e
 
@@ -298,7 +316,7 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
     log.info(
         "serving",
         port=running.port,
-        kms=running.vault.kms.backend_name,
+        kms=running.vault.crypto.kms.backend_name,
         database=running.vault.storage.engine.dialect.name,
         pid=os.getpid(),
         **({"metrics_port": running.metrics.port} if running.metrics else {}),

@@ -3,11 +3,13 @@ ledger), due erasures."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import (
+    Connection,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -15,13 +17,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
 
-from vault.errors import SubjectNotFound
 from vault.storage.base import Repository
 from vault.storage.engine import sqlite_writer
 from vault.storage.rows import Receipt, receipt_of
-from vault.storage.statements import KEY_LEDGER, SHRED_RECEIPTS, add_to_key_ledger, chunks
+from vault.storage.statements import KEY_LEDGER, SHRED_RECEIPTS, SUBJECTS, chunks
 from vault.storage.tables import (
     KeyLedgerRow,
     RecordRow,
@@ -35,11 +35,9 @@ class ErasureRepository(Repository):
     """Erasure: shredding marks, the finish transaction (state, legal hold, receipt, key
     ledger), due erasures."""
 
-    def mark_shredding(self, subject_id: str, now: datetime) -> None:
-        self.mark_shredding_many((subject_id,), now)
-
-    def mark_shredding_many(self, subject_ids: Collection[str], now: datetime) -> None:
-        """:meth:`mark_shredding` for many subjects, in one transaction."""
+    def mark_shredding(self, subject_ids: Collection[str], now: datetime) -> None:
+        """Mark the writable ones among ``subject_ids`` ``shredding``, in one transaction:
+        from its commit, every replica refuses them."""
         with self._session() as s:
             for chunk in chunks(sorted(set(subject_ids))):
                 s.execute(
@@ -67,36 +65,34 @@ class ErasureRepository(Repository):
                 found.update(c.execute(query).scalars())
         return found
 
-    def finish_shred(
+    def finish_shreds(
         self,
-        subject_id: str,
+        subject_ids: Collection[str],
         kms_backend: str,
         now: datetime,
-        hold_bucket_id: str | None = None,
-        hold_until: datetime | None = None,
-    ) -> Receipt:
-        """Delete what may go, keep what is held, forget the wrapped DEK, write the
-        receipt and the key ledger: one transaction."""
-        with self._session() as s:
-            return self._finish_shred(s, subject_id, kms_backend, now, hold_bucket_id, hold_until)
-
-    def finish_shreds(
-        self, subject_ids: Sequence[str], kms_backend: str, now: datetime
+        holds: Mapping[str, tuple[str, datetime]] | None = None,
     ) -> dict[str, Receipt]:
-        """:meth:`finish_shred` for many subjects whose keys are destroyed and who hold
-        nothing under a legal hold: one transaction of set-wide statements (a few per
-        500 subjects, not a few per subject). A subject found holding records after all
-        is finished one by one, in the same transaction."""
+        """Finish the erasure of subjects whose keys are destroyed: one transaction of
+        set-wide statements (a few per 500 subjects, not a few per subject).
+
+        Per subject: every record not under a legal hold is deleted, the wrapped DEK
+        forgotten, the receipt and the key ledger written; the subject becomes ``held``
+        when held records remain — until the hold bucket ``holds`` names for it
+        (bucket id, destroy_at) — else ``shredded``. A subject finished already keeps
+        its receipt; an unknown one is left out of the result.
+        """
+        holds = holds or {}
         receipts: dict[str, Receipt] = {}
         with sqlite_writer(self.engine), self._session() as s:
             c = s.connection()
             if c.dialect.name == "sqlite":
                 c.exec_driver_sql("BEGIN IMMEDIATE")
-            for chunk in chunks(list(dict.fromkeys(subject_ids))):
+            for chunk in chunks(sorted(set(subject_ids))):
                 keys = dict(
                     c.execute(
                         select(SubjectRow.subject_id, SubjectRow.key_id)
                         .where(SubjectRow.subject_id.in_(chunk))
+                        .order_by(SubjectRow.subject_id)
                         .with_for_update()
                     ).all()
                 )
@@ -105,120 +101,109 @@ class ErasureRepository(Repository):
                 ):
                     receipts[row.subject_id] = receipt_of(row)
                 todo = [sid for sid in chunk if sid in keys and sid not in receipts]
-                counts = dict(
-                    c.execute(
-                        select(RecordRow.subject_id, func.count())
-                        .where(RecordRow.subject_id.in_(todo))
-                        .group_by(RecordRow.subject_id)
-                    ).all()
-                )
-                held = set(
-                    c.execute(
-                        select(RecordRow.subject_id)
-                        .where(RecordRow.subject_id.in_(todo), RecordRow.key_scheme == SCHEME_HOLD)
-                        .distinct()
-                    ).scalars()
-                )
-                for sid in held:  # not expected here; the full path handles it
-                    receipts[sid] = self._finish_shred(s, sid, kms_backend, now)
-                todo = [sid for sid in todo if sid not in held]
-                if not todo:
-                    continue
-                c.execute(delete(RecordRow).where(RecordRow.subject_id.in_(todo)))
-                made = [
-                    Receipt(sid, keys[sid], kms_backend, int(counts.get(sid, 0)), now, 0, None)
-                    for sid in todo
-                ]
-                c.execute(
-                    insert(SHRED_RECEIPTS),
-                    [
-                        {
-                            "subject_id": r.subject_id,
-                            "key_id": r.key_id,
-                            "kms_backend": r.kms_backend,
-                            "records_deleted": r.records_deleted,
-                            "shredded_at": now,
-                            "records_retained": 0,
-                            "retained_until": None,
-                        }
-                        for r in made
-                    ],
-                )
-                ledgered = set(
-                    c.execute(
-                        select(KeyLedgerRow.key_id).where(
-                            KeyLedgerRow.key_id.in_([keys[sid] for sid in todo])
-                        )
-                    ).scalars()
-                )
-                rows = [
-                    {"key_id": keys[sid], "kind": "subject", "recorded_at": now, "subject_id": sid}
-                    for sid in todo
-                    if keys[sid] not in ledgered
-                ]
-                if rows:
-                    c.execute(insert(KEY_LEDGER), rows)
-                c.execute(
-                    update(SubjectRow)
-                    .where(SubjectRow.subject_id.in_(todo))
-                    .values(
-                        state=SHREDDED,
-                        hold_bucket_id=None,
-                        hold_until=None,
-                        wrapped_dek=None,
-                        scheduled_shred_at=None,
-                        updated_at=now,
-                    )
-                )
-                receipts.update({r.subject_id: r for r in made})
+                if todo:
+                    receipts.update(self._finish(c, todo, keys, kms_backend, now, holds))
         return receipts
 
-    def _finish_shred(
-        self,
-        s: Session,
-        subject_id: str,
+    @staticmethod
+    def _finish(
+        c: Connection,
+        todo: Sequence[str],
+        keys: Mapping[str, str],
         kms_backend: str,
         now: datetime,
-        hold_bucket_id: str | None = None,
-        hold_until: datetime | None = None,
-    ) -> Receipt:
-        row = s.get(SubjectRow, subject_id, with_for_update=True)
-        if row is None:
-            raise SubjectNotFound("subject not found", subject_id=subject_id)
-        existing = s.get(ShredReceiptRow, subject_id)
-        if existing is not None:
-            return receipt_of(existing)
-        deleted = s.execute(
+        holds: Mapping[str, tuple[str, datetime]],
+    ) -> list[tuple[str, Receipt]]:
+        """:meth:`finish_shreds` for one chunk of unfinished subjects (``keys``: their
+        key ids), inside the caller's transaction."""
+        deleted = dict.fromkeys(todo, 0)
+        retained = dict.fromkeys(todo, 0)
+        for sid, scheme, count in c.execute(
+            select(RecordRow.subject_id, RecordRow.key_scheme, func.count())
+            .where(RecordRow.subject_id.in_(todo))
+            .group_by(RecordRow.subject_id, RecordRow.key_scheme)
+        ):
+            counts = retained if scheme == SCHEME_HOLD else deleted
+            counts[sid] += int(count)
+        c.execute(
             delete(RecordRow).where(
-                RecordRow.subject_id == subject_id, RecordRow.key_scheme != SCHEME_HOLD
+                RecordRow.subject_id.in_(todo), RecordRow.key_scheme != SCHEME_HOLD
             )
         )
-        retained = int(
-            s.scalar(
-                select(func.count())
-                .select_from(RecordRow)
-                .where(RecordRow.subject_id == subject_id)
+        made = [
+            Receipt(
+                sid,
+                keys[sid],
+                kms_backend,
+                deleted[sid],
+                now,
+                retained[sid],
+                holds[sid][1] if retained[sid] and sid in holds else None,
             )
-            or 0
+            for sid in todo
+        ]
+        c.execute(
+            insert(SHRED_RECEIPTS),
+            [
+                {
+                    "subject_id": r.subject_id,
+                    "key_id": r.key_id,
+                    "kms_backend": r.kms_backend,
+                    "records_deleted": r.records_deleted,
+                    "shredded_at": r.shredded_at,
+                    "records_retained": r.records_retained,
+                    "retained_until": r.retained_until,
+                }
+                for r in made
+            ],
         )
-        receipt = ShredReceiptRow(
-            subject_id=subject_id,
-            key_id=row.key_id,
-            kms_backend=kms_backend,
-            records_deleted=int(getattr(deleted, "rowcount", 0) or 0),
-            shredded_at=now,
-            records_retained=retained,
-            retained_until=hold_until if retained else None,
+        ledgered = set(
+            c.execute(
+                select(KeyLedgerRow.key_id).where(
+                    KeyLedgerRow.key_id.in_([keys[sid] for sid in todo])
+                )
+            ).scalars()
         )
-        s.add(receipt)
-        add_to_key_ledger(s, row.key_id, "subject", now, subject_id)
-        row.state = HELD if retained else SHREDDED
-        row.hold_bucket_id = hold_bucket_id if retained else None
-        row.hold_until = hold_until if retained else None
-        row.wrapped_dek = None
-        row.scheduled_shred_at = None
-        row.updated_at = now
-        return receipt_of(receipt)
+        ledger = [
+            {"key_id": keys[sid], "kind": "subject", "recorded_at": now, "subject_id": sid}
+            for sid in todo
+            if keys[sid] not in ledgered
+        ]
+        if ledger:
+            c.execute(insert(KEY_LEDGER), ledger)
+        erased = {
+            "wrapped_dek": None,
+            "scheduled_shred_at": None,
+            "updated_at": now,
+        }
+        shredded = [sid for sid in todo if not retained[sid]]
+        if shredded:
+            c.execute(
+                update(SUBJECTS)
+                .where(SUBJECTS.c.subject_id.in_(shredded))
+                .values(state=SHREDDED, hold_bucket_id=None, hold_until=None, **erased)
+            )
+        held = [sid for sid in todo if retained[sid]]
+        if held:
+            c.execute(
+                update(SUBJECTS)
+                .where(SUBJECTS.c.subject_id == bindparam("held_subject"))
+                .values(
+                    state=HELD,
+                    hold_bucket_id=bindparam("held_bucket"),
+                    hold_until=bindparam("held_until"),
+                    **erased,
+                ),
+                [
+                    {
+                        "held_subject": sid,
+                        "held_bucket": holds[sid][0] if sid in holds else None,
+                        "held_until": holds[sid][1] if sid in holds else None,
+                    }
+                    for sid in held
+                ],
+            )
+        return [(r.subject_id, r) for r in made]
 
     def receipt(self, subject_id: str) -> Receipt | None:
         with self._session() as s:

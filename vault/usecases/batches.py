@@ -1,30 +1,27 @@
-"""Batch operations across many subjects: put, get and shred.
+"""Batch put and get of records across many subjects (batch shred: vault.usecases.erasure).
 
-A billing run touches thousands of customers at once and a retention job shreds in
-bulk; one call per record would spend most of its time in round trips. Each batch:
+A billing run touches thousands of customers at once; one call per record would spend
+most of its time in round trips. Each batch:
 
 - reads every subject it names in one query and every record in one more;
 - unwraps the DEKs of cold subjects together before any decryption
-  (:meth:`kms.base.KeyManager.unwrap_many`), so cached subjects cost no KMS call and
-  cold ones are unwrapped side by side instead of one after the other;
-- notes what each subject's items touched (:meth:`vault.access.caller_scope.AccessNote.item`), which
-  the audit trail writes as one entry per subject.
+  (:meth:`vault.crypto.record_crypto.RecordCrypto.warm`), so cached subjects cost no
+  KMS call and cold ones are unwrapped side by side instead of one after the other;
+- notes what each subject's items touched (:meth:`vault.access.caller_scope.AccessNote.item`),
+  which the audit trail writes as one entry per subject.
 
-Puts are atomic (one transaction: all records or none); gets and shreds succeed or
-fail item by item, in request order, like the unary call would for that item.
+Puts are atomic (one transaction: all records or none); gets succeed or fail item by
+item, in request order, like the unary call would for that item.
 """
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kms.base import KmsError
 from vault.access import caller_scope
-from vault.catalog import Cardinality, Category, RetentionKind
+from vault.catalog import Cardinality, Category
 from vault.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -32,9 +29,7 @@ from vault.errors import (
     OubliError,
     RecordNotFound,
     SubjectNotFound,
-    SubjectShredded,
     Unavailable,
-    kms_error,
 )
 from vault.ids import check_id
 from vault.limits import check_fields, check_origin
@@ -45,14 +40,11 @@ from vault.usecases.purpose_check import (
     authorize_write,
     refuse_if_restricted,
 )
-from vault.usecases.service import RecordView, ShredReceipt, VaultService
-from vault.vocabulary import SCHEME_SUBJECT, SHREDDING, WRITABLE
+from vault.usecases.service import RecordView, VaultService, record_view
+from vault.usecases.writable import rekeyed_since, writable
 
 #: Most items in one batch call (records for put/get, subjects for shred).
 MAX_BATCH_ITEMS = 1000
-
-#: Subjects shredded side by side in one batch (each shred waits mostly on the KMS).
-SHRED_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,36 +98,10 @@ def _failed(
 
 
 class BulkOps:
-    """Batch put, get and shred over a :class:`~vault.usecases.service.VaultService`."""
+    """Batch put and get over a :class:`~vault.usecases.service.VaultService`."""
 
-    def __init__(self, vault: VaultService, *, shred_workers: int = SHRED_WORKERS) -> None:
+    def __init__(self, vault: VaultService) -> None:
         self.vault = vault
-        self._shred_workers = shred_workers
-
-    # --- keys ---------------------------------------------------------------------------
-
-    def warm_keys(self, infos: Sequence[SubjectKeyInfo]) -> None:
-        """Unwrap the DEKs of the cold subjects among ``infos`` in one KMS batch.
-
-        Failures are left for the item that needs the key: it tries again alone and
-        gets the error the unary call would have got.
-        """
-        cache = self.vault.cache
-        cold: dict[str, SubjectKeyInfo] = {}
-        for info in infos:
-            if info.wrapped_dek is not None and cache.get(info.key_id, info.key_version) is None:
-                cold[info.key_id] = info
-        if not cold:
-            return
-        try:
-            results = self.vault.kms.unwrap_many(
-                [(i.key_id, i.wrapped_dek or b"") for i in cold.values()]
-            )
-        except KmsError:  # the KMS is down: each item reports it
-            return
-        for info, result in zip(cold.values(), results, strict=True):
-            if isinstance(result, bytes):
-                cache.put(info.key_id, info.key_version, result)
 
     # --- put ----------------------------------------------------------------------------
 
@@ -191,53 +157,18 @@ class BulkOps:
                     info = infos.get(item.subject_id)
                     if info is None:
                         raise SubjectNotFound("subject not found", subject_id=item.subject_id)
-                    if info.state not in WRITABLE or info.wrapped_dek is None:
-                        raise SubjectShredded("the subject was erased", subject_id=info.subject_id)
-                    authorize_write(spec, info)
+                    authorize_write(spec, writable(info))
                     refuse_if_restricted(info)
-                self.warm_keys(list(infos.values()))
+                vault.crypto.warm(list(infos.values()))
                 now = vault.clock()
                 for index, (item, spec, fields, origin, singleton) in enumerate(checked):
                     info = infos[item.subject_id]
-                    scheme, bucket_id, retain_until = vault.placement(spec, now)
-                    record_id = record_ids[index]
-                    ciphertext = vault.seal(
-                        info, record_id, item.category, fields, scheme, bucket_id
-                    )
-                    rows.append(
-                        (
-                            StoredRecord(
-                                item.subject_id,
-                                record_id,
-                                item.category,
-                                1,
-                                ciphertext,
-                                origin,
-                                now,
-                                now,
-                                scheme,
-                                bucket_id,
-                                retain_until,
-                            ),
-                            singleton,
-                        )
-                    )
-                    views.append(
-                        RecordView(
-                            item.subject_id,
-                            record_id,
-                            item.category,
-                            fields,
-                            1,
-                            origin,
-                            now,
-                            now,
-                            retain_until,
-                        )
-                    )
+                    stored = vault.new_record(info, spec, record_ids[index], fields, origin, now)
+                    rows.append((stored, singleton))
+                    views.append(record_view(stored, fields))
             except OubliError as e:
                 sid = checked[index].item.subject_id
-                if isinstance(e, KeyDestroyedError) and vault.rekeyed_since(infos[sid]):
+                if isinstance(e, KeyDestroyedError) and rekeyed_since(vault.storage, infos[sid]):
                     continue  # a re-key destroyed the key just read: seal again
                 failed = at_index(e, "requests", index)
                 if note is not None:  # that subject's entry names the item's reason
@@ -298,7 +229,7 @@ class BulkOps:
                 allowed.append((index, info, found))
             except OubliError as e:
                 results[index] = _failed(note, read, e)
-        self.warm_keys([info for _, info, _ in allowed])
+        vault.crypto.warm([info for _, info, _ in allowed])
         for index, info, found in allowed:
             read = reads[index]
             try:
@@ -314,117 +245,3 @@ class BulkOps:
         done = [r for r in results if r is not None]
         assert len(done) == len(reads)  # every item got its record or its error
         return done
-
-    # --- shred --------------------------------------------------------------------------
-
-    def shred_subjects(self, subject_ids: Sequence[str]) -> list[ShredReceipt | OubliError]:
-        """Shred each subject as ShredSubject would; per subject, in request order, its
-        receipt or its error. One failure stops nothing.
-
-        The common case goes in three steps for the whole batch: mark every writable
-        subject ``shredding`` (one transaction: from then on every replica refuses
-        them), destroy their keys (the KMS calls, 8 at a time), then delete their
-        records and write receipts and key ledger (one transaction). Subjects with
-        records a law requires to keep, or already erased, take the unary path (which
-        also completes an interrupted shred); so does a subject whose key could not be
-        destroyed — it stays ``shredding``, refused, until a retry completes it.
-        """
-        check_batch("subject_ids", len(subject_ids))
-        if len(set(subject_ids)) != len(subject_ids):
-            raise InvalidArgument("subject_ids", "a subject id appears twice")
-        vault = self.vault
-        note = caller_scope.current_note()
-        results: dict[str, ShredReceipt | OubliError] = {}
-        valid: list[str] = []
-        for subject_id in subject_ids:
-            try:
-                valid.append(check_id("subject_id", subject_id))
-            except OubliError as e:
-                results[subject_id] = e
-        infos = vault.storage.subjects(valid)
-        for subject_id in valid:
-            if subject_id not in infos:
-                results[subject_id] = SubjectNotFound("subject not found", subject_id=subject_id)
-        # Marked first, checked for held records after: a record written between the
-        # two would otherwise escape its legal hold (a shredding subject takes none).
-        marked = [sid for sid, info in infos.items() if info.state in WRITABLE]
-        vault.storage.mark_shredding_many(marked, vault.clock())
-        legal = [
-            name
-            for name, spec in vault.catalog.categories.items()
-            if spec.retention.kind is RetentionKind.LEGAL_HOLD
-        ]
-        held = vault.storage.subjects_with_records(marked, legal, SCHEME_SUBJECT)
-        # Read again: a re-key that committed just before the mark moved a subject to a
-        # new key, and that is the key to destroy. From here on keys cannot change.
-        infos.update(vault.storage.subjects(marked))
-        fast = [sid for sid in marked if sid not in held and infos[sid].state == SHREDDING]
-        slow = [sid for sid in infos if sid not in fast]
-        destroyed = self._destroy_keys([infos[sid] for sid in fast], results)
-        if destroyed:
-            try:
-                receipts = vault.storage.finish_shreds(
-                    destroyed, vault.kms.backend_name, vault.clock()
-                )
-                for sid, receipt in receipts.items():
-                    results[sid] = vault.receipt_view(receipt)
-            except OubliError as e:  # all stay shredding (refused); a retry completes them
-                results.update(dict.fromkeys(destroyed, e))
-        self._shred_each(slow, results)
-        for subject_id, result in results.items():
-            if note is not None:
-                item = note.item(subject_id)
-                if isinstance(result, OubliError) and item.outcome is None:
-                    item.outcome = result.reason
-        return [results[subject_id] for subject_id in subject_ids]
-
-    def _destroy_keys(
-        self, infos: Sequence[SubjectKeyInfo], results: dict[str, ShredReceipt | OubliError]
-    ) -> list[str]:
-        """Destroy the subjects' keys, several at a time; the subjects whose key is gone."""
-        vault = self.vault
-
-        def destroy(info: SubjectKeyInfo) -> KmsError | None:
-            vault.cache.evict(info.key_id)
-            try:
-                vault.kms.destroy_key(info.key_id)
-            except KmsError as e:
-                return e
-            return None
-
-        if not infos:
-            return []
-        workers = max(1, min(self._shred_workers, len(infos)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="oubli-shred") as pool:
-            errors = list(pool.map(destroy, infos))
-        done = []
-        for info, error in zip(infos, errors, strict=True):
-            if error is None:
-                done.append(info.subject_id)
-            else:
-                results[info.subject_id] = kms_error(error)
-        return done
-
-    def _shred_each(
-        self, subject_ids: Sequence[str], results: dict[str, ShredReceipt | OubliError]
-    ) -> None:
-        """The unary shred for each subject, several at a time."""
-
-        def shred(subject_id: str) -> ShredReceipt | OubliError:
-            try:
-                return self.vault.shred_subject(subject_id)
-            except OubliError as e:
-                return e
-
-        if not subject_ids:
-            return
-        workers = max(1, min(self._shred_workers, len(subject_ids)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="oubli-shred") as pool:
-            # Each task runs in a copy of this call's context: the caller's rule and
-            # access note follow it onto the pool thread.
-            futures = [
-                pool.submit(contextvars.copy_context().run, shred, subject_id)
-                for subject_id in subject_ids
-            ]
-            for subject_id, future in zip(subject_ids, futures, strict=True):
-                results[subject_id] = future.result()

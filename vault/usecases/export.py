@@ -117,7 +117,8 @@ def export_chunks(
             page = vault.storage.records_page(subject_id, name, after, page_size)
             if not page:
                 break
-            lines = [_record_line(stored, fields) for stored, fields in vault.open_page(info, page)]
+            opened = vault.crypto.open_page(info, page)
+            lines = [_record_line(stored, fields) for stored, fields in opened]
             pending.append(("\n" if first else ",\n") + ",\n".join(lines))
             first = False
             after = page[-1].record_id

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from vault.catalog import RetentionKind
+from vault.crypto.key_destruction import destroy_key
 from vault.errors import OubliError
-from vault.usecases.batches import MAX_BATCH_ITEMS, BulkOps
-from vault.usecases.service import VaultService
+from vault.usecases.batches import MAX_BATCH_ITEMS
+from vault.usecases.erasure import Erasure
 
 ERASE_SUBJECT = "erase_subject"
 DESTROY_BUCKET = "destroy_bucket"
@@ -64,18 +64,19 @@ class RetentionSummary:
 
 
 class RetentionJob:
-    def __init__(self, vault: VaultService) -> None:
-        self.vault = vault
+    """Erasures and bucket destructions that are due, over :class:`Erasure`'s storage,
+    keys and clock."""
+
+    def __init__(self, erasure: Erasure) -> None:
+        self.erasure = erasure
+        self.storage = erasure.storage
+        self.clock = erasure.clock
 
     def plan(self, now: datetime) -> list[RetentionAction]:
         """What is due at ``now`` (the dry run's answer)."""
-        storage = self.vault.storage
+        storage = self.storage
         actions = []
-        held = [
-            name
-            for name, spec in self.vault.catalog.categories.items()
-            if spec.retention.kind is RetentionKind.LEGAL_HOLD
-        ]
+        held = list(self.erasure.catalog.legal_hold_categories)
         # Only what the erasure deletes: legal-hold records are kept (its receipt's
         # records_deleted), so the dry run announces what the run does.
         for subject_id, due, count in storage.due_erasures(now, held):
@@ -88,13 +89,13 @@ class RetentionJob:
         return actions
 
     def run(self, *, dry_run: bool = False) -> RetentionSummary:
-        summary = RetentionSummary(self.vault.clock(), dry_run)
+        summary = RetentionSummary(self.clock(), dry_run)
         summary.actions.extend(action for action, _done, _total in self.steps(dry_run=dry_run))
         return summary
 
     def steps(self, *, dry_run: bool = False) -> Iterator[tuple[RetentionAction, int, int]]:
         """Carry out the due actions one by one; yields (action, done, total) after each."""
-        planned = self.plan(self.vault.clock())
+        planned = self.plan(self.clock())
         if dry_run:
             for done, action in enumerate(planned, 1):
                 yield action, done, len(planned)
@@ -107,10 +108,9 @@ class RetentionJob:
         # their keys are destroyed side by side, one transaction finishes them. One
         # failing subject must not stop every other expiry: it is reported, and stays
         # refused until the next run completes it.
-        bulk = BulkOps(self.vault)
         for start in range(0, len(subjects), MAX_BATCH_ITEMS):
             chunk = subjects[start : start + MAX_BATCH_ITEMS]
-            results = bulk.shred_subjects([action.target for action in chunk])
+            results = self.erasure.shred_many([action.target for action in chunk])
             for action, result in zip(chunk, results, strict=True):
                 done += 1
                 if isinstance(result, OubliError):
@@ -118,7 +118,7 @@ class RetentionJob:
                 else:
                     yield replace(action, records=result.records_deleted), done, total
         # Erasures may have made hold buckets that are already due: look again.
-        buckets = self.vault.storage.due_buckets(self.vault.clock())
+        buckets = self.storage.due_buckets(self.clock())
         total = done + len(buckets)
         for bucket in buckets:
             done += 1
@@ -129,11 +129,12 @@ class RetentionJob:
                 yield replace(failed, error=e.reason), done, total
 
     def _destroy_bucket(self, bucket_id: str, due_at: datetime) -> RetentionAction:
-        storage = self.vault.storage
+        storage = self.storage
         bucket = storage.bucket(bucket_id)
         assert bucket is not None
         storage.mark_bucket_destroying(bucket_id)
-        self.vault.buckets.forget(bucket)
-        self.vault.destroy_key(bucket.key_id)
-        records, _subjects = storage.finish_bucket(bucket_id, self.vault.clock())
+        crypto = self.erasure.crypto
+        crypto.buckets.forget(bucket)
+        destroy_key(crypto, bucket.key_id)
+        records, _subjects = storage.finish_bucket(bucket_id, self.clock())
         return RetentionAction(DESTROY_BUCKET, bucket_id, due_at, records)

@@ -1,6 +1,6 @@
 """Data-subject rights beyond read and write: restriction, objection, consent, requests.
 
-Erasure is VaultService.shred_subject, rectification VaultService.update_record,
+Erasure is vault.usecases.erasure, rectification VaultService.update_record,
 portability and access vault.usecases.export.
 """
 
@@ -13,6 +13,7 @@ from datetime import timedelta
 from vault.errors import FailedPrecondition, InvalidArgument, RequestNotFound
 from vault.ids import check_id, new_id
 from vault.storage import RightsRequest, SubjectFlags, SubjectKeyInfo
+from vault.usecases.rekey import Rekeying
 from vault.usecases.service import SubjectView, VaultService
 
 REQUEST_KINDS = frozenset(
@@ -30,6 +31,7 @@ class WithdrawalResult:
 class RightsService:
     def __init__(self, vault: VaultService) -> None:
         self.vault = vault
+        self._rekeying = Rekeying(vault.storage, vault.crypto, clock=vault.clock)
 
     def _change(
         self, subject_id: str, change: Callable[[SubjectKeyInfo], SubjectFlags]
@@ -114,15 +116,15 @@ class RightsService:
             # Nothing to withdraw and nothing stored under it (a writer that checked the
             # consent before it was withdrawn met that withdrawal's re-key). A retry
             # after a failed key destruction still destroys the retired key.
-            self.vault.destroy_retired_keys(subject_id)
+            self._rekeying.destroy_retired_keys(subject_id)
             return WithdrawalResult(self.vault.get_subject(subject_id), 0)
         # Data depends on this consent: the subject moves to a new key, even when it
         # holds no such record now. A record being written at this moment was
         # sealed under the old key, so it either is in the set the re-key drops or is
         # refused for its stale key and then for the missing consent; and a retried
         # withdrawal destroys any retired key left from an earlier attempt.
-        destroyed = self.vault.rekey(subject_id, bound, withdrawn_consent=name)
-        self.vault.destroy_retired_keys(subject_id)
+        destroyed = self._rekeying.rekey(subject_id, bound, withdrawn_consent=name)
+        self._rekeying.destroy_retired_keys(subject_id)
         return WithdrawalResult(self.vault.get_subject(subject_id), destroyed)
 
     # --- requests -------------------------------------------------------------------

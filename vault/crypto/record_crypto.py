@@ -1,0 +1,206 @@
+"""Record cryptography: subject keys, the record key of each scheme, sealing and opening.
+
+A record is sealed (vault.crypto.envelope) under the key its scheme names:
+
+- ``subject``: the subject's DEK;
+- ``expiry``: HKDF of the subject's and the expiry bucket's DEKs (destroying either
+  destroys the record);
+- ``hold``: HKDF of the hold bucket's DEK alone (legally kept after an erasure).
+
+DEKs come from the in-process cache when possible (zero KMS calls), else one unwrap;
+a batch unwraps its cold subjects' DEKs together (:meth:`RecordCrypto.warm`). Nothing
+here decides who may read: the use cases check the subject's state and the purpose
+first. Sealing and opening note the category and field names for the call's audit
+entry (vault.access.caller_scope).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kms.base import DataKey, KeyManager, KmsError
+from vault.access import caller_scope
+from vault.clock import Clock, utc_now
+from vault.crypto.bucket_keys import BucketKeys, expiry_record_key, hold_record_key
+from vault.crypto.envelope import RecordCipher, RecordPlace, decode_fields, key_version_of
+from vault.crypto.keycache import DataKeyCache
+from vault.errors import IntegrityFailure, KeyDestroyedError, kms_error
+from vault.ids import RandomBytes, new_id
+from vault.storage import RecordLike, Storage, SubjectKeyInfo
+from vault.vocabulary import SCHEME_HOLD, SCHEME_SUBJECT
+
+
+class RecordCrypto:
+    """Subject keys and records' envelopes, over the KMS and the shared DEK cache."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        kms: KeyManager,
+        *,
+        cache: DataKeyCache | None = None,
+        clock: Clock = utc_now,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
+        self.kms = kms
+        self.cache = cache if cache is not None else DataKeyCache()
+        self.buckets = BucketKeys(storage, kms, self.cache, clock, random_bytes, kms_error)
+        self._random_bytes = random_bytes
+        self._cipher = RecordCipher(random_bytes)
+
+    # --- subject keys ---------------------------------------------------------------
+
+    def new_subject_key(self) -> tuple[str, DataKey]:
+        """A new KMS key (random id, unrelated to the subject id) and its first DEK;
+        nothing is left in the KMS when either step fails."""
+        key_id = new_id(self._random_bytes)
+        try:
+            self.kms.create_key(key_id)
+            return key_id, self.kms.generate_data_key(key_id)
+        except KmsError as e:
+            self.discard_key(key_id)
+            raise kms_error(e) from e
+
+    def discard_key(self, key_id: str) -> None:
+        """Destroy a key no stored row points at, best effort: an unused key protects
+        nothing (a key that protected data goes through vault.crypto.key_destruction)."""
+        with contextlib.suppress(KmsError):
+            self.kms.destroy_key(key_id)
+
+    def subject_dek(self, info: SubjectKeyInfo, key_version: int | None = None) -> bytes:
+        """The subject's DEK of ``key_version`` (default: the current one)."""
+        version = info.key_version if key_version is None else key_version
+        cached = self.cache.get(info.key_id, version)
+        if cached is not None:
+            return cached
+        if version != info.key_version or info.wrapped_dek is None:
+            raise IntegrityFailure("ciphertext names a key version the subject does not have")
+        try:
+            dek = self.kms.unwrap(info.key_id, info.wrapped_dek)
+        except KmsError as e:
+            raise kms_error(e) from e
+        self.cache.put(info.key_id, version, dek)
+        return dek
+
+    def warm(self, infos: Sequence[SubjectKeyInfo]) -> None:
+        """Unwrap the DEKs of the cold subjects among ``infos`` in one KMS batch.
+
+        Failures are left for the item that needs the key: it tries again alone and
+        gets the error the unary call would have got.
+        """
+        cold: dict[str, SubjectKeyInfo] = {}
+        for info in infos:
+            if (
+                info.wrapped_dek is not None
+                and self.cache.get(info.key_id, info.key_version) is None
+            ):
+                cold[info.key_id] = info
+        if not cold:
+            return
+        try:
+            results = self.kms.unwrap_many(
+                [(i.key_id, i.wrapped_dek or b"") for i in cold.values()]
+            )
+        except KmsError:  # the KMS is down: each item reports it
+            return
+        for info, result in zip(cold.values(), results, strict=True):
+            if isinstance(result, bytes):
+                self.cache.put(info.key_id, info.key_version, result)
+
+    # --- record keys ----------------------------------------------------------------
+
+    def record_key(
+        self, info: SubjectKeyInfo, scheme: str, bucket_id: str | None, key_version: int
+    ) -> bytes:
+        """The key a record of ``scheme`` (and bucket) is sealed under.
+
+        Raises:
+            KeyDestroyedError: the record's bucket is destroyed (its period is over).
+        """
+        if scheme == SCHEME_SUBJECT:
+            return self.subject_dek(info, key_version)
+        bucket = self.buckets.get(bucket_id or "")
+        if bucket is None:
+            raise KeyDestroyedError("the record's retention period is over: its key is destroyed")
+        bucket_dek = self.buckets.dek(bucket)
+        if scheme == SCHEME_HOLD:
+            return hold_record_key(bucket_dek, bucket.bucket_id, info.subject_id)
+        subject_dek = self.subject_dek(info, key_version)
+        return expiry_record_key(subject_dek, bucket_dek, bucket.bucket_id, info.subject_id)
+
+    @staticmethod
+    def _place(
+        info: SubjectKeyInfo, record_id: str, category: str, scheme: str, bucket: str | None
+    ) -> RecordPlace:
+        return RecordPlace(info.tenant, info.subject_id, record_id, category, scheme, bucket or "")
+
+    # --- sealing and opening --------------------------------------------------------
+
+    def seal(
+        self,
+        info: SubjectKeyInfo,
+        record_id: str,
+        category: str,
+        fields: Mapping[str, str],
+        scheme: str,
+        bucket_id: str | None,
+    ) -> bytes:
+        """``fields`` sealed under the subject's current key version and ``scheme``."""
+        key = self.record_key(info, scheme, bucket_id, info.key_version)
+        place = self._place(info, record_id, category, scheme, bucket_id)
+        caller_scope.note(category, fields)
+        return self._cipher.seal(key, info.key_version, place, fields)
+
+    def decrypt(self, info: SubjectKeyInfo, stored: RecordLike) -> dict[str, str]:
+        """A stored record's fields (noted nowhere: re-encryption, not a read)."""
+        key = self.record_key(
+            info, stored.key_scheme, stored.bucket_id, key_version_of(stored.ciphertext)
+        )
+        place = self._place(
+            info, stored.record_id, stored.category, stored.key_scheme, stored.bucket_id
+        )
+        return self._cipher.open(key, place, stored.ciphertext)
+
+    def open(self, info: SubjectKeyInfo, stored: RecordLike) -> dict[str, str]:
+        """A stored record's fields, read (the caller has authorized the read): its
+        category and field names are noted for the audit entry."""
+        fields = self.decrypt(info, stored)
+        caller_scope.note(stored.category, fields)
+        return fields
+
+    def open_page(
+        self, info: SubjectKeyInfo, page: Sequence[RecordLike]
+    ) -> Iterator[tuple[RecordLike, str]]:
+        """Decrypt a page of one subject's records (the caller has authorized the read):
+        each record with its fields' canonical JSON, checked to be a map of strings.
+
+        Keys and AES objects are resolved once per (scheme, bucket, key version) of the
+        page rather than per record: exports open hundreds of thousands of records.
+        """
+        aeads: dict[tuple[str, str | None, int], AESGCM] = {}
+        names: set[str] = set()
+        category = ""
+        for stored in page:
+            version = key_version_of(stored.ciphertext)
+            slot = (stored.key_scheme, stored.bucket_id, version)
+            aead = aeads.get(slot)
+            if aead is None:
+                aead = aeads[slot] = AESGCM(
+                    self.record_key(info, stored.key_scheme, stored.bucket_id, version)
+                )
+            place = self._place(
+                info, stored.record_id, stored.category, stored.key_scheme, stored.bucket_id
+            )
+            plaintext = self._cipher.open_plaintext(aead, place, stored.ciphertext)
+            names.update(decode_fields(plaintext))
+            if category and stored.category != category:
+                caller_scope.note(category, names)
+                names = set()
+            category = stored.category
+            yield stored, plaintext.decode("utf-8")
+        if category:
+            caller_scope.note(category, names)
