@@ -1,17 +1,57 @@
-"""oubli's domain vocabulary: subject states, record-key schemes, bucket states."""
+"""oubli's domain vocabulary: the states and kinds the domain and storage share.
 
-ACTIVE = "active"
-CLOSED = "closed"
-SHREDDING = "shredding"
-HELD = "held"
-SHREDDED = "shredded"
+String enums: a member equals its value (``SubjectState.ACTIVE == "active"``), which is
+what the database stores, so rows and statements need no conversion table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SubjectState(StrEnum):
+    """A subject's lifecycle: open (active, closed), being erased, erased but for
+    legal-hold records, erased."""
+
+    ACTIVE = "active"
+    CLOSED = "closed"
+    SHREDDING = "shredding"
+    HELD = "held"
+    SHREDDED = "shredded"
+
+
 #: States whose records may be written (and read, purposes permitting).
-WRITABLE = (ACTIVE, CLOSED)
+WRITABLE = (SubjectState.ACTIVE, SubjectState.CLOSED)
 
-SCHEME_SUBJECT = "subject"
-SCHEME_EXPIRY = "expiry"
-SCHEME_HOLD = "hold"
 
-BUCKET_ACTIVE = "active"
-BUCKET_DESTROYING = "destroying"
-BUCKET_DESTROYED = "destroyed"
+class KeyScheme(StrEnum):
+    """Which key seals a record: the subject's DEK; HKDF of the subject's and an expiry
+    bucket's DEKs; or a legal-hold bucket's DEK alone."""
+
+    SUBJECT = "subject"
+    EXPIRY = "expiry"
+    HOLD = "hold"
+
+
+class BucketKind(StrEnum):
+    """A retention bucket's purpose: records expiring with it, or held by law past an
+    erasure."""
+
+    EXPIRY = "expiry"
+    HOLD = "hold"
+
+
+class BucketState(StrEnum):
+    """A retention bucket's key: live, being destroyed, destroyed."""
+
+    ACTIVE = "active"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+
+
+class RequestState(StrEnum):
+    """A rights request's status."""
+
+    OPEN = "open"
+    COMPLETED = "completed"
+    REJECTED = "rejected"

@@ -17,8 +17,6 @@ from hypothesis import strategies as st
 from kms.base import KmsError
 from tests.memory_kms import InMemoryKeyManager
 from vault.crypto.bucket_keys import (
-    EXPIRY,
-    HOLD,
     BucketKeys,
     add_months,
     bucket_id_for,
@@ -29,7 +27,7 @@ from vault.crypto.bucket_keys import (
 from vault.crypto.keycache import DataKeyCache
 from vault.errors import KeyDestroyedError, OubliError, Unavailable, kms_error
 from vault.storage import Storage
-from vault.vocabulary import BUCKET_ACTIVE
+from vault.vocabulary import BucketKind, BucketState
 
 NOW = datetime(2026, 5, 17, 8, 30, tzinfo=UTC)
 
@@ -106,14 +104,14 @@ def test_month_start() -> None:
 
 
 def test_bucket_id_for() -> None:
-    assert bucket_id_for(EXPIRY, "technical_logs", at(2027, 1, 15)) == (
+    assert bucket_id_for(BucketKind.EXPIRY, "technical_logs", at(2027, 1, 15)) == (
         "expiry:technical_logs:2027-01"
     )
-    assert bucket_id_for(HOLD, "billing", at(2029, 12, 31, 23)) == "hold:billing:2029-12"
-    assert bucket_id_for(HOLD, "billing", at(987, 3, 1)) == "hold:billing:0987-03"
+    assert bucket_id_for(BucketKind.HOLD, "billing", at(2029, 12, 31, 23)) == "hold:billing:2029-12"
+    assert bucket_id_for(BucketKind.HOLD, "billing", at(987, 3, 1)) == "hold:billing:0987-03"
     # the same month gives the same bucket, whatever the day
-    assert bucket_id_for(EXPIRY, "usage", at(2027, 2, 1)) == bucket_id_for(
-        EXPIRY, "usage", at(2027, 2, 28, 23)
+    assert bucket_id_for(BucketKind.EXPIRY, "usage", at(2027, 2, 1)) == bucket_id_for(
+        BucketKind.EXPIRY, "usage", at(2027, 2, 28, 23)
     )
 
 
@@ -170,30 +168,34 @@ def test_for_deadline_creates_once_then_reuses(
 ) -> None:
     keys = bucket_keys(storage, memory_kms)
     before = memory_kms.calls
-    bucket = keys.for_deadline(EXPIRY, "technical_logs", at(2027, 5, 17, 8))
+    bucket = keys.for_deadline(BucketKind.EXPIRY, "technical_logs", at(2027, 5, 17, 8))
     assert memory_kms.calls - before == 2  # create_key + generate_data_key
     assert bucket.bucket_id == "expiry:technical_logs:2027-05"
-    assert (bucket.kind, bucket.category, bucket.month) == (EXPIRY, "technical_logs", "2027-05")
+    assert (bucket.kind, bucket.category, bucket.month) == (
+        BucketKind.EXPIRY,
+        "technical_logs",
+        "2027-05",
+    )
     assert bucket.destroy_at == at(2027, 5, 1)
-    assert bucket.state == BUCKET_ACTIVE and bucket.wrapped_dek
+    assert bucket.state == BucketState.ACTIVE and bucket.wrapped_dek
     assert storage.bucket(bucket.bucket_id) == bucket
     assert memory_kms.key_exists(bucket.key_id)
 
     before = memory_kms.calls
-    again = keys.for_deadline(EXPIRY, "technical_logs", at(2027, 5, 31, 23))
+    again = keys.for_deadline(BucketKind.EXPIRY, "technical_logs", at(2027, 5, 31, 23))
     assert again == bucket
     assert memory_kms.calls == before  # same month: no KMS call, no new row
 
     # a fresh BucketKeys (fresh cache, as on another replica) finds the row: no KMS call
     replica = bucket_keys(storage, memory_kms)
-    assert replica.for_deadline(EXPIRY, "technical_logs", at(2027, 5, 2)) == bucket
+    assert replica.for_deadline(BucketKind.EXPIRY, "technical_logs", at(2027, 5, 2)) == bucket
     assert memory_kms.calls == before
 
     # another month, kind or category is another bucket
     other = {
-        keys.for_deadline(EXPIRY, "technical_logs", at(2027, 6, 1)).key_id,
-        keys.for_deadline(HOLD, "technical_logs", at(2027, 5, 1)).key_id,
-        keys.for_deadline(EXPIRY, "usage", at(2027, 5, 1)).key_id,
+        keys.for_deadline(BucketKind.EXPIRY, "technical_logs", at(2027, 6, 1)).key_id,
+        keys.for_deadline(BucketKind.HOLD, "technical_logs", at(2027, 5, 1)).key_id,
+        keys.for_deadline(BucketKind.EXPIRY, "usage", at(2027, 5, 1)).key_id,
     }
     assert len(other) == 3 and bucket.key_id not in other
     assert memory_kms.calls - before == 6
@@ -201,7 +203,7 @@ def test_for_deadline_creates_once_then_reuses(
 
 def test_dek_is_cached(storage: Storage, memory_kms: InMemoryKeyManager) -> None:
     keys = bucket_keys(storage, memory_kms)
-    bucket = keys.for_deadline(EXPIRY, "usage", at(2027, 1, 3))
+    bucket = keys.for_deadline(BucketKind.EXPIRY, "usage", at(2027, 1, 3))
     before = memory_kms.calls
     dek = keys.dek(bucket)
     assert len(dek) == 32
@@ -220,7 +222,7 @@ def test_dek_is_cached(storage: Storage, memory_kms: InMemoryKeyManager) -> None
 
 def test_dek_of_a_destroyed_bucket(storage: Storage, memory_kms: InMemoryKeyManager) -> None:
     keys = bucket_keys(storage, memory_kms)
-    bucket = keys.for_deadline(EXPIRY, "usage", at(2027, 1, 3))
+    bucket = keys.for_deadline(BucketKind.EXPIRY, "usage", at(2027, 1, 3))
     keys.forget(bucket)
     memory_kms.destroy_key(bucket.key_id)
     with pytest.raises(KeyDestroyedError):
@@ -240,10 +242,10 @@ def test_for_deadline_kms_outage_is_unavailable_and_leaves_no_row(
     keys = bucket_keys(storage, memory_kms)
     memory_kms.unavailable = True
     with pytest.raises(Unavailable):
-        keys.for_deadline(EXPIRY, "usage", at(2027, 1, 3))
+        keys.for_deadline(BucketKind.EXPIRY, "usage", at(2027, 1, 3))
     memory_kms.unavailable = False
     assert storage.bucket("expiry:usage:2027-01") is None
-    assert keys.for_deadline(EXPIRY, "usage", at(2027, 1, 3)).state == BUCKET_ACTIVE
+    assert keys.for_deadline(BucketKind.EXPIRY, "usage", at(2027, 1, 3)).state == BucketState.ACTIVE
 
 
 def test_concurrent_creation_uses_the_winner(
@@ -263,11 +265,11 @@ def test_concurrent_creation_uses_the_winner(
         real_create(key_id)
         if not won:  # the loser is making its key: the winner inserts meanwhile
             won.append("")
-            won[0] = winner.for_deadline(EXPIRY, "technical_logs", deadline).key_id
+            won[0] = winner.for_deadline(BucketKind.EXPIRY, "technical_logs", deadline).key_id
 
     monkeypatch.setattr(memory_kms, "create_key", racing_create)
 
-    bucket = loser.for_deadline(EXPIRY, "technical_logs", deadline)
+    bucket = loser.for_deadline(BucketKind.EXPIRY, "technical_logs", deadline)
     assert bucket is not None
     assert len(created) == 2 and created[1] == won[0]
     assert bucket.key_id == won[0]
@@ -278,13 +280,13 @@ def test_concurrent_creation_uses_the_winner(
     # both serve the same DEK, and the loser remembers the winner's bucket
     assert loser.dek(bucket) == winner.dek(bucket)
     before = memory_kms.calls
-    assert loser.for_deadline(EXPIRY, "technical_logs", deadline) == bucket
+    assert loser.for_deadline(BucketKind.EXPIRY, "technical_logs", deadline) == bucket
     assert memory_kms.calls == before
 
 
 def test_errors_are_translated(storage: Storage, memory_kms: InMemoryKeyManager) -> None:
     keys = bucket_keys(storage, memory_kms)
-    bucket = keys.for_deadline(HOLD, "billing", at(2029, 1, 1))
+    bucket = keys.for_deadline(BucketKind.HOLD, "billing", at(2029, 1, 1))
     cold = bucket_keys(storage, memory_kms)
     memory_kms.unavailable = True
     with pytest.raises(OubliError) as caught:
@@ -299,7 +301,7 @@ def test_buckets_of_one_month_share_one_destroy_time(
     keys = bucket_keys(storage, memory_kms)
     start = at(2026, 1, 1)
     seen = {
-        keys.for_deadline(EXPIRY, "usage", start + timedelta(hours=h)).bucket_id
+        keys.for_deadline(BucketKind.EXPIRY, "usage", start + timedelta(hours=h)).bucket_id
         for h in range(0, 31 * 24, 7)
     }
     assert seen == {"expiry:usage:2026-01"}

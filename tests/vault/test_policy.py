@@ -21,7 +21,7 @@ from vault.usecases.purpose_check import (
     category_denial,
     readable_categories,
 )
-from vault.vocabulary import ACTIVE, CLOSED, HELD, SHREDDED, SHREDDING
+from vault.vocabulary import SubjectState
 
 CATALOG = Catalog.load()
 WHEN = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -32,7 +32,7 @@ GRANTED_AT = "2026-01-02T03:04:05.678901+00:00"
 CANARY = "ada.lovelace@example.org"
 
 
-def subject(state: str = ACTIVE, **flags: object) -> SubjectKeyInfo:
+def subject(state: str = SubjectState.ACTIVE, **flags: object) -> SubjectKeyInfo:
     return SubjectKeyInfo(
         SUBJECT_ID,
         "default",
@@ -46,7 +46,7 @@ def subject(state: str = ACTIVE, **flags: object) -> SubjectKeyInfo:
     )
 
 
-def with_consents(*names: str, state: str = ACTIVE, **flags: object) -> SubjectKeyInfo:
+def with_consents(*names: str, state: str = SubjectState.ACTIVE, **flags: object) -> SubjectKeyInfo:
     return subject(state, consents={name: GRANTED_AT for name in names}, **flags)
 
 
@@ -225,7 +225,7 @@ def test_restriction_spares_legal_claims_access_and_portability() -> None:
 
 
 def test_restriction_applies_to_closed_accounts_too() -> None:
-    info = subject(CLOSED, restricted=True)
+    info = subject(SubjectState.CLOSED, restricted=True)
     assert denied("identity", "service", info).reason == "RESTRICTED"
     read("identity", "legal_claims", info)
 
@@ -234,7 +234,7 @@ def test_restriction_applies_to_closed_accounts_too() -> None:
 
 
 def test_held_subject_only_legal_hold_categories_for_their_legal_purposes() -> None:
-    info = replace(subject(HELD), wrapped_dek=None)
+    info = replace(subject(SubjectState.HELD), wrapped_dek=None)
     legal = set(CATALOG.legal_hold_categories)
     assert legal == {"billing"}
     read("billing", "accounting", info)
@@ -255,13 +255,13 @@ def test_held_subject_only_legal_hold_categories_for_their_legal_purposes() -> N
 
 
 def test_held_subject_readable_categories() -> None:
-    info = replace(subject(HELD), wrapped_dek=None)
+    info = replace(subject(SubjectState.HELD), wrapped_dek=None)
     assert readable_categories(CATALOG, "accounting", info) == ["billing"]
     assert readable_categories(CATALOG, "access", info) == ["billing"]
     assert readable_categories(CATALOG, "service", info) == []
 
 
-@pytest.mark.parametrize("state", [SHREDDED, SHREDDING])
+@pytest.mark.parametrize("state", [SubjectState.SHREDDED, SubjectState.SHREDDING])
 @pytest.mark.parametrize("purpose", ["service", "access", "accounting", "legal_claims"])
 def test_erased_or_erasing_subject_is_refused(state: str, purpose: str) -> None:
     info = replace(subject(state), wrapped_dek=None)
@@ -280,7 +280,7 @@ def test_erased_or_erasing_subject_is_refused(state: str, purpose: str) -> None:
 
 @pytest.mark.parametrize("purpose", ["", "nonsense", CANARY, "Service", "service "])
 def test_unknown_or_empty_purpose_is_invalid_argument(purpose: str) -> None:
-    for info in (subject(), replace(subject(SHREDDED), wrapped_dek=None)):
+    for info in (subject(), replace(subject(SubjectState.SHREDDED), wrapped_dek=None)):
         with pytest.raises(InvalidArgument) as caught:
             authorize_subject(CATALOG, purpose, info)
         assert caught.value.field == "purpose"
@@ -318,7 +318,7 @@ def test_readable_categories_filters_by_purpose_and_consent() -> None:
         "technical_logs",
     ]
     assert readable_categories(CATALOG, "access", subject()) == sorted(CATALOG.categories)
-    assert readable_categories(CATALOG, "portability", subject(CLOSED)) == sorted(
+    assert readable_categories(CATALOG, "portability", subject(SubjectState.CLOSED)) == sorted(
         CATALOG.categories
     )
 

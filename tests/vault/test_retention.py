@@ -28,7 +28,7 @@ from vault.storage import Storage
 from vault.usecases.erasure import Erasure
 from vault.usecases.retention import DESTROY_BUCKET, ERASE_SUBJECT, RetentionJob
 from vault.usecases.service import VaultService
-from vault.vocabulary import BUCKET_ACTIVE, BUCKET_DESTROYED, SCHEME_EXPIRY, SCHEME_SUBJECT
+from vault.vocabulary import BucketState, KeyScheme
 
 Builder = Callable[..., VaultService]
 T0 = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
@@ -59,7 +59,7 @@ def test_rolling_logs_land_in_the_bucket_of_their_month(
     assert record.retain_until == datetime(2027, 3, 1, tzinfo=UTC)
     stored = storage.record(sid, record.record_id)
     assert stored is not None
-    assert stored.key_scheme == SCHEME_EXPIRY
+    assert stored.key_scheme == KeyScheme.EXPIRY
     assert stored.bucket_id == "expiry:technical_logs:2027-03"
     assert stored.retain_until == datetime(2027, 3, 1, tzinfo=UTC)
     bucket = storage.bucket("expiry:technical_logs:2027-03")
@@ -105,7 +105,7 @@ def test_job_destroys_the_due_bucket_and_its_logs(
     assert summary.ran_at == clock.now and not summary.dry_run
     assert not memory_kms.key_exists(bucket.key_id)
     gone = storage.bucket(bucket.bucket_id)
-    assert gone is not None and gone.state == BUCKET_DESTROYED and gone.wrapped_dek is None
+    assert gone is not None and gone.state == BucketState.DESTROYED and gone.wrapped_dek is None
     assert bucket.key_id in storage.ledger_key_ids()
     with pytest.raises(RecordNotFound):
         vault.get_record(sid, log.record_id, "security")
@@ -150,7 +150,7 @@ def test_expiry_costs_one_kms_call_per_bucket_not_per_record(
     # the dry run destroyed nothing
     assert memory_kms.key_exists(bucket.key_id)
     alive = storage.bucket(bucket.bucket_id)
-    assert alive is not None and alive.state == BUCKET_ACTIVE
+    assert alive is not None and alive.state == BucketState.ACTIVE
     assert len(vault.list_records(subjects[0], purpose="security").records) == 5
 
     before = memory_kms.calls
@@ -412,7 +412,9 @@ def test_resolved_ticket_moves_to_the_expiry_bucket(
     with pytest.raises(RecordNotFound):
         vault.record_event(sid, "aaaaaaaaaaaaaaaaaaaaaaaaaa", "resolved")
     stored = storage.record(sid, ticket.record_id)
-    assert stored is not None and stored.key_scheme == SCHEME_SUBJECT and stored.bucket_id is None
+    assert (
+        stored is not None and stored.key_scheme == KeyScheme.SUBJECT and stored.bucket_id is None
+    )
 
     resolved_at = datetime(2026, 6, 20, 9, tzinfo=UTC)
     clock.set(resolved_at)
@@ -422,7 +424,7 @@ def test_resolved_ticket_moves_to_the_expiry_bucket(
     assert view.version == 2 and view.fields == {}
     stored = storage.record(sid, ticket.record_id)
     assert stored is not None
-    assert stored.key_scheme == SCHEME_EXPIRY
+    assert stored.key_scheme == KeyScheme.EXPIRY
     assert stored.bucket_id == "expiry:support:2028-06"
     assert stored.retain_until == datetime(2028, 6, 1, tzinfo=UTC)
     assert vault.get_record(sid, ticket.record_id, "support").fields == {

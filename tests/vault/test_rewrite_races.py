@@ -27,7 +27,7 @@ from vault.usecases.erasure import Erasure
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.rights import RightsService
 from vault.usecases.service import VaultService
-from vault.vocabulary import SCHEME_EXPIRY, SCHEME_HOLD
+from vault.vocabulary import KeyScheme
 
 Builder = Callable[..., VaultService]
 CARD = {"card_holder": "Ada Lovelace", "card_number": "4111111111111111", "card_expiry": "12/29"}
@@ -118,7 +118,7 @@ def test_rekey_keeps_a_record_event_made_after_it_read_the_records(vault: VaultS
     assert record.fields == {"ticket_id": "T-1"} and record.version == 2
     assert record.retain_until is not None
     stored = vault.storage.record(sid, ticket)
-    assert stored is not None and stored.key_scheme == SCHEME_EXPIRY
+    assert stored is not None and stored.key_scheme == KeyScheme.EXPIRY
 
 
 @pytest.mark.parametrize("rewrite", ["update", "event"])
@@ -247,7 +247,7 @@ def test_move_records_refuses_a_record_changed_since_it_was_read(
     vault.update_record(sid, invoice.record_id, {"invoice_number": "INV-2"}, 1)
     newer = storage.record(sid, invoice.record_id)
 
-    moved = replace(stale, ciphertext=b"x", key_scheme=SCHEME_HOLD, bucket_id="hold:b:2029-04")
+    moved = replace(stale, ciphertext=b"x", key_scheme=KeyScheme.HOLD, bucket_id="hold:b:2029-04")
     assert storage.move_records([moved]) is False
     assert storage.record(sid, invoice.record_id) == newer
 

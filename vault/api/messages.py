@@ -15,13 +15,14 @@ from vault.errors import InvalidArgument, OubliError
 from vault.storage import RightsRequest
 from vault.usecases.erasure import ShredReceipt
 from vault.usecases.service import RecordView, SubjectView
+from vault.vocabulary import SubjectState
 
 STATE = {
-    "active": pb.SUBJECT_STATE_ACTIVE,
-    "closed": pb.SUBJECT_STATE_CLOSED,
-    "shredding": pb.SUBJECT_STATE_SHREDDING,
-    "held": pb.SUBJECT_STATE_HELD,
-    "shredded": pb.SUBJECT_STATE_SHREDDED,
+    SubjectState.ACTIVE: pb.SUBJECT_STATE_ACTIVE,
+    SubjectState.CLOSED: pb.SUBJECT_STATE_CLOSED,
+    SubjectState.SHREDDING: pb.SUBJECT_STATE_SHREDDING,
+    SubjectState.HELD: pb.SUBJECT_STATE_HELD,
+    SubjectState.SHREDDED: pb.SUBJECT_STATE_SHREDDED,
 }
 
 

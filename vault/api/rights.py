@@ -17,6 +17,7 @@ from vault.audit.chain import AuditLog
 from vault.ids import check_id
 from vault.usecases.export import access_report
 from vault.usecases.rights import RightsService
+from vault.vocabulary import RequestState
 
 
 class RightsServicer(pb_grpc.RightsServiceServicer):
@@ -102,7 +103,9 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
     def CloseRightsRequest(
         self, request: pb.CloseRightsRequestRequest, context: grpc.ServicerContext
     ) -> pb.CloseRightsRequestResponse:
-        closed = self._rights.close_request(request.request_id, request.status or "completed")
+        closed = self._rights.close_request(
+            request.request_id, request.status or RequestState.COMPLETED
+        )
         return pb.CloseRightsRequestResponse(request=request_message(closed))
 
     def ListRightsRequests(

@@ -28,10 +28,7 @@ from vault.crypto.keycache import DataKeyCache
 from vault.errors import AlreadyExists, OubliError
 from vault.ids import RandomBytes, new_id
 from vault.storage import BucketInfo, Storage
-from vault.vocabulary import BUCKET_ACTIVE
-
-EXPIRY = "expiry"
-HOLD = "hold"
+from vault.vocabulary import BucketKind, BucketState
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -51,7 +48,7 @@ def month_start(moment: datetime) -> datetime:
     return datetime(moment.year, moment.month, 1, tzinfo=UTC)
 
 
-def bucket_id_for(kind: str, category: str, deadline: datetime) -> str:
+def bucket_id_for(kind: BucketKind, category: str, deadline: datetime) -> str:
     return f"{kind}:{category}:{deadline.year:04d}-{deadline.month:02d}"
 
 
@@ -94,7 +91,9 @@ class BucketKeys:
         self._known: dict[str, BucketInfo] = {}
         self._lock = threading.Lock()
 
-    def for_deadline(self, kind: str, category: str, deadline: datetime) -> BucketInfo | None:
+    def for_deadline(
+        self, kind: BucketKind, category: str, deadline: datetime
+    ) -> BucketInfo | None:
         """The bucket for ``deadline``'s month, made if needed; None when that month's
         bucket was already destroyed (the period is over: the data must go now)."""
         bucket_id = bucket_id_for(kind, category, deadline)
@@ -104,7 +103,7 @@ class BucketKeys:
         existing = self._storage.bucket(bucket_id)
         if existing is not None:
             # Made meanwhile by another replica (use it), or already destroyed (None).
-            return self.get(bucket_id) if existing.state == BUCKET_ACTIVE else None
+            return self.get(bucket_id) if existing.state == BucketState.ACTIVE else None
         key_id = new_id(self._random_bytes)
         try:
             self._kms.create_key(key_id)
@@ -120,7 +119,7 @@ class BucketKeys:
             key_id,
             data_key.wrapped,
             data_key.key_version,
-            BUCKET_ACTIVE,
+            BucketState.ACTIVE,
         )
         try:
             self._storage.insert_bucket(info, self._clock())
@@ -139,7 +138,7 @@ class BucketKeys:
         if known is not None:
             return known
         found = self._storage.bucket(bucket_id)
-        if found is not None and found.state == BUCKET_ACTIVE:
+        if found is not None and found.state == BucketState.ACTIVE:
             with self._lock:
                 self._known[bucket_id] = found
             return found

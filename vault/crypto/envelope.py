@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault.errors import IntegrityFailure
+from vault.vocabulary import KeyScheme
 
 FORMAT_VERSION = 1
 NONCE_LEN = 12
@@ -59,7 +60,7 @@ class RecordPlace:
     record_id: str
     category: str
     #: "subject", or for records under a retention bucket "expiry"/"hold" and its id.
-    key_scheme: str = "subject"
+    key_scheme: str = KeyScheme.SUBJECT
     bucket_id: str = ""
 
     def associated_data(self, key_version: int) -> bytes:
@@ -70,7 +71,7 @@ class RecordPlace:
             self.record_id,
             self.category,
         )
-        if self.key_scheme != "subject":
+        if self.key_scheme != KeyScheme.SUBJECT:
             parts += (self.key_scheme, self.bucket_id)
         out = bytearray()
         for part in parts:

@@ -31,7 +31,7 @@ from vault.crypto.keycache import DataKeyCache
 from vault.errors import IntegrityFailure, KeyDestroyedError, kms_error
 from vault.ids import RandomBytes, new_id
 from vault.storage import RecordLike, Storage, SubjectKeyInfo
-from vault.vocabulary import SCHEME_HOLD, SCHEME_SUBJECT
+from vault.vocabulary import KeyScheme
 
 
 class RecordCrypto:
@@ -121,13 +121,13 @@ class RecordCrypto:
         Raises:
             KeyDestroyedError: the record's bucket is destroyed (its period is over).
         """
-        if scheme == SCHEME_SUBJECT:
+        if scheme == KeyScheme.SUBJECT:
             return self.subject_dek(info, key_version)
         bucket = self.buckets.get(bucket_id or "")
         if bucket is None:
             raise KeyDestroyedError("the record's retention period is over: its key is destroyed")
         bucket_dek = self.buckets.dek(bucket)
-        if scheme == SCHEME_HOLD:
+        if scheme == KeyScheme.HOLD:
             return hold_record_key(bucket_dek, bucket.bucket_id, info.subject_id)
         subject_dek = self.subject_dek(info, key_version)
         return expiry_record_key(subject_dek, bucket_dek, bucket.bucket_id, info.subject_id)
@@ -146,7 +146,7 @@ class RecordCrypto:
         record_id: str,
         category: str,
         fields: Mapping[str, str],
-        scheme: str,
+        scheme: KeyScheme,
         bucket_id: str | None,
     ) -> bytes:
         """``fields`` sealed under the subject's current key version and ``scheme``."""

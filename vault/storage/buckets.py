@@ -19,7 +19,7 @@ from vault.storage.tables import (
     RetentionBucketRow,
     SubjectRow,
 )
-from vault.vocabulary import BUCKET_ACTIVE, BUCKET_DESTROYED, BUCKET_DESTROYING, HELD, SHREDDED
+from vault.vocabulary import BucketState, SubjectState
 
 
 class BucketRepository(Repository):
@@ -53,7 +53,7 @@ class BucketRepository(Repository):
         query = (
             select(RetentionBucketRow)
             .where(
-                RetentionBucketRow.state.in_((BUCKET_ACTIVE, BUCKET_DESTROYING)),
+                RetentionBucketRow.state.in_((BucketState.ACTIVE, BucketState.DESTROYING)),
                 RetentionBucketRow.destroy_at <= now,
             )
             .order_by(RetentionBucketRow.destroy_at, RetentionBucketRow.bucket_id)
@@ -72,9 +72,9 @@ class BucketRepository(Repository):
                 update(RetentionBucketRow)
                 .where(
                     RetentionBucketRow.bucket_id == bucket_id,
-                    RetentionBucketRow.state == BUCKET_ACTIVE,
+                    RetentionBucketRow.state == BucketState.ACTIVE,
                 )
-                .values(state=BUCKET_DESTROYING)
+                .values(state=BucketState.DESTROYING)
             )
 
     def finish_bucket(self, bucket_id: str, now: datetime) -> tuple[int, int]:
@@ -82,15 +82,22 @@ class BucketRepository(Repository):
         the subjects that only had held records in it. Returns (records, subjects)."""
         with self._session() as s:
             row = s.get(RetentionBucketRow, bucket_id, with_for_update=True)
-            if row is None or row.state == BUCKET_DESTROYED:
+            if row is None or row.state == BucketState.DESTROYED:
                 return 0, 0
             deleted = s.execute(delete(RecordRow).where(RecordRow.bucket_id == bucket_id))
             finished = s.execute(
                 update(SubjectRow)
-                .where(SubjectRow.state == HELD, SubjectRow.hold_bucket_id == bucket_id)
-                .values(state=SHREDDED, hold_bucket_id=None, hold_until=None, updated_at=now)
+                .where(
+                    SubjectRow.state == SubjectState.HELD, SubjectRow.hold_bucket_id == bucket_id
+                )
+                .values(
+                    state=SubjectState.SHREDDED,
+                    hold_bucket_id=None,
+                    hold_until=None,
+                    updated_at=now,
+                )
             )
-            row.state = BUCKET_DESTROYED
+            row.state = BucketState.DESTROYED
             row.wrapped_dek = None
             row.destroyed_at = now
             add_to_key_ledger(s, row.key_id, "bucket", now)

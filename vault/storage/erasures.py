@@ -28,7 +28,7 @@ from vault.storage.tables import (
     ShredReceiptRow,
     SubjectRow,
 )
-from vault.vocabulary import CLOSED, HELD, SCHEME_HOLD, SHREDDED, SHREDDING, WRITABLE
+from vault.vocabulary import WRITABLE, KeyScheme, SubjectState
 
 
 class ErasureRepository(Repository):
@@ -43,11 +43,11 @@ class ErasureRepository(Repository):
                 s.execute(
                     update(SubjectRow)
                     .where(SubjectRow.subject_id.in_(chunk), SubjectRow.state.in_(WRITABLE))
-                    .values(state=SHREDDING, updated_at=now)
+                    .values(state=SubjectState.SHREDDING, updated_at=now)
                 )
 
     def subjects_with_records(
-        self, subject_ids: Collection[str], categories: Sequence[str], scheme: str
+        self, subject_ids: Collection[str], categories: Sequence[str], scheme: KeyScheme
     ) -> set[str]:
         """Which of ``subject_ids`` have records of ``categories`` under ``scheme``."""
         found: set[str] = set()
@@ -123,11 +123,11 @@ class ErasureRepository(Repository):
             .where(RecordRow.subject_id.in_(todo))
             .group_by(RecordRow.subject_id, RecordRow.key_scheme)
         ):
-            counts = retained if scheme == SCHEME_HOLD else deleted
+            counts = retained if scheme == KeyScheme.HOLD else deleted
             counts[sid] += int(count)
         c.execute(
             delete(RecordRow).where(
-                RecordRow.subject_id.in_(todo), RecordRow.key_scheme != SCHEME_HOLD
+                RecordRow.subject_id.in_(todo), RecordRow.key_scheme != KeyScheme.HOLD
             )
         )
         made = [
@@ -181,7 +181,7 @@ class ErasureRepository(Repository):
             c.execute(
                 update(SUBJECTS)
                 .where(SUBJECTS.c.subject_id.in_(shredded))
-                .values(state=SHREDDED, hold_bucket_id=None, hold_until=None, **erased)
+                .values(state=SubjectState.SHREDDED, hold_bucket_id=None, hold_until=None, **erased)
             )
         held = [sid for sid in todo if retained[sid]]
         if held:
@@ -189,7 +189,7 @@ class ErasureRepository(Repository):
                 update(SUBJECTS)
                 .where(SUBJECTS.c.subject_id == bindparam("held_subject"))
                 .values(
-                    state=HELD,
+                    state=SubjectState.HELD,
                     hold_bucket_id=bindparam("held_bucket"),
                     hold_until=bindparam("held_until"),
                     **erased,
@@ -218,7 +218,7 @@ class ErasureRepository(Repository):
         held ones and those of ``kept_categories``, which move to a hold bucket)."""
         erasable = and_(
             RecordRow.subject_id == SubjectRow.subject_id,
-            RecordRow.key_scheme != SCHEME_HOLD,
+            RecordRow.key_scheme != KeyScheme.HOLD,
             RecordRow.category.not_in(kept_categories),
         )
         query = (
@@ -231,8 +231,11 @@ class ErasureRepository(Repository):
             .outerjoin(RecordRow, erasable)
             .where(
                 or_(
-                    and_(SubjectRow.state == CLOSED, SubjectRow.scheduled_shred_at <= now),
-                    SubjectRow.state == SHREDDING,
+                    and_(
+                        SubjectRow.state == SubjectState.CLOSED,
+                        SubjectRow.scheduled_shred_at <= now,
+                    ),
+                    SubjectRow.state == SubjectState.SHREDDING,
                 )
             )
             .group_by(SubjectRow.subject_id, SubjectRow.scheduled_shred_at, SubjectRow.updated_at)

@@ -32,7 +32,7 @@ from vault.storage.tables import (
     RecordRow,
     SubjectRow,
 )
-from vault.vocabulary import WRITABLE
+from vault.vocabulary import WRITABLE, KeyScheme
 
 #: A record to insert, its singleton (profile categories) and the subject's key id.
 _Insert = tuple["StoredRecord", str | None, str]
@@ -234,7 +234,7 @@ class RecordRepository(Repository):
         categories: Sequence[str] | None = None,
         after_record_id: str = "",
         limit: int | None = None,
-        scheme: str | None = None,
+        scheme: KeyScheme | None = None,
     ) -> Sequence[StoredRecord]:
         query = (
             select(RecordRow)

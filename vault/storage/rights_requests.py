@@ -14,6 +14,7 @@ from vault.storage.rows import RightsRequest, rights_request
 from vault.storage.tables import (
     RightsRequestRow,
 )
+from vault.vocabulary import RequestState
 
 
 class RightsRequestRepository(Repository):
@@ -40,11 +41,14 @@ class RightsRequestRepository(Repository):
             row = s.get(RightsRequestRow, request_id)
             return None if row is None else rights_request(row)
 
-    def close_request(self, request_id: str, status: str, now: datetime) -> bool:
+    def close_request(self, request_id: str, status: RequestState, now: datetime) -> bool:
         with self._session() as s:
             result = s.execute(
                 update(RightsRequestRow)
-                .where(RightsRequestRow.request_id == request_id, RightsRequestRow.status == "open")
+                .where(
+                    RightsRequestRow.request_id == request_id,
+                    RightsRequestRow.status == RequestState.OPEN,
+                )
                 .values(status=status, completed_at=now)
             )
             return bool(getattr(result, "rowcount", 0))
@@ -53,7 +57,7 @@ class RightsRequestRepository(Repository):
         self,
         *,
         subject_id: str | None = None,
-        status: str | None = None,
+        status: RequestState | None = None,
         due_before: datetime | None = None,
     ) -> list[RightsRequest]:
         query = select(RightsRequestRow).order_by(

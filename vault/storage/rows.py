@@ -12,7 +12,7 @@ from vault.storage.tables import (
     RetentionBucketRow,
     RightsRequestRow,
 )
-from vault.vocabulary import SCHEME_SUBJECT
+from vault.vocabulary import BucketKind, BucketState, KeyScheme, RequestState, SubjectState
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class SubjectKeyInfo:
 
     subject_id: str
     tenant: str
-    state: str
+    state: SubjectState
     key_id: str
     wrapped_dek: bytes | None
     key_version: int
@@ -52,7 +52,7 @@ def subject_info(row: Any) -> SubjectKeyInfo:
     return SubjectKeyInfo(
         row.subject_id,
         row.tenant,
-        row.state,
+        SubjectState(row.state),
         row.key_id,
         row.wrapped_dek,
         row.key_version,
@@ -104,7 +104,7 @@ class StoredRecord:
     origin: str
     created_at: datetime
     updated_at: datetime
-    key_scheme: str = SCHEME_SUBJECT
+    key_scheme: KeyScheme = KeyScheme.SUBJECT
     bucket_id: str | None = None
     retain_until: datetime | None = None
 
@@ -120,7 +120,7 @@ def stored_record(row: Any) -> StoredRecord:
         row.origin,
         row.created_at,
         row.updated_at,
-        row.key_scheme,
+        KeyScheme(row.key_scheme),
         row.bucket_id,
         row.retain_until,
     )
@@ -152,27 +152,27 @@ def receipt_of(row: Any) -> Receipt:
 @dataclass(frozen=True, slots=True)
 class BucketInfo:
     bucket_id: str
-    kind: str
+    kind: BucketKind
     category: str
     month: str
     destroy_at: datetime
     key_id: str
     wrapped_dek: bytes | None
     key_version: int
-    state: str
+    state: BucketState
 
 
 def bucket_info(row: RetentionBucketRow) -> BucketInfo:
     return BucketInfo(
         row.bucket_id,
-        row.kind,
+        BucketKind(row.kind),
         row.category,
         row.month,
         row.destroy_at,
         row.key_id,
         row.wrapped_dek,
         row.key_version,
-        row.state,
+        BucketState(row.state),
     )
 
 
@@ -181,7 +181,7 @@ class RightsRequest:
     request_id: str
     subject_id: str
     kind: str
-    status: str
+    status: RequestState
     received_at: datetime
     due_at: datetime
     completed_at: datetime | None
@@ -192,7 +192,7 @@ def rights_request(row: RightsRequestRow) -> RightsRequest:
         row.request_id,
         row.subject_id,
         row.kind,
-        row.status,
+        RequestState(row.status),
         row.received_at,
         row.due_at,
         row.completed_at,

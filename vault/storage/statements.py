@@ -28,7 +28,7 @@ from vault.storage.tables import (
     ShredReceiptRow,
     SubjectRow,
 )
-from vault.vocabulary import BUCKET_ACTIVE, WRITABLE
+from vault.vocabulary import WRITABLE, BucketState
 
 #: The records table for Core statements (batches and exports skip the ORM's per-row cost).
 RECORDS = cast(Table, RecordRow.__table__)
@@ -45,7 +45,7 @@ def _subject_and_record() -> Any:
         select(RetentionBucketRow.bucket_id)
         .where(
             RetentionBucketRow.bucket_id == record.c.bucket_id,
-            RetentionBucketRow.state == BUCKET_ACTIVE,
+            RetentionBucketRow.state == BucketState.ACTIVE,
         )
         .exists()
     )
@@ -82,7 +82,7 @@ def live_bucket_or_none() -> Any:
     are deleted right after, but a reader must not see them in between."""
     live = select(RetentionBucketRow.bucket_id).where(
         RetentionBucketRow.bucket_id == RecordRow.bucket_id,
-        RetentionBucketRow.state == BUCKET_ACTIVE,
+        RetentionBucketRow.state == BucketState.ACTIVE,
     )
     return or_(RecordRow.bucket_id.is_(None), live.exists())
 

@@ -34,7 +34,7 @@ from vault.storage.tables import (
     RecordRow,
     SubjectRow,
 )
-from vault.vocabulary import ACTIVE, CLOSED, WRITABLE
+from vault.vocabulary import WRITABLE, SubjectState
 
 
 class SubjectRepository(Repository):
@@ -104,8 +104,13 @@ class SubjectRepository(Repository):
         with self._session() as s:
             result = s.execute(
                 update(SubjectRow)
-                .where(SubjectRow.subject_id == subject_id, SubjectRow.state == ACTIVE)
-                .values(state=CLOSED, closed_at=now, scheduled_shred_at=erase_at, updated_at=now)
+                .where(SubjectRow.subject_id == subject_id, SubjectRow.state == SubjectState.ACTIVE)
+                .values(
+                    state=SubjectState.CLOSED,
+                    closed_at=now,
+                    scheduled_shred_at=erase_at,
+                    updated_at=now,
+                )
             )
             return bool(getattr(result, "rowcount", 0))
 
@@ -115,8 +120,13 @@ class SubjectRepository(Repository):
         with self._session() as s:
             result = s.execute(
                 update(SubjectRow)
-                .where(SubjectRow.subject_id == subject_id, SubjectRow.state == CLOSED)
-                .values(state=ACTIVE, closed_at=None, scheduled_shred_at=None, updated_at=now)
+                .where(SubjectRow.subject_id == subject_id, SubjectRow.state == SubjectState.CLOSED)
+                .values(
+                    state=SubjectState.ACTIVE,
+                    closed_at=None,
+                    scheduled_shred_at=None,
+                    updated_at=now,
+                )
             )
             return bool(getattr(result, "rowcount", 0))
 

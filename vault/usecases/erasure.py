@@ -31,7 +31,7 @@ from typing import TypeVar
 from vault.access import caller_scope
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
-from vault.crypto.bucket_keys import HOLD, add_months
+from vault.crypto.bucket_keys import add_months
 from vault.crypto.key_destruction import destroy_key, destroy_ledger_keys
 from vault.crypto.record_crypto import RecordCrypto
 from vault.errors import (
@@ -46,7 +46,7 @@ from vault.ids import check_id
 from vault.storage import Receipt, Storage, StoredRecord, SubjectKeyInfo
 from vault.usecases.batches import check_batch
 from vault.usecases.service import REWRITE_ATTEMPTS
-from vault.vocabulary import HELD, SCHEME_HOLD, SCHEME_SUBJECT, SHREDDED, WRITABLE
+from vault.vocabulary import WRITABLE, BucketKind, KeyScheme, SubjectState
 
 #: What a shred receipt says about copies oubli cannot reach by itself.
 RESIDUAL_RISK = {
@@ -163,11 +163,11 @@ class Erasure:
             # the two would otherwise escape its legal hold (a shredding subject takes
             # none). Read again: the key to destroy cannot change from here on.
             held = self.storage.subjects_with_records(
-                marked, list(self.catalog.legal_hold_categories), SCHEME_SUBJECT
+                marked, list(self.catalog.legal_hold_categories), KeyScheme.SUBJECT
             )
             infos.update(self.storage.subjects(marked))
         for subject_id, info in infos.items():
-            if info.state in (HELD, SHREDDED):
+            if info.state in (SubjectState.HELD, SubjectState.SHREDDED):
                 results[subject_id] = self._existing_receipt(subject_id)
         pending = [info for sid, info in infos.items() if sid not in results]
         # A subject marked by an earlier, interrupted call may have legal records left
@@ -246,7 +246,7 @@ class Erasure:
         bucket of their deadline (closure, or now, plus the category's months)."""
         legal = self.catalog.legal_hold_categories
         pending = self.storage.records(
-            info.subject_id, categories=list(legal), scheme=SCHEME_SUBJECT
+            info.subject_id, categories=list(legal), scheme=KeyScheme.SUBJECT
         )
         if not pending:
             return
@@ -256,7 +256,7 @@ class Erasure:
             for stored in pending:
                 rule = legal[stored.category].retention
                 bucket = self.crypto.buckets.for_deadline(
-                    HOLD, stored.category, add_months(closure, rule.months)
+                    BucketKind.HOLD, stored.category, add_months(closure, rule.months)
                 )
                 if bucket is None:
                     continue  # the hold period is already over: it goes with the rest
@@ -267,13 +267,18 @@ class Erasure:
                     # from before an earlier erasure): nothing can be held, nothing is left.
                     return
                 ciphertext = self.crypto.seal(
-                    info, stored.record_id, stored.category, fields, SCHEME_HOLD, bucket.bucket_id
+                    info,
+                    stored.record_id,
+                    stored.category,
+                    fields,
+                    KeyScheme.HOLD,
+                    bucket.bucket_id,
                 )
                 moved.append(
                     replace(
                         stored,
                         ciphertext=ciphertext,
-                        key_scheme=SCHEME_HOLD,
+                        key_scheme=KeyScheme.HOLD,
                         bucket_id=bucket.bucket_id,
                         retain_until=bucket.destroy_at,
                     )
@@ -284,13 +289,13 @@ class Erasure:
             if self.storage.move_records(moved):
                 return
             pending = self.storage.records(
-                info.subject_id, categories=list(legal), scheme=SCHEME_SUBJECT
+                info.subject_id, categories=list(legal), scheme=KeyScheme.SUBJECT
             )
         raise Unavailable("the subject's records kept changing during erasure; retry")
 
     def _last_hold(self, subject_id: str) -> _Hold | None:
         """The live hold bucket of the subject's held records that is destroyed last."""
-        held = self.storage.records(subject_id, scheme=SCHEME_HOLD)
+        held = self.storage.records(subject_id, scheme=KeyScheme.HOLD)
         buckets = [b for b in (self.crypto.buckets.get(r.bucket_id or "") for r in held) if b]
         last = max(buckets, key=lambda b: b.destroy_at, default=None)
         return None if last is None else (last.bucket_id, last.destroy_at)

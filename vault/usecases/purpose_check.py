@@ -9,13 +9,13 @@ from __future__ import annotations
 from vault.catalog import Catalog, Category, Purpose
 from vault.errors import PermissionDenied, SubjectShredded
 from vault.storage import SubjectKeyInfo
-from vault.vocabulary import HELD, WRITABLE
+from vault.vocabulary import WRITABLE, SubjectState
 
 
 def authorize_subject(catalog: Catalog, purpose_name: str, subject: SubjectKeyInfo) -> Purpose:
     """Subject-wide rules: objection, consent for the purpose, restriction, erasure."""
     purpose = catalog.purpose(purpose_name)
-    if subject.state not in (*WRITABLE, HELD):
+    if subject.state not in (*WRITABLE, SubjectState.HELD):
         raise SubjectShredded("the subject was erased", subject_id=subject.subject_id)
     if purpose.subject_right:
         return purpose  # the subject's own access or portability request
@@ -43,7 +43,7 @@ def category_denial(
     category: Category, purpose: Purpose, subject: SubjectKeyInfo
 ) -> PermissionDenied | None:
     """Category rules for an already authorized purpose; None when the read may go on."""
-    if subject.state == HELD:
+    if subject.state == SubjectState.HELD:
         if category.retention.kind.value != "legal_hold":
             return PermissionDenied("ERASED", "the subject was erased", category=category.name)
         if not purpose.subject_right and purpose.name not in category.purposes_after_erasure:

@@ -15,11 +15,11 @@ from vault.ids import check_id, new_id
 from vault.storage import RightsRequest, SubjectFlags, SubjectKeyInfo
 from vault.usecases.rekey import Rekeying
 from vault.usecases.service import SubjectView, VaultService
+from vault.vocabulary import RequestState
 
 REQUEST_KINDS = frozenset(
     {"access", "rectification", "erasure", "restriction", "portability", "objection"}
 )
-OPEN, COMPLETED, REJECTED = "open", "completed", "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +142,17 @@ class RightsService:
             else settings.rights_request_answer_days
         )
         request = RightsRequest(
-            new_id(), subject_id, kind, OPEN, now, now + timedelta(days=days), None
+            new_id(), subject_id, kind, RequestState.OPEN, now, now + timedelta(days=days), None
         )
         self.vault.storage.insert_request(request)
         return request
 
-    def close_request(self, request_id: str, status: str = COMPLETED) -> RightsRequest:
+    def close_request(self, request_id: str, status: str = RequestState.COMPLETED) -> RightsRequest:
         check_id("request_id", request_id)
-        if status not in (COMPLETED, REJECTED):
+        if status not in (RequestState.COMPLETED, RequestState.REJECTED):
             raise InvalidArgument("status", "status must be completed or rejected")
-        if not self.vault.storage.close_request(request_id, status, self.vault.clock()):
+        closing = RequestState(status)
+        if not self.vault.storage.close_request(request_id, closing, self.vault.clock()):
             found = self.vault.storage.request(request_id)
             if found is None:
                 raise RequestNotFound("rights request not found", request_id=request_id)
@@ -167,6 +168,6 @@ class RightsService:
             check_id("subject_id", subject_id)
         return self.vault.storage.requests(
             subject_id=subject_id or None,
-            status=OPEN if (open_only or overdue_only) else None,
+            status=RequestState.OPEN if (open_only or overdue_only) else None,
             due_before=self.vault.clock() if overdue_only else None,
         )

@@ -26,7 +26,7 @@ from vault.crypto.blind_index import (
     IndexKeyStore,
     indexed_values,
 )
-from vault.crypto.bucket_keys import EXPIRY, add_months
+from vault.crypto.bucket_keys import add_months
 from vault.crypto.record_crypto import RecordCrypto
 from vault.errors import (
     AlreadyExists,
@@ -49,7 +49,7 @@ from vault.usecases.purpose_check import (
     refuse_if_restricted,
 )
 from vault.usecases.writable import decrypt_current, rekeyed_since, writable
-from vault.vocabulary import ACTIVE, SCHEME_EXPIRY, SCHEME_SUBJECT, SHREDDED
+from vault.vocabulary import BucketKind, KeyScheme, SubjectState
 
 #: Tries of a rewrite (UpdateRecord, RecordEvent) whose compare-and-set found the
 #: subject's key changed by a re-key: each seals again under the key read anew.
@@ -59,7 +59,7 @@ REWRITE_ATTEMPTS = 3
 @dataclass(frozen=True, slots=True)
 class SubjectView:
     subject_id: str
-    state: str
+    state: SubjectState
     created_at: datetime
     updated_at: datetime
     record_count: int
@@ -189,7 +189,7 @@ class VaultService:
         info = SubjectKeyInfo(
             subject_id,
             self.tenant,
-            ACTIVE,
+            SubjectState.ACTIVE,
             key_id,
             data_key.wrapped,
             data_key.key_version,
@@ -210,7 +210,7 @@ class VaultService:
 
     def get_subject(self, subject_id: str) -> SubjectView:
         info = self.subject_info(subject_id)
-        count = self.storage.record_count(subject_id) if info.state != SHREDDED else 0
+        count = self.storage.record_count(subject_id) if info.state != SubjectState.SHREDDED else 0
         return subject_view(info, count)
 
     def writable_subject(self, subject_id: str) -> SubjectKeyInfo:
@@ -234,10 +234,10 @@ class VaultService:
     ) -> StoredRecord:
         """A new record of ``spec`` (version 1), sealed under the key its retention
         calls for: an expiry bucket's (rolling retention) or the subject's."""
-        scheme, bucket_id, retain_until = SCHEME_SUBJECT, None, None
+        scheme, bucket_id, retain_until = KeyScheme.SUBJECT, None, None
         if spec.retention.kind is RetentionKind.ROLLING:
             bucket = self._expiry_bucket(spec.name, add_months(now, spec.retention.months))
-            scheme, bucket_id, retain_until = SCHEME_EXPIRY, bucket.bucket_id, bucket.destroy_at
+            scheme, bucket_id, retain_until = KeyScheme.EXPIRY, bucket.bucket_id, bucket.destroy_at
         ciphertext = self.crypto.seal(info, record_id, spec.name, fields, scheme, bucket_id)
         return StoredRecord(
             info.subject_id,
@@ -254,7 +254,7 @@ class VaultService:
         )
 
     def _expiry_bucket(self, category: str, deadline: datetime) -> BucketInfo:
-        bucket = self.crypto.buckets.for_deadline(EXPIRY, category, deadline)
+        bucket = self.crypto.buckets.for_deadline(BucketKind.EXPIRY, category, deadline)
         if bucket is None:
             raise FailedPrecondition(
                 "RETENTION_OVER", "the retention period of this data is already over"
@@ -403,7 +403,7 @@ class VaultService:
         fields: Mapping[str, str],
         origin: str,
         *,
-        scheme: str | None = None,
+        scheme: KeyScheme | None = None,
         bucket_id: str | None = None,
         retain_until: datetime | None = None,
     ) -> RecordView | None:
@@ -459,7 +459,7 @@ class VaultService:
             rule = spec.retention
             if rule.kind is not RetentionKind.AFTER_EVENT or rule.event != event:
                 raise InvalidArgument("event", "this category's retention does not use that event")
-            if current.key_scheme != SCHEME_SUBJECT:
+            if current.key_scheme != KeyScheme.SUBJECT:
                 raise FailedPrecondition("EVENT_ALREADY_RECORDED", "the event was already recorded")
             refuse_if_restricted(info)
             bucket = self._expiry_bucket(current.category, add_months(self.clock(), rule.months))
@@ -471,7 +471,7 @@ class VaultService:
                 current,
                 fields,
                 current.origin,
-                scheme=SCHEME_EXPIRY,
+                scheme=KeyScheme.EXPIRY,
                 bucket_id=bucket.bucket_id,
                 retain_until=bucket.destroy_at,
             )

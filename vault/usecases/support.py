@@ -36,7 +36,7 @@ from vault.ids import check_id, new_id
 from vault.storage import StoredRecord
 from vault.storage.support_grants import CategorySummary, StoredGrant
 from vault.usecases.service import RecordView, VaultService
-from vault.vocabulary import SCHEME_SUBJECT, WRITABLE
+from vault.vocabulary import WRITABLE, KeyScheme, SubjectState
 
 #: The catalog category a grant's ticket must belong to, and the purpose reads state.
 SUPPORT_CATEGORY = "support"
@@ -89,7 +89,7 @@ class Overview:
     """What support may always see of a subject: metadata, never a value."""
 
     subject_id: str
-    state: str
+    state: SubjectState
     #: Categories holding at least one readable record, by name.
     categories: tuple[CategorySummary, ...]
     live_grants: tuple[GrantSummary, ...]
@@ -115,7 +115,7 @@ def _grant(stored: StoredGrant) -> Grant:
 def _open_ticket(ticket: StoredRecord) -> bool:
     """Not resolved: resolution re-encrypts the ticket under an expiry bucket (its
     retention clock runs), out of the subject key scheme."""
-    return ticket.key_scheme == SCHEME_SUBJECT and ticket.retain_until is None
+    return ticket.key_scheme == KeyScheme.SUBJECT and ticket.retain_until is None
 
 
 def _no_live_grant() -> PermissionDenied:
