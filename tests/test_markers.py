@@ -15,8 +15,8 @@ COLLECT = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cac
 
 #: One or more test files for each way a test reaches OpenBao or PostgreSQL.
 FILES = [
-    "tests/test_cli.py",  # the stack fixture; `oubli dev` (marked by hand)
-    "tests/vault/test_storage.py",  # storage <- database_url
+    "tests/vault/app/test_cli.py",  # the stack fixture; `oubli dev` (marked by hand)
+    "tests/vault/storage/test_storage.py",  # storage <- database_url
     "tests/kms/test_contract.py",  # any_kms
     "tests/kms/test_openbao_raft.py",  # starts OpenBaoRaftServer itself
     "tests/integration/test_faults.py",  # a fixture that starts OpenBao; PostgresCluster
@@ -55,8 +55,8 @@ def other_tests() -> set[str]:
 
 def test_openbao_selects_every_way_of_reaching_openbao(openbao_tests: set[str]) -> None:
     for expected in [
-        "tests/test_cli.py::test_dev_starts_openbao_and_serves",
-        "tests/test_cli.py::test_subject_create_prints_an_id[postgresql+vault]",
+        "tests/vault/app/test_cli.py::test_dev_starts_openbao_and_serves",
+        "tests/vault/app/test_cli.py::test_subject_create_prints_an_id[postgresql+vault]",
         "tests/kms/test_contract.py::test_round_trip[vault]",
         "tests/kms/test_openbao_raft.py::test_transit_keys_survive_a_restart",
         "tests/integration/test_faults.py::"
@@ -80,12 +80,12 @@ def test_openbao_selects_every_way_of_reaching_openbao(openbao_tests: set[str]) 
 
 def test_postgres_selects_every_way_of_reaching_postgresql(postgres_tests: set[str]) -> None:
     for expected in [
-        "tests/test_cli.py::test_subject_create_prints_an_id[postgresql+vault]",
+        "tests/vault/app/test_cli.py::test_subject_create_prints_an_id[postgresql+vault]",
         "tests/integration/test_faults.py::"
         "test_postgresql_stopped_under_load_loses_no_acknowledged_write",
     ]:
         assert expected in postgres_tests
-    assert any(t.startswith("tests/vault/test_storage.py") for t in postgres_tests)
+    assert any(t.startswith("tests/vault/storage/test_storage.py") for t in postgres_tests)
     assert any(t.startswith("tests/scenarios/") for t in postgres_tests)
     assert any(t.startswith("tests/api/test_fuzz.py") for t in postgres_tests)
     assert not any("[sqlite" in t for t in postgres_tests)
@@ -95,7 +95,7 @@ def test_postgres_selects_every_way_of_reaching_postgresql(postgres_tests: set[s
 def test_the_rest_reaches_neither(
     openbao_tests: set[str], postgres_tests: set[str], other_tests: set[str]
 ) -> None:
-    assert "tests/test_cli.py::test_subject_create_prints_an_id[sqlite+local]" in other_tests
+    assert "tests/vault/app/test_cli.py::test_subject_create_prints_an_id[sqlite+local]" in other_tests
     assert "tests/kms/test_contract.py::test_round_trip[memory]" in other_tests
     assert not other_tests & (openbao_tests | postgres_tests)
     assert not any("postgresql" in t or "[vault]" in t for t in other_tests)

@@ -3,7 +3,7 @@ the Python client, on SQLite + local keystore and on PostgreSQL + real OpenBao (
 ``stack`` fixture). Two tests serve the in-memory KMS on SQLite instead: one switches the
 KMS off mid-batch, the other serves a restricted caller policy.
 
-The domain rules of the batches are unit-tested in tests/vault/test_bulk.py; here: what
+The domain rules of the batches are unit-tested in tests/vault/usecases/test_batches.py; here: what
 goes over the wire (statuses, ErrorInfo, per-item errors, chunks) and what the audit
 trail records for each subject a batch touches. Which default caller may call the new
 RPCs is covered by tests/api/test_authorization.py (it walks every RPC of the proto).

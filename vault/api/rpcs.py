@@ -12,7 +12,7 @@ keeping its own list:
   caller whose content is reached only under a support grant (``content =
   "under-grant"``) cannot be given any other RPC that returns field values.
 
-tests/vault/test_rpcs.py checks that the table covers exactly the RPCs of
+tests/vault/api/test_rpcs.py checks that the table covers exactly the RPCs of
 proto/oubli/v1/vault.proto, so an RPC cannot be added without being declared here; and
 tests/api/test_content_disclosure.py checks, against a running server, that no caller
 gets a value the table and the policies do not let it have.
