@@ -95,7 +95,9 @@ def test_postgres_selects_every_way_of_reaching_postgresql(postgres_tests: set[s
 def test_the_rest_reaches_neither(
     openbao_tests: set[str], postgres_tests: set[str], other_tests: set[str]
 ) -> None:
-    assert "tests/vault/app/test_cli.py::test_subject_create_prints_an_id[sqlite+local]" in other_tests
+    assert (
+        "tests/vault/app/test_cli.py::test_subject_create_prints_an_id[sqlite+local]" in other_tests
+    )
     assert "tests/kms/test_contract.py::test_round_trip[memory]" in other_tests
     assert not other_tests & (openbao_tests | postgres_tests)
     assert not any("postgresql" in t or "[vault]" in t for t in other_tests)

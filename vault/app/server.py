@@ -20,7 +20,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy import Engine
 
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
@@ -120,19 +119,19 @@ def make_local_files_private(config: ServerConfig) -> None:
     tighten(owned)
 
 
-def open_database(config: ServerConfig) -> Engine:
+def open_database(config: ServerConfig) -> Storage:
     """The data database, migrated to the newest revision (what oubli keeps on this
     machine made private first: the embedded default's directory is created 0700)."""
     make_local_files_private(config)
     engine = make_engine(config.resolved_database_url)
     migrate(engine)
-    return engine
+    return Storage(engine)
 
 
 def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
     """The domain over ``config``'s database and KMS, records sealed through one
     RecordCrypto (its DEK cache sized by the configuration)."""
-    storage = Storage(open_database(config))
+    storage = open_database(config)
     crypto = RecordCrypto(
         storage,
         build_kms(config),
@@ -182,18 +181,18 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     No KMS: the commands only append to the audit trail, and revoking a token must not
     wait for the KMS (nor need its credentials).
     """
-    engine = open_database(config)
-    audit = AuditLog(Storage(engine), AbsentKeyManager(), clock, "")
-    return TokenRegistry(BearerTokenRepository(engine), audit, clock)
+    storage = open_database(config)
+    audit = AuditLog(storage, AbsentKeyManager(), clock, "")
+    return TokenRegistry(BearerTokenRepository(storage.engine), audit, clock)
 
 
 def build_auth(
-    config: ServerConfig, engine: Engine, audit: AuditLog, clock: Clock = utc_now
+    config: ServerConfig, storage: Storage, audit: AuditLog, clock: Clock = utc_now
 ) -> tuple[Authenticator, CallerPolicy]:
     """The caller policy, and an Authenticator over the database's token table, into
     which the tokens file (pre-0007 hashes), if there is one, is imported first."""
     policy = CallerPolicy.load(config.callers_path)
-    registry = TokenRegistry(BearerTokenRepository(engine), audit, clock)
+    registry = TokenRegistry(BearerTokenRepository(storage.engine), audit, clock)
     try:
         registry.import_file(config.resolved_tokens_path)
     except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
@@ -226,7 +225,7 @@ def start_server(
         vault.catalog,
         timedelta(seconds=config.audit_full_verify_seconds),
     )
-    authenticator, policy = auth or build_auth(config, vault.storage.engine, audit.audit, clock)
+    authenticator, policy = auth or build_auth(config, vault.storage, audit.audit, clock)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[ServiceInterceptor(authenticator, policy, audit)],
