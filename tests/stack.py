@@ -5,6 +5,9 @@ The ``stack`` fixture is registered in tests/conftest.py.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from vault.crypto.keycache import DataKeyCache
 from vault.crypto.record_crypto import RecordCrypto
 from vault.storage import Storage, make_engine, migrate
 from vault.usecases.erasure import Erasure
+from vault.usecases.erasure_ledger import ErasureLedger
 from vault.usecases.service import VaultService
 
 
@@ -51,6 +55,13 @@ TEST_POLICY_TOML = (
 )
 
 
+def scratch_ledger(clock: Clock = utc_now) -> ErasureLedger:
+    """An erasure ledger in a fresh temporary directory (removed at exit)."""
+    directory = tempfile.mkdtemp(prefix="oubli-ledger-")
+    atexit.register(shutil.rmtree, directory, True)
+    return ErasureLedger(f"sqlite:///{directory}/erasures.db", clock=clock)
+
+
 def vault_service(
     storage: Storage,
     kms: KeyManager,
@@ -58,17 +69,27 @@ def vault_service(
     *,
     cache: DataKeyCache | None = None,
     clock: Clock = utc_now,
+    ledger: ErasureLedger | None = None,
 ) -> VaultService:
     """The domain over ``storage`` and ``kms``, as build_vault wires it: one RecordCrypto
-    with its own DEK cache (a fresh one unless given), the shipped catalog by default."""
+    with its own DEK cache (a fresh one unless given), the shipped catalog by default,
+    an erasure ledger of its own unless given."""
     crypto = RecordCrypto(storage, kms, cache=cache, clock=clock)
-    return VaultService(storage, crypto, catalog or Catalog.load(), clock=clock)
+    return VaultService(
+        storage,
+        crypto,
+        catalog or Catalog.load(),
+        ledger=ledger or scratch_ledger(clock),
+        clock=clock,
+    )
 
 
 def erasure_of(vault: VaultService) -> Erasure:
-    """Erasure over ``vault``'s storage, record crypto, catalog and clock (as
+    """Erasure over ``vault``'s storage, record crypto, catalog, ledger and clock (as
     build_erasure wires it, with the default KMS backup retention)."""
-    return Erasure(vault.storage, vault.crypto, vault.catalog, clock=vault.clock)
+    return Erasure(
+        vault.storage, vault.crypto, vault.catalog, ledger=vault.ledger, clock=vault.clock
+    )
 
 
 def suite_auth() -> tuple[Authenticator, CallerPolicy]:

@@ -5,6 +5,9 @@
 - Domain errors become statuses through :mod:`vault.api.status`; any other exception
   becomes INTERNAL with a generic message (its text could hold anything) and is logged
   by type only.
+- While the serving gate is closed (the restore fence has not passed,
+  vault/usecases/restore_fence.py), every call is refused UNAVAILABLE before anything
+  else runs; once open, the check is one attribute read.
 - One structured log line per RPC: method, status, duration, request id. Never a
   request or response body.
 """
@@ -30,6 +33,7 @@ from vault.api.rpcs import READ_ONLY
 from vault.api.status import error_status, plain_status, status_code_for
 from vault.audit.recorder import AuditRecorder
 from vault.errors import OubliError
+from vault.usecases.restore_fence import ServingGate
 
 log = structlog.get_logger("oubli.rpc")
 
@@ -93,6 +97,11 @@ _MALFORMED_STATUS = plain_status(
 _INTERNAL_STATUS = plain_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL")
 
 
+#: The gate of a server without a restore fence (in-process tests of the edge).
+_OPEN = ServingGate()
+_OPEN.open()
+
+
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
 else:  # grpc's runtime class is not generic
@@ -111,12 +120,14 @@ class ServiceInterceptor(_Interceptor):
         authenticator: Authenticator | None = None,
         policy: CallerPolicy | None = None,
         audit: AuditRecorder | None = None,
+        gate: ServingGate | None = None,
     ) -> None:
         if (authenticator is None) != (policy is None):
             raise ValueError("authenticator and policy go together")
         self._authenticator = authenticator
         self._policy = policy
         self._audit = audit
+        self._gate = gate or _OPEN
 
     def _record(
         self,
@@ -219,6 +230,8 @@ class ServiceInterceptor(_Interceptor):
             note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
                 self._fail(context, None, request_id, bound, start)
+            if self._gate.refusal is not None:
+                self._fail(context, self._gate.refusal, request_id, bound, start)
             # A read (vault.api.rpcs) is recorded once, before its response leaves; a change
             # is also recorded (STARTED) before it runs.
             read_only = ".".join(rpc_name(method)) in READ_ONLY
@@ -265,6 +278,8 @@ class ServiceInterceptor(_Interceptor):
             note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
                 self._fail(context, None, request_id, bound, start)
+            if self._gate.refusal is not None:
+                self._fail(context, self._gate.refusal, request_id, bound, start)
             try:
                 name = self._authenticate(context)
                 caller = name or "internal"

@@ -6,6 +6,13 @@ Environment variables (all optional):
     OUBLI_METRICS_LISTEN  host:port to serve Prometheus metrics on (default: empty, off)
     OUBLI_DATA_DIR        directory for the embedded default (default ./oubli-data)
     OUBLI_DATABASE_URL    SQLAlchemy URL (default sqlite:///DATA_DIR/oubli.db)
+    OUBLI_LEDGER_URL      the erasure ledger's own database, never the data database
+                          (default sqlite:///DATA_DIR/ledger/erasures.db; PostgreSQL:
+                          one ledger database shared by every replica)
+    OUBLI_LEDGER_MIRROR_DIR  also append each ledger entry, fsynced, as a JSON line to
+                          DIR/erasures.jsonl (to ship to write-once storage; default off)
+    OUBLI_FENCE_INTERVAL_SECONDS  how often the restore fence runs again after the
+                          first pass at start (default 300)
     OUBLI_KMS             local | vault (default local)
     OUBLI_KEYSTORE_PATH   local keystore file (default DATA_DIR/keystore/keys.db)
     OUBLI_CATALOG         policy catalog TOML file (default: the shipped catalog)
@@ -100,6 +107,15 @@ class ServerConfig:
     kms_max_in_flight: int = 0
     kms_breaker_failures: int = 5
     kms_breaker_reset_seconds: float = 0.5
+    #: The erasure ledger's database URL (empty: DATA_DIR/ledger/erasures.db) and the
+    #: directory its entries are mirrored to as JSON lines (None: off).
+    ledger_url: str = ""
+    ledger_mirror_dir: Path | None = None
+    #: How often the restore fence runs again once it has passed at start.
+    fence_interval_seconds: float = 300.0
+    #: Serve although the ledger is behind the database (an operator's explicit
+    #: acknowledgement that the ledger was lost or restored; a flag, no variable).
+    accept_ledger_behind: bool = False
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -121,6 +137,12 @@ class ServerConfig:
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'oubli.db').resolve()}"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return (
+            self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger' / 'erasures.db').resolve()}"
+        )
 
     @property
     def resolved_keystore_path(self) -> Path:
@@ -154,6 +176,19 @@ class ServerConfig:
             raise ConfigError(
                 f"the KMS breaker's reset interval must be in (0, {MAX_KMS_TIMEOUT_SECONDS}] s"
             )
+        if self.fence_interval_seconds <= 0:
+            raise ConfigError("the restore fence interval must be > 0 seconds")
+        try:
+            ledger_file = sqlite_file(self.resolved_ledger_url)
+            database_file = sqlite_file(self.resolved_database_url)
+        except ValueError:
+            raise ConfigError("database or ledger URL is not a valid SQLAlchemy URL") from None
+        if self.resolved_ledger_url == self.resolved_database_url or (
+            ledger_file is not None
+            and database_file is not None
+            and ledger_file.resolve() == database_file.resolve()
+        ):
+            raise ConfigError("the erasure ledger must not be the data database")
         metrics = self.metrics_address  # raises ConfigError when malformed
         if metrics is not None and metrics[1] != 0 and self.metrics_listen == self.listen:
             raise ConfigError("the metrics address must differ from the gRPC listen address")
@@ -249,4 +284,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_KMS_BREAKER_FAILURES": ("kms_breaker_failures", int),
     "OUBLI_KMS_BREAKER_RESET_SECONDS": ("kms_breaker_reset_seconds", float),
     "OUBLI_AUDIT_FULL_VERIFY_SECONDS": ("audit_full_verify_seconds", float),
+    "OUBLI_LEDGER_URL": ("ledger_url", str),
+    "OUBLI_LEDGER_MIRROR_DIR": ("ledger_mirror_dir", Path),
+    "OUBLI_FENCE_INTERVAL_SECONDS": ("fence_interval_seconds", float),
 }

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from kms.base import KeyManager
 from kms.guard import BreakerState, GuardedKeyManager
 from vault.crypto.keycache import DataKeyCache
+from vault.usecases.restore_fence import RestoreFence, ServingGate
 
 
 class VaultCollector(Collector):
@@ -101,10 +102,40 @@ def _guard_metrics(guard: GuardedKeyManager) -> Iterable[Metric]:
     yield refused
 
 
-def build_registry(kms: KeyManager, cache: DataKeyCache) -> CollectorRegistry:
-    """A registry of its own holding the vault collector (nothing process-global)."""
+class FenceCollector(Collector):
+    """The restore fence: how far the database was behind the erasure ledger at the last
+    pass, and whether the serving gate is open."""
+
+    def __init__(self, fence: RestoreFence, gate: ServingGate) -> None:
+        self._fence = fence
+        self._gate = gate
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "oubli_erasure_ledger_lag_entries",
+            "Erasure ledger entries the data database was behind at the restore fence's "
+            "last pass (a restored database; the fence erased them again).",
+            value=self._fence.lag,
+        )
+        yield GaugeMetricFamily(
+            "oubli_restore_fence_open",
+            "1 once the restore fence has passed and RPCs are served, else 0.",
+            value=0 if self._gate.refusal is not None else 1,
+        )
+
+
+def build_registry(
+    kms: KeyManager,
+    cache: DataKeyCache,
+    fence: RestoreFence | None = None,
+    gate: ServingGate | None = None,
+) -> CollectorRegistry:
+    """A registry of its own holding the vault collector and, when given, the restore
+    fence's (nothing process-global)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(VaultCollector(kms, cache))
+    if fence is not None and gate is not None:
+        registry.register(FenceCollector(fence, gate))
     return registry
 
 

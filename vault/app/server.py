@@ -2,6 +2,8 @@
 
 Registers oubli's services, gRPC health checking and server reflection; with
 ``metrics_listen`` set, also serves Prometheus metrics over HTTP (vault/app/metrics.py).
+Health says SERVING, and the RPCs run, only once the restore fence has passed
+(vault/usecases/restore_fence.py); a ledger behind the database refuses the start.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.metrics import MetricsServer, build_registry, start_metrics_server
 from vault.audit.chain import AuditLog
 from vault.audit.recorder import AuditRecorder
+from vault.audit.signing import SigningKey
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
@@ -52,7 +55,9 @@ from vault.private_files import make_private_dir, tighten, write_private
 from vault.storage import Storage, make_engine, migrate
 from vault.storage.bearer_tokens import BearerTokenRepository
 from vault.usecases.erasure import Erasure
+from vault.usecases.erasure_ledger import ErasureLedger
 from vault.usecases.lookup import SubjectFinder
+from vault.usecases.restore_fence import FenceRunner, RestoreFence, ServingGate
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
 from vault.usecases.service import VaultService
@@ -138,8 +143,16 @@ def build_vault(config: ServerConfig, clock: Clock = utc_now) -> VaultService:
         cache=DataKeyCache(config.cache_entries, config.cache_ttl_seconds),
         clock=clock,
     )
+    ledger = ErasureLedger(
+        config.resolved_ledger_url, mirror_dir=config.ledger_mirror_dir, clock=clock
+    )
     return VaultService(
-        storage, crypto, Catalog.load(config.catalog_path), tenant=config.tenant, clock=clock
+        storage,
+        crypto,
+        Catalog.load(config.catalog_path),
+        ledger=ledger,
+        tenant=config.tenant,
+        clock=clock,
     )
 
 
@@ -150,6 +163,7 @@ def build_erasure(config: ServerConfig, vault: VaultService) -> Erasure:
         vault.storage,
         vault.crypto,
         vault.catalog,
+        ledger=vault.ledger,
         clock=vault.clock,
         kms_backup_retention=timedelta(days=config.kms_backup_retention_days),
     )
@@ -162,17 +176,21 @@ class RunningServer:
     vault: VaultService
     health: health.HealthServicer
     audit: AuditRecorder
+    #: The restore fence's periodic passes, and the gate they open.
+    fence: FenceRunner
     #: The Prometheus endpoint, when ``metrics_listen`` is set.
     metrics: MetricsServer | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
+        self.fence.stop()
         self.server.stop(grace).wait()
         if self.metrics is not None:
             self.metrics.stop()
         self.audit.stop()
         self.vault.crypto.kms.close()
         self.vault.storage.engine.dispose()
+        self.vault.ledger.close()
 
 
 def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistry:
@@ -226,9 +244,17 @@ def start_server(
         timedelta(seconds=config.audit_full_verify_seconds),
     )
     authenticator, policy = auth or build_auth(config, vault.storage, audit.audit, clock)
+    erasure = build_erasure(config, vault)
+    fence = RestoreFence(
+        erasure,
+        accept_ledger_behind=config.accept_ledger_behind,
+        signing_key=SigningKey(vault.crypto.kms, audit.audit.signing_key_id),
+    )
+    fence.check_positions()  # a ledger behind the database refuses the start
+    gate = ServingGate()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ServiceInterceptor(authenticator, policy, audit)],
+        interceptors=[ServiceInterceptor(authenticator, policy, audit, gate)],
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             # grpc turns SO_REUSEPORT on by default: a second server on the same port
@@ -236,7 +262,6 @@ def start_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    erasure = build_erasure(config, vault)
     pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, erasure, clock), server)
     pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
     pb_grpc.add_RightsServiceServicer_to_server(
@@ -248,8 +273,18 @@ def start_server(
     pb_grpc.add_SupportServiceServicer_to_server(SupportServicer(SupportAccess(vault)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def serving(ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            health_servicer.set(name, status)
+
+    serving(False)
+    runner = FenceRunner(fence, gate, config.fence_interval_seconds, serving)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -268,10 +303,14 @@ def start_server(
         raise Unavailable(_cannot_listen(config.listen)) from e
     if port == 0:
         raise Unavailable(_cannot_listen(config.listen))
-    metrics = start_metrics(config, vault)
+    metrics = start_metrics(config, vault, fence, gate)
     audit.start_checkpoints(config.audit_checkpoint_seconds)
+    # The first pass before the port answers: a fence that can finish (the KMS is up)
+    # opens the gate before any call arrives; one that cannot keeps it closed, and the
+    # runner tries again while health says NOT_SERVING.
+    runner.start(passed=runner.pass_once())
     server.start()
-    return RunningServer(server, port, vault, health_servicer, audit, metrics)
+    return RunningServer(server, port, vault, health_servicer, audit, runner, metrics)
 
 
 def _cannot_listen(listen: str) -> str:
@@ -298,13 +337,17 @@ def _cannot_listen(listen: str) -> str:
     return f"cannot listen on {listen}{reason}"
 
 
-def start_metrics(config: ServerConfig, vault: VaultService) -> MetricsServer | None:
-    """The Prometheus endpoint for ``vault``, or None when ``metrics_listen`` is empty."""
+def start_metrics(
+    config: ServerConfig, vault: VaultService, fence: RestoreFence, gate: ServingGate
+) -> MetricsServer | None:
+    """The Prometheus endpoint for ``vault`` and its restore fence, or None when
+    ``metrics_listen`` is empty."""
     address = config.metrics_address
     if address is None:
         return None
     try:
-        return start_metrics_server(build_registry(vault.crypto.kms, vault.crypto.cache), *address)
+        registry = build_registry(vault.crypto.kms, vault.crypto.cache, fence, gate)
+        return start_metrics_server(registry, *address)
     except OSError as e:  # taken, not a local address, or a host name that does not resolve
         raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e
 

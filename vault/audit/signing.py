@@ -69,6 +69,15 @@ class SigningKey:
         message = checkpoint_message(seq, head_hash)
         return self._call(lambda: self._kms.sign(self.key_id, message))
 
+    def sign_message(self, message: bytes) -> bytes:
+        """The signature of ``message`` (another chain's head, e.g. the erasure
+        ledger's, under its own context prefix)."""
+        return self._call(lambda: self._kms.sign(self.key_id, message))
+
+    def verify_message(self, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is this key's signature of ``message``."""
+        return self._call(lambda: self._kms.verify(self.key_id, message, signature))
+
     def signed(self, checkpoint: Checkpoint) -> bool:
         """``checkpoint`` names this key and its signature verifies.
 

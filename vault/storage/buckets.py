@@ -13,7 +13,7 @@ from sqlalchemy import (
 
 from vault.storage.base import Repository
 from vault.storage.rows import BucketInfo, bucket_info
-from vault.storage.statements import add_to_key_ledger
+from vault.storage.statements import add_to_key_ledger, raise_ledger_position
 from vault.storage.tables import (
     RecordRow,
     RetentionBucketRow,
@@ -77,9 +77,12 @@ class BucketRepository(Repository):
                 .values(state=BucketState.DESTROYING)
             )
 
-    def finish_bucket(self, bucket_id: str, now: datetime) -> tuple[int, int]:
+    def finish_bucket(
+        self, bucket_id: str, now: datetime, *, ledger_seq: int = 0
+    ) -> tuple[int, int]:
         """After the bucket's key is destroyed: delete its (unreadable) records, close
-        the subjects that only had held records in it. Returns (records, subjects)."""
+        the subjects that only had held records in it, raise the erasure ledger
+        position to ``ledger_seq``. Returns (records, subjects)."""
         with self._session() as s:
             row = s.get(RetentionBucketRow, bucket_id, with_for_update=True)
             if row is None or row.state == BucketState.DESTROYED:
@@ -101,6 +104,7 @@ class BucketRepository(Repository):
             row.wrapped_dek = None
             row.destroyed_at = now
             add_to_key_ledger(s, row.key_id, "bucket", now)
+            raise_ledger_position(s.connection(), ledger_seq)
             return (
                 int(getattr(deleted, "rowcount", 0) or 0),
                 int(getattr(finished, "rowcount", 0) or 0),

@@ -21,7 +21,14 @@ from sqlalchemy import (
 from vault.storage.base import Repository
 from vault.storage.engine import sqlite_writer
 from vault.storage.rows import Receipt, receipt_of
-from vault.storage.statements import KEY_LEDGER, SHRED_RECEIPTS, SUBJECTS, chunks
+from vault.storage.statements import (
+    KEY_LEDGER,
+    LEDGER_POSITION,
+    SHRED_RECEIPTS,
+    SUBJECTS,
+    chunks,
+    raise_ledger_position,
+)
 from vault.storage.tables import (
     KeyLedgerRow,
     RecordRow,
@@ -71,6 +78,8 @@ class ErasureRepository(Repository):
         kms_backend: str,
         now: datetime,
         holds: Mapping[str, tuple[str, datetime]] | None = None,
+        *,
+        ledger_seq: int = 0,
     ) -> dict[str, Receipt]:
         """Finish the erasure of subjects whose keys are destroyed: one transaction of
         set-wide statements (a few per 500 subjects, not a few per subject).
@@ -79,7 +88,9 @@ class ErasureRepository(Repository):
         forgotten, the receipt and the key ledger written; the subject becomes ``held``
         when held records remain — until the hold bucket ``holds`` names for it
         (bucket id, destroy_at) — else ``shredded``. A subject finished already keeps
-        its receipt; an unknown one is left out of the result.
+        its receipt; an unknown one is left out of the result. The database's erasure
+        ledger position rises to ``ledger_seq`` (the ledger entries of these keys) in the
+        same transaction.
         """
         holds = holds or {}
         receipts: dict[str, Receipt] = {}
@@ -103,6 +114,7 @@ class ErasureRepository(Repository):
                 todo = [sid for sid in chunk if sid in keys and sid not in receipts]
                 if todo:
                     receipts.update(self._finish(c, todo, keys, kms_backend, now, holds))
+            raise_ledger_position(c, ledger_seq)
         return receipts
 
     @staticmethod
@@ -255,3 +267,38 @@ class ErasureRepository(Repository):
             query = query.where(KeyLedgerRow.subject_id == subject_id)
         with self._session() as s:
             return list(s.scalars(query))
+
+    def key_ledger(self) -> list[tuple[str, str, str | None]]:
+        """The key ledger's rows: (key id, kind, subject id or None)."""
+        query = select(KeyLedgerRow.key_id, KeyLedgerRow.kind, KeyLedgerRow.subject_id)
+        with self._connection() as c:
+            return [
+                (str(k), str(kind), s)
+                for k, kind, s in c.execute(query.order_by(KeyLedgerRow.key_id))
+            ]
+
+    def shredding_subject_ids(self) -> list[str]:
+        """Subjects whose erasure started and did not finish (a crash, an outage)."""
+        query = select(SubjectRow.subject_id).where(SubjectRow.state == SubjectState.SHREDDING)
+        with self._connection() as c:
+            return list(c.execute(query.order_by(SubjectRow.subject_id)).scalars())
+
+    # --- erasure ledger position ----------------------------------------------------
+
+    def ledger_position(self) -> int:
+        """The erasure ledger seq of the last erasure this database finished."""
+        with self._connection() as c:
+            found = c.execute(select(LEDGER_POSITION.c.seq).where(LEDGER_POSITION.c.id == 1))
+            return int(found.scalar() or 0)
+
+    def raise_ledger_position(self, seq: int) -> None:
+        """Move the position up to ``seq`` (never down): an erasure finished outside
+        :meth:`finish_shreds` (a retired key destroyed after a re-key)."""
+        with sqlite_writer(self.engine), self._connection() as c:
+            raise_ledger_position(c, seq)
+
+    def reset_ledger_position(self, seq: int) -> None:
+        """Set the position to ``seq``, down too: an operator accepted a ledger behind
+        this database (lost or restored)."""
+        with sqlite_writer(self.engine), self._connection() as c:
+            c.execute(update(LEDGER_POSITION).where(LEDGER_POSITION.c.id == 1).values(seq=seq))

@@ -16,6 +16,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    update,
 )
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from vault.storage.rows import StoredRecord
 from vault.storage.tables import (
     BlindIndexRow,
     KeyLedgerRow,
+    LedgerPositionRow,
     RecordRow,
     RetentionBucketRow,
     ShredReceiptRow,
@@ -36,6 +38,7 @@ SUBJECTS = cast(Table, SubjectRow.__table__)
 SHRED_RECEIPTS = cast(Table, ShredReceiptRow.__table__)
 KEY_LEDGER = cast(Table, KeyLedgerRow.__table__)
 BLIND_INDEX = cast(Table, BlindIndexRow.__table__)
+LEDGER_POSITION = cast(Table, LedgerPositionRow.__table__)
 
 
 def _subject_and_record() -> Any:
@@ -141,3 +144,14 @@ def add_to_key_ledger(
     destroys it again after a KMS restore)."""
     if s.get(KeyLedgerRow, key_id) is None:
         s.add(KeyLedgerRow(key_id=key_id, kind=kind, recorded_at=now, subject_id=subject_id))
+
+
+def raise_ledger_position(c: Connection, seq: int) -> None:
+    """Move this database's erasure-ledger high-water mark up to ``seq`` (never down),
+    in the caller's transaction."""
+    if seq > 0:
+        c.execute(
+            update(LEDGER_POSITION)
+            .where(LEDGER_POSITION.c.id == 1, LEDGER_POSITION.c.seq < seq)
+            .values(seq=seq)
+        )

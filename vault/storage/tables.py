@@ -149,6 +149,17 @@ class KeyLedgerRow(Base):
     subject_id: Mapped[str | None] = mapped_column(String(26), index=True)
 
 
+class LedgerPositionRow(Base):
+    """One row: the erasure ledger's seq of the last erasure this database finished (its
+    high-water mark). Above the ledger's head, the ledger was lost or restored; below
+    it, this database was (the restore fence, vault/usecases/restore_fence.py)."""
+
+    __tablename__ = "erasure_ledger_position"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+
+
 class RightsRequestRow(Base):
     """A data-subject request, with the date it must be answered by."""
 

@@ -27,7 +27,9 @@ class Consents:
 
     def __init__(self, vault: VaultService) -> None:
         self.vault = vault
-        self._rekeying = Rekeying(vault.storage, vault.crypto, clock=vault.clock)
+        self._rekeying = Rekeying(
+            vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock
+        )
 
     def _known(self, name: str) -> str:
         if name not in self.vault.catalog.consents:

@@ -1,22 +1,25 @@
 """Erasure: a subject is shredded by destroying its key, keeping only what the law requires.
 
-One path for ShredSubject, BatchShredSubjects and the retention job: shredding one
-subject is a batch of one. For the subjects of a call:
+One path for ShredSubject, BatchShredSubjects, the retention job and the restore fence:
+shredding one subject is a batch of one. For the subjects of a call:
 
 1. mark every writable one ``shredding`` (one transaction, committed: every replica
    refuses them from then on), then read them again — a re-key that committed just
    before the mark moved a subject to a new key, and that is the key to destroy;
 2. re-encrypt the records of legal-hold categories (invoices) under the hold bucket of
    their deadline (closure, or now, plus the hold period);
-3. destroy each subject's KMS key (several side by side; idempotent);
-4. finish them all in one transaction (:meth:`Storage.finish_shreds`): delete every
+3. append every key about to be destroyed to the erasure ledger (one durable commit for
+   the call, outside the data database: :mod:`vault.usecases.erasure_ledger`);
+4. destroy each subject's KMS key (several side by side; idempotent);
+5. finish them all in one transaction (:meth:`Storage.finish_shreds`): delete every
    other record, drop the wrapped DEK, mark the subject ``held`` (legal records remain)
-   or ``shredded``, write the receipt and the key ledger.
+   or ``shredded``, write the receipt, the key ledger and the database's ledger
+   position.
 
 Each subject succeeds or fails alone. A crash or outage after step 1 leaves the subject
-refused; calling again (or the retention job) completes the remaining steps. An erased
-subject's shred returns its receipt. After a KMS restore, :meth:`Erasure.reconcile`
-destroys again every key the ledger lists.
+refused; calling again, the retention job or the restore fence at the next start
+completes the remaining steps. An erased subject's shred returns its receipt. After a
+KMS restore, :meth:`Erasure.reconcile` destroys again every key the key ledger lists.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from vault.errors import (
 )
 from vault.ids import check_id
 from vault.storage import Receipt, Storage, StoredRecord, SubjectKeyInfo
+from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.batches import check_batch
+from vault.usecases.erasure_ledger import SUBJECT, ErasureLedger
 from vault.usecases.service import REWRITE_ATTEMPTS
 from vault.vocabulary import WRITABLE, BucketKind, KeyScheme, SubjectState
 
@@ -97,6 +102,7 @@ class Erasure:
         crypto: RecordCrypto,
         catalog: Catalog,
         *,
+        ledger: ErasureLedger,
         clock: Clock = utc_now,
         kms_backup_retention: timedelta = timedelta(days=7),
         workers: int = SHRED_WORKERS,
@@ -104,6 +110,7 @@ class Erasure:
         self.storage = storage
         self.crypto = crypto
         self.catalog = catalog
+        self.ledger = ledger
         self.clock = clock
         self._kms_backup_retention = kms_backup_retention
         self._workers = workers
@@ -174,30 +181,66 @@ class Erasure:
         # to hold, or held already.
         may_hold = held | (infos.keys() - set(marked))
 
-        def erase_key(info: SubjectKeyInfo) -> _Hold | None:
-            holding = info.subject_id in may_hold
-            if holding:
-                self._hold_legal_records(info)
-            destroy_key(self.crypto, info.key_id)
-            return self._last_hold(info.subject_id) if holding else None
+        def hold(info: SubjectKeyInfo) -> _Hold | None:
+            if info.subject_id not in may_hold:
+                return None
+            self._hold_legal_records(info)
+            return self._last_hold(info.subject_id)
 
-        destroyed: dict[str, _Hold | None] = {}
-        for info, outcome in zip(pending, self._side_by_side(erase_key, pending), strict=True):
+        ready: list[tuple[SubjectKeyInfo, _Hold | None]] = []
+        for info, outcome in zip(pending, self._side_by_side(hold, pending), strict=True):
             if isinstance(outcome, OubliError):
                 results[info.subject_id] = outcome  # stays shredding (refused): retry
             else:
-                destroyed[info.subject_id] = outcome
+                ready.append((info, outcome))
+        seqs = self._record_in_ledger([info for info, _ in ready], results)
+
+        def erase_key(info: SubjectKeyInfo) -> None:
+            destroy_key(self.crypto, info.key_id)
+
+        recorded = [(info, last) for info, last in ready if info.subject_id in seqs]
+        destroyed: dict[str, _Hold | None] = {}
+        for (info, held_in), outcome in zip(
+            recorded, self._side_by_side(erase_key, [info for info, _ in recorded]), strict=True
+        ):
+            if isinstance(outcome, OubliError):
+                results[info.subject_id] = outcome  # stays shredding (refused): retry
+            else:
+                destroyed[info.subject_id] = held_in
         if destroyed:
-            self._finish(destroyed, results)
+            self._finish(destroyed, results, max(seqs[sid] for sid in destroyed))
         return [results[subject_id] for subject_id in subject_ids]
 
+    def _record_in_ledger(
+        self, infos: Sequence[SubjectKeyInfo], results: dict[str, ShredReceipt | OubliError]
+    ) -> dict[str, int]:
+        """Append the keys about to be destroyed to the erasure ledger (one commit);
+        per subject, its entry's seq. If the ledger cannot be written, no key is
+        destroyed: the subjects stay refused, and a retry completes them."""
+        if not infos:
+            return {}
+        entries = [NewLedgerEntry(SUBJECT, info.key_id, info.subject_id) for info in infos]
+        try:
+            seqs = self.ledger.append(entries)
+        except OubliError as e:
+            results.update(dict.fromkeys((info.subject_id for info in infos), e))
+            return {}
+        return {info.subject_id: seq for info, seq in zip(infos, seqs, strict=True)}
+
     def _finish(
-        self, destroyed: dict[str, _Hold | None], results: dict[str, ShredReceipt | OubliError]
+        self,
+        destroyed: dict[str, _Hold | None],
+        results: dict[str, ShredReceipt | OubliError],
+        ledger_seq: int,
     ) -> None:
         holds = {sid: hold for sid, hold in destroyed.items() if hold is not None}
         try:
             receipts = self.storage.finish_shreds(
-                list(destroyed), self.crypto.kms.backend_name, self.clock(), holds
+                list(destroyed),
+                self.crypto.kms.backend_name,
+                self.clock(),
+                holds,
+                ledger_seq=ledger_seq,
             )
         except OubliError as e:  # all stay shredding (refused); a retry completes them
             results.update(dict.fromkeys(destroyed, e))

@@ -1,8 +1,9 @@
 """Re-key: a subject moves to a new KMS key and the old one is destroyed.
 
 Records of the categories dropped are deleted, every other record is re-encrypted under
-the new key, in one compare-and-set transaction (Storage.rekey): afterwards no copy of
-the database, backups included, can yield the dropped records. Withdrawing a consent
+the new key, in one compare-and-set transaction (Storage.rekey); the old key is then
+recorded in the erasure ledger and destroyed: afterwards no copy of the database,
+backups included, can yield the dropped records. Withdrawing a consent
 (vault.usecases.rights) uses it to destroy the data stored under that consent.
 """
 
@@ -17,6 +18,8 @@ from vault.crypto.key_destruction import destroy_key, destroy_ledger_keys
 from vault.crypto.record_crypto import RecordCrypto
 from vault.errors import Unavailable
 from vault.storage import Storage, StoredRecord, SubjectKeyInfo
+from vault.storage.erasure_ledger import NewLedgerEntry
+from vault.usecases.erasure_ledger import RETIRED, ErasureLedger
 from vault.usecases.writable import decrypt_current, writable
 
 #: Tries of a re-key that found records written meanwhile; the new key is reused, so a
@@ -27,9 +30,17 @@ REKEY_ATTEMPTS = 5
 class Rekeying:
     """Move subjects to new keys; destroy the keys they left."""
 
-    def __init__(self, storage: Storage, crypto: RecordCrypto, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        crypto: RecordCrypto,
+        *,
+        ledger: ErasureLedger,
+        clock: Clock = utc_now,
+    ) -> None:
         self.storage = storage
         self.crypto = crypto
+        self.ledger = ledger
         self.clock = clock
 
     def rekey(
@@ -82,8 +93,12 @@ class Rekeying:
             if new_key is not None:  # never committed: leave no orphan key
                 self.crypto.cache.evict(new_key[0])
                 self.crypto.discard_key(new_key[0])
-        # In the ledger already: a retry, or reconcile, destroys it if this fails.
+        # In the key ledger already (the re-key's transaction): a retry, reconcile or the
+        # restore fence destroys it if what follows fails. Recorded in the erasure ledger
+        # before it is destroyed; the database's ledger position follows once it is.
+        [seq] = self.ledger.append([NewLedgerEntry(RETIRED, info.key_id, subject_id)])
         destroy_key(self.crypto, info.key_id)
+        self.storage.raise_ledger_position(seq)
         return len(dropped)
 
     def destroy_retired_keys(self, subject_id: str) -> None:

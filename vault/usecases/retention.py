@@ -4,8 +4,9 @@ Due work, in order:
 1. closed accounts past their scheduled erasure, and erasures interrupted mid-way:
    erase the subject (legal-hold records move to their hold bucket; one KMS call per
    subject key);
-2. buckets past their month: destroy the bucket's key (one KMS call per bucket, however
-   many records and subjects it covers), then delete its now unreadable rows.
+2. buckets past their month: record the bucket's key in the erasure ledger, destroy it
+   (one KMS call per bucket, however many records and subjects it covers), then delete
+   its now unreadable rows.
 
 The job is idempotent (a second run finds nothing due) and has a dry run that lists
 what would be destroyed and destroys nothing. Several replicas may run it at once:
@@ -20,8 +21,10 @@ from datetime import datetime
 
 from vault.crypto.key_destruction import destroy_key
 from vault.errors import OubliError
+from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.batches import MAX_BATCH_ITEMS
 from vault.usecases.erasure import Erasure
+from vault.usecases.erasure_ledger import BUCKET
 
 ERASE_SUBJECT = "erase_subject"
 DESTROY_BUCKET = "destroy_bucket"
@@ -135,6 +138,11 @@ class RetentionJob:
         storage.mark_bucket_destroying(bucket_id)
         crypto = self.erasure.crypto
         crypto.buckets.forget(bucket)
+        # Recorded outside the database before the key goes (the restore fence finishes
+        # a bucket a restored database still shows).
+        [seq] = self.erasure.ledger.append(
+            [NewLedgerEntry(BUCKET, bucket.key_id, bucket_id=bucket_id)]
+        )
         destroy_key(crypto, bucket.key_id)
-        records, _subjects = storage.finish_bucket(bucket_id, self.clock())
+        records, _subjects = storage.finish_bucket(bucket_id, self.clock(), ledger_seq=seq)
         return RetentionAction(DESTROY_BUCKET, bucket_id, due_at, records)

@@ -41,6 +41,7 @@ from vault.errors import (
 from vault.ids import RandomBytes, check_id, new_id
 from vault.limits import check_fields, check_origin, check_page_size
 from vault.storage import BucketInfo, Storage, StoredRecord, SubjectKeyInfo
+from vault.usecases.erasure_ledger import ErasureLedger
 from vault.usecases.purpose_check import (
     authorize_read,
     authorize_subject,
@@ -130,6 +131,7 @@ class VaultService:
         crypto: RecordCrypto,
         catalog: Catalog,
         *,
+        ledger: ErasureLedger,
         tenant: str = "default",
         clock: Clock = utc_now,
         random_bytes: RandomBytes = os.urandom,
@@ -138,6 +140,9 @@ class VaultService:
         self.storage = storage
         self.crypto = crypto
         self.catalog = catalog
+        #: Where every destroyed key is recorded before it is destroyed (erasure,
+        #: re-key, retention), outside this database.
+        self.ledger = ledger
         self.tenant = tenant
         self.clock = clock
         self._random_bytes = random_bytes
