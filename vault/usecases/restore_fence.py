@@ -219,9 +219,8 @@ class RestoreFence:
                 database_position=plan.database_position,
             )
         self._erase(plan.subjects_to_erase)
-        failures = [
-            e for e in self._side_by_side(self._destroy, plan.keys_to_destroy) if e is not None
-        ]
+        outcomes = self._side_by_side(self._destroy, plan.keys_to_destroy)
+        failures = [e for e in outcomes if isinstance(e, OubliError)]
         if failures:
             raise Unavailable(
                 f"the restore fence could not destroy {len(failures)} keys: {failures[0].reason}"
