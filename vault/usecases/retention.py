@@ -21,6 +21,7 @@ from datetime import datetime
 
 from vault.crypto.key_destruction import destroy_key
 from vault.errors import OubliError
+from vault.fault_points import fault_point
 from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.batches import MAX_BATCH_ITEMS
 from vault.usecases.erasure import Erasure
@@ -136,6 +137,7 @@ class RetentionJob:
         bucket = storage.bucket(bucket_id)
         assert bucket is not None
         storage.mark_bucket_destroying(bucket_id)
+        fault_point("retention.bucket_marked")
         crypto = self.erasure.crypto
         crypto.buckets.forget(bucket)
         # Recorded outside the database before the key goes (the restore fence finishes
@@ -144,5 +146,6 @@ class RetentionJob:
             [NewLedgerEntry(BUCKET, bucket.key_id, bucket_id=bucket_id)]
         )
         destroy_key(crypto, bucket.key_id)
+        fault_point("retention.bucket_key_destroyed")
         records, _subjects = storage.finish_bucket(bucket_id, self.clock(), ledger_seq=seq)
         return RetentionAction(DESTROY_BUCKET, bucket_id, due_at, records)
