@@ -41,9 +41,7 @@ import signal
 
 #: The point this process dies at, or None (the variables unset, or not a test run).
 _ARMED: str | None = (
-    os.environ.get("OUBLI_FAULT_POINT") or None
-    if os.environ.get("OUBLI_TESTING") == "1"
-    else None
+    os.environ.get("OUBLI_FAULT_POINT") or None if os.environ.get("OUBLI_TESTING") == "1" else None
 )
 
 
