@@ -22,7 +22,6 @@ interrupted: no retry, no retention run, no operator.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,7 +52,6 @@ CASES = [
     ("erasure.ledger_appended", "shred"),
     ("erasure.key_destroyed", "shred"),
     ("erasure.keys_destroyed", "shred"),
-    ("erasure.marked", "batch"),
     ("erasure.key_destroyed", "batch"),  # the batch's middle: one key of three destroyed
     ("erasure.ledger_appended", "retention"),
     ("rekey.committed", "withdraw"),
@@ -62,8 +60,9 @@ CASES = [
     ("retention.bucket_marked", "retention"),
     ("retention.bucket_key_destroyed", "retention"),
 ]
-#: Each case's bound (start, kill, restart, checks).
-CASE_SECONDS = 20.0
+#: The bound of each call and of the kill (a server's start has ServerProcess's own):
+#: a case takes about 5 s on an idle machine, two server starts being most of it.
+WAIT_SECONDS = 20.0
 CONTACT = {"email": "someone@example.org"}
 INVOICE = {"invoice_number": "F-1", "amount": "12.00", "currency": "EUR"}
 CARD = {"card_holder": "A Person", "card_number": "4111111111111111", "card_expiry": "12/30"}
@@ -213,7 +212,7 @@ def _crash(call: str, world: World, client: OubliClient) -> None:
         elif call == "withdraw":
             client.withdraw_consent(world.rekeyed, "card_storage")
         else:
-            list(client.run_retention(timeout=CASE_SECONDS))
+            list(client.run_retention(timeout=WAIT_SECONDS))
 
 
 def _wait_serving(server: ServerProcess) -> None:
@@ -224,9 +223,7 @@ def _wait_serving(server: ServerProcess) -> None:
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _check_recovered(
-    point: str, call: str, world: World, client: OubliClient, found: Deployment
-) -> None:
+def _check_recovered(point: str, world: World, client: OubliClient, found: Deployment) -> None:
     """What start-up alone left, before any call repeats anything."""
     subjects = [*world.contacts]
     states = {sid: client.get_subject(sid).state for sid in subjects}
@@ -277,7 +274,7 @@ def _check_retries(world: World, client: OubliClient, found: Deployment) -> None
         receipt = client.shred_subject(subject_id)
         assert isinstance(receipt, ShredReceipt) and receipt.key_id == key_id
     if world.bucket:
-        *_, summary = client.run_retention(timeout=CASE_SECONDS)
+        *_, summary = client.run_retention(timeout=WAIT_SECONDS)
         assert isinstance(summary, RetentionSummary) and summary.failures == 0
         assert summary.subjects_erased == 0  # the interrupted erasures were done
         bucket = found.storage.bucket(world.bucket)
@@ -289,20 +286,19 @@ def _check_retries(world: World, client: OubliClient, found: Deployment) -> None
 def test_killed_at_a_fault_point_recovers_at_start_up(
     point: str, call: str, deployment: Deployment
 ) -> None:
-    start = time.monotonic()
     server = deployment.start(fault_point=point)
-    with OubliClient(server.target, token=server.token, max_attempts=1, timeout=15) as client:
+    client = OubliClient(server.target, token=server.token, max_attempts=1, timeout=WAIT_SECONDS)
+    with client:
         world = _prepare(call, client, deployment)
         _crash(call, world, client)
     assert server.process is not None
-    assert server.process.wait(timeout=10) == -9, server.log()
+    assert server.process.wait(timeout=WAIT_SECONDS) == -9, server.log()
 
     restarted = deployment.start()
     _wait_serving(restarted)
     with OubliClient(restarted.target, token=restarted.token) as client:
-        _check_recovered(point, call, world, client, deployment)
+        _check_recovered(point, world, client, deployment)
         _check_retries(world, client, deployment)
-    assert time.monotonic() - start < CASE_SECONDS
 
 
 def test_every_fault_point_is_killed_at() -> None:
