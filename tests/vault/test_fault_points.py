@@ -61,4 +61,3 @@ def test_every_point_is_documented_and_placed_once() -> None:
     ]
     assert len(documented) == 9
     assert sorted(placed) == sorted(documented)
-
