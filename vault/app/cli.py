@@ -253,6 +253,8 @@ def reconcile(
         print(f"{verb} erase subject {subject_id}")
     for bucket_id in plan.buckets_to_finish:
         print(f"{verb} finish bucket {bucket_id}")
+    for bucket_id in plan.buckets_to_destroy:
+        print(f"{verb} destroy bucket {bucket_id}")
     for key_id in plan.keys_to_record:
         print(f"{verb} record key {key_id} in the ledger")
     if dry_run:

@@ -45,6 +45,7 @@ from vault.errors import (
     SubjectNotFound,
     Unavailable,
 )
+from vault.fault_points import fault_point
 from vault.ids import check_id
 from vault.storage import Receipt, Storage, StoredRecord, SubjectKeyInfo
 from vault.storage.erasure_ledger import NewLedgerEntry
@@ -166,6 +167,7 @@ class Erasure:
         held: set[str] = set()
         if marked:
             self.storage.mark_shredding(marked, self.clock())
+            fault_point("erasure.marked")
             # Marked first, checked for legal records after: a record written between
             # the two would otherwise escape its legal hold (a shredding subject takes
             # none). Read again: the key to destroy cannot change from here on.
@@ -194,9 +196,11 @@ class Erasure:
             else:
                 ready.append((info, outcome))
         seqs = self._record_in_ledger([info for info, _ in ready], results)
+        fault_point("erasure.ledger_appended")
 
         def erase_key(info: SubjectKeyInfo) -> None:
             destroy_key(self.crypto, info.key_id)
+            fault_point("erasure.key_destroyed")
 
         recorded = [(info, last) for info, last in ready if info.subject_id in seqs]
         destroyed: dict[str, _Hold | None] = {}
@@ -208,6 +212,7 @@ class Erasure:
             else:
                 destroyed[info.subject_id] = held_in
         if destroyed:
+            fault_point("erasure.keys_destroyed")
             self._finish(destroyed, results, max(seqs[sid] for sid in destroyed))
         return [results[subject_id] for subject_id in subject_ids]
 

@@ -17,6 +17,7 @@ from vault.clock import Clock, utc_now
 from vault.crypto.key_destruction import destroy_key, destroy_ledger_keys
 from vault.crypto.record_crypto import RecordCrypto
 from vault.errors import Unavailable
+from vault.fault_points import fault_point
 from vault.storage import Storage, StoredRecord, SubjectKeyInfo
 from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.erasure_ledger import RETIRED, ErasureLedger
@@ -96,8 +97,11 @@ class Rekeying:
         # In the key ledger already (the re-key's transaction): a retry, reconcile or the
         # restore fence destroys it if what follows fails. Recorded in the erasure ledger
         # before it is destroyed; the database's ledger position follows once it is.
+        fault_point("rekey.committed")
         [seq] = self.ledger.append([NewLedgerEntry(RETIRED, info.key_id, subject_id)])
+        fault_point("rekey.ledger_appended")
         destroy_key(self.crypto, info.key_id)
+        fault_point("rekey.key_destroyed")
         self.storage.raise_ledger_position(seq)
         return len(dropped)
 

@@ -17,7 +17,8 @@ reports SERVING and periodically afterwards:
    they cannot be, and go with the rest);
 3. destroys again every key the ledger (or the database's key ledger) names that the
    KMS still holds; finishes the retention buckets the ledger names that the database
-   still shows;
+   still shows, and destroys the buckets a crash left ``destroying`` before their key
+   was recorded (as the retention job would have);
 4. copies into the ledger the destroyed keys the database's key ledger knows and the
    ledger does not (a ledger started after them, or restored), raises the database's
    position to the ledger head it reconciled, and signs that head.
@@ -47,6 +48,7 @@ from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.batches import MAX_BATCH_ITEMS
 from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import BUCKET, SUBJECT
+from vault.usecases.retention import RetentionJob
 from vault.vocabulary import BucketState, SubjectState
 
 log = structlog.get_logger("oubli.fence")
@@ -113,6 +115,9 @@ class FencePlan:
     buckets_to_finish: list[str] = field(default_factory=list)
     #: Destroyed keys the database's key ledger lists and the erasure ledger does not.
     keys_to_record: list[str] = field(default_factory=list)
+    #: Retention buckets a crash left ``destroying`` before their key went into the
+    #: ledger: destroyed as the retention job would have.
+    buckets_to_destroy: list[str] = field(default_factory=list)
 
     @property
     def lag(self) -> int:
@@ -183,6 +188,12 @@ class RestoreFence:
                 bucket = self.storage.bucket(e.bucket_id)
                 if bucket is not None and bucket.state != BucketState.DESTROYED:
                     buckets.append(e.bucket_id)
+        named_buckets = {e.bucket_id for e in entries if e.kind == BUCKET}
+        left = [
+            b.bucket_id
+            for b in self.storage.due_buckets(self.erasure.clock())
+            if b.state == BucketState.DESTROYING and b.bucket_id not in named_buckets
+        ]
         return FencePlan(
             head,
             position,
@@ -192,6 +203,7 @@ class RestoreFence:
             subjects,
             buckets,
             [k for k, _, _ in known if k not in in_ledger],
+            left,
         )
 
     def run(self) -> FenceReport:
@@ -227,6 +239,8 @@ class RestoreFence:
             )
         for bucket_id in plan.buckets_to_finish:
             self._finish_bucket(bucket_id)
+        for bucket_id in plan.buckets_to_destroy:
+            self._destroy_bucket(bucket_id)
         self._record_known_keys(plan.keys_to_record)
         head = self.ledger.head()[0]
         if plan.ledger_behind:
@@ -236,12 +250,18 @@ class RestoreFence:
         if self._signing_key is not None:
             self.ledger.sign_head(self._signing_key)
         seconds = time.perf_counter() - start
-        if plan.keys_to_destroy or plan.subjects_to_erase or plan.buckets_to_finish:
+        if (
+            plan.keys_to_destroy
+            or plan.subjects_to_erase
+            or plan.buckets_to_finish
+            or plan.buckets_to_destroy
+        ):
             log.warning(
                 "restore_fence_repaired",
                 keys_destroyed=len(plan.keys_to_destroy),
                 subjects_erased=len(plan.subjects_to_erase),
                 buckets_finished=len(plan.buckets_to_finish),
+                buckets_destroyed=len(plan.buckets_to_destroy),
                 ledger_head=head,
             )
         return FenceReport(plan, seconds)
@@ -283,6 +303,13 @@ class RestoreFence:
         storage.mark_bucket_destroying(bucket_id)
         self.erasure.crypto.buckets.forget(bucket)
         storage.finish_bucket(bucket_id, self.erasure.clock())
+
+    def _destroy_bucket(self, bucket_id: str) -> None:
+        """A bucket a crash left ``destroying``, its key not yet in the ledger: the
+        retention job's destruction, completed."""
+        bucket = self.storage.bucket(bucket_id)
+        if bucket is not None and bucket.state == BucketState.DESTROYING:
+            RetentionJob(self.erasure).destroy_bucket(bucket)
 
     def _record_known_keys(self, key_ids: Sequence[str]) -> None:
         if not key_ids:

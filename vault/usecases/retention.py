@@ -21,6 +21,8 @@ from datetime import datetime
 
 from vault.crypto.key_destruction import destroy_key
 from vault.errors import OubliError
+from vault.fault_points import fault_point
+from vault.storage import BucketInfo
 from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.batches import MAX_BATCH_ITEMS
 from vault.usecases.erasure import Erasure
@@ -126,16 +128,19 @@ class RetentionJob:
         for bucket in buckets:
             done += 1
             try:
-                yield self._destroy_bucket(bucket.bucket_id, bucket.destroy_at), done, total
+                yield self.destroy_bucket(bucket), done, total
             except OubliError as e:
                 failed = RetentionAction(DESTROY_BUCKET, bucket.bucket_id, bucket.destroy_at)
                 yield replace(failed, error=e.reason), done, total
 
-    def _destroy_bucket(self, bucket_id: str, due_at: datetime) -> RetentionAction:
+    def destroy_bucket(self, bucket: BucketInfo) -> RetentionAction:
+        """Destroy a due bucket: mark it ``destroying`` (its records are refused), record
+        its key in the erasure ledger, destroy it, delete its rows. The restore fence
+        calls it too, for a bucket a crash left ``destroying``."""
         storage = self.storage
-        bucket = storage.bucket(bucket_id)
-        assert bucket is not None
+        bucket_id = bucket.bucket_id
         storage.mark_bucket_destroying(bucket_id)
+        fault_point("retention.bucket_marked")
         crypto = self.erasure.crypto
         crypto.buckets.forget(bucket)
         # Recorded outside the database before the key goes (the restore fence finishes
@@ -144,5 +149,6 @@ class RetentionJob:
             [NewLedgerEntry(BUCKET, bucket.key_id, bucket_id=bucket_id)]
         )
         destroy_key(crypto, bucket.key_id)
+        fault_point("retention.bucket_key_destroyed")
         records, _subjects = storage.finish_bucket(bucket_id, self.clock(), ledger_seq=seq)
-        return RetentionAction(DESTROY_BUCKET, bucket_id, due_at, records)
+        return RetentionAction(DESTROY_BUCKET, bucket_id, bucket.destroy_at, records)

@@ -26,6 +26,7 @@ from vault.errors import (
 )
 from vault.storage import Storage
 from vault.usecases.erasure import Erasure
+from vault.usecases.restore_fence import RestoreFence
 from vault.usecases.retention import DESTROY_BUCKET, ERASE_SUBJECT, RetentionJob
 from vault.usecases.service import VaultService
 from vault.vocabulary import BucketState, KeyScheme
@@ -118,6 +119,35 @@ def test_job_destroys_the_due_bucket_and_its_logs(
     later = vault.create_record(sid, "technical_logs", LOG, "server")
     assert later.retain_until == datetime(2028, 3, 1, tzinfo=UTC)
     assert job.run().actions == []
+
+
+def test_a_bucket_left_destroying_is_destroyed_by_the_restore_fence(
+    vault: VaultService,
+    storage: Storage,
+    memory_kms: InMemoryKeyManager,
+    clock: FakeClock,
+    erasure: Erasure,
+) -> None:
+    """A crash between the bucket's mark and its ledger entry: the next start's fence
+    records the key, destroys it and deletes the rows (no retention run needed)."""
+    sid = vault.create_subject().subject_id
+    log = vault.create_record(sid, "technical_logs", LOG, "server")
+    bucket = storage.bucket("expiry:technical_logs:2027-03")
+    assert bucket is not None
+    clock.set(datetime(2027, 3, 1, tzinfo=UTC))
+    storage.mark_bucket_destroying(bucket.bucket_id)  # then the process died
+    fence = RestoreFence(erasure)
+
+    plan = fence.plan()
+    assert plan.buckets_to_destroy == [bucket.bucket_id] and plan.buckets_to_finish == []
+    assert memory_kms.key_exists(bucket.key_id)  # the dry run changes nothing
+    fence.run()
+    gone = storage.bucket(bucket.bucket_id)
+    assert gone is not None and gone.state == BucketState.DESTROYED
+    assert not memory_kms.key_exists(bucket.key_id)
+    assert bucket.key_id in {entry.key_id for entry in erasure.ledger.entries()}
+    assert storage.record(sid, log.record_id) is None
+    assert fence.plan().buckets_to_destroy == []
 
 
 def test_expiry_costs_one_kms_call_per_bucket_not_per_record(
