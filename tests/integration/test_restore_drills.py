@@ -27,6 +27,7 @@ positions, until the operator passes ``--accept-ledger-behind``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -42,7 +43,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from clients.errors import NotFound, OubliClientError, Unavailable
+from clients.errors import OubliClientError, Unavailable
 from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
 from tests.conftest import PG_ADMIN_URL
@@ -54,6 +55,9 @@ OLD_DATABASE = "a-old-database-live-kms"
 OLD_KMS = "b-live-database-old-kms"
 OLD_BOTH = "c-old-database-old-kms"
 LOST_LEDGER = "d-lost-ledger"
+
+#: pg_dump's and pg_restore's environment: the shared server on 127.0.0.1.
+PG_CLIENT_ENV = {**os.environ, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
 
 #: Purposes the catalog keeps a held invoice for after its subject's erasure.
 HELD_PURPOSES = ("accounting", "legal_claims")
@@ -67,6 +71,16 @@ def _admin_sql(*statements: str) -> None:
                 c.execute(text(statement))
     finally:
         admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def raft_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoRaftServer]:
+    """One OpenBao on raft storage for the drills, each on a Transit mount of its own.
+    A drill's snapshot restore rolls back the whole node, the mounts of the drills run
+    before it included: they are done by then."""
+    directory = tmp_path_factory.mktemp("openbao-raft")
+    with OpenBaoRaftServer(directory / "raft", log_path=directory / "openbao.log") as bao:
+        yield bao
 
 
 @pytest.fixture
@@ -124,10 +138,16 @@ class People:
 
 
 class Drill:
-    """One drill's OpenBao, database, ledger and backups; serves ``oubli`` over them."""
+    """One drill's Transit mount, database, ledger and backups; serves ``oubli`` over
+    them."""
 
     def __init__(
-        self, tmp: Path, backend: str, database_url: str, ledger_database: str | None
+        self,
+        tmp: Path,
+        bao: OpenBaoRaftServer,
+        backend: str,
+        database_url: str,
+        ledger_database: str | None,
     ) -> None:
         self.tmp = tmp
         self.backend = backend
@@ -141,12 +161,12 @@ class Drill:
             else ""
         )
         self.mount = f"transit-{secrets.token_hex(4)}"
-        self.bao = OpenBaoRaftServer(tmp / "raft", log_path=tmp / "openbao.log")
+        self.bao = bao
         self.snapshot = b""
+        self.dump = tmp / "database.dump"
         self.starts = 0
 
     def __enter__(self) -> Drill:
-        self.bao.start()
         self.admin = hvac.Client(url=self.bao.address, token=self.bao.token)
         self.kms = VaultTransitKeyManager(self.bao.address, self.bao.token, mount_point=self.mount)
         return self
@@ -154,7 +174,6 @@ class Drill:
     def __exit__(self, *exc: object) -> None:
         self.kms.close()
         self.admin.adapter.close()
-        self.bao.stop()
 
     def server(self, *extra: str) -> ServerProcess:
         self.starts += 1
@@ -199,10 +218,10 @@ class Drill:
             target.close()
         else:
             subprocess.run(
-                ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "-Fc"]
-                + ["-f", str(self.tmp / "database.dump"), self._database_name],
+                ["pg_dump", "-Fc", "-f", str(self.dump), self._database_name],
                 check=True,
                 timeout=60,
+                env=PG_CLIENT_ENV,
             )
         self.snapshot = self.admin.sys.take_raft_snapshot().content
 
@@ -216,15 +235,20 @@ class Drill:
             name = self._database_name
             _admin_sql(f'DROP DATABASE "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
             subprocess.run(
-                ["pg_restore", "-h", "127.0.0.1", "-U", "postgres", "-d", name]
-                + [str(self.tmp / "database.dump")],
+                ["pg_restore", "-d", name, str(self.dump)],
                 check=True,
                 timeout=60,
+                env=PG_CLIENT_ENV,
             )
 
-    def restore_kms(self) -> None:
-        """OpenBao as the raft snapshot left it."""
+    def restore_kms(self, key_id: str) -> None:
+        """OpenBao as the raft snapshot left it: ``key_id``, destroyed since, is back
+        (once OpenBao has reloaded the snapshot)."""
         self.admin.sys.restore_raft_snapshot(self.snapshot)
+        deadline = time.monotonic() + 30
+        while not self.kms.key_exists(key_id):
+            assert time.monotonic() < deadline, "the snapshot did not bring the key back"
+            time.sleep(0.1)
 
     def lose_ledger(self) -> None:
         """The ledger is gone: its file deleted / its database dropped and created empty
@@ -329,7 +353,11 @@ def _fence_ms(server: ServerProcess) -> float:
 @pytest.mark.parametrize("case", [OLD_DATABASE, OLD_KMS, OLD_BOTH, LOST_LEDGER])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_restore_drill(
-    backend: str, case: str, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str,
+    case: str,
+    tmp_path: Path,
+    raft_openbao: OpenBaoRaftServer,
+    request: pytest.FixtureRequest,
 ) -> None:
     started = time.monotonic()
     if backend == "sqlite":
@@ -338,7 +366,7 @@ def test_restore_drill(
         database_url = request.getfixturevalue("pg_url")
         ledger = request.getfixturevalue("ledger_database")
     people = People()
-    with Drill(tmp_path, backend, database_url, ledger) as drill:
+    with Drill(tmp_path, raft_openbao, backend, database_url, ledger) as drill:
         with drill.server() as live, OubliClient(live.target, token=live.token) as client:
             people.populate(client)
             drill.back_up()
@@ -353,8 +381,7 @@ def test_restore_drill(
         if case in (OLD_DATABASE, OLD_BOTH):
             drill.restore_database()
         if case in (OLD_KMS, OLD_BOTH):
-            drill.restore_kms()
-            assert drill.kms.key_exists(receipt.key_id)  # the erased key is back
+            drill.restore_kms(receipt.key_id)  # the erased key is back
 
         with (
             drill.server() as restored,
@@ -364,8 +391,9 @@ def test_restore_drill(
             _assert_a_erased(probe, people, reference)
             if case == OLD_BOTH:
                 # A's key was back: the fence held the invoice again, as the shred had.
-                assert probe["GetRecord invoice accounting"] == (
-                    reference["GetRecord invoice accounting"]
+                assert (
+                    probe["GetRecord invoice accounting"]
+                    == (reference["GetRecord invoice accounting"])
                 )
             else:
                 # (a) the old database has the invoice under A's destroyed key only: it
