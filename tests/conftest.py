@@ -88,7 +88,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 #: Fixtures that are (or hold a mount or database on) the real OpenBao / PostgreSQL.
 _OPENBAO_FIXTURES = frozenset({"openbao", "vault_kms", "vault_module_kms"})
-_POSTGRES_FIXTURES = frozenset({"pg_template", "pg_url", "pg_module_url"})
+_POSTGRES_FIXTURES = frozenset({"pg_template", "pg_url", "pg_module_url", "pg_ledger_url"})
 #: Launchers a test or fixture body calls to start a server of its own.
 _OPENBAO_LAUNCHERS = frozenset({"OpenBaoDevServer", "OpenBaoRaftServer"})
 _POSTGRES_LAUNCHERS = frozenset({"PostgresCluster"})
@@ -229,6 +229,20 @@ def pg_url(pg_template: str) -> Iterator[str]:
 def pg_module_url(pg_template: str) -> Iterator[str]:
     """One database for a whole module, for a server its tests share."""
     yield from _cloned_database(pg_template)
+
+
+@pytest.fixture
+def pg_ledger_url(pg_template: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own, for an erasure ledger (never the data
+    database)."""
+    name = f"oubli_ledger_{secrets.token_hex(6)}"
+    admin = _admin_engine()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture

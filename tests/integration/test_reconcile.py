@@ -128,6 +128,9 @@ def test_reconcile_destroys_keys_an_openbao_snapshot_restore_brought_back(
                         "transit",
                         "--data-dir",
                         str(tmp_path / "data"),
+                        # the erasure ledger the server wrote (the fence refuses another)
+                        "--ledger-url",
+                        server.vault.ledger.url,
                     ],
                 )
                 assert result.exit_code == 0, result.output

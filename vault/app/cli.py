@@ -40,6 +40,10 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(token_app, name="token")
 err = Console(stderr=True)
 
+LedgerUrl = Annotated[
+    str | None,
+    typer.Option(help="the erasure ledger's database URL (default DATA_DIR/ledger/erasures.db)"),
+]
 Target = Annotated[
     str, typer.Option("--target", envvar="OUBLI_TARGET", help="host:port of the server")
 ]
@@ -102,10 +106,32 @@ def serve(
     ready_file: Annotated[
         Path | None, typer.Option(help="write the bound port here once serving")
     ] = None,
+    ledger_url: LedgerUrl = None,
+    ledger_mirror_dir: Annotated[
+        Path | None,
+        typer.Option(help="also append each erasure ledger entry here as a JSON line"),
+    ] = None,
+    fence_interval: Annotated[
+        float | None, typer.Option(help="seconds between restore fence passes (default 300)")
+    ] = None,
+    accept_ledger_behind: Annotated[
+        bool,
+        typer.Option(
+            "--accept-ledger-behind",
+            help="serve although the erasure ledger is behind the database (it was lost "
+            "or restored): the database's position is reset to the ledger's head",
+        ),
+    ] = False,
 ) -> None:
     """Serve gRPC. Default: SQLite + local keystore under ./oubli-data; callers
-    authenticate with bearer tokens (oubli token create CALLER) or client certificates."""
+    authenticate with bearer tokens (oubli token create CALLER) or client certificates.
+    Calls are served once the restore fence has reconciled the erasure ledger, the KMS
+    and the database."""
     config = _config(
+        ledger_url=ledger_url,
+        ledger_mirror_dir=ledger_mirror_dir,
+        fence_interval_seconds=fence_interval,
+        accept_ledger_behind=accept_ledger_behind or None,
         callers_path=callers,
         tokens_path=tokens_file,
         tls_cert=tls_cert,
@@ -181,9 +207,22 @@ def reconcile(
     keystore: Annotated[Path | None, typer.Option(help="local keystore file")] = None,
     vault_addr: Annotated[str | None, typer.Option(help="Vault/OpenBao address")] = None,
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
+    ledger_url: LedgerUrl = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list what would be done; change nothing")
+    ] = False,
+    accept_ledger_behind: Annotated[
+        bool,
+        typer.Option(
+            "--accept-ledger-behind", help="reconcile although the ledger is behind the database"
+        ),
+    ] = False,
 ) -> None:
-    """After restoring a KMS backup: destroy again every key in the shred ledger."""
+    """After a restore: run the restore fence once (as `oubli serve` does before serving).
+    Keys the erasure ledger names that the KMS holds again are destroyed, subjects it
+    names that the database shows live are erased. Prints ids and positions only."""
     from vault.app.server import build_erasure, build_vault
+    from vault.usecases.restore_fence import RestoreFence
 
     config = _config(
         data_dir=data_dir,
@@ -192,12 +231,34 @@ def reconcile(
         keystore_path=keystore,
         vault_addr=vault_addr,
         vault_mount=vault_mount,
+        ledger_url=ledger_url,
+        accept_ledger_behind=accept_ledger_behind or None,
     )
     try:
-        checked = build_erasure(config, build_vault(config)).reconcile()
+        vault = build_vault(config)
+        fence = RestoreFence(
+            build_erasure(config, vault), accept_ledger_behind=config.accept_ledger_behind
+        )
+        plan = fence.plan() if dry_run else fence.run().plan
     except (OubliError, CatalogError, KmsError, OpenToOthers) as e:
         raise _fail("reconcile failed:", e) from None
-    print(f"{checked} shredded keys confirmed destroyed")
+    verb = "would" if dry_run else "did"
+    print(
+        f"ledger head {plan.ledger_head}, database position {plan.database_position} "
+        f"({plan.ledger_entries} ledger entries)"
+    )
+    for key_id in plan.keys_to_destroy:
+        print(f"{verb} destroy key {key_id}")
+    for subject_id in plan.subjects_to_erase:
+        print(f"{verb} erase subject {subject_id}")
+    for bucket_id in plan.buckets_to_finish:
+        print(f"{verb} finish bucket {bucket_id}")
+    for key_id in plan.keys_to_record:
+        print(f"{verb} record key {key_id} in the ledger")
+    if dry_run:
+        print(f"{plan.keys_checked} shredded keys checked (dry run: nothing changed)")
+    else:
+        print(f"{plan.keys_checked} shredded keys confirmed destroyed")
 
 
 def _client_call(target: str) -> OubliClient:

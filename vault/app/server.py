@@ -104,20 +104,24 @@ def guard_kms(backend: KeyManager, config: ServerConfig) -> GuardedKeyManager:
 def make_local_files_private(config: ServerConfig) -> None:
     """Make what oubli keeps on this machine private before anything opens it.
 
-    The data directory is created 0700 when the embedded database or the default
-    keystore lives there. Its existing directory, the default keystore directory, the
-    keystore file and its journals and the tokens file lose any group or other
-    permission (logged); one another user owns raises ``OpenToOthers``. The database
-    file gets the same treatment in ``make_engine``.
+    The data directory is created 0700 when the embedded database, the default
+    keystore or the default erasure ledger lives there. Its existing directory, the
+    default keystore and ledger directories, the keystore file and its journals and the
+    tokens file lose any group or other permission (logged); one another user owns
+    raises ``OpenToOthers``. The database and ledger files get the same treatment in
+    ``make_engine``.
     """
     default_keystore = config.kms == "local" and config.keystore_path is None
-    if not config.database_url or default_keystore:
+    default_ledger = not config.ledger_url
+    if not config.database_url or default_keystore or default_ledger:
         make_private_dir(config.data_dir)
     owned = [config.resolved_tokens_path]
-    if not config.database_url or default_keystore or config.tokens_path is None:
+    if not config.database_url or default_keystore or default_ledger or config.tokens_path is None:
         owned.insert(0, config.data_dir)
     if default_keystore:
         owned.append(config.resolved_keystore_path.parent)
+    if default_ledger:
+        owned.append(config.data_dir / "ledger")
     if config.kms == "local":
         keystore = config.resolved_keystore_path
         owned += [keystore, Path(f"{keystore}-wal"), Path(f"{keystore}-shm")]
