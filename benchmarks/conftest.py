@@ -91,6 +91,9 @@ def oubli_deployment(
         database = ["--database-url", url]
     flags = [
         *database,
+        # One erasure ledger for every process on this database, as replicas share one.
+        "--ledger-url",
+        f"sqlite:///{(work / 'ledger' / 'erasures.db').resolve()}",
         "--kms",
         "vault",
         "--vault-addr",

@@ -7,6 +7,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -17,12 +18,16 @@ from vault.access.authentication import token_hash
 
 
 def replica_args(database_url: str, vault_addr: str) -> list[str]:
-    """`oubli serve` arguments of one replica: the shared database, real OpenBao on a
-    fresh Transit mount (the token goes in the environment, VAULT_TOKEN)."""
+    """`oubli serve` arguments of one replica: the shared database, one erasure ledger
+    for every replica (a fresh SQLite file), real OpenBao on a fresh Transit mount (the
+    token goes in the environment, VAULT_TOKEN)."""
+    ledger = Path(tempfile.mkdtemp(prefix="oubli-ledger-")) / "erasures.db"
     return [
         "serve",
         "--database-url",
         database_url,
+        "--ledger-url",
+        f"sqlite:///{ledger}",
         "--kms",
         "vault",
         "--vault-addr",
