@@ -251,12 +251,15 @@ class ShredReceipt(_message.Message):
     signature: _builtins.bytes
     """Ed25519 signature (64 bytes) by the KMS signing key of the receipt document
     "oubli.shred_receipt.v1": subject_id, key_id, shred_time, records_deleted,
-    records_retained, retained_until, kms_backend, residual_copies_expire_time and
-    ledger_position (residual_risk is not signed). See docs/keys.md, "Checking a
-    receipt": `oubli receipt verify` checks it offline against `oubli keys public`.
+    records_retained, retained_until, kms_backend, residual_copies_expire_time,
+    ledger_position and signing_key_id (residual_risk is not signed). See
+    docs/keys.md, "Checking a receipt": `oubli receipt verify` checks it offline
+    against `oubli keys public`.
     """
     signing_key_id: _builtins.str
-    """The KMS signing key that made the signature (the audit checkpoint key)."""
+    """The KMS signing key that made the signature (the audit checkpoint key); part of
+    the signed document.
+    """
     @_builtins.property
     def shred_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property

@@ -10,8 +10,9 @@ the bare 64-byte Ed25519 signature of :func:`canonical_bytes`, so any Ed25519 li
 holding the public key (``oubli keys public``) checks it, with no server, KMS or
 database.
 
-The receipt file (``oubli subject shred`` prints it, ``oubli receipt verify`` reads it)
-is the document plus ``signature`` (base64) and ``signing_key_id``, written by
+The document names the signing key's id too. The receipt file (``oubli subject shred``
+prints it, ``oubli receipt verify`` reads it) is the document plus its ``signature``
+(base64), written by
 :func:`receipt_text` in one layout only: a file that differs from it by one byte, even
 in whitespace, does not verify.
 """
@@ -49,10 +50,11 @@ DOCUMENT_FIELDS = frozenset(
         "kms_backend",
         "residual_copies_expire_time",
         "ledger_position",
+        "signing_key_id",
     }
 )
 #: What the receipt file adds to the document.
-SIGNATURE_FIELDS = frozenset({"signature", "signing_key_id"})
+SIGNATURE_FIELDS = frozenset({"signature"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +97,13 @@ class ReceiptFields(Protocol):
     def residual_copies_expire_at(self) -> datetime: ...
     @property
     def ledger_position(self) -> int: ...
+    @property
+    def signing_key_id(self) -> str: ...
 
 
 class SignedReceiptFields(ReceiptFields, Protocol):
     @property
     def signature(self) -> bytes: ...
-    @property
-    def signing_key_id(self) -> str: ...
 
 
 def utc_text(value: datetime) -> str:
@@ -112,7 +114,8 @@ def utc_text(value: datetime) -> str:
 
 
 def document(receipt: ReceiptFields) -> dict[str, Any]:
-    """The signed document of ``receipt``: ids, counts, times and the ledger position."""
+    """The signed document of ``receipt``: ids, counts, times, the ledger position and
+    the id of the key that signs it."""
     return {
         "format": FORMAT,
         "subject_id": receipt.subject_id,
@@ -126,6 +129,7 @@ def document(receipt: ReceiptFields) -> dict[str, Any]:
         "kms_backend": receipt.kms_backend,
         "residual_copies_expire_time": utc_text(receipt.residual_copies_expire_at),
         "ledger_position": receipt.ledger_position,
+        "signing_key_id": receipt.signing_key_id,
     }
 
 
@@ -137,12 +141,11 @@ def canonical_bytes(doc: Mapping[str, Any]) -> bytes:
 
 
 def receipt_text(receipt: SignedReceiptFields) -> str:
-    """The receipt file: the document, ``signature`` (base64) and ``signing_key_id``,
-    keys sorted, indented by two, ending in a newline."""
+    """The receipt file: the document and its ``signature`` (base64), keys sorted,
+    indented by two, ending in a newline."""
     signed = {
         **document(receipt),
         "signature": base64.b64encode(receipt.signature).decode("ascii"),
-        "signing_key_id": receipt.signing_key_id,
     }
     return json.dumps(signed, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
 
@@ -165,11 +168,12 @@ class ReceiptSigner:
             FailedPrecondition: the signing key is missing or refused.
             IntegrityFailure: the KMS answered with no Ed25519 signature.
         """
-        signature = self._key.sign_message(canonical_bytes(document(receipt)))
+        named = replace(receipt, signing_key_id=self._key.key_id)
+        signature = self._key.sign_message(canonical_bytes(document(named)))
         raw = raw_ed25519_signature(signature)
         if raw is None:
             raise IntegrityFailure("the KMS returned a malformed receipt signature")
-        return replace(receipt, signature=raw, signing_key_id=self._key.key_id)
+        return replace(named, signature=raw)
 
 
 class ReceiptInvalid(Exception):

@@ -25,8 +25,8 @@ from vault.storage import Storage
 from vault.storage.tables import RecordRow
 from vault.usecases.batches import MAX_BATCH_ITEMS, BulkOps, NewRecord, RecordRead
 from vault.usecases.erasure import Erasure
-from vault.usecases.receipts import ShredReceipt
 from vault.usecases.export import export_chunks, export_json
+from vault.usecases.receipts import ShredReceipt
 from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]
