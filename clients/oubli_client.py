@@ -96,6 +96,12 @@ class ShredReceipt:
     residual_copies_expire_at: datetime
     records_retained: int = 0
     retained_until: datetime | None = None
+    #: The seq of the erasure ledger's entry naming the destroyed key.
+    ledger_position: int = 0
+    #: Ed25519 signature (64 bytes) of the receipt document by the KMS signing key
+    #: (docs/keys.md, "Checking a receipt").
+    signature: bytes = b""
+    signing_key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +252,9 @@ def _receipt(r: pb.ShredReceipt) -> ShredReceipt:
         r.residual_copies_expire_time.ToDatetime(tzinfo=UTC),
         r.records_retained,
         _time(r, "retained_until_time"),
+        r.ledger_position,
+        r.signature,
+        r.signing_key_id,
     )
 
 

@@ -72,7 +72,12 @@ def raw_ed25519_signature(signature: bytes) -> bytes | None:
 def verify_offline(public_key: bytes, data: bytes, signature: bytes) -> bool:
     """Check a signature made by any backend against its raw 32-byte public key."""
     raw = raw_ed25519_signature(signature)
-    if raw is None or len(public_key) != PUBLIC_KEY_LEN:
+    return raw is not None and verify_ed25519(public_key, data, raw)
+
+
+def verify_ed25519(public_key: bytes, data: bytes, raw: bytes) -> bool:
+    """Check a bare 64-byte Ed25519 signature against a raw 32-byte public key."""
+    if len(raw) != RAW_SIGNATURE_LEN or len(public_key) != PUBLIC_KEY_LEN:
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(raw, data)

@@ -226,6 +226,9 @@ class ShredReceipt(_message.Message):
     RESIDUAL_COPIES_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     RECORDS_RETAINED_FIELD_NUMBER: _builtins.int
     RETAINED_UNTIL_TIME_FIELD_NUMBER: _builtins.int
+    LEDGER_POSITION_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     key_id: _builtins.str
     """Identifier of the destroyed KMS key (random, never personal data)."""
@@ -240,6 +243,22 @@ class ShredReceipt(_message.Message):
     records_retained: _builtins.int
     """Records kept under a legal hold (e.g. invoices), readable only for their legal
     purposes until retained_until_time, when their key is destroyed too.
+    """
+    ledger_position: _builtins.int
+    """The seq of the erasure ledger's entry naming the destroyed key: where this
+    erasure sits in the hash-chained ledger kept outside the data database.
+    """
+    signature: _builtins.bytes
+    """Ed25519 signature (64 bytes) by the KMS signing key of the receipt document
+    "oubli.shred_receipt.v1": subject_id, key_id, shred_time, records_deleted,
+    records_retained, retained_until, kms_backend, residual_copies_expire_time,
+    ledger_position and signing_key_id (residual_risk is not signed). See
+    docs/keys.md, "Checking a receipt": `oubli receipt verify` checks it offline
+    against `oubli keys public`.
+    """
+    signing_key_id: _builtins.str
+    """The KMS signing key that made the signature (the audit checkpoint key); part of
+    the signed document.
     """
     @_builtins.property
     def shred_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -263,10 +282,13 @@ class ShredReceipt(_message.Message):
         residual_copies_expire_time: _timestamp_pb2.Timestamp | None = ...,
         records_retained: _builtins.int = ...,
         retained_until_time: _timestamp_pb2.Timestamp | None = ...,
+        ledger_position: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+        signing_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["residual_copies_expire_time", b"residual_copies_expire_time", "retained_until_time", b"retained_until_time", "shred_time", b"shred_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kms_backend", b"kms_backend", "records_deleted", b"records_deleted", "records_retained", b"records_retained", "residual_copies_expire_time", b"residual_copies_expire_time", "residual_risk", b"residual_risk", "retained_until_time", b"retained_until_time", "shred_time", b"shred_time", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kms_backend", b"kms_backend", "ledger_position", b"ledger_position", "records_deleted", b"records_deleted", "records_retained", b"records_retained", "residual_copies_expire_time", b"residual_copies_expire_time", "residual_risk", b"residual_risk", "retained_until_time", b"retained_until_time", "shred_time", b"shred_time", "signature", b"signature", "signing_key_id", b"signing_key_id", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

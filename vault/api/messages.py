@@ -13,7 +13,7 @@ from clients.oubli_v1 import vault_pb2 as pb
 from vault.api.status import status_code_for
 from vault.errors import InvalidArgument, OubliError
 from vault.storage import RightsRequest
-from vault.usecases.erasure import ShredReceipt
+from vault.usecases.receipts import ShredReceipt
 from vault.usecases.service import RecordView, SubjectView
 from vault.vocabulary import SubjectState
 
@@ -100,6 +100,9 @@ def receipt_message(receipt: ShredReceipt) -> pb.ShredReceipt:
         residual_copies_expire_time=timestamp(receipt.residual_copies_expire_at),
         records_retained=receipt.records_retained,
         retained_until_time=maybe_timestamp(receipt.retained_until),
+        ledger_position=receipt.ledger_position,
+        signature=receipt.signature,
+        signing_key_id=receipt.signing_key_id,
     )
 
 

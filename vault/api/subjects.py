@@ -1,4 +1,5 @@
-"""SubjectService: create, read, close and reopen, export, shred (one and many).
+"""SubjectService: create, read, close and reopen, export, shred (one and many; every
+receipt signed with the KMS signing key).
 
 proto <-> domain conversion and nothing else: errors are raised as domain exceptions and
 turned into statuses by vault.api.interceptor."""
@@ -16,14 +17,18 @@ from vault.clock import Clock
 from vault.errors import OubliError
 from vault.usecases.erasure import Erasure
 from vault.usecases.export import export_chunks, export_json
+from vault.usecases.receipts import ReceiptSigner
 from vault.usecases.service import VaultService
 
 
 class SubjectServicer(pb_grpc.SubjectServiceServicer):
-    def __init__(self, vault: VaultService, erasure: Erasure, clock: Clock) -> None:
+    def __init__(
+        self, vault: VaultService, erasure: Erasure, clock: Clock, signer: ReceiptSigner
+    ) -> None:
         self._vault = vault
         self._erasure = erasure
         self._clock = clock
+        self._signer = signer
 
     def CreateSubject(
         self, request: pb.CreateSubjectRequest, context: grpc.ServicerContext
@@ -39,7 +44,7 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
     def ShredSubject(
         self, request: pb.ShredSubjectRequest, context: grpc.ServicerContext
     ) -> pb.ShredSubjectResponse:
-        receipt = self._erasure.shred(request.subject_id)
+        receipt = self._erasure.shred(request.subject_id, self._signer)
         return pb.ShredSubjectResponse(receipt=receipt_message(receipt))
 
     def ExportSubject(
@@ -58,7 +63,7 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
     def BatchShredSubjects(
         self, request: pb.BatchShredSubjectsRequest, context: grpc.ServicerContext
     ) -> pb.BatchShredSubjectsResponse:
-        results = self._erasure.shred_many(list(request.subject_ids))
+        results = self._erasure.shred_many(list(request.subject_ids), self._signer)
         return pb.BatchShredSubjectsResponse(
             results=[
                 pb.ShredResult(subject_id=subject_id, error=item_error(result))

@@ -25,10 +25,12 @@ from kms.base import KmsError
 from vault.access.caller_policy import CallerPolicyError
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.logs import configure_logging
+from vault.app.receipt_cli import keys_app, receipt_app
 from vault.app.token_cli import token_app
 from vault.catalog import CatalogError
 from vault.errors import OubliError
 from vault.private_files import PRIVATE_FILE_MODE, OpenToOthers
+from vault.usecases.receipts import receipt_text
 
 app = typer.Typer(help="oubli: encrypted personal-data vault with crypto-shredding.")
 subject_app = typer.Typer(help="Act on one subject through a running server.")
@@ -38,6 +40,8 @@ app.add_typer(retention_app, name="retention")
 audit_app = typer.Typer(help="The tamper-evident audit trail.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(token_app, name="token")
+app.add_typer(keys_app, name="keys")
+app.add_typer(receipt_app, name="receipt")
 err = Console(stderr=True)
 
 LedgerUrl = Annotated[
@@ -357,7 +361,8 @@ def subject_shred(
     target: Target = "127.0.0.1:50051",
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Erase a subject for good by destroying its key; prints the receipt as JSON."""
+    """Erase a subject for good by destroying its key; prints the signed receipt as JSON
+    (`oubli receipt verify` checks it as it is) and, on stderr, the residual risk."""
     if not yes and not typer.confirm(f"Destroy subject {subject_id} for good?"):
         raise typer.Exit(1)
     try:
@@ -365,22 +370,8 @@ def subject_shred(
             receipt = client.shred_subject(subject_id)
     except OubliClientError as e:
         raise _fail("error:", e) from None
-    print(
-        json.dumps(
-            {
-                "subject_id": receipt.subject_id,
-                "key_id": receipt.key_id,
-                "shredded_at": _iso(receipt.shredded_at),
-                "records_deleted": receipt.records_deleted,
-                "kms_backend": receipt.kms_backend,
-                "residual_risk": receipt.residual_risk,
-                "residual_copies_expire_at": _iso(receipt.residual_copies_expire_at),
-                "records_retained": receipt.records_retained,
-                "retained_until": _iso(receipt.retained_until) if receipt.retained_until else None,
-            },
-            indent=2,
-        )
-    )
+    sys.stdout.write(receipt_text(receipt))
+    err.print(f"residual risk: {escape(receipt.residual_risk)}")
 
 
 @retention_app.command("run")

@@ -44,19 +44,20 @@ from vault.api.support import SupportServicer
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.metrics import MetricsServer, build_registry, start_metrics_server
 from vault.audit.chain import AuditLog
-from vault.audit.recorder import AuditRecorder
+from vault.audit.recorder import SIGNING_KEY_NAME, AuditRecorder
 from vault.audit.signing import SigningKey
 from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
 from vault.crypto.record_crypto import RecordCrypto
-from vault.errors import Unavailable
+from vault.errors import FailedPrecondition, Unavailable
 from vault.private_files import make_private_dir, tighten, write_private
 from vault.storage import Storage, make_engine, migrate
 from vault.storage.bearer_tokens import BearerTokenRepository
 from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import ErasureLedger
 from vault.usecases.lookup import SubjectFinder
+from vault.usecases.receipts import ReceiptSigner
 from vault.usecases.restore_fence import FenceRunner, RestoreFence, ServingGate
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
@@ -208,6 +209,33 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     return TokenRegistry(BearerTokenRepository(storage.engine), audit, clock)
 
 
+def signing_public_key(config: ServerConfig) -> tuple[str, bytes]:
+    """The KMS signing key's id and its raw Ed25519 public key, for ``oubli keys public``:
+    the key that signs shred receipts, audit checkpoints and erasure ledger heads. The
+    id is read from the database (chosen there by the first server); nothing is created.
+
+    Raises:
+        FailedPrecondition: no server has chosen the key yet (SIGNING_KEY_NOT_CHOSEN),
+            or the KMS does not hold it.
+        Unavailable: the database or the KMS could not be reached.
+    """
+    storage = open_database(config)
+    try:
+        found = storage.service_key(SIGNING_KEY_NAME)
+        if found is None:
+            raise FailedPrecondition(
+                "SIGNING_KEY_NOT_CHOSEN",
+                "this database has no signing key yet: start `oubli serve` on it once",
+            )
+        kms = build_kms(config)
+        try:
+            return found.key_id, SigningKey(kms, found.key_id).public_key()
+        finally:
+            kms.close()
+    finally:
+        storage.engine.dispose()
+
+
 def build_auth(
     config: ServerConfig, storage: Storage, audit: AuditLog, clock: Clock = utc_now
 ) -> tuple[Authenticator, CallerPolicy]:
@@ -249,10 +277,9 @@ def start_server(
     )
     authenticator, policy = auth or build_auth(config, vault.storage, audit.audit, clock)
     erasure = build_erasure(config, vault)
+    signing_key = SigningKey(vault.crypto.kms, audit.audit.signing_key_id)
     fence = RestoreFence(
-        erasure,
-        accept_ledger_behind=config.accept_ledger_behind,
-        signing_key=SigningKey(vault.crypto.kms, audit.audit.signing_key_id),
+        erasure, accept_ledger_behind=config.accept_ledger_behind, signing_key=signing_key
     )
     fence.check_positions()  # a ledger behind the database refuses the start
     gate = ServingGate()
@@ -266,7 +293,9 @@ def start_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    pb_grpc.add_SubjectServiceServicer_to_server(SubjectServicer(vault, erasure, clock), server)
+    pb_grpc.add_SubjectServiceServicer_to_server(
+        SubjectServicer(vault, erasure, clock, ReceiptSigner(signing_key)), server
+    )
     pb_grpc.add_RecordServiceServicer_to_server(RecordServicer(vault), server)
     pb_grpc.add_RightsServiceServicer_to_server(
         RightsServicer(RightsService(vault), audit.audit), server

@@ -18,8 +18,10 @@ shredding one subject is a batch of one. For the subjects of a call:
 
 Each subject succeeds or fails alone. A crash or outage after step 1 leaves the subject
 refused; calling again, the retention job or the restore fence at the next start
-completes the remaining steps. An erased subject's shred returns its receipt. After a
-KMS restore, :meth:`Erasure.reconcile` destroys again every key the key ledger lists.
+completes the remaining steps. An erased subject's shred returns its receipt. Each
+receipt carries its key's position in the erasure ledger and, for the API, is signed
+with the KMS signing key (:mod:`vault.usecases.receipts`). After a KMS restore,
+:meth:`Erasure.reconcile` destroys again every key the key ledger lists.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -51,6 +53,7 @@ from vault.storage import Receipt, Storage, StoredRecord, SubjectKeyInfo
 from vault.storage.erasure_ledger import NewLedgerEntry
 from vault.usecases.batches import check_batch
 from vault.usecases.erasure_ledger import SUBJECT, ErasureLedger
+from vault.usecases.receipts import ReceiptSigner, ShredReceipt
 from vault.usecases.service import REWRITE_ATTEMPTS
 from vault.vocabulary import WRITABLE, BucketKind, KeyScheme, SubjectState
 
@@ -80,19 +83,6 @@ _Result = TypeVar("_Result")
 _Hold = tuple[str, datetime]
 
 
-@dataclass(frozen=True, slots=True)
-class ShredReceipt:
-    subject_id: str
-    key_id: str
-    shredded_at: datetime
-    records_deleted: int
-    kms_backend: str
-    residual_risk: str
-    residual_copies_expire_at: datetime
-    records_retained: int = 0
-    retained_until: datetime | None = None
-
-
 class Erasure:
     """Shred subjects (one or many), and destroy again the ledger's keys after a KMS
     restore."""
@@ -116,22 +106,27 @@ class Erasure:
         self._kms_backup_retention = kms_backup_retention
         self._workers = workers
 
-    def shred(self, subject_id: str) -> ShredReceipt:
+    def shred(self, subject_id: str, signer: ReceiptSigner | None = None) -> ShredReceipt:
         """Erase one subject (ShredSubject): the batch path with one item, whose error
-        is raised."""
-        [result] = self._shred([subject_id])
+        is raised. With ``signer``, the receipt is signed."""
+        [result] = self._signed(self._shred([subject_id]), signer)
         if isinstance(result, OubliError):
             raise result
         return result
 
-    def shred_many(self, subject_ids: Sequence[str]) -> list[ShredReceipt | OubliError]:
+    def shred_many(
+        self, subject_ids: Sequence[str], signer: ReceiptSigner | None = None
+    ) -> list[ShredReceipt | OubliError]:
         """Erase each subject (BatchShredSubjects, the retention job): per subject, in
         request order, its receipt or its error. One failure stops nothing; each
-        subject's audit entry names its failure."""
+        subject's audit entry names its failure. With ``signer``, each receipt is
+        signed (one KMS call each, side by side); a subject whose receipt cannot be
+        signed is erased all the same, has the signing error as its result, and a retry
+        returns its receipt signed."""
         check_batch("subject_ids", len(subject_ids))
         if len(set(subject_ids)) != len(subject_ids):
             raise InvalidArgument("subject_ids", "a subject id appears twice")
-        results = self._shred(subject_ids)
+        results = self._signed(self._shred(subject_ids), signer)
         note = caller_scope.current_note()
         if note is not None:
             for subject_id, result in zip(subject_ids, results, strict=True):
@@ -175,9 +170,12 @@ class Erasure:
                 marked, list(self.catalog.legal_hold_categories), KeyScheme.SUBJECT
             )
             infos.update(self.storage.subjects(marked))
-        for subject_id, info in infos.items():
-            if info.state in (SubjectState.HELD, SubjectState.SHREDDED):
-                results[subject_id] = self._existing_receipt(subject_id)
+        erased = [
+            sid
+            for sid, info in infos.items()
+            if info.state in (SubjectState.HELD, SubjectState.SHREDDED)
+        ]
+        results.update(self._existing_receipts(erased))
         pending = [info for sid, info in infos.items() if sid not in results]
         # A subject marked by an earlier, interrupted call may have legal records left
         # to hold, or held already.
@@ -213,7 +211,7 @@ class Erasure:
                 destroyed[info.subject_id] = held_in
         if destroyed:
             fault_point("erasure.keys_destroyed")
-            self._finish(destroyed, results, max(seqs[sid] for sid in destroyed))
+            self._finish(destroyed, results, {sid: seqs[sid] for sid in destroyed})
         return [results[subject_id] for subject_id in subject_ids]
 
     def _record_in_ledger(
@@ -236,7 +234,7 @@ class Erasure:
         self,
         destroyed: dict[str, _Hold | None],
         results: dict[str, ShredReceipt | OubliError],
-        ledger_seq: int,
+        seqs: dict[str, int],
     ) -> None:
         holds = {sid: hold for sid, hold in destroyed.items() if hold is not None}
         try:
@@ -245,7 +243,7 @@ class Erasure:
                 self.crypto.kms.backend_name,
                 self.clock(),
                 holds,
-                ledger_seq=ledger_seq,
+                ledger_seq=max(seqs.values()),
             )
         except OubliError as e:  # all stay shredding (refused); a retry completes them
             results.update(dict.fromkeys(destroyed, e))
@@ -253,19 +251,51 @@ class Erasure:
         for subject_id in destroyed:
             receipt = receipts.get(subject_id)
             results[subject_id] = (
-                self._receipt_view(receipt)
+                self._receipt_view(receipt, seqs[subject_id])
                 if receipt is not None
                 else SubjectNotFound("subject not found", subject_id=subject_id)
             )
 
-    def _existing_receipt(self, subject_id: str) -> ShredReceipt | OubliError:
+    def _existing_receipts(
+        self, subject_ids: Sequence[str]
+    ) -> dict[str, ShredReceipt | OubliError]:
+        """The receipts of subjects erased already, with their keys' ledger positions.
+        A key the ledger lacks (erased before the ledger existed, or the ledger was
+        restored) is appended to it now, as the restore fence would."""
+        results: dict[str, ShredReceipt | OubliError] = {}
+        found: list[Receipt] = []
+        for subject_id in subject_ids:
+            try:
+                existing = self.storage.receipt(subject_id)
+            except OubliError as e:
+                results[subject_id] = e
+                continue
+            if existing is None:  # pragma: no cover - finish_shreds writes both at once
+                results[subject_id] = IntegrityFailure("erased subject without a receipt")
+            else:
+                found.append(existing)
+        if not found:
+            return results
+        entries = [NewLedgerEntry(SUBJECT, r.key_id, r.subject_id) for r in found]
         try:
-            existing = self.storage.receipt(subject_id)
+            seqs = self.ledger.append(entries)
         except OubliError as e:
-            return e
-        if existing is None:  # pragma: no cover - finish_shreds writes both at once
-            return IntegrityFailure("erased subject without a receipt")
-        return self._receipt_view(existing)
+            results.update(dict.fromkeys((r.subject_id for r in found), e))
+            return results
+        for receipt, seq in zip(found, seqs, strict=True):
+            results[receipt.subject_id] = self._receipt_view(receipt, seq)
+        return results
+
+    def _signed(
+        self, results: list[ShredReceipt | OubliError], signer: ReceiptSigner | None
+    ) -> list[ShredReceipt | OubliError]:
+        """``results`` with every receipt signed by ``signer`` (side by side); a receipt
+        that cannot be signed is replaced by the error."""
+        if signer is None:
+            return results
+        receipts = [r for r in results if isinstance(r, ShredReceipt)]
+        signed = iter(self._side_by_side(signer.sign, receipts))
+        return [next(signed) if isinstance(r, ShredReceipt) else r for r in results]
 
     def _side_by_side(
         self, task: Callable[[_Item], _Result], items: Sequence[_Item]
@@ -350,9 +380,9 @@ class Erasure:
 
     # --- receipts -------------------------------------------------------------------
 
-    def _receipt_view(self, receipt: Receipt) -> ShredReceipt:
+    def _receipt_view(self, receipt: Receipt, ledger_position: int) -> ShredReceipt:
         """The receipt as the API shows it, with what remains outside oubli's reach (KMS
-        backups) and when its last copy is gone."""
+        backups) and when its last copy is gone, and the key's erasure ledger entry."""
         days = self._kms_backup_retention.days
         template = RESIDUAL_RISK.get(receipt.kms_backend, RESIDUAL_RISK_OTHER)
         return ShredReceipt(
@@ -365,4 +395,5 @@ class Erasure:
             receipt.shredded_at + self._kms_backup_retention,
             receipt.records_retained,
             receipt.retained_until,
+            ledger_position,
         )

@@ -72,7 +72,8 @@ def test_subject_commands_export_and_shred(stack: Stack, tmp_path: Path) -> None
 
 
 def test_subject_shred_prints_the_receipt_with_its_legal_hold(stack: Stack) -> None:
-    """The nine fields docs/operations.md lists, the legal hold's two included."""
+    """The fields docs/operations.md lists, the legal hold's two included; the residual
+    risk on stderr."""
     sid = stack.client.create_subject().subject_id
     stack.client.create_record(sid, "contact", {"email": "held@example.org"})
     stack.client.create_record(sid, "billing", {"invoice_number": "F-1"}, "billing")
@@ -80,18 +81,23 @@ def test_subject_shred_prints_the_receipt_with_its_legal_hold(stack: Stack) -> N
     assert result.exit_code == 0, result.output
     receipt = json.loads(result.stdout)
     assert set(receipt) == {
+        "format",
         "subject_id",
         "key_id",
-        "shredded_at",
+        "shred_time",
         "records_deleted",
-        "kms_backend",
-        "residual_risk",
-        "residual_copies_expire_at",
         "records_retained",
         "retained_until",
+        "kms_backend",
+        "residual_copies_expire_time",
+        "ledger_position",
+        "signing_key_id",
+        "signature",
     }
     assert receipt["records_deleted"] == 1 and receipt["records_retained"] == 1
     assert receipt["retained_until"].endswith("Z")
+    assert receipt["ledger_position"] >= 1
+    assert "residual risk: " in result.stderr
     assert stack.client.get_subject(sid).state == "held"
 
 

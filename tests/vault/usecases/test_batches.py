@@ -24,8 +24,9 @@ from vault.errors import (
 from vault.storage import Storage
 from vault.storage.tables import RecordRow
 from vault.usecases.batches import MAX_BATCH_ITEMS, BulkOps, NewRecord, RecordRead
-from vault.usecases.erasure import Erasure, ShredReceipt
+from vault.usecases.erasure import Erasure
 from vault.usecases.export import export_chunks, export_json
+from vault.usecases.receipts import ShredReceipt
 from vault.usecases.service import VaultService
 
 Builder = Callable[..., VaultService]

@@ -1,0 +1,116 @@
+"""``oubli keys public`` and ``oubli receipt verify``: publish the signing key, check a
+shred receipt offline.
+
+``keys public`` reads the signing key's id from the data database and its public key
+from the KMS. ``receipt verify`` needs neither, nor a server: the receipt file and the
+public key are enough (vault.usecases.receipts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
+from rich.console import Console
+from rich.markup import escape
+
+from vault.app.config import ConfigError, ServerConfig
+from vault.usecases.receipts import ReceiptInvalid, verify_receipt_text
+
+keys_app = typer.Typer(help="The KMS signing key's public half, for checks without the KMS.")
+receipt_app = typer.Typer(help="Shred receipts: check one offline.")
+err = Console(stderr=True)
+
+
+def _fail(prefix: str, error: Exception | str, code: int) -> typer.Exit:
+    # escape(): messages quote patterns such as [a-z0-9] that rich would eat as markup.
+    err.print(f"[red]{prefix}[/red] {escape(str(error))}")
+    return typer.Exit(code)
+
+
+@keys_app.command("public")
+def keys_public(
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="embedded default's directory")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None,
+    kms: Annotated[str | None, typer.Option(help="local | vault")] = None,
+    keystore: Annotated[Path | None, typer.Option(help="local keystore file")] = None,
+    vault_addr: Annotated[str | None, typer.Option(help="Vault/OpenBao address")] = None,
+    vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
+) -> None:
+    """Print the signing public key (PEM, SubjectPublicKeyInfo of the Ed25519 key) that
+    checks shred receipts, audit checkpoints and erasure ledger heads. Publish it: with
+    it anyone checks a receipt (`oubli receipt verify`) without the KMS."""
+    from vault.app.server import signing_public_key
+    from vault.errors import OubliError
+
+    try:
+        config = ServerConfig.from_env(
+            os.environ,
+            data_dir=data_dir,
+            database_url=database_url,
+            kms=kms,
+            keystore_path=keystore,
+            vault_addr=vault_addr,
+            vault_mount=vault_mount,
+        )
+    except ConfigError as e:
+        raise _fail("invalid configuration:", e, 2) from None
+    try:
+        key_id, raw = signing_public_key(config)
+    except OubliError as e:
+        raise _fail("keys public failed:", e, 1) from None
+    pem = (
+        Ed25519PublicKey.from_public_bytes(raw)
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+    if output is None:
+        print(pem, end="")
+    else:
+        output.write_text(pem, encoding="ascii")
+    err.print(f"signing key {key_id}")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    receipt: Annotated[Path, typer.Argument(help="the receipt file `oubli subject shred` printed")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="PEM file `oubli keys public` wrote")
+    ],
+) -> None:
+    """Check a shred receipt offline (no server, KMS or database): its format, fields
+    and signature against the published public key. Exit 0 when it verifies, 1 when it
+    does not, 2 when a file cannot be read."""
+    try:
+        key = load_pem_public_key(public_key.read_bytes())
+    except OSError as e:
+        raise _fail("cannot read the public key:", type(e).__name__, 2) from None
+    except (ValueError, TypeError):
+        raise _fail("invalid public key:", "the file is not a PEM public key", 2) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise _fail("invalid public key:", "not an Ed25519 key", 2)
+    try:
+        text = receipt.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise _fail("cannot read the receipt:", type(e).__name__, 2) from None
+    except UnicodeDecodeError:
+        raise _fail("receipt does not verify:", "the file is not UTF-8 text", 1) from None
+    try:
+        document = verify_receipt_text(text, key.public_bytes_raw())
+    except ReceiptInvalid as e:
+        raise _fail("receipt does not verify:", e, 1) from None
+    print(
+        f"receipt verifies: subject {document['subject_id']}, key {document['key_id']}, "
+        f"ledger position {document['ledger_position']}"
+    )
