@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from kms.base import DataKey, KeyManager, KmsError
+from kms.base import DataKey, KeyManager, KeyVersions, KmsError
 
 
 class AbsentKeyManager(KeyManager):
@@ -44,4 +44,22 @@ class AbsentKeyManager(KeyManager):
         self._refuse()
 
     def public_key(self, key_id: str) -> bytes:
+        self._refuse()
+
+    def rotate_key(self, key_id: str) -> int:
+        self._refuse()
+
+    def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
+        self._refuse()
+
+    def key_versions(self, key_id: str) -> KeyVersions:
+        self._refuse()
+
+    def set_min_decryption_version(self, key_id: str, version: int) -> None:
+        self._refuse()
+
+    def trim_key(self, key_id: str, min_available_version: int) -> None:
+        self._refuse()
+
+    def public_keys(self, key_id: str) -> dict[int, bytes]:
         self._refuse()

@@ -50,6 +50,20 @@ class DataKey:
         return f"DataKey(wrapped=<{len(self.wrapped)} bytes>, key_version={self.key_version})"
 
 
+@dataclass(frozen=True, slots=True)
+class KeyVersions:
+    """The versions a KMS key holds (rotation, :meth:`KeyManager.key_versions`).
+
+    ``latest`` wraps (or signs) from now on; versions below ``min_decryption`` are kept
+    but refused for unwrap (and verify); versions below ``min_available`` are gone for
+    good (trimmed). Always ``min_available <= min_decryption <= latest``.
+    """
+
+    latest: int
+    min_decryption: int
+    min_available: int
+
+
 class KeyManager(abc.ABC):
     """A KMS holding one non-exportable key per subject.
 
@@ -138,6 +152,68 @@ class KeyManager(abc.ABC):
             KmsUnavailable: the KMS could not be reached.
         """
 
+    # --- rotation -----------------------------------------------------------------------
+    #
+    # Rotation adds a version to a key (subject, bucket, service or signing key): new
+    # wraps and signatures use the latest version, older versions still unwrap or verify
+    # until ``min_decryption`` is raised past them, and are gone for good once trimmed.
+
+    @abc.abstractmethod
+    def rotate_key(self, key_id: str) -> int:
+        """Add a new version to ``key_id``; returns the new latest version.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
+        """The same DEK, wrapped under the latest version of ``key_id``.
+
+        The plaintext DEK never leaves the KMS (Transit's ``rewrap``).
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``wrapped`` was not produced by ``key_id``, or its version is
+                below ``min_decryption`` or trimmed.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def key_versions(self, key_id: str) -> KeyVersions:
+        """The versions ``key_id`` holds.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def set_min_decryption_version(self, key_id: str, version: int) -> None:
+        """Refuse unwraps (and verifications) by versions below ``version``; the
+        versions are kept, so lowering it again (an operator restoring an older database
+        copy) makes them usable again until they are trimmed.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``version`` is above the latest version or below the trimmed ones.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def trim_key(self, key_id: str, min_available_version: int) -> None:
+        """Delete the versions of ``key_id`` below ``min_available_version`` for good.
+
+        ``min_available_version`` must not exceed the key's ``min_decryption``.
+        Idempotent: trimming to a version already trimmed to succeeds.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``min_available_version`` is above ``min_decryption``.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
     # --- signing keys -----------------------------------------------------------------
     #
     # A signing key is an Ed25519 key pair held by the KMS (the audit log signs its
@@ -188,6 +264,18 @@ class KeyManager(abc.ABC):
 
         With it anyone can check a signature offline, without access to the KMS
         (:func:`kms.signatures.verify_offline`).
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``key_id`` is not a signing key.
+            KmsUnavailable: the KMS could not be reached.
+        """
+
+    @abc.abstractmethod
+    def public_keys(self, key_id: str) -> dict[int, bytes]:
+        """Every version of signing key ``key_id`` still held: version -> raw 32-byte
+        Ed25519 public key. Signatures made by a rotated-out version still verify
+        offline against its public key.
 
         Raises:
             KeyDestroyed: ``key_id`` does not exist.

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from kms.base import DataKey, KeyManager, KmsError, KmsUnavailable
+from kms.base import DataKey, KeyManager, KeyVersions, KmsError, KmsUnavailable
 from kms.deadline import kms_failed, note_kms_unavailable, seconds_left, time_limit
 
 T = TypeVar("T")
@@ -298,6 +298,24 @@ class GuardedKeyManager(KeyManager):
 
     def public_key(self, key_id: str) -> bytes:
         return self._guarded(key_id, lambda: self.backend.public_key(key_id))
+
+    def rotate_key(self, key_id: str) -> int:
+        return self._guarded(key_id, lambda: self.backend.rotate_key(key_id))
+
+    def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
+        return self._guarded(key_id, lambda: self.backend.rewrap(key_id, wrapped))
+
+    def key_versions(self, key_id: str) -> KeyVersions:
+        return self._guarded(key_id, lambda: self.backend.key_versions(key_id))
+
+    def set_min_decryption_version(self, key_id: str, version: int) -> None:
+        self._guarded(key_id, lambda: self.backend.set_min_decryption_version(key_id, version))
+
+    def trim_key(self, key_id: str, min_available_version: int) -> None:
+        self._guarded(key_id, lambda: self.backend.trim_key(key_id, min_available_version))
+
+    def public_keys(self, key_id: str) -> dict[int, bytes]:
+        return self._guarded(key_id, lambda: self.backend.public_keys(key_id))
 
     def close(self) -> None:
         self.backend.close()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kms._wrap import DEK_LEN, unwrap_dek, wrap_dek, wrapped_key_version
-from kms.base import DataKey, KeyDestroyed, KeyManager, KmsError, KmsUnavailable
+from kms.base import DataKey, KeyDestroyed, KeyManager, KeyVersions, KmsError, KmsUnavailable
 from kms.names import check_key_id
 from kms.signatures import (
     PRIVATE_KEY_LEN,
@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS subject_keys (
     key_bytes BLOB NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (key_id, version)
+)
+"""
+#: Per key: the lowest version still allowed to unwrap (or verify), raised by rotation;
+#: no row means every version is allowed. Trimmed versions are simply deleted rows.
+_LIMITS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS key_limits (
+    key_id TEXT PRIMARY KEY,
+    min_decryption INTEGER NOT NULL
 )
 """
 _SIGNING_SCHEMA = """
@@ -95,6 +103,7 @@ class LocalKeystore(KeyManager):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
             self._db.execute(_SIGNING_SCHEMA)
+            self._db.execute(_LIMITS_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise KmsUnavailable(f"cannot open local keystore: {type(e).__name__}") from e
 
@@ -156,20 +165,30 @@ class LocalKeystore(KeyManager):
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         check_key_id(key_id)
         version = wrapped_key_version(key_id, wrapped)
+        return unwrap_dek(key_id, self._usable_kek(key_id, version), wrapped)
+
+    def _usable_kek(self, key_id: str, version: int) -> bytes:
+        """Key bytes of ``version``, if it is still allowed to unwrap."""
         rows = self._execute(
-            "SELECT key_bytes FROM subject_keys WHERE key_id = ? AND version = ?",
-            (key_id, version),
+            "SELECT key_bytes, COALESCE((SELECT min_decryption FROM key_limits "
+            "WHERE key_id = ?), 1) FROM subject_keys WHERE key_id = ? AND version = ?",
+            (key_id, key_id, version),
         )
         if not rows:
-            raise KeyDestroyed("key does not exist", key_id=key_id)
-        kek = rows[0][0]
-        assert isinstance(kek, bytes)
-        return unwrap_dek(key_id, kek, wrapped)
+            if not self._execute("SELECT 1 FROM subject_keys WHERE key_id = ?", (key_id,)):
+                raise KeyDestroyed("key does not exist", key_id=key_id)
+            raise KmsError("key version is trimmed", key_id=key_id)
+        kek, min_decryption = rows[0]
+        assert isinstance(kek, bytes) and isinstance(min_decryption, int)
+        if version < min_decryption:
+            raise KmsError("key version is not allowed for decryption", key_id=key_id)
+        return kek
 
     def destroy_key(self, key_id: str) -> None:
         check_key_id(key_id)
         self._execute("DELETE FROM subject_keys WHERE key_id = ?", (key_id,))
         self._execute("DELETE FROM signing_keys WHERE key_id = ?", (key_id,))
+        self._execute("DELETE FROM key_limits WHERE key_id = ?", (key_id,))
         self._scrub_journal()
 
     def _scrub_journal(self) -> None:
@@ -190,6 +209,85 @@ class LocalKeystore(KeyManager):
                 (key_id, key_id),
             )
         )
+
+    # --- rotation -----------------------------------------------------------------------
+
+    def _table_of(self, key_id: str) -> str:
+        if self._execute("SELECT 1 FROM subject_keys WHERE key_id = ? LIMIT 1", (key_id,)):
+            return "subject_keys"
+        if self._execute("SELECT 1 FROM signing_keys WHERE key_id = ? LIMIT 1", (key_id,)):
+            return "signing_keys"
+        raise KeyDestroyed("key does not exist", key_id=key_id)
+
+    def rotate_key(self, key_id: str) -> int:
+        check_key_id(key_id)
+        table = self._table_of(key_id)
+        column = "key_bytes" if table == "subject_keys" else "private_key"
+        size = 32 if table == "subject_keys" else PRIVATE_KEY_LEN
+        # One statement: two rotations at once make two versions, never one twice.
+        self._execute(
+            f"INSERT INTO {table} (key_id, version, {column}, created_at) "  # noqa: S608
+            f"SELECT ?, MAX(version) + 1, ?, ? FROM {table} WHERE key_id = ?",
+            (key_id, self._random_bytes(size), self._clock(), key_id),
+        )
+        return self.key_versions(key_id).latest
+
+    def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
+        check_key_id(key_id)
+        version = wrapped_key_version(key_id, wrapped)
+        dek = unwrap_dek(key_id, self._usable_kek(key_id, version), wrapped)
+        latest, kek = self._latest(key_id)
+        return wrap_dek(key_id, kek, latest, dek, self._random_bytes)
+
+    def key_versions(self, key_id: str) -> KeyVersions:
+        check_key_id(key_id)
+        table = self._table_of(key_id)
+        rows = self._execute(
+            f"SELECT MAX(version), MIN(version), COALESCE((SELECT min_decryption "  # noqa: S608
+            f"FROM key_limits WHERE key_id = ?), 1) FROM {table} WHERE key_id = ?",
+            (key_id, key_id),
+        )
+        latest, lowest, min_decryption = rows[0]
+        assert isinstance(latest, int) and isinstance(lowest, int)
+        assert isinstance(min_decryption, int)
+        return KeyVersions(latest, max(min_decryption, lowest), lowest)
+
+    def set_min_decryption_version(self, key_id: str, version: int) -> None:
+        check_key_id(key_id)
+        versions = self.key_versions(key_id)
+        if not versions.min_available <= version <= versions.latest:
+            raise KmsError("minimum decryption version out of range", key_id=key_id)
+        self._execute(
+            "INSERT INTO key_limits (key_id, min_decryption) VALUES (?, ?) "
+            "ON CONFLICT (key_id) DO UPDATE SET min_decryption = excluded.min_decryption",
+            (key_id, version),
+        )
+
+    def trim_key(self, key_id: str, min_available_version: int) -> None:
+        check_key_id(key_id)
+        table = self._table_of(key_id)
+        versions = self.key_versions(key_id)
+        if min_available_version > versions.min_decryption:
+            raise KmsError("cannot trim above the minimum decryption version", key_id=key_id)
+        _, deleted = self._run(
+            f"DELETE FROM {table} WHERE key_id = ? AND version < ?",  # noqa: S608
+            (key_id, min_available_version),
+        )
+        if deleted:
+            self._scrub_journal()  # the trimmed versions' bytes leave the WAL too
+
+    def public_keys(self, key_id: str) -> dict[int, bytes]:
+        check_key_id(key_id)
+        self._signing_key(key_id)  # not a signing key, or missing: raises
+        rows = self._execute(
+            "SELECT version, private_key FROM signing_keys WHERE key_id = ? ORDER BY version",
+            (key_id,),
+        )
+        keys: dict[int, bytes] = {}
+        for version, private_key in rows:
+            assert isinstance(version, int) and isinstance(private_key, bytes)
+            keys[version] = local_public_key(private_key)
+        return keys
 
     def create_signing_key(self, key_id: str) -> None:
         check_key_id(key_id)
@@ -222,11 +320,20 @@ class LocalKeystore(KeyManager):
 
     def verify(self, key_id: str, data: bytes, signature: bytes) -> bool:
         check_key_id(key_id)
-        # Signing keys have one version so far. The lookup comes first, so that a
-        # missing key raises KeyDestroyed whatever the signature holds.
-        version, private_key = self._signing_key(key_id)
-        if local_signature_version(signature) != version:
+        # The lookup comes first, so that a missing key raises KeyDestroyed whatever
+        # the signature holds; then the version the signature names, if still allowed.
+        self._signing_key(key_id)
+        version = local_signature_version(signature)
+        if version is None or version < self.key_versions(key_id).min_decryption:
             return False
+        rows = self._execute(
+            "SELECT private_key FROM signing_keys WHERE key_id = ? AND version = ?",
+            (key_id, version),
+        )
+        if not rows:
+            return False
+        private_key = rows[0][0]
+        assert isinstance(private_key, bytes)
         return verify_offline(local_public_key(private_key), data, signature)
 
     def public_key(self, key_id: str) -> bytes:

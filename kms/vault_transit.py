@@ -35,6 +35,7 @@ from kms.base import (
     DataKey,
     KeyDestroyed,
     KeyManager,
+    KeyVersions,
     KmsAccessDenied,
     KmsError,
     KmsUnavailable,
@@ -299,6 +300,86 @@ class VaultTransitKeyManager(KeyManager):
         except KeyDestroyed:
             return False
         return True
+
+    # --- rotation -----------------------------------------------------------------------
+
+    def rotate_key(self, key_id: str) -> int:
+        check_key_id(key_id)
+        with _translated(key_id):
+            self._count()
+            self._transit.rotate_key(key_id, mount_point=self.mount_point)
+        return self.key_versions(key_id).latest
+
+    def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
+        check_key_id(key_id)
+        self._version_of(key_id, wrapped)
+        with _translated(key_id):
+            self._count()
+            answer = self._transit.rewrap_data(
+                key_id, wrapped.decode("ascii"), mount_point=self.mount_point
+            )
+        rewrapped = str(answer["data"]["ciphertext"]).encode("ascii")
+        self._version_of(key_id, rewrapped)
+        return rewrapped
+
+    def _read_key(self, key_id: str) -> dict[str, Any]:
+        with _translated(key_id):
+            self._count()
+            answer = self._transit.read_key(key_id, mount_point=self.mount_point)
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    def key_versions(self, key_id: str) -> KeyVersions:
+        check_key_id(key_id)
+        data = self._read_key(key_id)
+        latest = int(data["latest_version"])
+        min_available = max(1, int(data.get("min_available_version") or 0))
+        min_decryption = max(min_available, int(data.get("min_decryption_version") or 1))
+        return KeyVersions(latest, min_decryption, min_available)
+
+    def set_min_decryption_version(self, key_id: str, version: int) -> None:
+        check_key_id(key_id)
+        versions = self.key_versions(key_id)
+        if not versions.min_available <= version <= versions.latest:
+            raise KmsError("minimum decryption version out of range", key_id=key_id)
+        with _translated(key_id):
+            self._count()
+            self._transit.update_key_configuration(
+                key_id, min_decryption_version=version, mount_point=self.mount_point
+            )
+
+    def trim_key(self, key_id: str, min_available_version: int) -> None:
+        check_key_id(key_id)
+        data = self._read_key(key_id)
+        min_decryption = max(1, int(data.get("min_decryption_version") or 1))
+        if min_available_version > min_decryption:
+            raise KmsError("cannot trim above the minimum decryption version", key_id=key_id)
+        if min_available_version <= max(1, int(data.get("min_available_version") or 0)):
+            return  # trimmed that far already (or nothing below version 1)
+        with _translated(key_id):
+            if not int(data.get("min_encryption_version") or 0):
+                # Transit trims only a key whose minimum encryption version is set; the
+                # latest version is the one encryption uses anyway.
+                self._count()
+                self._transit.update_key_configuration(
+                    key_id,
+                    min_encryption_version=int(data["latest_version"]),
+                    mount_point=self.mount_point,
+                )
+            self._count()
+            self._transit.trim_key(
+                key_id, min_version=min_available_version, mount_point=self.mount_point
+            )
+
+    def public_keys(self, key_id: str) -> dict[int, bytes]:
+        check_key_id(key_id)
+        data = self._read_key(key_id)
+        if data.get("type") != "ed25519":
+            raise KmsError("key is not a signing key", key_id=key_id)
+        return {
+            int(version): base64.b64decode(entry["public_key"])
+            for version, entry in sorted(data["keys"].items(), key=lambda kv: int(kv[0]))
+        }
 
     def create_signing_key(self, key_id: str) -> None:
         check_key_id(key_id)

@@ -46,6 +46,7 @@ class BucketRepository(Repository):
                     key_version=info.key_version,
                     state=info.state,
                     created_at=now,
+                    kek_rotated_at=now,
                 )
             )
 

@@ -100,6 +100,9 @@ class RekeyRepository(Repository):
                 row.wrapped_dek = wrapped_dek
                 row.key_version = key_version
                 row.updated_at = now
+                row.dek_created_at = now  # a new key, one version: nothing to trim
+                row.kek_rotated_at = now
+                row.kek_trim_after = None
                 if withdrawn_consent is not None:
                     consents = subject_info(row).consents
                     consents.pop(withdrawn_consent, None)

@@ -52,6 +52,8 @@ class SubjectRepository(Repository):
                     key_version=info.key_version,
                     created_at=info.created_at,
                     updated_at=info.updated_at,
+                    dek_created_at=info.created_at,
+                    kek_rotated_at=info.created_at,
                     restricted=False,
                     objections="[]",
                     consents="{}",

@@ -82,6 +82,12 @@ class SubjectRow(Base):
     #: For state "held": the hold bucket keeping the legally retained records, and until when.
     hold_bucket_id: Mapped[str | None] = mapped_column(String(96))
     hold_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: When the DEK was made (creation or the last re-key): the DEK's age.
+    dek_created_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    #: When the KMS key got the version wrapping the DEK: the KEK's age.
+    kek_rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    #: From then on the KMS key's versions below the current one may be trimmed.
+    kek_trim_after: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
 
 
 class RecordRow(Base):
@@ -134,6 +140,8 @@ class RetentionBucketRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    kek_rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    kek_trim_after: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class KeyLedgerRow(Base):
@@ -207,13 +215,17 @@ class BlindIndexRow(Base):
             ["records.subject_id", "records.record_id"],
             ondelete="CASCADE",
         ),
-        Index("ix_blind_index_kind_tag", "kind", "tag"),
+        Index("ix_blind_index_kind_generation_tag", "kind", "generation", "tag"),
     )
 
     subject_id: Mapped[str] = mapped_column(String(26), primary_key=True)
     record_id: Mapped[str] = mapped_column(String(26), primary_key=True)
     #: email | phone
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    #: The index key generation the tag was computed with (two during a rotation).
+    generation: Mapped[int] = mapped_column(
+        Integer, primary_key=True, default=1, server_default="1"
+    )
     #: The first ``bits`` bits of HMAC-SHA256(index key, kind NUL value), as an integer.
     tag: Mapped[int] = mapped_column(Integer)
 
@@ -230,6 +242,9 @@ class ServiceKeyRow(Base):
     wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
     key_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: When the KMS key got its latest version (creation, or the last rotation).
+    rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    kek_trim_after: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AuditEntryRow(Base):
