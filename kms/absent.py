@@ -52,6 +52,9 @@ class AbsentKeyManager(KeyManager):
     def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
         self._refuse()
 
+    def wrapped_version(self, key_id: str, wrapped: bytes) -> int:
+        self._refuse()
+
     def key_versions(self, key_id: str) -> KeyVersions:
         self._refuse()
 

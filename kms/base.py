@@ -181,6 +181,14 @@ class KeyManager(abc.ABC):
         """
 
     @abc.abstractmethod
+    def wrapped_version(self, key_id: str, wrapped: bytes) -> int:
+        """The key version ``wrapped`` names (read from its format; no KMS call).
+
+        Raises:
+            KmsError: ``wrapped`` is not in this backend's format.
+        """
+
+    @abc.abstractmethod
     def key_versions(self, key_id: str) -> KeyVersions:
         """The versions ``key_id`` holds.
 

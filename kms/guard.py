@@ -305,6 +305,9 @@ class GuardedKeyManager(KeyManager):
     def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
         return self._guarded(key_id, lambda: self.backend.rewrap(key_id, wrapped))
 
+    def wrapped_version(self, key_id: str, wrapped: bytes) -> int:
+        return self.backend.wrapped_version(key_id, wrapped)  # no KMS call: unguarded
+
     def key_versions(self, key_id: str) -> KeyVersions:
         return self._guarded(key_id, lambda: self.backend.key_versions(key_id))
 

@@ -239,6 +239,9 @@ class LocalKeystore(KeyManager):
         latest, kek = self._latest(key_id)
         return wrap_dek(key_id, kek, latest, dek, self._random_bytes)
 
+    def wrapped_version(self, key_id: str, wrapped: bytes) -> int:
+        return wrapped_key_version(key_id, wrapped)
+
     def key_versions(self, key_id: str) -> KeyVersions:
         check_key_id(key_id)
         table = self._table_of(key_id)

@@ -128,6 +128,9 @@ class InMemoryKeyManager(KeyManager):
         dek = unwrap_dek(key_id, key.usable(key_id, version), wrapped)
         return wrap_dek(key_id, key.versions[key.latest], key.latest, dek, self._random_bytes)
 
+    def wrapped_version(self, key_id: str, wrapped: bytes) -> int:
+        return wrapped_key_version(key_id, wrapped)
+
     def key_versions(self, key_id: str) -> KeyVersions:
         check_key_id(key_id)
         self._enter()
