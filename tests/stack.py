@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,12 @@ from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
 from vault.crypto.record_crypto import RecordCrypto
 from vault.storage import Storage, make_engine, migrate
+from vault.usecases.dek_rotation import DekRotation
 from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import ErasureLedger
+from vault.usecases.kek_rotation import KekRotation
+from vault.usecases.key_rotation import Cryptoperiods, KeyRotation
+from vault.usecases.rekey import Rekeying
 from vault.usecases.service import VaultService
 
 
@@ -89,6 +94,26 @@ def erasure_of(vault: VaultService) -> Erasure:
     build_erasure wires it, with the default KMS backup retention)."""
     return Erasure(
         vault.storage, vault.crypto, vault.catalog, ledger=vault.ledger, clock=vault.clock
+    )
+
+
+def key_rotation_of(
+    vault: VaultService,
+    *,
+    periods: Cryptoperiods | None = None,
+    trim_after: timedelta = timedelta(days=7),
+) -> KeyRotation:
+    """Subject, bucket and DEK rotation over ``vault`` (as build_key_rotation wires it,
+    without the service keys' rotations)."""
+    return KeyRotation(
+        keks=KekRotation(vault.storage, vault.crypto, trim_after=trim_after, clock=vault.clock),
+        deks=DekRotation(
+            vault.storage,
+            Rekeying(vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock),
+        ),
+        service_keys={},
+        periods=periods or Cryptoperiods(),
+        clock=vault.clock,
     )
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from kms.base import KeyDestroyed, KeyManager, KmsError
+from kms.base import KeyDestroyed, KeyManager, KmsAccessDenied, KmsError, KmsUnavailable
 from vault.crypto.keycache import DataKeyCache
 from vault.errors import AlreadyExists, OubliError
 from vault.ids import RandomBytes, new_id
@@ -152,10 +152,31 @@ class BucketKeys:
             raise self._kms_error(KeyDestroyed("bucket key destroyed"))
         try:
             dek = self._kms.unwrap(bucket.key_id, bucket.wrapped_dek)
-        except KmsError as e:
+        except (KeyDestroyed, KmsUnavailable, KmsAccessDenied) as e:
             raise self._kms_error(e) from e
+        except KmsError as e:
+            # A rotation re-wrapped the DEK and retired the version this copy of the row
+            # names (vault.usecases.kek_rotation): the row read again has the re-wrap.
+            dek = self._unwrap_again(bucket, e)
         self._cache.put(bucket.key_id, bucket.key_version, dek)
         return dek
+
+    def _unwrap_again(self, bucket: BucketInfo, error: KmsError) -> bytes:
+        fresh = self._storage.bucket(bucket.bucket_id)
+        if (
+            fresh is None
+            or fresh.key_id != bucket.key_id
+            or fresh.wrapped_dek is None
+            or fresh.wrapped_dek == bucket.wrapped_dek
+        ):
+            raise self._kms_error(error) from error
+        with self._lock:
+            if fresh.state == BucketState.ACTIVE:
+                self._known[bucket.bucket_id] = fresh
+        try:
+            return self._kms.unwrap(fresh.key_id, fresh.wrapped_dek)
+        except KmsError as e:
+            raise self._kms_error(e) from e
 
     def forget(self, bucket: BucketInfo) -> None:
         with self._lock:

@@ -22,13 +22,20 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.base import DataKey, KeyManager, KmsError
+from kms.base import (
+    DataKey,
+    KeyDestroyed,
+    KeyManager,
+    KmsAccessDenied,
+    KmsError,
+    KmsUnavailable,
+)
 from vault.access import caller_scope
 from vault.clock import Clock, utc_now
 from vault.crypto.bucket_keys import BucketKeys, expiry_record_key, hold_record_key
 from vault.crypto.envelope import RecordCipher, RecordPlace, decode_fields, key_version_of
 from vault.crypto.keycache import DataKeyCache
-from vault.errors import IntegrityFailure, KeyDestroyedError, kms_error
+from vault.errors import IntegrityFailure, KeyDestroyedError, OubliError, kms_error
 from vault.ids import RandomBytes, new_id
 from vault.storage import RecordLike, Storage, SubjectKeyInfo
 from vault.vocabulary import KeyScheme
@@ -47,6 +54,7 @@ class RecordCrypto:
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
         self.kms = kms
+        self._storage = storage
         self.cache = cache if cache is not None else DataKeyCache()
         self.buckets = BucketKeys(storage, kms, self.cache, clock, random_bytes, kms_error)
         self._random_bytes = random_bytes
@@ -81,10 +89,31 @@ class RecordCrypto:
             raise IntegrityFailure("ciphertext names a key version the subject does not have")
         try:
             dek = self.kms.unwrap(info.key_id, info.wrapped_dek)
-        except KmsError as e:
+        except (KeyDestroyed, KmsUnavailable, KmsAccessDenied) as e:
             raise kms_error(e) from e
+        except KmsError as e:
+            # A rotation re-wrapped the DEK and retired the version the row read before
+            # it names (vault.usecases.kek_rotation): the row read again has the re-wrap.
+            dek = self._unwrap_again(info, e)
         self.cache.put(info.key_id, version, dek)
         return dek
+
+    def _unwrap_again(self, info: SubjectKeyInfo, error: KmsError) -> bytes:
+        try:
+            fresh = self._storage.subject(info.subject_id)
+        except OubliError:
+            raise kms_error(error) from error
+        if (
+            fresh.key_id != info.key_id
+            or fresh.key_version != info.key_version
+            or fresh.wrapped_dek is None
+            or fresh.wrapped_dek == info.wrapped_dek
+        ):
+            raise kms_error(error) from error
+        try:
+            return self.kms.unwrap(fresh.key_id, fresh.wrapped_dek)
+        except KmsError as e:
+            raise kms_error(e) from e
 
     def warm(self, infos: Sequence[SubjectKeyInfo]) -> None:
         """Unwrap the DEKs of the cold subjects among ``infos`` in one KMS batch.

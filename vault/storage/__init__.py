@@ -17,6 +17,7 @@ from vault.storage.blind_index import BlindIndexRepository
 from vault.storage.buckets import BucketRepository
 from vault.storage.engine import make_engine, migrate, sqlite_writer, translate_db_errors
 from vault.storage.erasures import ErasureRepository
+from vault.storage.key_rotation import KeyRotationRepository
 from vault.storage.records import RecordRepository
 from vault.storage.rekey import RekeyRepository
 from vault.storage.rights_requests import RightsRequestRepository
@@ -54,6 +55,7 @@ class Storage(
     RecordRepository,
     ErasureRepository,
     RekeyRepository,
+    KeyRotationRepository,
     BucketRepository,
     RightsRequestRepository,
     BlindIndexRepository,

@@ -9,8 +9,19 @@ nothing remains.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from vault.clock import Clock, utc_now
+from vault.errors import FailedPrecondition, InvalidArgument
+from vault.storage.key_rotation import KeyOwner
+
+if TYPE_CHECKING:  # the passes import RotationReport from here
+    from vault.usecases.dek_rotation import DekRotation
+    from vault.usecases.kek_rotation import KekRotation
 
 
 class RotationKind(StrEnum):
@@ -49,3 +60,92 @@ class RotationReport:
     records: int = 0
     #: KMS round trips this pass made.
     kms_calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cryptoperiods:
+    """How long each kind of key is used before rotation is due
+    (docs/keys.md#cryptoperiods argues the defaults from NIST SP 800-57 Part 1 and
+    PCI DSS)."""
+
+    subjects: timedelta = timedelta(days=365)
+    buckets: timedelta = timedelta(days=365)
+    deks: timedelta = timedelta(days=365)
+    index: timedelta = timedelta(days=730)
+    signing: timedelta = timedelta(days=365)
+
+    def __post_init__(self) -> None:
+        for kind in RotationKind:
+            if self.of(kind) <= timedelta(0):
+                raise ValueError(f"the cryptoperiod of {kind} keys must be positive")
+
+    def of(self, kind: RotationKind) -> timedelta:
+        period: timedelta = getattr(self, kind.value)
+        return period
+
+
+#: A rotation of a service key (index, signing): dry run, force, cryptoperiod, limit.
+ServiceKeyPass = Callable[[bool, bool, timedelta, int], RotationReport]
+
+
+class KeyRotation:
+    """Every kind of rotation behind one call (the RPC's and ``oubli keys rotate``)."""
+
+    def __init__(
+        self,
+        *,
+        keks: KekRotation,
+        deks: DekRotation,
+        service_keys: Mapping[RotationKind, ServiceKeyPass],
+        periods: Cryptoperiods,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.keks = keks
+        self.deks = deks
+        self.service_keys = dict(service_keys)
+        self.periods = periods
+        self.clock = clock
+
+    def cutoff(self, kind: RotationKind, *, force: bool) -> datetime:
+        """Keys whose latest version is older than this are due: now minus the
+        cryptoperiod, or now itself when forced (every key made before the call)."""
+        now = self.clock()
+        return now if force else now - self.periods.of(kind)
+
+    def rotate(
+        self,
+        kind: RotationKind,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        limit: int = 1000,
+        rotated_before: datetime | None = None,
+        rate: float | None = None,
+    ) -> RotationReport:
+        """One pass of ``kind``'s rotation (see each kind's module).
+
+        ``rotated_before`` fixes the cut-off across passes (a forced rotation run as
+        several passes must not rotate again the keys its first pass rotated); by
+        default :meth:`cutoff`.
+        """
+        if limit < 1:
+            raise InvalidArgument("limit", "a rotation pass needs a limit of at least 1")
+        if rate is not None and rate <= 0:
+            raise InvalidArgument("rate", "the rate must be positive")
+        cutoff = rotated_before or self.cutoff(kind, force=force)
+        if kind == RotationKind.SUBJECTS:
+            return self.keks.rotate(
+                KeyOwner.SUBJECTS, rotated_before=cutoff, dry_run=dry_run, limit=limit, rate=rate
+            )
+        if kind == RotationKind.BUCKETS:
+            return self.keks.rotate(
+                KeyOwner.BUCKETS, rotated_before=cutoff, dry_run=dry_run, limit=limit, rate=rate
+            )
+        if kind == RotationKind.DEKS:
+            return self.deks.rotate(created_before=cutoff, dry_run=dry_run, limit=limit, rate=rate)
+        run = self.service_keys.get(kind)
+        if run is None:
+            raise FailedPrecondition(
+                "ROTATION_UNAVAILABLE", f"{kind} keys cannot be rotated by this process"
+            )
+        return run(dry_run, force, self.periods.of(kind), limit)
