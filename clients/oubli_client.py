@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -134,6 +134,42 @@ class RetentionSummary:
     records_destroyed: int
     ran_at: datetime
     failures: int = 0
+
+
+#: Kinds of keys ``rotate_keys`` handles (proto KeyKind).
+KEY_KINDS = {
+    "subjects": pb.KEY_KIND_SUBJECTS,
+    "buckets": pb.KEY_KIND_BUCKETS,
+    "deks": pb.KEY_KIND_DEKS,
+    "index": pb.KEY_KIND_INDEX,
+    "signing": pb.KEY_KIND_SIGNING,
+}
+_KEY_KIND_NAMES = {value: name for name, value in KEY_KINDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class RotationPass:
+    """One pass of a key rotation (KeyAdminService.RotateKeys)."""
+
+    kind: str
+    dry_run: bool
+    due: int
+    rotated: int
+    trimmed: int
+    failed: int
+    remaining: int
+    records: int
+    kms_calls: int
+    #: The cut-off the pass used: give it to the next pass.
+    rotated_before: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAge:
+    kind: str
+    oldest: datetime | None
+    cryptoperiod: timedelta
+    due: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +357,7 @@ class OubliClient:
         self._audit = pb_grpc.AuditServiceStub(self._channel)
         self._lookup = pb_grpc.LookupServiceStub(self._channel)
         self._support = pb_grpc.SupportServiceStub(self._channel)
+        self._key_admin = pb_grpc.KeyAdminServiceStub(self._channel)
         self.timeout = timeout
         self.max_attempts = max_attempts
         self._initial_backoff = initial_backoff
@@ -342,12 +379,19 @@ class OubliClient:
         if self._owns_channel:
             self._channel.close()
 
-    def _call(self, rpc: Callable[..., T], request: Any, *, idempotent: bool) -> T:
+    def _call(
+        self,
+        rpc: Callable[..., T],
+        request: Any,
+        *,
+        idempotent: bool,
+        timeout: float | None = None,
+    ) -> T:
         attempts = self.max_attempts if idempotent else 1
         backoff = self._initial_backoff
         for attempt in range(1, attempts + 1):
             try:
-                return rpc(request, timeout=self.timeout, metadata=self._metadata)
+                return rpc(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 retry = attempt < attempts and e.code() == grpc.StatusCode.UNAVAILABLE
                 if not retry:
@@ -617,6 +661,64 @@ class OubliClient:
                     )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+
+    # --- key administration ---------------------------------------------------------
+
+    def rotate_keys(
+        self,
+        kind: str,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        limit: int = 0,
+        rotated_before: datetime | None = None,
+        rate: float = 0.0,
+        timeout: float | None = 3600.0,
+    ) -> RotationPass:
+        """One pass of the rotation of ``kind`` (subjects, buckets, deks, index,
+        signing). Retried on UNAVAILABLE only with ``rotated_before`` set (a forced pass
+        without it would take a new cut-off)."""
+        if kind not in KEY_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KEY_KINDS)}")
+        request = pb.RotateKeysRequest(
+            kind=KEY_KINDS[kind],
+            dry_run=dry_run,
+            force=force,
+            limit=limit,
+            rotated_before=_timestamp(rotated_before) if rotated_before else None,
+            rate=rate,
+        )
+        m = self._call(
+            self._key_admin.RotateKeys,
+            request,
+            idempotent=rotated_before is not None,
+            timeout=timeout,
+        )
+        return RotationPass(
+            _KEY_KIND_NAMES[m.kind],
+            m.dry_run,
+            m.due,
+            m.rotated,
+            m.trimmed,
+            m.failed,
+            m.remaining,
+            m.records,
+            m.kms_calls,
+            m.rotated_before.ToDatetime(tzinfo=UTC),
+        )
+
+    def key_ages(self) -> list[KeyAge]:
+        """The oldest key of each kind, its cryptoperiod, whether a rotation is due."""
+        m = self._call(self._key_admin.GetKeyAges, pb.GetKeyAgesRequest(), idempotent=True)
+        return [
+            KeyAge(
+                _KEY_KIND_NAMES[a.kind],
+                _time(a, "oldest_time"),
+                a.cryptoperiod.ToTimedelta(),
+                a.due,
+            )
+            for a in m.ages
+        ]
 
     # --- lookup and audit -----------------------------------------------------------
 

@@ -14,6 +14,7 @@ contain a personal-data value. See docs/api.md for the full error table.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -66,6 +67,40 @@ SUBJECT_STATE_HELD: SubjectState.ValueType  # 5
 those are readable only for their legal purposes.
 """
 Global___SubjectState: _TypeAlias = SubjectState  # noqa: Y015
+
+class _KeyKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeyKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEY_KIND_UNSPECIFIED: _KeyKind.ValueType  # 0
+    KEY_KIND_SUBJECTS: _KeyKind.ValueType  # 1
+    """Subjects' KMS keys (they wrap the subjects' DEKs): a new version."""
+    KEY_KIND_BUCKETS: _KeyKind.ValueType  # 2
+    """Retention buckets' KMS keys: a new version."""
+    KEY_KIND_DEKS: _KeyKind.ValueType  # 3
+    """Subjects' DEKs: every record re-encrypted under a new key, the old key destroyed."""
+    KEY_KIND_INDEX: _KeyKind.ValueType  # 4
+    """The lookup blind-index key: tags recomputed, the old key destroyed."""
+    KEY_KIND_SIGNING: _KeyKind.ValueType  # 5
+    """The signing key of receipts, audit checkpoints and ledger heads: a new version."""
+
+class KeyKind(_KeyKind, metaclass=_KeyKindEnumTypeWrapper):
+    """The kinds of keys a rotation handles."""
+
+KEY_KIND_UNSPECIFIED: KeyKind.ValueType  # 0
+KEY_KIND_SUBJECTS: KeyKind.ValueType  # 1
+"""Subjects' KMS keys (they wrap the subjects' DEKs): a new version."""
+KEY_KIND_BUCKETS: KeyKind.ValueType  # 2
+"""Retention buckets' KMS keys: a new version."""
+KEY_KIND_DEKS: KeyKind.ValueType  # 3
+"""Subjects' DEKs: every record re-encrypted under a new key, the old key destroyed."""
+KEY_KIND_INDEX: KeyKind.ValueType  # 4
+"""The lookup blind-index key: tags recomputed, the old key destroyed."""
+KEY_KIND_SIGNING: KeyKind.ValueType  # 5
+"""The signing key of receipts, audit checkpoints and ledger heads: a new version."""
+Global___KeyKind: _TypeAlias = KeyKind  # noqa: Y015
 
 @_typing.final
 class Subject(_message.Message):
@@ -2316,3 +2351,174 @@ class ReadUnderGrantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadUnderGrantResponse: _TypeAlias = ReadUnderGrantResponse  # noqa: Y015
+
+@_typing.final
+class RotateKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ROTATED_BEFORE_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    kind: Global___KeyKind.ValueType
+    dry_run: _builtins.bool
+    """Report what a pass would do; change nothing, call no KMS."""
+    force: _builtins.bool
+    """Rotate every key made before this call, due or not (e.g. after a suspected
+    compromise).
+    """
+    limit: _builtins.int
+    """Keys handled by this pass, 1 to 10 000 (0: 1 000)."""
+    rate: _builtins.float
+    """At most this many keys per second (0: no limit)."""
+    @_builtins.property
+    def rotated_before(self) -> _timestamp_pb2.Timestamp:
+        """Fixes the cut-off across passes (as returned by the first pass); unset: the
+        cryptoperiod (or the call's time with `force`).
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: Global___KeyKind.ValueType = ...,
+        dry_run: _builtins.bool = ...,
+        force: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+        rotated_before: _timestamp_pb2.Timestamp | None = ...,
+        rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rotated_before", b"rotated_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "force", b"force", "kind", b"kind", "limit", b"limit", "rate", b"rate", "rotated_before", b"rotated_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeysRequest: _TypeAlias = RotateKeysRequest  # noqa: Y015
+
+@_typing.final
+class RotateKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    DUE_FIELD_NUMBER: _builtins.int
+    ROTATED_FIELD_NUMBER: _builtins.int
+    TRIMMED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    KMS_CALLS_FIELD_NUMBER: _builtins.int
+    ROTATED_BEFORE_FIELD_NUMBER: _builtins.int
+    kind: Global___KeyKind.ValueType
+    dry_run: _builtins.bool
+    due: _builtins.int
+    """Keys found due by this pass."""
+    rotated: _builtins.int
+    """Keys rotated by this pass."""
+    trimmed: _builtins.int
+    """Keys whose old versions this pass trimmed."""
+    failed: _builtins.int
+    """Keys this pass could not rotate; left as they were, retried by the next pass."""
+    remaining: _builtins.int
+    """Keys still due after this pass: 0 when the rotation is complete."""
+    records: _builtins.int
+    """Records re-encrypted or re-indexed by this pass."""
+    kms_calls: _builtins.int
+    """KMS round trips this pass made."""
+    @_builtins.property
+    def rotated_before(self) -> _timestamp_pb2.Timestamp:
+        """The cut-off this pass used: pass it to the next pass."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___KeyKind.ValueType = ...,
+        dry_run: _builtins.bool = ...,
+        due: _builtins.int = ...,
+        rotated: _builtins.int = ...,
+        trimmed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        records: _builtins.int = ...,
+        kms_calls: _builtins.int = ...,
+        rotated_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rotated_before", b"rotated_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "due", b"due", "failed", b"failed", "kind", b"kind", "kms_calls", b"kms_calls", "records", b"records", "remaining", b"remaining", "rotated", b"rotated", "rotated_before", b"rotated_before", "trimmed", b"trimmed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeysResponse: _TypeAlias = RotateKeysResponse  # noqa: Y015
+
+@_typing.final
+class GetKeyAgesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyAgesRequest: _TypeAlias = GetKeyAgesRequest  # noqa: Y015
+
+@_typing.final
+class KeyAge(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    OLDEST_TIME_FIELD_NUMBER: _builtins.int
+    CRYPTOPERIOD_FIELD_NUMBER: _builtins.int
+    DUE_FIELD_NUMBER: _builtins.int
+    kind: Global___KeyKind.ValueType
+    due: _builtins.bool
+    """The oldest key is older than the cryptoperiod: a rotation is due."""
+    @_builtins.property
+    def oldest_time(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest live key of this kind got its current version; unset when
+        there is none.
+        """
+
+    @_builtins.property
+    def cryptoperiod(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___KeyKind.ValueType = ...,
+        oldest_time: _timestamp_pb2.Timestamp | None = ...,
+        cryptoperiod: _duration_pb2.Duration | None = ...,
+        due: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cryptoperiod", b"cryptoperiod", "oldest_time", b"oldest_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cryptoperiod", b"cryptoperiod", "due", b"due", "kind", b"kind", "oldest_time", b"oldest_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyAge: _TypeAlias = KeyAge  # noqa: Y015
+
+@_typing.final
+class GetKeyAgesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ages(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyAge]: ...
+    def __init__(
+        self,
+        *,
+        ages: _abc.Iterable[Global___KeyAge] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ages", b"ages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyAgesResponse: _TypeAlias = GetKeyAgesResponse  # noqa: Y015

@@ -1799,3 +1799,133 @@ class SupportService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class KeyAdminServiceStub:
+    """Key administration: rotation of every key oubli uses, at the end of its
+    cryptoperiod (docs/keys.md#rotation). For a key-administration caller; no RPC
+    here returns or accepts a personal-data value or key material.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RotateKeys = channel.unary_unary(
+                '/oubli.v1.KeyAdminService/RotateKeys',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.RotateKeysRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.RotateKeysResponse.FromString,
+                _registered_method=True)
+        self.GetKeyAges = channel.unary_unary(
+                '/oubli.v1.KeyAdminService/GetKeyAges',
+                request_serializer=oubli_dot_v1_dot_vault__pb2.GetKeyAgesRequest.SerializeToString,
+                response_deserializer=oubli_dot_v1_dot_vault__pb2.GetKeyAgesResponse.FromString,
+                _registered_method=True)
+
+
+class KeyAdminServiceServicer:
+    """Key administration: rotation of every key oubli uses, at the end of its
+    cryptoperiod (docs/keys.md#rotation). For a key-administration caller; no RPC
+    here returns or accepts a personal-data value or key material.
+    """
+
+    def RotateKeys(self, request, context):
+        """One pass of a rotation: at most `limit` keys of `kind` whose current version
+        is older than the cut-off (the kind's cryptoperiod, or the call's time with
+        `force`). Idempotent and resumable: call again, with the `rotated_before` the
+        first answer gave, until `remaining` is 0. Subject and bucket keys also have
+        their old versions trimmed by the pass once the trim delay has passed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyAges(self, request, context):
+        """The age of the oldest key of each kind, beside its cryptoperiod.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_KeyAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RotateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeys,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.RotateKeysRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.RotateKeysResponse.SerializeToString,
+            ),
+            'GetKeyAges': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyAges,
+                    request_deserializer=oubli_dot_v1_dot_vault__pb2.GetKeyAgesRequest.FromString,
+                    response_serializer=oubli_dot_v1_dot_vault__pb2.GetKeyAgesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'oubli.v1.KeyAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('oubli.v1.KeyAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class KeyAdminService:
+    """Key administration: rotation of every key oubli uses, at the end of its
+    cryptoperiod (docs/keys.md#rotation). For a key-administration caller; no RPC
+    here returns or accepts a personal-data value or key material.
+    """
+
+    @staticmethod
+    def RotateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.KeyAdminService/RotateKeys',
+            oubli_dot_v1_dot_vault__pb2.RotateKeysRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.RotateKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyAges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oubli.v1.KeyAdminService/GetKeyAges',
+            oubli_dot_v1_dot_vault__pb2.GetKeyAgesRequest.SerializeToString,
+            oubli_dot_v1_dot_vault__pb2.GetKeyAgesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

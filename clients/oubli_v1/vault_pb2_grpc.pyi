@@ -659,3 +659,70 @@ class SupportServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_SupportServiceServicer_to_server(servicer: SupportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class KeyAdminServiceStub:
+    """Key administration: rotation of every key oubli uses, at the end of its
+    cryptoperiod (docs/keys.md#rotation). For a key-administration caller; no RPC
+    here returns or accepts a personal-data value or key material.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> KeyAdminServiceAsyncStub: ...
+    RotateKeys: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RotateKeysRequest, _vault_pb2.RotateKeysResponse]
+    """One pass of a rotation: at most `limit` keys of `kind` whose current version
+    is older than the cut-off (the kind's cryptoperiod, or the call's time with
+    `force`). Idempotent and resumable: call again, with the `rotated_before` the
+    first answer gave, until `remaining` is 0. Subject and bucket keys also have
+    their old versions trimmed by the pass once the trim delay has passed.
+    """
+    GetKeyAges: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetKeyAgesRequest, _vault_pb2.GetKeyAgesResponse]
+    """The age of the oldest key of each kind, beside its cryptoperiod."""
+
+@_typing.type_check_only
+class KeyAdminServiceAsyncStub(KeyAdminServiceStub):
+    """Key administration: rotation of every key oubli uses, at the end of its
+    cryptoperiod (docs/keys.md#rotation). For a key-administration caller; no RPC
+    here returns or accepts a personal-data value or key material.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RotateKeys: _aio.UnaryUnaryMultiCallable[_vault_pb2.RotateKeysRequest, _vault_pb2.RotateKeysResponse]  # type: ignore[assignment]
+    """One pass of a rotation: at most `limit` keys of `kind` whose current version
+    is older than the cut-off (the kind's cryptoperiod, or the call's time with
+    `force`). Idempotent and resumable: call again, with the `rotated_before` the
+    first answer gave, until `remaining` is 0. Subject and bucket keys also have
+    their old versions trimmed by the pass once the trim delay has passed.
+    """
+    GetKeyAges: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetKeyAgesRequest, _vault_pb2.GetKeyAgesResponse]  # type: ignore[assignment]
+    """The age of the oldest key of each kind, beside its cryptoperiod."""
+
+class KeyAdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Key administration: rotation of every key oubli uses, at the end of its
+    cryptoperiod (docs/keys.md#rotation). For a key-administration caller; no RPC
+    here returns or accepts a personal-data value or key material.
+    """
+
+    @_abc_1.abstractmethod
+    def RotateKeys(
+        self,
+        request: _vault_pb2.RotateKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.RotateKeysResponse, _abc.Awaitable[_vault_pb2.RotateKeysResponse]]:
+        """One pass of a rotation: at most `limit` keys of `kind` whose current version
+        is older than the cut-off (the kind's cryptoperiod, or the call's time with
+        `force`). Idempotent and resumable: call again, with the `rotated_before` the
+        first answer gave, until `remaining` is 0. Subject and bucket keys also have
+        their old versions trimmed by the pass once the trim delay has passed.
+        """
+
+    @_abc_1.abstractmethod
+    def GetKeyAges(
+        self,
+        request: _vault_pb2.GetKeyAgesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetKeyAgesResponse, _abc.Awaitable[_vault_pb2.GetKeyAgesResponse]]:
+        """The age of the oldest key of each kind, beside its cryptoperiod."""
+
+def add_KeyAdminServiceServicer_to_server(servicer: KeyAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -82,7 +83,8 @@ def _request(method: grpc.ServicerContext, subject_id: str, record_id: str) -> b
     }
     for name, value in values.items():
         if name in message.DESCRIPTOR.fields_by_name:
-            setattr(message, name, value)
+            with contextlib.suppress(TypeError, ValueError):  # e.g. an enum named "kind"
+                setattr(message, name, value)
     if "fields" in message.DESCRIPTOR.fields_by_name:
         message.fields["email"] = "matrix@example.org"
     return message.SerializeToString()

@@ -501,6 +501,8 @@ def _generic(method: MethodDescriptor, values: dict[str, Any]) -> Message:
         if name not in values:
             continue
         value = values[name]
+        if descriptor.enum_type is not None and isinstance(value, str):
+            continue  # a string "kind" of another request; an enum here (RotateKeys)
         if _is_map(descriptor):
             getattr(message, name).update(value)
         elif descriptor.is_repeated:

@@ -133,8 +133,10 @@ def test_metrics_hold_no_personal_data_or_ids(metrics_stack: MetricsStack) -> No
     assert record.record_id not in text
     every_sample = [s for family in text_string_to_metric_families(text) for s in family.samples]
     assert "oubli_kms_calls_total" in {s.name for s in every_sample}
+    kinds = {"subjects", "buckets", "deks", "index", "signing"}
     for sample in every_sample:  # each sample, not one per name
-        assert set(sample.labels) <= {"backend"}
+        assert set(sample.labels) <= {"backend", "kind"}
+        assert sample.labels.get("kind", "subjects") in kinds
 
 
 def test_metrics_endpoint_stops_with_the_server(sqlite_url: str) -> None:
@@ -218,3 +220,23 @@ def test_serve_refuses_a_bad_metrics_listen_flag() -> None:
     result = CliRunner().invoke(app, ["serve", "--metrics-listen", "nope"])
     assert result.exit_code == 2
     assert "OUBLI_METRICS_LISTEN" in result.output
+
+
+def test_key_ages_are_exposed_per_kind(metrics_stack: MetricsStack) -> None:
+    metrics_stack.client.create_subject()
+    families = {
+        f.name: f for f in text_string_to_metric_families(scrape(metrics_stack.metrics_url))
+    }
+    ages = {s.labels["kind"]: s.value for s in families["oubli_key_oldest_age_seconds"].samples}
+    periods = {
+        s.labels["kind"]: s.value for s in families["oubli_key_cryptoperiod_seconds"].samples
+    }
+    assert {"subjects", "deks", "signing"} <= set(ages)  # the signing key exists from start
+    assert all(0 <= age < 3600 for age in ages.values())
+    assert periods == {
+        "subjects": 365 * 86400.0,
+        "buckets": 365 * 86400.0,
+        "deks": 365 * 86400.0,
+        "index": 730 * 86400.0,
+        "signing": 365 * 86400.0,
+    }

@@ -124,6 +124,11 @@ _TABLE = [
         ("GetOverview", _READ, Content.NONE),
         ("ReadUnderGrant", _READ, Content.UNDER_GRANT),
     ),
+    *_service(
+        "KeyAdminService",
+        ("RotateKeys", _CHANGE, Content.NONE),
+        ("GetKeyAges", _READ, Content.NONE),
+    ),
 ]
 
 #: ``Service.Method`` -> its declaration.

@@ -23,6 +23,7 @@ from clients.errors import OubliClientError
 from clients.oubli_client import AuditCheckpoint, OubliClient, RetentionSummary
 from kms.base import KmsError
 from vault.access.caller_policy import CallerPolicyError
+from vault.app import key_rotation_cli  # noqa: F401 - registers `keys rotate` and `keys ages`
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.logs import configure_logging
 from vault.app.receipt_cli import keys_app, receipt_app

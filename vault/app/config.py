@@ -38,6 +38,11 @@ Environment variables (all optional):
                           (default 0)
     OUBLI_KMS_BREAKER_FAILURES  consecutive KMS failures that open the breaker (default 5)
     OUBLI_KMS_BREAKER_RESET_SECONDS  an open breaker lets a probe through after (default 0.5)
+    OUBLI_CRYPTOPERIOD_{SUBJECT_KEYS,BUCKET_KEYS,DEKS,INDEX_KEY,SIGNING_KEY}_DAYS
+                          how long each kind of key is used before `oubli keys rotate`
+                          finds it due (defaults 365, 365, 365, 730, 365; docs/keys.md)
+    OUBLI_KEY_TRIM_AFTER_DAYS  days after a rotation before the KMS key's old versions
+                          are trimmed (default: OUBLI_KMS_BACKUP_RETENTION_DAYS)
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from vault.crypto.keycache import MAX_TTL_SECONDS
 from vault.storage.engine import sqlite_file
+from vault.usecases.key_rotation import Cryptoperiods
 
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 #: host:port; a host name or IPv4 address, or an IPv6 address in brackets.
@@ -116,6 +123,32 @@ class ServerConfig:
     #: Serve although the ledger is behind the database (an operator's explicit
     #: acknowledgement that the ledger was lost or restored; a flag, no variable).
     accept_ledger_behind: bool = False
+    #: Cryptoperiods, in days (docs/keys.md#cryptoperiods): how long each kind of key
+    #: is used before ``oubli keys rotate`` finds it due.
+    cryptoperiod_subject_keys_days: int = 365
+    cryptoperiod_bucket_keys_days: int = 365
+    cryptoperiod_deks_days: int = 365
+    cryptoperiod_index_key_days: int = 730
+    cryptoperiod_signing_key_days: int = 365
+    #: Days after a rotation before the old versions of a subject's or bucket's KMS key
+    #: are trimmed (None: the KMS backup retention). Database copies older than the
+    #: rotation can be opened until then, and never after.
+    key_trim_after_days: int | None = None
+
+    @property
+    def cryptoperiods(self) -> Cryptoperiods:
+        return Cryptoperiods(
+            subjects=timedelta(days=self.cryptoperiod_subject_keys_days),
+            buckets=timedelta(days=self.cryptoperiod_bucket_keys_days),
+            deks=timedelta(days=self.cryptoperiod_deks_days),
+            index=timedelta(days=self.cryptoperiod_index_key_days),
+            signing=timedelta(days=self.cryptoperiod_signing_key_days),
+        )
+
+    @property
+    def key_trim_after(self) -> timedelta:
+        days = self.key_trim_after_days
+        return timedelta(days=self.kms_backup_retention_days if days is None else days)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -178,6 +211,19 @@ class ServerConfig:
             )
         if self.fence_interval_seconds <= 0:
             raise ConfigError("the restore fence interval must be > 0 seconds")
+        if (
+            min(
+                self.cryptoperiod_subject_keys_days,
+                self.cryptoperiod_bucket_keys_days,
+                self.cryptoperiod_deks_days,
+                self.cryptoperiod_index_key_days,
+                self.cryptoperiod_signing_key_days,
+            )
+            < 1
+        ):
+            raise ConfigError("every cryptoperiod must be at least 1 day")
+        if self.key_trim_after_days is not None and self.key_trim_after_days < 0:
+            raise ConfigError("the delay before trimming old key versions must be >= 0 days")
         try:
             ledger_file = sqlite_file(self.resolved_ledger_url)
             database_file = sqlite_file(self.resolved_database_url)
@@ -287,4 +333,10 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_LEDGER_URL": ("ledger_url", str),
     "OUBLI_LEDGER_MIRROR_DIR": ("ledger_mirror_dir", Path),
     "OUBLI_FENCE_INTERVAL_SECONDS": ("fence_interval_seconds", float),
+    "OUBLI_CRYPTOPERIOD_SUBJECT_KEYS_DAYS": ("cryptoperiod_subject_keys_days", int),
+    "OUBLI_CRYPTOPERIOD_BUCKET_KEYS_DAYS": ("cryptoperiod_bucket_keys_days", int),
+    "OUBLI_CRYPTOPERIOD_DEKS_DAYS": ("cryptoperiod_deks_days", int),
+    "OUBLI_CRYPTOPERIOD_INDEX_KEY_DAYS": ("cryptoperiod_index_key_days", int),
+    "OUBLI_CRYPTOPERIOD_SIGNING_KEY_DAYS": ("cryptoperiod_signing_key_days", int),
+    "OUBLI_KEY_TRIM_AFTER_DAYS": ("key_trim_after_days", int),
 }

@@ -17,6 +17,12 @@ and, when the KMS is behind the guard (kms/guard.py, as ``oubli serve`` wires it
                                        (circuit_open, overloaded, no_time_left,
                                        failed_before)
 
+and, from the database (oubli serve):
+
+    oubli_key_oldest_age_seconds{kind}  gauge: age of the oldest live key of each kind
+                                       (subjects, buckets, deks, index, signing)
+    oubli_key_cryptoperiod_seconds{kind} gauge: the configured cryptoperiod of the kind
+
 Labels carry only the KMS backend's name (``local-keystore``, ``vault-transit``, ...)
 and the fixed state and reason names above: never a subject id, key id, caller, field
 name or value.
@@ -25,7 +31,7 @@ name or value.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -35,7 +41,10 @@ from prometheus_client.registry import Collector
 
 from kms.base import KeyManager
 from kms.guard import BreakerState, GuardedKeyManager
+from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
+from vault.errors import OubliError
+from vault.usecases.key_rotation import KeyAge
 from vault.usecases.restore_fence import RestoreFence, ServingGate
 
 
@@ -102,6 +111,38 @@ def _guard_metrics(guard: GuardedKeyManager) -> Iterable[Metric]:
     yield refused
 
 
+class KeyAgeCollector(Collector):
+    """The age of the oldest live key of each kind, read from the database per scrape
+    (one indexed query per kind; no KMS call)."""
+
+    def __init__(self, ages: Callable[[], list[KeyAge]], clock: Clock) -> None:
+        self._ages = ages
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            ages = self._ages()
+        except OubliError:  # the database is unreachable: no figure rather than a wrong one
+            return
+        now = self._clock()
+        oldest = GaugeMetricFamily(
+            "oubli_key_oldest_age_seconds",
+            "Age of the oldest live key of each kind (since it got its current version).",
+            labels=["kind"],
+        )
+        period = GaugeMetricFamily(
+            "oubli_key_cryptoperiod_seconds",
+            "The configured cryptoperiod of each kind of key.",
+            labels=["kind"],
+        )
+        for age in ages:
+            if age.oldest is not None:
+                oldest.add_metric([age.kind.value], (now - age.oldest).total_seconds())
+            period.add_metric([age.kind.value], age.cryptoperiod.total_seconds())
+        yield oldest
+        yield period
+
+
 class FenceCollector(Collector):
     """The restore fence: how far the database was behind the erasure ledger at the last
     pass, and whether the serving gate is open."""
@@ -129,13 +170,17 @@ def build_registry(
     cache: DataKeyCache,
     fence: RestoreFence | None = None,
     gate: ServingGate | None = None,
+    key_ages: Callable[[], list[KeyAge]] | None = None,
+    clock: Clock = utc_now,
 ) -> CollectorRegistry:
     """A registry of its own holding the vault collector and, when given, the restore
-    fence's (nothing process-global)."""
+    fence's and the key ages' (nothing process-global)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(VaultCollector(kms, cache))
     if fence is not None and gate is not None:
         registry.register(FenceCollector(fence, gate))
+    if key_ages is not None:
+        registry.register(KeyAgeCollector(key_ages, clock))
     return registry
 
 

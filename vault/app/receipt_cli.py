@@ -25,7 +25,7 @@ from rich.markup import escape
 from vault.app.config import ConfigError, ServerConfig
 from vault.usecases.receipts import ReceiptInvalid, verify_receipt_text
 
-keys_app = typer.Typer(help="The KMS signing key's public half, for checks without the KMS.")
+keys_app = typer.Typer(help="oubli's keys: rotation, their ages, the signing key's public half.")
 receipt_app = typer.Typer(help="Shred receipts: check one offline.")
 err = Console(stderr=True)
 

@@ -35,6 +35,7 @@ from vault.access.caller_policy import CallerPolicy
 from vault.access.tokens import TokenRegistry
 from vault.api.audit import AuditServicer
 from vault.api.interceptor import ServiceInterceptor
+from vault.api.key_admin import KeyAdminServicer
 from vault.api.lookup import LookupServicer
 from vault.api.records import RecordServicer
 from vault.api.retention import RetentionServicer
@@ -54,10 +55,14 @@ from vault.errors import FailedPrecondition, Unavailable
 from vault.private_files import make_private_dir, tighten, write_private
 from vault.storage import Storage, make_engine, migrate
 from vault.storage.bearer_tokens import BearerTokenRepository
+from vault.usecases.dek_rotation import DekRotation
 from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import ErasureLedger
+from vault.usecases.kek_rotation import KekRotation
+from vault.usecases.key_rotation import KeyRotation
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.receipts import ReceiptSigner
+from vault.usecases.rekey import Rekeying
 from vault.usecases.restore_fence import FenceRunner, RestoreFence, ServingGate
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
@@ -171,6 +176,23 @@ def build_erasure(config: ServerConfig, vault: VaultService) -> Erasure:
         ledger=vault.ledger,
         clock=vault.clock,
         kms_backup_retention=timedelta(days=config.kms_backup_retention_days),
+    )
+
+
+def build_key_rotation(config: ServerConfig, vault: VaultService) -> KeyRotation:
+    """Every kind of rotation over ``vault``'s database and keys, with the configured
+    cryptoperiods and trim delay."""
+    return KeyRotation(
+        keks=KekRotation(
+            vault.storage, vault.crypto, trim_after=config.key_trim_after, clock=vault.clock
+        ),
+        deks=DekRotation(
+            vault.storage,
+            Rekeying(vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock),
+        ),
+        service_keys={},
+        periods=config.cryptoperiods,
+        clock=vault.clock,
     )
 
 
@@ -304,6 +326,8 @@ def start_server(
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit.audit), server)
     pb_grpc.add_LookupServiceServicer_to_server(LookupServicer(SubjectFinder(vault)), server)
     pb_grpc.add_SupportServiceServicer_to_server(SupportServicer(SupportAccess(vault)), server)
+    rotation = build_key_rotation(config, vault)
+    pb_grpc.add_KeyAdminServiceServicer_to_server(KeyAdminServicer(rotation), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
@@ -336,7 +360,7 @@ def start_server(
         raise Unavailable(_cannot_listen(config.listen)) from e
     if port == 0:
         raise Unavailable(_cannot_listen(config.listen))
-    metrics = start_metrics(config, vault, fence, gate)
+    metrics = start_metrics(config, vault, fence, gate, rotation)
     audit.start_checkpoints(config.audit_checkpoint_seconds)
     # The first pass before the port answers: a fence that can finish (the KMS is up)
     # opens the gate before any call arrives; one that cannot keeps it closed, and the
@@ -371,7 +395,11 @@ def _cannot_listen(listen: str) -> str:
 
 
 def start_metrics(
-    config: ServerConfig, vault: VaultService, fence: RestoreFence, gate: ServingGate
+    config: ServerConfig,
+    vault: VaultService,
+    fence: RestoreFence,
+    gate: ServingGate,
+    rotation: KeyRotation | None = None,
 ) -> MetricsServer | None:
     """The Prometheus endpoint for ``vault`` and its restore fence, or None when
     ``metrics_listen`` is empty."""
@@ -379,7 +407,14 @@ def start_metrics(
     if address is None:
         return None
     try:
-        registry = build_registry(vault.crypto.kms, vault.crypto.cache, fence, gate)
+        registry = build_registry(
+            vault.crypto.kms,
+            vault.crypto.cache,
+            fence,
+            gate,
+            key_ages=rotation.ages if rotation is not None else None,
+            clock=vault.clock,
+        )
         return start_metrics_server(registry, *address)
     except OSError as e:  # taken, not a local address, or a host name that does not resolve
         raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e

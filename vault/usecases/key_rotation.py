@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from vault.clock import Clock, utc_now
 from vault.errors import FailedPrecondition, InvalidArgument
-from vault.storage.key_rotation import KeyOwner
+from vault.storage.key_rotation import KeyOwner, KeyRotationRepository
 
 if TYPE_CHECKING:  # the passes import RotationReport from here
     from vault.usecases.dek_rotation import DekRotation
@@ -149,3 +149,34 @@ class KeyRotation:
                 "ROTATION_UNAVAILABLE", f"{kind} keys cannot be rotated by this process"
             )
         return run(dry_run, force, self.periods.of(kind), limit)
+
+    def ages(self) -> list[KeyAge]:
+        """:func:`key_ages` of this rotation's database and cryptoperiods."""
+        return key_ages(self.keks.storage, self.periods, self.clock())
+
+
+#: The service keys' names in ``service_keys`` (a prefix: the index key has one row
+#: per generation, the newest counts).
+SERVICE_KEY_NAMES = {RotationKind.INDEX: "lookup-index", RotationKind.SIGNING: "audit-signing"}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAge:
+    """The oldest live key of a kind: when it got its current version (None: no key
+    of this kind yet), its cryptoperiod, and whether a rotation is due."""
+
+    kind: RotationKind
+    oldest: datetime | None
+    cryptoperiod: timedelta
+    due: bool
+
+
+def key_ages(storage: KeyRotationRepository, periods: Cryptoperiods, now: datetime) -> list[KeyAge]:
+    """The age of the oldest key of every kind (one query each, no KMS call)."""
+    oldest = storage.oldest_keys({k.value: name for k, name in SERVICE_KEY_NAMES.items()})
+    ages = []
+    for kind in RotationKind:
+        when = oldest.get(kind.value)
+        period = periods.of(kind)
+        ages.append(KeyAge(kind, when, period, when is not None and now - when >= period))
+    return ages

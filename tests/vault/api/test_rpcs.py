@@ -67,6 +67,7 @@ def test_derived_lists() -> None:
         "LookupService.FindSubject",
         "SupportService.GetOverview",
         "SupportService.ReadUnderGrant",
+        "KeyAdminService.GetKeyAges",
     } == rpcs.READ_ONLY
     assert {
         "SubjectService.ExportSubject",
