@@ -350,12 +350,18 @@ class VaultTransitKeyManager(KeyManager):
         if version < 1:
             raise KmsError("minimum decryption version out of range", key_id=key_id)
         # One call: Transit itself refuses a version above the latest or below the
-        # trimmed ones (400, translated to KmsError).
+        # trimmed ones (400, translated to KmsError). The minimum encryption version
+        # moves with it: Transit refuses a minimum decryption version above a set
+        # minimum encryption version, and trimming needs one set (encryption uses the
+        # latest version anyway).
+        # Written directly: hvac's own check wants the encryption minimum strictly above
+        # the decryption minimum, Transit accepts them equal.
+        self._configure(key_id, min_decryption_version=version, min_encryption_version=version)
+
+    def _configure(self, key_id: str, **settings: int) -> None:
         with _translated(key_id):
             self._count()
-            self._transit.update_key_configuration(
-                key_id, min_decryption_version=version, mount_point=self.mount_point
-            )
+            self._client.write_data(f"{self.mount_point}/keys/{key_id}/config", data=settings)
 
     def trim_key(self, key_id: str, min_available_version: int) -> None:
         check_key_id(key_id)
@@ -365,16 +371,11 @@ class VaultTransitKeyManager(KeyManager):
             raise KmsError("cannot trim above the minimum decryption version", key_id=key_id)
         if min_available_version <= max(1, int(data.get("min_available_version") or 0)):
             return  # trimmed that far already (or nothing below version 1)
+        if not int(data.get("min_encryption_version") or 0):
+            # Transit trims only a key whose minimum encryption version is set; the
+            # latest version is the one encryption uses anyway.
+            self._configure(key_id, min_encryption_version=int(data["latest_version"]))
         with _translated(key_id):
-            if not int(data.get("min_encryption_version") or 0):
-                # Transit trims only a key whose minimum encryption version is set; the
-                # latest version is the one encryption uses anyway.
-                self._count()
-                self._transit.update_key_configuration(
-                    key_id,
-                    min_encryption_version=int(data["latest_version"]),
-                    mount_point=self.mount_point,
-                )
             self._count()
             self._transit.trim_key(
                 key_id, min_version=min_available_version, mount_point=self.mount_point

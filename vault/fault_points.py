@@ -32,6 +32,16 @@ Bucket destruction (vault/usecases/retention.py: the retention job):
   the erasure ledger, not destroyed.
 - ``retention.bucket_key_destroyed``: the bucket's key is in the ledger and destroyed;
   its rows not deleted (``finish_bucket`` not run).
+
+Key rotation (vault/usecases/kek_rotation.py: ``oubli keys rotate subjects|buckets``);
+nothing is destroyed but old versions, and only once trimmed:
+
+- ``kek_rotation.rotated``: the KMS key has a new version; the row still holds the DEK
+  wrapped under the old one (the new version is unused, harmless).
+- ``kek_rotation.stored``: the re-wrap is committed; the old version still unwraps
+  (``min_decryption_version`` not raised: the trim pass raises it first).
+- ``kek_rotation.trimmed``: the old versions are trimmed from the KMS; the row still
+  says a trim is pending (the next pass trims again, a no-op, and clears it).
 """
 
 from __future__ import annotations

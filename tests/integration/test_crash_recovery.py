@@ -59,6 +59,9 @@ CASES = [
     ("rekey.key_destroyed", "withdraw"),
     ("retention.bucket_marked", "retention"),
     ("retention.bucket_key_destroyed", "retention"),
+    ("kek_rotation.rotated", "rotate"),
+    ("kek_rotation.stored", "rotate"),
+    ("kek_rotation.trimmed", "rotate"),
 ]
 #: The bound of each call and of the kill (a server's start has ServerProcess's own):
 #: a case takes about 5 s on an idle machine, two server starts being most of it.
@@ -81,7 +84,8 @@ class Deployment:
     processes: list[ServerProcess] = field(default_factory=list)
 
     def start(self, fault_point: str = "") -> ServerProcess:
-        env = {"VAULT_TOKEN": self.openbao.token}
+        # Old key versions trimmed at the first pass after a rotation (the rotate cases).
+        env = {"VAULT_TOKEN": self.openbao.token, "OUBLI_KEY_TRIM_AFTER_DAYS": "0"}
         if fault_point:
             env |= {"OUBLI_FAULT_POINT": fault_point, "OUBLI_TESTING": "1"}
         server = ServerProcess(self.workdir, *self.args, env=env)
@@ -141,6 +145,8 @@ class World:
     bucket: str = ""
     bucket_key: str = ""
     expiring: tuple[str, str] = ("", "")
+    #: A rotation of the subject keys was under way (every subject stays untouched).
+    rotated: bool = False
 
 
 def _subject(client: OubliClient, world: World, *, invoice: bool = False) -> str:
@@ -171,6 +177,11 @@ def _prepare(call: str, client: OubliClient, found: Deployment) -> World:
         world.retired_key = found.key_of(world.rekeyed)
     elif call == "retention":
         _past_work(found, world)
+    elif call == "rotate":
+        world.rotated = True
+        for _ in range(2):
+            subject_id = _subject(client, world)
+            world.untouched[subject_id] = found.key_of(subject_id)
     return world
 
 
@@ -211,6 +222,10 @@ def _crash(call: str, world: World, client: OubliClient) -> None:
             client.shred_subjects(list(world.erased))
         elif call == "withdraw":
             client.withdraw_consent(world.rekeyed, "card_storage")
+        elif call == "rotate":
+            # Pass 1 rotates (trims nothing yet); pass 2 trims what pass 1 rotated.
+            for _ in range(2):
+                client.rotate_keys("subjects", force=True)
         else:
             list(client.run_retention(timeout=WAIT_SECONDS))
 
@@ -273,6 +288,18 @@ def _check_retries(world: World, client: OubliClient, found: Deployment) -> None
     for subject_id, key_id in world.erased.items():
         receipt = client.shred_subject(subject_id)
         assert isinstance(receipt, ShredReceipt) and receipt.key_id == key_id
+    if world.rotated:
+        # Two passes finish any rotation: a forced one rotates every key again, the
+        # next trims; then every key holds one usable version, the one the row wraps.
+        assert client.rotate_keys("subjects", force=True).failed == 0
+        assert client.rotate_keys("subjects").failed == 0
+        for subject_id, key_id in world.untouched.items():
+            key = found.admin.secrets.transit.read_key(name=key_id, mount_point=found.mount)
+            latest = key["data"]["latest_version"]
+            assert key["data"]["min_decryption_version"] == latest
+            assert key["data"]["min_available_version"] == latest
+            read = client.get_record(subject_id, world.contacts[subject_id], "service")
+            assert read.fields == CONTACT
     if world.bucket:
         *_, summary = client.run_retention(timeout=WAIT_SECONDS)
         assert isinstance(summary, RetentionSummary) and summary.failures == 0
