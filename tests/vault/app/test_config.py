@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -241,5 +242,39 @@ def test_cache_and_retention_settings_come_from_the_environment() -> None:
     ],
 )
 def test_bad_numbers_are_config_errors(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        ServerConfig.from_env(env)
+
+
+def test_cryptoperiods_and_the_trim_delay_come_from_the_environment() -> None:
+    defaults = ServerConfig.from_env({})
+    assert defaults.cryptoperiods.subjects == timedelta(days=365)
+    assert defaults.cryptoperiods.index == timedelta(days=730)
+    assert defaults.key_trim_after == timedelta(days=7)  # the KMS backup retention
+    config = ServerConfig.from_env(
+        {
+            "OUBLI_CRYPTOPERIOD_SUBJECT_KEYS_DAYS": "90",
+            "OUBLI_CRYPTOPERIOD_DEKS_DAYS": "180",
+            "OUBLI_KMS_BACKUP_RETENTION_DAYS": "30",
+        }
+    )
+    assert config.cryptoperiods.subjects == timedelta(days=90)
+    assert config.cryptoperiods.deks == timedelta(days=180)
+    assert config.cryptoperiods.signing == timedelta(days=365)
+    assert config.key_trim_after == timedelta(days=30)
+    trim = ServerConfig.from_env({"OUBLI_KEY_TRIM_AFTER_DAYS": "0"})
+    assert trim.key_trim_after == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OUBLI_CRYPTOPERIOD_INDEX_KEY_DAYS": "0"},
+        {"OUBLI_CRYPTOPERIOD_SIGNING_KEY_DAYS": "-5"},
+        {"OUBLI_CRYPTOPERIOD_BUCKET_KEYS_DAYS": "a year"},
+        {"OUBLI_KEY_TRIM_AFTER_DAYS": "-1"},
+    ],
+)
+def test_bad_cryptoperiods_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         ServerConfig.from_env(env)
