@@ -331,7 +331,10 @@ class VaultTransitKeyManager(KeyManager):
 
     def key_versions(self, key_id: str) -> KeyVersions:
         check_key_id(key_id)
-        data = self._read_key(key_id)
+        return self._versions(self._read_key(key_id))
+
+    @staticmethod
+    def _versions(data: dict[str, Any]) -> KeyVersions:
         latest = int(data["latest_version"])
         min_available = max(1, int(data.get("min_available_version") or 0))
         min_decryption = max(min_available, int(data.get("min_decryption_version") or 1))
@@ -339,14 +342,21 @@ class VaultTransitKeyManager(KeyManager):
 
     def set_min_decryption_version(self, key_id: str, version: int) -> None:
         check_key_id(key_id)
-        versions = self.key_versions(key_id)
+        data = self._read_key(key_id)
+        versions = self._versions(data)
         if not versions.min_available <= version <= versions.latest:
             raise KmsError("minimum decryption version out of range", key_id=key_id)
+        settings: dict[str, int] = {"min_decryption_version": version}
+        min_encryption = int(data.get("min_encryption_version") or 0)
+        if 0 < min_encryption < version:
+            # Set by a trim (below); Transit refuses a minimum decryption version above
+            # it, so both move in one request (encryption uses the latest version
+            # anyway). Written directly: hvac's own check wants the encryption minimum
+            # strictly above the decryption one, which Transit does not.
+            settings["min_encryption_version"] = versions.latest
         with _translated(key_id):
             self._count()
-            self._transit.update_key_configuration(
-                key_id, min_decryption_version=version, mount_point=self.mount_point
-            )
+            self._client.write_data(f"{self.mount_point}/keys/{key_id}/config", data=settings)
 
     def trim_key(self, key_id: str, min_available_version: int) -> None:
         check_key_id(key_id)
@@ -357,9 +367,9 @@ class VaultTransitKeyManager(KeyManager):
         if min_available_version <= max(1, int(data.get("min_available_version") or 0)):
             return  # trimmed that far already (or nothing below version 1)
         with _translated(key_id):
-            if not int(data.get("min_encryption_version") or 0):
-                # Transit trims only a key whose minimum encryption version is set; the
-                # latest version is the one encryption uses anyway.
+            if int(data.get("min_encryption_version") or 0) < min_available_version:
+                # Transit trims only a key whose minimum encryption version is set, and
+                # not above it; the latest version is the one encryption uses anyway.
                 self._count()
                 self._transit.update_key_configuration(
                     key_id,
