@@ -209,10 +209,11 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     return TokenRegistry(BearerTokenRepository(storage.engine), audit, clock)
 
 
-def signing_public_key(config: ServerConfig) -> tuple[str, bytes]:
-    """The KMS signing key's id and its raw Ed25519 public key, for ``oubli keys public``:
-    the key that signs shred receipts, audit checkpoints and erasure ledger heads. The
-    id is read from the database (chosen there by the first server); nothing is created.
+def signing_public_keys(config: ServerConfig) -> tuple[str, dict[int, bytes]]:
+    """The KMS signing key's id and the raw Ed25519 public key of each of its versions,
+    for ``oubli keys public``: the key that signs shred receipts, audit checkpoints and
+    erasure ledger heads. The id is read from the database (chosen there by the first
+    server); nothing is created.
 
     Raises:
         FailedPrecondition: no server has chosen the key yet (SIGNING_KEY_NOT_CHOSEN),
@@ -229,7 +230,7 @@ def signing_public_key(config: ServerConfig) -> tuple[str, bytes]:
             )
         kms = build_kms(config)
         try:
-            return found.key_id, SigningKey(kms, found.key_id).public_key()
+            return found.key_id, SigningKey(kms, found.key_id).public_keys()
         finally:
             kms.close()
     finally:
