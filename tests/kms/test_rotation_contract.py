@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from kms.base import KeyDestroyed, KeyManager, KeyVersions, KmsError, KmsUnavailable
 from kms.local_keystore import LocalKeystore
 from kms.signatures import PUBLIC_KEY_LEN, signature_key_version, verify_offline
+from tests.kms.test_contract import INVALID_KEY_IDS
 
 
 def new_key_id() -> str:
@@ -205,6 +208,30 @@ def test_destroy_of_a_rotated_key_removes_every_version(any_kms: KeyManager) -> 
             any_kms.unwrap(key_id, wrapped)
 
 
+ROTATION_OPERATIONS: list[tuple[str, Callable[[KeyManager, str], object]]] = [
+    ("rotate_key", lambda kms, key_id: kms.rotate_key(key_id)),
+    ("rewrap", lambda kms, key_id: kms.rewrap(key_id, b"vault:v1:AAAA")),
+    ("key_versions", lambda kms, key_id: kms.key_versions(key_id)),
+    ("set_min_decryption_version", lambda kms, key_id: kms.set_min_decryption_version(key_id, 1)),
+    ("trim_key", lambda kms, key_id: kms.trim_key(key_id, 1)),
+    ("public_keys", lambda kms, key_id: kms.public_keys(key_id)),
+]
+
+
+@pytest.mark.parametrize("key_id", INVALID_KEY_IDS)
+@pytest.mark.parametrize(
+    ("name", "operation"), ROTATION_OPERATIONS, ids=[name for name, _ in ROTATION_OPERATIONS]
+)
+def test_every_rotation_operation_rejects_invalid_key_id(
+    any_kms: KeyManager, key_id: str, name: str, operation: Callable[[KeyManager, str], object]
+) -> None:
+    before = any_kms.calls
+    with pytest.raises(KmsError) as caught:
+        operation(any_kms, key_id)
+    assert not isinstance(caught.value, KmsUnavailable | KeyDestroyed), name
+    assert any_kms.calls == before
+
+
 def test_rotation_calls_are_counted(any_kms: KeyManager) -> None:
     key_id = new_key_id()
     any_kms.create_key(key_id)
@@ -364,3 +391,33 @@ def test_trimmed_versions_leave_the_keystore_files(
         assert not wal.exists() or versions[1] not in wal.read_bytes()
     finally:
         keystore.close()
+
+
+def test_rotations_racing_from_two_keystore_instances_each_add_a_version(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keystore" / "keys.db"
+    first, second = LocalKeystore(path), LocalKeystore(path)
+    try:
+        first.create_signing_key("race")
+        failures: list[Exception] = []
+
+        def rotate(keystore: LocalKeystore) -> None:
+            for _ in range(10):
+                try:
+                    keystore.rotate_key("race")
+                except KmsError as e:
+                    failures.append(e)
+
+        threads = [threading.Thread(target=rotate, args=(k,)) for k in (first, second) * 2]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+        assert failures == []
+        assert first.key_versions("race") == KeyVersions(41, 1, 1)
+        assert sorted(second.public_keys("race")) == list(range(1, 42))
+    finally:
+        second.close()
+        first.close()
