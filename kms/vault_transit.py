@@ -342,21 +342,20 @@ class VaultTransitKeyManager(KeyManager):
 
     def set_min_decryption_version(self, key_id: str, version: int) -> None:
         check_key_id(key_id)
-        data = self._read_key(key_id)
-        versions = self._versions(data)
-        if not versions.min_available <= version <= versions.latest:
+        if version < 1:
             raise KmsError("minimum decryption version out of range", key_id=key_id)
-        settings: dict[str, int] = {"min_decryption_version": version}
-        min_encryption = int(data.get("min_encryption_version") or 0)
-        if 0 < min_encryption < version:
-            # Set by a trim (below); Transit refuses a minimum decryption version above
-            # it, so both move in one request (encryption uses the latest version
-            # anyway). Written directly: hvac's own check wants the encryption minimum
-            # strictly above the decryption one, which Transit does not.
-            settings["min_encryption_version"] = versions.latest
+        # One call: Transit itself refuses a version above the latest or below the
+        # trimmed ones (400, translated to KmsError). The minimum encryption version
+        # moves with it: a trim needs one set (below), and Transit then refuses a
+        # minimum decryption version above it; encryption uses the latest version
+        # anyway. Written directly: hvac's own check wants the encryption minimum
+        # strictly above the decryption one, which Transit does not.
         with _translated(key_id):
             self._count()
-            self._client.write_data(f"{self.mount_point}/keys/{key_id}/config", data=settings)
+            self._client.write_data(
+                f"{self.mount_point}/keys/{key_id}/config",
+                data={"min_decryption_version": version, "min_encryption_version": version},
+            )
 
     def trim_key(self, key_id: str, min_available_version: int) -> None:
         check_key_id(key_id)

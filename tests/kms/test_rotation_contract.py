@@ -250,6 +250,17 @@ def test_rotation_calls_are_counted(any_kms: KeyManager) -> None:
         before = any_kms.calls
         operation()
         assert any_kms.calls > before
+    if any_kms.backend_name == "vault-transit":
+        # Transit: a minimum decryption version is one request, and so is a trim's
+        # after it (a read, then the trim: the minimum encryption version is set).
+        any_kms.rotate_key(key_id)
+        any_kms.rotate_key(key_id)
+        before = any_kms.calls
+        any_kms.set_min_decryption_version(key_id, 4)
+        assert any_kms.calls - before == 1
+        before = any_kms.calls
+        any_kms.trim_key(key_id, 4)
+        assert any_kms.calls - before == 2
 
 
 # --- signing keys -------------------------------------------------------------------
