@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -224,6 +224,8 @@ class AuditCheckpointPage:
     #: Raw 32-byte Ed25519 public key of the signing key's latest version.
     public_key: bytes
     key_id: str
+    #: Every version of the signing key still held: version -> raw public key.
+    public_keys: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -811,6 +813,7 @@ class OubliClient:
             ],
             response.public_key,
             response.key_id,
+            dict(response.public_keys),
         )
 
     # --- support access -------------------------------------------------------------

@@ -339,7 +339,10 @@ class VaultTransitKeyManager(KeyManager):
 
     def key_versions(self, key_id: str) -> KeyVersions:
         check_key_id(key_id)
-        data = self._read_key(key_id)
+        return self._versions(self._read_key(key_id))
+
+    @staticmethod
+    def _versions(data: dict[str, Any]) -> KeyVersions:
         latest = int(data["latest_version"])
         min_available = max(1, int(data.get("min_available_version") or 0))
         min_decryption = max(min_available, int(data.get("min_decryption_version") or 1))
@@ -351,11 +354,10 @@ class VaultTransitKeyManager(KeyManager):
             raise KmsError("minimum decryption version out of range", key_id=key_id)
         # One call: Transit itself refuses a version above the latest or below the
         # trimmed ones (400, translated to KmsError). The minimum encryption version
-        # moves with it: Transit refuses a minimum decryption version above a set
-        # minimum encryption version, and trimming needs one set (encryption uses the
-        # latest version anyway).
-        # Written directly: hvac's own check wants the encryption minimum strictly above
-        # the decryption minimum, Transit accepts them equal.
+        # moves with it: a trim needs one set (below), and Transit then refuses a
+        # minimum decryption version above it; encryption uses the latest version
+        # anyway. Written directly: hvac's own check wants the encryption minimum
+        # strictly above the decryption one, which Transit does not.
         self._configure(key_id, min_decryption_version=version, min_encryption_version=version)
 
     def _configure(self, key_id: str, **settings: int) -> None:
@@ -371,9 +373,9 @@ class VaultTransitKeyManager(KeyManager):
             raise KmsError("cannot trim above the minimum decryption version", key_id=key_id)
         if min_available_version <= max(1, int(data.get("min_available_version") or 0)):
             return  # trimmed that far already (or nothing below version 1)
-        if not int(data.get("min_encryption_version") or 0):
-            # Transit trims only a key whose minimum encryption version is set; the
-            # latest version is the one encryption uses anyway.
+        if int(data.get("min_encryption_version") or 0) < min_available_version:
+            # Transit trims only a key whose minimum encryption version is set, and not
+            # above it; the latest version is the one encryption uses anyway.
             self._configure(key_id, min_encryption_version=int(data["latest_version"]))
         with _translated(key_id):
             self._count()

@@ -2030,9 +2030,30 @@ Global___ListAuditCheckpointsRequest: _TypeAlias = ListAuditCheckpointsRequest  
 class ListAuditCheckpointsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PublicKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key of the signing key's latest version."""
     key_id: _builtins.str
@@ -2040,16 +2061,23 @@ class ListAuditCheckpointsResponse(_message.Message):
     def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditCheckpoint]:
         """Oldest first."""
 
+    @_builtins.property
+    def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """Every version of the signing key still held (version -> raw 32-byte Ed25519
+        public key): checkpoints signed before a rotation verify with their version's.
+        """
+
     def __init__(
         self,
         *,
         checkpoints: _abc.Iterable[Global___AuditCheckpoint] | None = ...,
         public_key: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "key_id", b"key_id", "public_key", b"public_key", "public_keys", b"public_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

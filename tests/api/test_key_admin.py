@@ -128,3 +128,21 @@ def test_the_cli_rotates_until_nothing_is_due(
 
     bad = runner.invoke(app, ["keys", "rotate", "everything", *target])
     assert bad.exit_code == 1
+
+
+def test_the_signing_key_rotates_and_old_checkpoints_still_verify(stack: Stack) -> None:
+    populate(stack.client, 1)
+    audit = stack.server.audit.audit
+    before = audit.checkpoint()
+    plan = stack.client.rotate_keys("signing", dry_run=True)
+    assert (plan.due, plan.rotated) == (0, 0)  # made at start: within its cryptoperiod
+    done = stack.client.rotate_keys("signing", force=True)
+    assert (done.rotated, done.failed, done.remaining) == (1, 0, 0)
+    populate(stack.client, 1)
+    after = audit.checkpoint()
+    assert before is not None and after is not None
+    assert (before.key_version, after.key_version) == (1, 2)
+    page = stack.client.list_audit_checkpoints()
+    assert set(page.public_keys) == {1, 2}
+    assert stack.client.verify_audit().ok
+    assert stack.client.rotate_keys("signing").due == 0

@@ -67,7 +67,8 @@ def test_a_shred_receipt_verifies_offline_and_fails_when_one_byte_changes(
     assert public.returncode == 0, public.stderr
     assert f"signing key {retried.signing_key_id}" in public.stderr
     pem = pem_file.read_bytes()
-    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    comment = f"# oubli signing key {retried.signing_key_id} version 1\n".encode()
+    assert pem.startswith(comment + b"-----BEGIN PUBLIC KEY-----")
     key = load_pem_public_key(pem)
     assert isinstance(key, Ed25519PublicKey)
     assert key.public_bytes_raw() == stack.kms.public_key(retried.signing_key_id)

@@ -20,6 +20,12 @@ from kms.base import KmsError
         ("sign", ("k", b"x")),
         ("verify", ("k", b"x", b"y")),
         ("public_key", ("k",)),
+        ("rotate_key", ("k",)),
+        ("rewrap", ("k", b"x")),
+        ("key_versions", ("k",)),
+        ("set_min_decryption_version", ("k", 1)),
+        ("trim_key", ("k", 1)),
+        ("public_keys", ("k",)),
     ],
 )
 def test_every_call_is_refused(method: str, args: tuple[object, ...]) -> None:

@@ -283,6 +283,12 @@ def test_outside_a_call_every_kms_call_is_tried(
         lambda g: g.sign("s1", b"m"),
         lambda g: g.verify("s1", b"m", b"s"),
         lambda g: g.public_key("s1"),
+        lambda g: g.rotate_key("k1"),
+        lambda g: g.rewrap("k1", b"x"),
+        lambda g: g.key_versions("k1"),
+        lambda g: g.set_min_decryption_version("k1", 1),
+        lambda g: g.trim_key("k1", 1),
+        lambda g: g.public_keys("s1"),
     ],
 )
 def test_every_method_is_guarded(
@@ -305,3 +311,19 @@ def test_invalid_settings_are_refused(backend: ScriptedKms) -> None:
         GuardedKeyManager(backend, failure_threshold=0)
     with pytest.raises(ValueError):
         GuardedKeyManager(backend, max_call_seconds=0.01)
+
+
+def test_rotation_goes_through_to_the_backend(
+    guard: GuardedKeyManager, backend: ScriptedKms, wrapped: bytes
+) -> None:
+    dek = guard.unwrap("k1", wrapped)
+    assert guard.rotate_key("k1") == 2
+    rewrapped = guard.rewrap("k1", wrapped)
+    guard.set_min_decryption_version("k1", 2)
+    guard.trim_key("k1", 2)
+    assert (guard.key_versions("k1").latest, guard.key_versions("k1").min_available) == (2, 2)
+    assert backend.unwrap("k1", rewrapped) == dek
+    guard.create_signing_key("s1")
+    guard.rotate_key("s1")
+    assert guard.public_keys("s1") == backend.public_keys("s1")
+    assert sorted(guard.public_keys("s1")) == [1, 2]

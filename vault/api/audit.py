@@ -97,6 +97,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             ],
             public_key=self._audit.public_key(),
             key_id=self._audit.signing_key_id,
+            public_keys=self._audit.public_keys(),
         )
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -22,11 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from clients.errors import OubliClientError
 from clients.oubli_client import AuditCheckpoint, OubliClient, RetentionSummary
 from kms.base import KmsError
+from kms.signatures import PublishedKey
 from vault.access.caller_policy import CallerPolicyError
 from vault.app import key_rotation_cli  # noqa: F401 - registers `keys rotate` and `keys ages`
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.logs import configure_logging
-from vault.app.receipt_cli import keys_app, receipt_app
+from vault.app.receipt_cli import keys_app, read_public_keys, receipt_app
 from vault.app.token_cli import token_app
 from vault.catalog import CatalogError
 from vault.errors import OubliError
@@ -479,12 +480,22 @@ def audit_export_checkpoints(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="file (default stdout), written 0600")
     ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="PEM file `oubli keys public` wrote: every version of the signing key, "
+            "for checkpoints signed before a rotation",
+        ),
+    ] = None,
 ) -> None:
     """Copy every signed checkpoint out of the database, as JSON lines (seq, hash, at,
-    key_id, key_version, signature and the signing public key, base64). Keep the copy
-    elsewhere: `audit verify --checkpoints FILE` then catches checkpoints deleted from the
-    database to hide a rewritten or truncated chain. Each checkpoint's signature is
-    checked with the public key first; nothing is written if one does not verify."""
+    key_id, key_version, signature and the public key it verifies with, base64). Keep
+    the copy elsewhere: `audit verify --checkpoints FILE` then catches checkpoints
+    deleted from the database to hide a rewritten or truncated chain. Each checkpoint's
+    signature is checked first, with the server's latest public key or the published
+    key of its version (`--public-key`); nothing is written if one does not verify."""
+    published = read_public_keys(public_key) if public_key is not None else []
     lines: list[str] = []
     try:
         with _client_call(target) as client:
@@ -492,7 +503,13 @@ def audit_export_checkpoints(
             while True:
                 page = client.list_audit_checkpoints(after_seq=after, limit=_CHECKPOINT_PAGE)
                 for checkpoint in page.checkpoints:
-                    lines.append(_checkpoint_line(checkpoint, page.public_key))
+                    served = [
+                        PublishedKey(raw, page.key_id, version)
+                        for version, raw in page.public_keys.items()
+                    ]
+                    lines.append(
+                        _checkpoint_line(checkpoint, page.public_key, [*published, *served])
+                    )
                 if len(page.checkpoints) < _CHECKPOINT_PAGE:
                     break
                 after = page.checkpoints[-1].seq
@@ -517,12 +534,34 @@ class _ForgedCheckpoint(Exception):
     pass
 
 
-def _checkpoint_line(checkpoint: AuditCheckpoint, public_key: bytes) -> str:
-    from kms.signatures import verify_offline
+def _checkpoint_line(
+    checkpoint: AuditCheckpoint, latest: bytes, published: Sequence[PublishedKey]
+) -> str:
+    """The export line of ``checkpoint`` once its signature verifies offline: with the
+    published key of the version it names (or a published key of no stated version), or
+    with the server's ``latest`` public key."""
+    from kms.signatures import signature_key_version, verify_offline
     from vault.audit.entries import checkpoint_message
 
     message = checkpoint_message(checkpoint.seq, checkpoint.hash)
-    if not verify_offline(public_key, message, checkpoint.signature):
+    version = signature_key_version(checkpoint.signature)
+    candidates = [
+        key.raw
+        for key in published
+        if key.version in (None, version) and key.key_id in (None, checkpoint.key_id)
+    ]
+    public_key = next(
+        (k for k in [*candidates, latest] if verify_offline(k, message, checkpoint.signature)),
+        None,
+    )
+    if public_key is None:
+        if version is not None and not any(k.version == version for k in published):
+            raise _ForgedCheckpoint(
+                f"the checkpoint at seq {checkpoint.seq} (signing key version {version}) does "
+                "not verify with the signing key's latest public key: if the key was rotated "
+                "since, give the file `oubli keys public` wrote (--public-key); else the "
+                "database's checkpoints were altered; nothing written"
+            )
         raise _ForgedCheckpoint(
             f"the checkpoint at seq {checkpoint.seq} does not verify with the signing key's "
             "public key: the database's checkpoints were altered; nothing written"

@@ -1,9 +1,10 @@
 """``oubli keys public`` and ``oubli receipt verify``: publish the signing key, check a
 shred receipt offline.
 
-``keys public`` reads the signing key's id from the data database and its public key
-from the KMS. ``receipt verify`` needs neither, nor a server: the receipt file and the
-public key are enough (vault.usecases.receipts).
+``keys public`` reads the signing key's id from the data database and its public keys
+from the KMS: one per version, the key rotates (kms.signatures.public_keys_pem gives the
+file's format). ``receipt verify`` needs neither, nor a server: the receipt file and the
+public keys are enough (vault.usecases.receipts).
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_public_key,
-)
 from rich.console import Console
 from rich.markup import escape
 
+from kms.signatures import (
+    PublicKeyFileError,
+    PublishedKey,
+    public_keys_pem,
+    read_public_keys_pem,
+)
 from vault.app.config import ConfigError, ServerConfig
-from vault.usecases.receipts import ReceiptInvalid, verify_receipt_text
+from vault.usecases.receipts import ReceiptInvalid, verify_receipt_against
 
 keys_app = typer.Typer(help="oubli's keys: rotation, their ages, the signing key's public half.")
 receipt_app = typer.Typer(help="Shred receipts: check one offline.")
@@ -48,10 +49,12 @@ def keys_public(
     vault_addr: Annotated[str | None, typer.Option(help="Vault/OpenBao address")] = None,
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
 ) -> None:
-    """Print the signing public key (PEM, SubjectPublicKeyInfo of the Ed25519 key) that
-    checks shred receipts, audit checkpoints and erasure ledger heads. Publish it: with
-    it anyone checks a receipt (`oubli receipt verify`) without the KMS."""
-    from vault.app.server import signing_public_key
+    """Print the signing key's public keys that check shred receipts, audit checkpoints
+    and erasure ledger heads: one PEM block (SubjectPublicKeyInfo of the Ed25519 key) per
+    version, oldest first, each after a line `# oubli signing key <id> version <N>`.
+    Publish the file (again after each rotation): with it anyone checks a receipt
+    (`oubli receipt verify`) without the KMS."""
+    from vault.app.server import signing_public_keys
     from vault.errors import OubliError
 
     try:
@@ -67,19 +70,16 @@ def keys_public(
     except ConfigError as e:
         raise _fail("invalid configuration:", e, 2) from None
     try:
-        key_id, raw = signing_public_key(config)
+        key_id, keys = signing_public_keys(config)
     except OubliError as e:
         raise _fail("keys public failed:", e, 1) from None
-    pem = (
-        Ed25519PublicKey.from_public_bytes(raw)
-        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
+    pem = public_keys_pem(key_id, keys)
     if output is None:
         print(pem, end="")
     else:
         output.write_text(pem, encoding="ascii")
-    err.print(f"signing key {key_id}")
+    versions = ", ".join(str(v) for v in sorted(keys))
+    err.print(f"signing key {key_id}, versions {versions}")
 
 
 @receipt_app.command("verify")
@@ -90,16 +90,10 @@ def receipt_verify(
     ],
 ) -> None:
     """Check a shred receipt offline (no server, KMS or database): its format, fields
-    and signature against the published public key. Exit 0 when it verifies, 1 when it
+    and signature against the published public keys (every version of the signing key;
+    the receipt verifies if one of them verifies it). Exit 0 when it verifies, 1 when it
     does not, 2 when a file cannot be read."""
-    try:
-        key = load_pem_public_key(public_key.read_bytes())
-    except OSError as e:
-        raise _fail("cannot read the public key:", type(e).__name__, 2) from None
-    except (ValueError, TypeError):
-        raise _fail("invalid public key:", "the file is not a PEM public key", 2) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise _fail("invalid public key:", "not an Ed25519 key", 2)
+    keys = read_public_keys(public_key)
     try:
         text = receipt.read_bytes().decode("utf-8")
     except OSError as e:
@@ -107,10 +101,26 @@ def receipt_verify(
     except UnicodeDecodeError:
         raise _fail("receipt does not verify:", "the file is not UTF-8 text", 1) from None
     try:
-        document = verify_receipt_text(text, key.public_bytes_raw())
+        document, index = verify_receipt_against(text, [k.raw for k in keys])
     except ReceiptInvalid as e:
         raise _fail("receipt does not verify:", e, 1) from None
     print(
         f"receipt verifies: subject {document['subject_id']}, key {document['key_id']}, "
-        f"ledger position {document['ledger_position']}"
+        f"ledger position {document['ledger_position']}, {_signed_by(keys[index])}"
     )
+
+
+def read_public_keys(path: Path) -> list[PublishedKey]:
+    """The public keys of a file `oubli keys public` wrote (exit 2 if it cannot be read)."""
+    try:
+        return read_public_keys_pem(path.read_bytes())
+    except OSError as e:
+        raise _fail("cannot read the public key:", type(e).__name__, 2) from None
+    except PublicKeyFileError as e:
+        raise _fail("invalid public key:", e, 2) from None
+
+
+def _signed_by(key: PublishedKey) -> str:
+    if key.version is None:
+        return "signed by the published key"
+    return f"signed by signing key version {key.version}"

@@ -59,7 +59,7 @@ from vault.usecases.dek_rotation import DekRotation
 from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import ErasureLedger
 from vault.usecases.kek_rotation import KekRotation
-from vault.usecases.key_rotation import KeyRotation
+from vault.usecases.key_rotation import KeyRotation, RotationKind, RotationReport
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.receipts import ReceiptSigner
 from vault.usecases.rekey import Rekeying
@@ -67,6 +67,7 @@ from vault.usecases.restore_fence import FenceRunner, RestoreFence, ServingGate
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
 from vault.usecases.service import VaultService
+from vault.usecases.signing_rotation import SigningKeyRotation
 from vault.usecases.support import SupportAccess
 
 log = structlog.get_logger("oubli.server")
@@ -182,6 +183,13 @@ def build_erasure(config: ServerConfig, vault: VaultService) -> Erasure:
 def build_key_rotation(config: ServerConfig, vault: VaultService) -> KeyRotation:
     """Every kind of rotation over ``vault``'s database and keys, with the configured
     cryptoperiods and trim delay."""
+    signing = SigningKeyRotation(vault.storage, vault.crypto.kms, vault.clock)
+
+    def signing_pass(
+        dry_run: bool, force: bool, cryptoperiod: timedelta, _limit: int
+    ) -> RotationReport:
+        return signing.rotate(dry_run=dry_run, force=force, cryptoperiod=cryptoperiod)
+
     return KeyRotation(
         keks=KekRotation(
             vault.storage, vault.crypto, trim_after=config.key_trim_after, clock=vault.clock
@@ -190,7 +198,7 @@ def build_key_rotation(config: ServerConfig, vault: VaultService) -> KeyRotation
             vault.storage,
             Rekeying(vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock),
         ),
-        service_keys={},
+        service_keys={RotationKind.SIGNING: signing_pass},
         periods=config.cryptoperiods,
         clock=vault.clock,
     )
@@ -231,10 +239,11 @@ def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistr
     return TokenRegistry(BearerTokenRepository(storage.engine), audit, clock)
 
 
-def signing_public_key(config: ServerConfig) -> tuple[str, bytes]:
-    """The KMS signing key's id and its raw Ed25519 public key, for ``oubli keys public``:
-    the key that signs shred receipts, audit checkpoints and erasure ledger heads. The
-    id is read from the database (chosen there by the first server); nothing is created.
+def signing_public_keys(config: ServerConfig) -> tuple[str, dict[int, bytes]]:
+    """The KMS signing key's id and the raw Ed25519 public key of each of its versions,
+    for ``oubli keys public``: the key that signs shred receipts, audit checkpoints and
+    erasure ledger heads. The id is read from the database (chosen there by the first
+    server); nothing is created.
 
     Raises:
         FailedPrecondition: no server has chosen the key yet (SIGNING_KEY_NOT_CHOSEN),
@@ -251,7 +260,7 @@ def signing_public_key(config: ServerConfig) -> tuple[str, bytes]:
             )
         kms = build_kms(config)
         try:
-            return found.key_id, SigningKey(kms, found.key_id).public_key()
+            return found.key_id, SigningKey(kms, found.key_id).public_keys()
         finally:
             kms.close()
     finally:

@@ -186,6 +186,15 @@ class AuditLog:
         """
         return self._signing_key.public_key()
 
+    def public_keys(self) -> dict[int, bytes]:
+        """Every version of the signing key still held: version -> raw public key.
+
+        Raises:
+            FailedPrecondition: the signing key is missing or is not a signing key.
+            Unavailable: the KMS could not be reached.
+        """
+        return self._signing_key.public_keys()
+
     # --- reading ----------------------------------------------------------------------
 
     def query(

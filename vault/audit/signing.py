@@ -1,5 +1,11 @@
 """The checkpoint signing key: an Ed25519 key in the KMS (a Transit ``ed25519`` key, or
-the local keystore's), named by its id; KMS failures as domain errors."""
+the local keystore's), named by its id; KMS failures as domain errors.
+
+The key rotates (:mod:`vault.usecases.signing_rotation`): a new version signs, the older
+ones are kept. A signature names the version that made it
+(:func:`kms.signatures.signature_key_version`), and the KMS's ``verify`` accepts every
+version it holds, so checks here go through the KMS whatever the version.
+"""
 
 from __future__ import annotations
 
@@ -111,3 +117,16 @@ class SigningKey:
             Unavailable: the KMS could not be reached.
         """
         return self._call(lambda: self._kms.public_key(self.key_id))
+
+    def public_keys(self) -> dict[int, bytes]:
+        """The raw Ed25519 public key of every version the KMS holds (version -> key).
+
+        The key rotates (vault/usecases/signing_rotation.py) and its older versions are
+        kept: what they signed (checkpoints, ledger heads, receipts) checks offline
+        against their own public key, so all of them are published.
+
+        Raises:
+            FailedPrecondition: the key is missing or is not a signing key.
+            Unavailable: the KMS could not be reached.
+        """
+        return self._call(lambda: self._kms.public_keys(self.key_id))

@@ -3,7 +3,10 @@ stored beside them, and against checkpoints exported out of the database.
 
 The chain alone cannot show that its newest entries were cut off, nor that someone
 rewrote it and recomputed every hash. A signed checkpoint closes that gap: anyone with
-the public key can check it offline (:func:`kms.signatures.verify_offline`). Truncation
+the public key can check it offline (:func:`kms.signatures.verify_offline`). The signing
+key rotates (:mod:`vault.usecases.signing_rotation`): a checkpoint's signature names the
+version that made it, the KMS verifies every version it holds, and offline each version's
+own public key (``oubli keys public`` publishes them all) checks it. Truncation
 or rewriting *after* the newest checkpoint is undetectable by design; checkpoint often,
 and copy checkpoints outside the database: whoever can write to the database can also
 delete checkpoint rows, and a verification given the copies (``exported``) catches what

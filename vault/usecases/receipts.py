@@ -8,7 +8,9 @@ It names ids, counts and times only, never personal data. Its document (format
 audit checkpoints and the ledger's heads (:mod:`vault.audit.signing`); the signature is
 the bare 64-byte Ed25519 signature of :func:`canonical_bytes`, so any Ed25519 library
 holding the public key (``oubli keys public``) checks it, with no server, KMS or
-database.
+database. The signing key rotates (:mod:`vault.usecases.signing_rotation`) and the bare
+signature does not name the version that made it: a verifier given every version's
+public key (``oubli keys public`` writes them all) tries each.
 
 The document names the signing key's id too. The receipt file (``oubli subject shred``
 prints it, ``oubli receipt verify`` reads it) is the document plus its ``signature``
@@ -22,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -187,6 +189,18 @@ def verify_receipt_text(text: str, public_key: bytes) -> dict[str, Any]:
     Raises:
         ReceiptInvalid: any check fails (the message says which, without values).
     """
+    return verify_receipt_against(text, [public_key])[0]
+
+
+def verify_receipt_against(text: str, public_keys: Sequence[bytes]) -> tuple[dict[str, Any], int]:
+    """As :func:`verify_receipt_text`, the signature checked against each of the raw
+    Ed25519 ``public_keys`` (the signing key's versions: a receipt's bare signature does
+    not name the version that made it): the document and the index, in
+    ``public_keys``, of the first key that verifies it.
+
+    Raises:
+        ReceiptInvalid: any check fails, or no key verifies the signature.
+    """
     try:
         signed = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except ValueError:
@@ -208,12 +222,14 @@ def verify_receipt_text(text: str, public_key: bytes) -> dict[str, Any]:
             "it was changed after it was written"
         )
     doc = {name: signed[name] for name in DOCUMENT_FIELDS}
-    if not verify_ed25519(public_key, canonical_bytes(doc), signature):
-        raise ReceiptInvalid(
-            "the signature does not match: a field was changed, or the receipt was not "
-            "signed by this public key"
-        )
-    return doc
+    message = canonical_bytes(doc)
+    for index, public_key in enumerate(public_keys):
+        if verify_ed25519(public_key, message, signature):
+            return doc, index
+    by = "this public key" if len(public_keys) == 1 else f"any of {len(public_keys)} public keys"
+    raise ReceiptInvalid(
+        f"the signature does not match: a field was changed, or the receipt was not signed by {by}"
+    )
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
