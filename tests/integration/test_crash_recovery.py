@@ -301,6 +301,12 @@ def test_killed_at_a_fault_point_recovers_at_start_up(
         _check_retries(world, client, deployment)
 
 
+#: Points no RPC reaches yet (the index key rotation has no RPC so far): each is killed in
+#: a child process running the use case, the restore fence then recovering
+#: (tests/vault/usecases/test_index_rotation.py).
+KILLED_ELSEWHERE = {"index_rotation.committed", "index_rotation.ledger_appended"}
+
+
 def test_every_fault_point_is_killed_at() -> None:
     documented = set(re.findall(r"^- ``([a-z_.]+)``", vault.fault_points.__doc__ or "", re.M))
-    assert {point for point, _ in CASES} == documented
+    assert {point for point, _ in CASES} | KILLED_ELSEWHERE == documented
