@@ -24,7 +24,8 @@ A database copy taken before step 3 holds tags of the old generation only: they 
 nothing under the live key, and the key that made them is gone from the KMS.
 
 A pass is due when the newest generation's key is older than the cryptoperiod (its
-``created_at``: the HMAC key is the DEK, made with the row), when forced, or when a
+``rotated_at``, set when the generation is made: the HMAC key is the DEK, which nothing
+else replaces; the key-age metric reads the same column), when forced, or when a
 rotation is under way (more than one live generation): it then resumes it.
 """
 
@@ -101,7 +102,7 @@ class IndexKeyRotation:
             return RotationReport(RotationKind.INDEX, dry_run)
         newest = max(live)
         under_way = len(live) > 1
-        age = self.clock() - live[newest].created_at
+        age = self.clock() - (live[newest].rotated_at or live[newest].created_at)
         if not (force or under_way or age >= cryptoperiod):
             return RotationReport(RotationKind.INDEX, dry_run)
         target = newest if under_way else newest + 1

@@ -234,6 +234,13 @@ def test_a_sqlite_file_copy_cannot_be_looked_up_after_rotation(
     old_server = make(copy, memory_kms, clock)
     with pytest.raises(KeyDestroyedError):
         find(old_server, "email", person.email)
+    assert old_server.get_record(person.subject_id, person.contact_id, "service").fields == {
+        "email": person.email,
+        "phone": person.phone,
+    }  # the records themselves read as before
+    with pytest.raises(KeyDestroyedError):  # stored, then its indexing fails (keys.md)
+        newcomer = old_server.create_subject().subject_id
+        old_server.create_record(newcomer, "contact", {"city": "Paris"}, "c")
     # The copy's rows are all of the retired generation: none is the live key's tag.
     live_tag = vault.lookup_index().tag("email", person.email)
     assert generations(copy) == {1}
