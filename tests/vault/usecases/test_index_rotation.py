@@ -28,7 +28,7 @@ from vault.catalog import Catalog
 from vault.clock import Clock, utc_now
 from vault.crypto.blind_index import INDEXED_FIELDS, BlindIndex, IndexKeyStore
 from vault.crypto.record_crypto import RecordCrypto
-from vault.errors import InvalidArgument, KeyDestroyedError
+from vault.errors import FailedPrecondition, InvalidArgument, KeyDestroyedError
 from vault.storage import Storage, make_engine, migrate
 from vault.storage.tables import BlindIndexRow, ServiceKeyRow
 from vault.usecases.erasure_ledger import RETIRED, ErasureLedger
@@ -511,9 +511,9 @@ def test_an_index_that_cannot_reload_refuses_a_rotated_key(
     [person] = populate(vault, 1)
     fixed = BlindIndex(storage, bytes(range(32)), bits=BITS)  # no reload
     rotate(vault, force=True)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(FailedPrecondition) as caught:
         fixed.index(person.subject_id, person.contact_id, {"email": person.email})
-    assert getattr(caught.value, "reason", "") == "INDEX_KEY_ROTATED"
+    assert caught.value.reason == "INDEX_KEY_ROTATED"
     assert generations(storage) == {2}
 
 
