@@ -26,6 +26,13 @@ Re-key (vault/usecases/rekey.py: consent withdrawal):
 - ``rekey.key_destroyed``: the old key is destroyed; the database's ledger position
   not raised.
 
+Blind-index key rotation (vault/usecases/index_rotation.py: ``oubli keys rotate index``):
+
+- ``index_rotation.committed``: the old generation is retired (its rows and key row
+  deleted); its KMS key is in the database's key ledger only, not destroyed.
+- ``index_rotation.ledger_appended``: the old key is in the erasure ledger, not
+  destroyed.
+
 Bucket destruction (vault/usecases/retention.py: the retention job):
 
 - ``retention.bucket_marked``: the bucket is committed ``destroying``; its key not in

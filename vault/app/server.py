@@ -58,6 +58,7 @@ from vault.storage.bearer_tokens import BearerTokenRepository
 from vault.usecases.dek_rotation import DekRotation
 from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import ErasureLedger
+from vault.usecases.index_rotation import IndexKeyRotation
 from vault.usecases.kek_rotation import KekRotation
 from vault.usecases.key_rotation import KeyRotation, RotationKind, RotationReport
 from vault.usecases.lookup import SubjectFinder
@@ -190,6 +191,13 @@ def build_key_rotation(config: ServerConfig, vault: VaultService) -> KeyRotation
     ) -> RotationReport:
         return signing.rotate(dry_run=dry_run, force=force, cryptoperiod=cryptoperiod)
 
+    index = IndexKeyRotation(vault)
+
+    def index_pass(
+        dry_run: bool, force: bool, cryptoperiod: timedelta, limit: int
+    ) -> RotationReport:
+        return index.rotate(dry_run=dry_run, force=force, cryptoperiod=cryptoperiod, limit=limit)
+
     return KeyRotation(
         keks=KekRotation(
             vault.storage, vault.crypto, trim_after=config.key_trim_after, clock=vault.clock
@@ -198,7 +206,7 @@ def build_key_rotation(config: ServerConfig, vault: VaultService) -> KeyRotation
             vault.storage,
             Rekeying(vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock),
         ),
-        service_keys={RotationKind.SIGNING: signing_pass},
+        service_keys={RotationKind.SIGNING: signing_pass, RotationKind.INDEX: index_pass},
         periods=config.cryptoperiods,
         clock=vault.clock,
     )

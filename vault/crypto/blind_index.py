@@ -31,13 +31,24 @@ records. With far fewer subjects 16 bits is more than the planner allows: pass
 when it changes by an order of magnitude). Tags are kept per kind (the kind is part of
 the HMAC input and of every query), so e-mail and phone rows do not dilute each other.
 
-Limits: the tag depends on the key and ``bits``, so changing either (re-keying the
-index on the backup schedule) means recomputing every row from the decrypted records.
+Limits: the tag depends on the key and ``bits``. The key is replaced by a rotation
+(:mod:`vault.usecases.index_rotation`, ``oubli keys rotate index``) in *generations*:
+generation 1 is the service key ``lookup-index``, generation N > 1 ``lookup-index.N``,
+and every row names the generation its tag was computed with. While a rotation runs two
+generations are live: every write writes rows for each, every lookup queries each; the
+rotation recomputes the new generation's tags from the decrypted records, then deletes
+the old generation's rows and destroys its key. A database copy taken before then holds
+tags that match nothing under the live key, and an index key the KMS no longer has.
+Changing ``bits`` means a new tag for every row: restart with the new ``bits`` and run
+a forced rotation (records not yet re-indexed are not found until it is done).
 
-The index key is a DEK of its own, wrapped by a KMS key and stored in ``service_keys``
-(:class:`IndexKeyStore`): one unwrap at start-up, none per lookup. Index rows go with
-their record (foreign key, ON DELETE CASCADE): deleting a record, or the shred deleting
-all of a subject's, deletes them in the same statement.
+The index keys are DEKs of their own, each wrapped by a KMS key and stored in
+``service_keys`` (:class:`IndexKeyStore`): one unwrap per live generation at first use
+(and one when another replica made a new generation), none per lookup. A write or a
+lookup checks in its transaction that it used exactly the live generations, and loads
+the keys again otherwise (:meth:`BlindIndex.write`). Index rows go with their record
+(foreign key, ON DELETE CASCADE): deleting a record, or the shred deleting all of a
+subject's, deletes them in the same statement.
 """
 
 from __future__ import annotations
@@ -49,19 +60,32 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 from kms.base import KeyManager, KmsError
 from vault.clock import Clock, utc_now
 from vault.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
+    KeyDestroyedError,
     OubliError,
+    Unavailable,
     kms_error,
 )
 from vault.ids import RandomBytes, new_id
-from vault.storage.blind_index import BlindIndexRepository
+from vault.storage.blind_index import INDEX_KEY_NAME as INDEX_KEY_NAME
+from vault.storage.blind_index import (
+    BlindIndexRepository,
+    IndexGenerationsChanged,
+)
+from vault.storage.blind_index import index_key_generation as index_key_generation
+from vault.storage.blind_index import index_key_name as index_key_name
 from vault.storage.service_keys import ServiceKey, ServiceKeyRepository
+
+if TYPE_CHECKING:
+    from vault.storage import Storage
 
 EMAIL = "email"
 PHONE = "phone"
@@ -76,7 +100,6 @@ INDEXED_FIELDS: dict[str, dict[str, str]] = {
 DEFAULT_BITS = 16
 #: Tags are stored in a signed 32-bit INTEGER column.
 MAX_BITS = 31
-INDEX_KEY_NAME = "lookup-index"
 
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
 MAX_PHONE_INPUT_LENGTH = 64
@@ -206,44 +229,139 @@ def recommended_bits(rows: int) -> tuple[int, int]:
 
 # --- the index -------------------------------------------------------------------------
 
+#: Tries of a write or lookup that found the index key generations changed meanwhile
+#: (another replica rotated): each loads the keys again first.
+INDEX_ATTEMPTS = 5
+
+#: ``reload(known) -> keys``: every live generation's key, from ``service_keys``
+#: (``known`` keys are reused, new ones unwrapped through the KMS).
+Reload = Callable[[Mapping[int, bytes]], Mapping[int, bytes]]
+
+#: {generation: {kind: tag}}: the rows a record gets.
+GenerationTags = dict[int, dict[str, int]]
+
+T = TypeVar("T")
+
 
 class BlindIndex:
     """Tags of records' e-mail addresses and phone numbers, and lookups by tag.
 
     Args:
         rows: where the index rows are kept (the Storage).
-        index_key: the HMAC key (from :meth:`IndexKeyStore.load_or_create`).
+        index_key: the HMAC key, or the keys of every live generation ({generation:
+            key}; one key alone is generation 1).
         bits: tag length, 1 to 31 (see the module docstring for how to choose it).
+        reload: loads the live generations' keys again when a write or a lookup finds
+            that another replica rotated the index key (:meth:`load` wires it to
+            :class:`IndexKeyStore`); without it such a write fails.
     """
 
     def __init__(
-        self, rows: BlindIndexRepository, index_key: bytes, bits: int = DEFAULT_BITS
+        self,
+        rows: BlindIndexRepository,
+        index_key: bytes | Mapping[int, bytes],
+        bits: int = DEFAULT_BITS,
+        *,
+        reload: Reload | None = None,
     ) -> None:
         if not 1 <= bits <= MAX_BITS:
             raise ValueError(f"bits must be between 1 and {MAX_BITS}")
-        if len(index_key) < 16:
-            raise ValueError("the index key must be at least 16 bytes")
         self._rows = rows
-        self._key = bytes(index_key)
+        self._reload = reload
+        self._keys = _checked_keys({1: index_key} if isinstance(index_key, bytes) else index_key)
         self.bits = bits
 
-    def __repr__(self) -> str:  # never print the key
-        return f"BlindIndex(bits={self.bits})"
+    @classmethod
+    def load(
+        cls,
+        storage: Storage,
+        kms: KeyManager,
+        bits: int = DEFAULT_BITS,
+        *,
+        clock: Clock = utc_now,
+    ) -> BlindIndex:
+        """The index with every live generation's key (created on first use: one KMS
+        unwrap per generation, none per write or lookup), reloading them through
+        ``kms`` when another replica rotates the index key."""
+        store = IndexKeyStore(storage, clock=clock)
+        return cls(
+            storage,
+            store.load_generations(kms),
+            bits,
+            reload=lambda known: store.load_generations(kms, known),
+        )
 
-    def tag(self, kind: str, normalised: str) -> int:
-        """First ``bits`` bits of HMAC-SHA256(index key, kind NUL value), big-endian.
+    def __repr__(self) -> str:  # never print the keys
+        return f"BlindIndex(bits={self.bits}, generations={self.generations})"
+
+    @property
+    def generations(self) -> tuple[int, ...]:
+        """The generations this index knows, oldest first."""
+        return tuple(sorted(self._keys))
+
+    def refresh(self) -> None:
+        """Load the live generations' keys again (after this process rotated)."""
+        self._reloaded(self._keys)
+
+    def _reloaded(self, known: Mapping[int, bytes]) -> None:
+        if self._reload is None:
+            raise FailedPrecondition(
+                "INDEX_KEY_ROTATED",
+                "the blind-index key was rotated and this index cannot load the new key",
+            )
+        # The KMS call runs outside any lock (a hung KMS must not queue writers); a
+        # concurrent reload is as good as this one.
+        self._keys = _checked_keys(self._reload(known))
+
+    def tag(self, kind: str, normalised: str, generation: int | None = None) -> int:
+        """First ``bits`` bits of HMAC-SHA256(index key, kind NUL value), big-endian,
+        under the key of ``generation`` (default: the newest this index knows).
 
         The value is normalised again (normalisation is idempotent), so a raw value
         gets the same tag as its normalised form; an invalid one raises InvalidArgument.
         """
-        value = normalise(kind, normalised)
+        keys = self._keys
+        key = keys[max(keys) if generation is None else generation]
+        return self._tag(key, kind, normalise(kind, normalised))
+
+    def _tag(self, key: bytes, kind: str, value: str) -> int:
         message = kind.encode("ascii") + b"\0" + value.encode("utf-8")
-        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        digest = hmac.new(key, message, hashlib.sha256).digest()
         return int.from_bytes(digest[:4], "big") >> (32 - self.bits)
 
-    def tags(self, values: Mapping[str, str]) -> dict[str, int]:
-        """{kind: tag} of ``values`` ({kind: normalised}): the rows a record gets."""
-        return {_check_kind(kind): self.tag(kind, value) for kind, value in values.items()}
+    def tags(self, values: Mapping[str, str], generation: int | None = None) -> dict[str, int]:
+        """{kind: tag} of ``values`` ({kind: normalised}) under one generation's key
+        (default: the newest)."""
+        return {
+            _check_kind(kind): self.tag(kind, value, generation) for kind, value in values.items()
+        }
+
+    def _generation_tags(
+        self, keys: Mapping[int, bytes], values: Mapping[str, str]
+    ) -> GenerationTags:
+        normalised = {_check_kind(kind): normalise(kind, value) for kind, value in values.items()}
+        return {
+            generation: {kind: self._tag(key, kind, value) for kind, value in normalised.items()}
+            for generation, key in keys.items()
+        }
+
+    def write(self, values: Mapping[str, str], write: Callable[[GenerationTags], T]) -> T:
+        """``write(tags)`` with the tags of ``values`` ({kind: normalised}) under every
+        generation this index knows; when ``write`` finds the live generations changed
+        (IndexGenerationsChanged: another replica rotated, and nothing was written), the
+        keys are loaded again and ``write`` called again with new tags.
+
+        Raises:
+            Unavailable: the generations kept changing (retry), or the KMS could not
+                unwrap a new key.
+        """
+        for _ in range(INDEX_ATTEMPTS):
+            keys = self._keys
+            try:
+                return write(self._generation_tags(keys, values))
+            except IndexGenerationsChanged:
+                self._reloaded(keys)
+        raise Unavailable("the blind-index key kept changing; retry")
 
     def index(
         self,
@@ -252,8 +370,8 @@ class BlindIndex:
         values: Mapping[str, str],
         version: int | None = None,
     ) -> bool:
-        """Replace the record's rows with tags of ``values`` ({kind: normalised}), in
-        one transaction.
+        """Replace the record's rows with tags of ``values`` ({kind: normalised}) under
+        every live generation's key, in one transaction.
 
         Rows are written only while the record exists (at ``version``, when given) and
         its subject is writable (active or closed), under a share lock on both rows,
@@ -262,9 +380,13 @@ class BlindIndex:
         (and writes nothing) when the record is gone or its subject is being erased, or
         when the record has moved past ``version``: the write that made the newer
         version indexes its own values, so a late call cannot put back a replaced
-        value's tags.
+        value's tags. The live generations are checked in the same transaction
+        (:meth:`write`).
         """
-        return self._rows.index_record(subject_id, record_id, self.tags(values), version)
+        return self.write(
+            values,
+            lambda tags: self._rows.index_record(subject_id, record_id, tags, version),
+        )
 
     def remove_record(self, subject_id: str, record_id: str) -> int:
         """Delete the record's rows; returns how many there were."""
@@ -275,12 +397,34 @@ class BlindIndex:
         return self._rows.remove_index_rows(subject_id)
 
     def candidates(self, kind: str, normalised: str) -> list[tuple[str, str]]:
-        """(subject_id, record_id) of every record whose ``kind`` has the value's tag.
+        """(subject_id, record_id) of every record whose ``kind`` has the value's tag,
+        under any live generation (during a rotation a record may have rows of the
+        newest generation only, or of the older one only).
 
         True matches and coincidences alike: the caller decrypts each and keeps those
         for which :func:`matches` holds.
         """
-        return self._rows.index_candidates(kind, self.tag(kind, normalised))
+        kind = _check_kind(kind)
+        value = normalise(kind, normalised)
+        for _ in range(INDEX_ATTEMPTS):
+            keys = self._keys
+            tags = {generation: self._tag(key, kind, value) for generation, key in keys.items()}
+            try:
+                return self._rows.index_candidates(kind, tags)
+            except IndexGenerationsChanged:
+                self._reloaded(keys)
+        raise Unavailable("the blind-index key kept changing; retry")
+
+
+def _checked_keys(keys: Mapping[int, bytes]) -> dict[int, bytes]:
+    if not keys:
+        raise ValueError("the index needs at least one key")
+    for generation, key in keys.items():
+        if generation < 1:
+            raise ValueError("index key generations start at 1")
+        if len(key) < 16:
+            raise ValueError("the index key must be at least 16 bytes")
+    return {generation: bytes(key) for generation, key in keys.items()}
 
 
 # --- the index key -----------------------------------------------------------------------
@@ -307,6 +451,45 @@ class IndexKeyStore:
         self._keys = keys
         self._clock = clock
         self._random_bytes = random_bytes
+
+    def index_keys(self) -> dict[int, ServiceKey]:
+        """The live index key generations' rows, {generation: row} (empty before the
+        first key is made)."""
+        found: dict[int, ServiceKey] = {}
+        for key in self._keys.service_keys(INDEX_KEY_NAME):
+            generation = index_key_generation(key.name)
+            if generation is not None:
+                found[generation] = key
+        return found
+
+    def load_generations(
+        self, kms: KeyManager, known: Mapping[int, bytes] | None = None
+    ) -> dict[int, bytes]:
+        """Every live generation's key, {generation: key}: generation 1 created on
+        first use (:meth:`load_or_create`); the keys in ``known`` reused (a generation's
+        name is never reused), the others unwrapped (one KMS call each).
+
+        Raises:
+            Unavailable: the KMS or the database is unreachable, or generations kept
+                being retired while they were unwrapped (safe to retry).
+            KeyDestroyedError, KmsRefused, IntegrityFailure: as :meth:`load_or_create`.
+        """
+        known = known or {}
+        for _ in range(INDEX_ATTEMPTS):
+            stored = self.index_keys()
+            if not stored:
+                return {1: self.load_or_create(kms)}
+            try:
+                return {
+                    generation: known[generation] if generation in known else self._unwrap(kms, key)
+                    for generation, key in sorted(stored.items())
+                }
+            except KeyDestroyedError:
+                # A rotation retired a generation between the read and its unwrap (its
+                # row goes before its key): read the live ones again.
+                if set(self.index_keys()) == set(stored):
+                    raise
+        raise Unavailable("the blind-index key kept changing; retry")
 
     def load_or_create(self, kms: KeyManager, name: str = INDEX_KEY_NAME) -> bytes:
         """The plaintext DEK named ``name``, created (KMS key + data key) on first use.

@@ -259,15 +259,17 @@ class RecordRepository(Repository):
         record: StoredRecord,
         expected: StoredRecord,
         key_id: str,
-        index_tags: Mapping[str, int] | None = None,
+        index_tags: Mapping[int, Mapping[str, int]] | None = None,
     ) -> bool:
         """Compare-and-set: write ``record`` over the row ``expected`` (as the caller read
         it: same version, key scheme and bucket) if the subject is still writable under
         ``key_id``, the key ``record`` was sealed with. False when anything changed.
 
-        ``index_tags`` (for an indexed category) replace the record's blind-index rows in
-        the same transaction: the index holds the tags of the content stored, whatever
-        order concurrent writers commit in.
+        ``index_tags`` (for an indexed category: {generation: {kind: tag}}) replace the
+        record's blind-index rows in the same transaction: the index holds the tags of
+        the content stored, whatever order concurrent writers commit in. When they are
+        not for exactly the live index key generations, IndexGenerationsChanged is
+        raised and nothing is written (statements.replace_index_rows).
 
         The subject row is share-locked and its key checked first, in its own statement
         (PostgreSQL; SQLite's write lock serializes the whole transaction): a re-key holds

@@ -27,6 +27,7 @@ from vault.storage.tables import (
     LedgerPositionRow,
     RecordRow,
     RetentionBucketRow,
+    ServiceKeyRow,
     ShredReceiptRow,
     SubjectRow,
 )
@@ -39,6 +40,7 @@ SHRED_RECEIPTS = cast(Table, ShredReceiptRow.__table__)
 KEY_LEDGER = cast(Table, KeyLedgerRow.__table__)
 BLIND_INDEX = cast(Table, BlindIndexRow.__table__)
 LEDGER_POSITION = cast(Table, LedgerPositionRow.__table__)
+SERVICE_KEYS = cast(Table, ServiceKeyRow.__table__)
 
 
 def _subject_and_record() -> Any:
@@ -114,24 +116,94 @@ def holds_key(c: Connection, subject_id: str, key_id: str) -> bool:
     return row is not None and row.key_id == key_id and row.state in WRITABLE
 
 
+#: The index key of generation 1 is the service key of this name; generation N > 1 is
+#: "lookup-index.N" (vault.crypto.blind_index keeps the keys, these statements only
+#: read which generations are live).
+INDEX_KEY_NAME = "lookup-index"
+
+
+def index_key_name(generation: int) -> str:
+    """The ``service_keys`` name of the index key of ``generation`` (>= 1)."""
+    if generation < 1:
+        raise ValueError("index key generations start at 1")
+    return INDEX_KEY_NAME if generation == 1 else f"{INDEX_KEY_NAME}.{generation}"
+
+
+def index_key_generation(name: str) -> int | None:
+    """The generation a ``service_keys`` name holds, or None if it is not an index key."""
+    if name == INDEX_KEY_NAME:
+        return 1
+    prefix, dot, number = name.partition(".")
+    if prefix != INDEX_KEY_NAME or not dot or not number.isdigit() or number.startswith("0"):
+        return None
+    generation = int(number)
+    return generation if generation > 1 else None
+
+
+class IndexGenerationsChanged(Exception):
+    """The index key generations live in ``service_keys`` are not the ones a writer or a
+    lookup computed tags for (another replica rotated the index key): roll back, load
+    the keys again and retry."""
+
+    def __init__(self, live: frozenset[int]) -> None:
+        super().__init__(f"live index key generations: {sorted(live)}")
+        self.live = live
+
+
+def live_index_generations(c: Connection, *, lock: bool = False) -> frozenset[int]:
+    """The index key generations whose keys are in ``service_keys``, in the caller's
+    transaction; ``{1}`` while no index key exists yet (the first one is generation 1).
+
+    ``lock``: key-share-lock their rows (PostgreSQL ``FOR KEY SHARE``, the lock a
+    foreign key check takes), so that a rotation retiring one of them (a DELETE) waits
+    for this transaction, and this one waits for a retirement under way.
+    """
+    query = select(SERVICE_KEYS.c.name).where(
+        SERVICE_KEYS.c.name.startswith(INDEX_KEY_NAME, autoescape=True)
+    )
+    if lock:
+        query = query.with_for_update(read=True, key_share=True)
+    found = {index_key_generation(name) for name in c.execute(query).scalars()}
+    live = frozenset(g for g in found if g is not None)
+    return live or frozenset({1})
+
+
 def replace_index_rows(
-    c: Connection, subject_id: str, record_id: str, tags: Mapping[str, int]
+    c: Connection,
+    subject_id: str,
+    record_id: str,
+    tags: Mapping[int, Mapping[str, int]],
 ) -> None:
-    """Replace a record's blind-index rows with ``tags`` ({kind: tag}, computed by
-    vault.crypto.blind_index), inside the caller's transaction."""
+    """Replace a record's blind-index rows with ``tags`` ({generation: {kind: tag}},
+    computed by vault.crypto.blind_index), inside the caller's transaction.
+
+    ``tags`` must name exactly the generations live in ``service_keys``, read here
+    under a share lock: otherwise nothing is written and IndexGenerationsChanged is
+    raised (the caller's transaction rolls back, the writer loads the keys again). So
+    a writer that does not know a new generation cannot leave a record without its
+    tags, and one that still knows a retired generation cannot write its rows back.
+    """
+    live = live_index_generations(c, lock=True)
+    if live != frozenset(tags):
+        raise IndexGenerationsChanged(live)
     c.execute(
         delete(BLIND_INDEX).where(
             BLIND_INDEX.c.subject_id == subject_id, BLIND_INDEX.c.record_id == record_id
         )
     )
-    if tags:
-        c.execute(
-            insert(BLIND_INDEX),
-            [
-                {"subject_id": subject_id, "record_id": record_id, "kind": kind, "tag": tag}
-                for kind, tag in sorted(tags.items())
-            ],
-        )
+    rows = [
+        {
+            "subject_id": subject_id,
+            "record_id": record_id,
+            "kind": kind,
+            "generation": generation,
+            "tag": tag,
+        }
+        for generation, by_kind in sorted(tags.items())
+        for kind, tag in sorted(by_kind.items())
+    ]
+    if rows:
+        c.execute(insert(BLIND_INDEX), rows)
 
 
 #: A record to insert, its singleton (profile categories) and the subject's key id.

@@ -1,7 +1,9 @@
 """Find a subject by e-mail or phone through the blind index.
 
-The index narrows the search to a few candidate records (tags are short on purpose);
-each candidate is decrypted and kept only if it really holds the value. Candidates the
+The index narrows the search to a few candidate records (tags are short on purpose),
+under every live index key generation (two while the index key is rotated,
+vault.usecases.index_rotation); each candidate is decrypted and kept only if it really
+holds the value. Candidates the
 purpose, the caller or the subject's state may not read are skipped silently: a
 lookup never reveals more than a read with the same purpose would.
 """

@@ -23,7 +23,6 @@ from vault.crypto.blind_index import (
     DEFAULT_BITS,
     INDEXED_FIELDS,
     BlindIndex,
-    IndexKeyStore,
     indexed_values,
 )
 from vault.crypto.bucket_keys import add_months
@@ -158,10 +157,11 @@ class VaultService:
         # The KMS call runs outside the lock: with a hung KMS, writers must each meet
         # the KMS guard's deadline, not queue one after another behind this lock.
         # Concurrent first loads are safe (load_or_create settles races between replicas).
-        key = IndexKeyStore(self.storage, clock=self.clock).load_or_create(self.crypto.kms)
+        # It reloads its keys itself when another replica rotates the index key.
+        index = BlindIndex.load(self.storage, self.crypto.kms, self._lookup_bits, clock=self.clock)
         with self._lookup_lock:
             if self._lookup is None:
-                self._lookup = BlindIndex(self.storage, key, self._lookup_bits)
+                self._lookup = index
             return self._lookup
 
     def new_id(self) -> str:
@@ -431,13 +431,16 @@ class VaultService:
             bucket_id=bucket_id,
             retain_until=retain_until,
         )
-        # The index rows change in the record's own transaction.
-        tags = (
-            self.lookup_index().tags(indexed_values(current.category, fields))
-            if current.category in INDEXED_FIELDS
-            else None
-        )
-        if not self.storage.update_record(updated, current, info.key_id, tags):
+        # The index rows change in the record's own transaction, under every live
+        # index key generation (written again if another replica rotated meanwhile).
+        if current.category in INDEXED_FIELDS:
+            written = self.lookup_index().write(
+                indexed_values(current.category, fields),
+                lambda tags: self.storage.update_record(updated, current, info.key_id, tags),
+            )
+        else:
+            written = self.storage.update_record(updated, current, info.key_id)
+        if not written:
             return None
         return record_view(updated, fields)
 
