@@ -51,7 +51,7 @@ class RecordChange:
     #: UpdateRecord: blind-index tags of the new content; None for a category not indexed.
     index_tags: Mapping[str, int] | None = None
     #: Run on the subject and the record as each try reads them (the caller's checks:
-    #: category, consent); raises to refuse, before anything is written or made.
+    #: category, consent); raises to refuse: nothing written, a new key made is discarded.
     check: Callable[[SubjectKeyInfo, StoredRecord], None] | None = None
 
 
