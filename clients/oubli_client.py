@@ -548,19 +548,32 @@ class OubliClient:
         fields: Mapping[str, str],
         expected_version: int,
         origin: str = "",
+        *,
+        erase_everywhere: bool = False,
     ) -> Record:
+        """Rectify a record. ``erase_everywhere`` (always on for the catalog's
+        ``erase_on_change`` categories) also erases the replaced value from every
+        database copy, at the cost of a new subject key (see the proto)."""
         request = pb.UpdateRecordRequest(
             subject_id=subject_id,
             record_id=record_id,
             fields=dict(fields),
             expected_version=expected_version,
             origin=origin,
+            erase_everywhere=erase_everywhere,
         )
         return _record(self._call(self._records.UpdateRecord, request, idempotent=False).record)
 
-    def delete_record(self, subject_id: str, record_id: str) -> None:
-        request = pb.DeleteRecordRequest(subject_id=subject_id, record_id=record_id)
-        self._call(self._records.DeleteRecord, request, idempotent=False)
+    def delete_record(
+        self, subject_id: str, record_id: str, *, erase_everywhere: bool = False
+    ) -> bool:
+        """Delete a record; True when the value is erased from every database copy
+        (``erase_everywhere``, or an ``erase_on_change`` category)."""
+        request = pb.DeleteRecordRequest(
+            subject_id=subject_id, record_id=record_id, erase_everywhere=erase_everywhere
+        )
+        response = self._call(self._records.DeleteRecord, request, idempotent=False)
+        return response.erased_everywhere
 
     def record_event(self, subject_id: str, record_id: str, event: str) -> Record:
         """Start the record's retention clock (``"resolved"`` for a support ticket).

@@ -100,6 +100,11 @@ class Category:
     retention: RetentionRule = field(default_factory=RetentionRule)
     #: For legal-hold categories: purposes still allowed after an erasure request.
     purposes_after_erasure: frozenset[str] = frozenset()
+    #: DeleteRecord and UpdateRecord of this category erase the old value everywhere,
+    #: database backups included: the subject moves to a new key and the old one is
+    #: destroyed (vault.usecases.rekey). Costs a new KMS key and re-encrypting all the
+    #: subject's records on every such call.
+    erase_on_change: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +284,7 @@ def _category(name: str, spec: Any, where: str, purposes: Mapping[str, Purpose])
             "recipients",
             "retention",
             "purposes_after_erasure",
+            "erase_on_change",
         },
         where,
     )
@@ -316,6 +322,9 @@ def _category(name: str, spec: Any, where: str, purposes: Mapping[str, Purpose])
     recipients = spec.get("recipients", [])
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
         raise CatalogError(f"{where}.recipients: must be a list of names")
+    erase_on_change = spec.get("erase_on_change", False)
+    if not isinstance(erase_on_change, bool):
+        raise CatalogError(f"{where}.erase_on_change: must be true or false")
     return Category(
         name=name,
         description=str(spec.get("description", "")),
@@ -327,6 +336,7 @@ def _category(name: str, spec: Any, where: str, purposes: Mapping[str, Purpose])
         recipients=tuple(recipients),
         retention=retention,
         purposes_after_erasure=after_erasure,
+        erase_on_change=erase_on_change,
     )
 
 

@@ -1091,12 +1091,26 @@ class UpdateRecordRequest(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    ERASE_EVERYWHERE_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     record_id: _builtins.str
     expected_version: _builtins.int
     """The version the caller read; must be the current one."""
     origin: _builtins.str
     """Who supplied the correction; empty keeps the record's origin."""
+    erase_everywhere: _builtins.bool
+    """Erase the replaced value from every database copy, backups included: in the same
+    transaction as the rewrite, the subject moves to a new KMS key with all its other
+    records re-encrypted, then the old key is recorded in the erasure ledger and
+    destroyed. Costs three KMS calls (create the new key and its data key, destroy the
+    old key; one unwrap more when the old key is not cached), decrypting and
+    re-encrypting every record of the subject, and one write transaction over all of
+    them; a concurrent write to the subject makes it read and re-encrypt again. Always
+    on for categories the catalog marks erase_on_change (shipped: identity, payment,
+    payment_method, credentials);
+    false keeps the old ciphertext readable in older database copies until the
+    subject's key is destroyed.
+    """
     @_builtins.property
     def fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The new, complete set of fields."""
@@ -1109,10 +1123,11 @@ class UpdateRecordRequest(_message.Message):
         fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expected_version: _builtins.int = ...,
         origin: _builtins.str = ...,
+        erase_everywhere: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "fields", b"fields", "origin", b"origin", "record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase_everywhere", b"erase_everywhere", "expected_version", b"expected_version", "fields", b"fields", "origin", b"origin", "record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1123,16 +1138,22 @@ class UpdateRecordResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORD_FIELD_NUMBER: _builtins.int
+    ERASED_EVERYWHERE_FIELD_NUMBER: _builtins.int
+    erased_everywhere: _builtins.bool
+    """True when the replaced value is erased from every database copy: the subject's old
+    key is destroyed (erase_everywhere, or an erase_on_change category).
+    """
     @_builtins.property
     def record(self) -> Global___Record: ...
     def __init__(
         self,
         *,
         record: Global___Record | None = ...,
+        erased_everywhere: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_everywhere", b"erased_everywhere", "record", b"record"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1144,17 +1165,32 @@ class DeleteRecordRequest(_message.Message):
 
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     RECORD_ID_FIELD_NUMBER: _builtins.int
+    ERASE_EVERYWHERE_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     record_id: _builtins.str
+    erase_everywhere: _builtins.bool
+    """Erase the deleted value from every database copy, backups included: in the same
+    transaction as the delete, the subject moves to a new KMS key with all its other
+    records re-encrypted, then the old key is recorded in the erasure ledger and
+    destroyed. Costs three KMS calls (create the new key and its data key, destroy the
+    old key; one unwrap more when the old key is not cached), decrypting and
+    re-encrypting every record of the subject, and one write transaction over all of
+    them; a concurrent write to the subject makes it read and re-encrypt again. Always
+    on for categories the catalog marks erase_on_change (shipped: identity, payment,
+    payment_method, credentials);
+    false deletes the row only: older database copies still yield the record until the
+    subject's key is destroyed.
+    """
     def __init__(
         self,
         *,
         subject_id: _builtins.str = ...,
         record_id: _builtins.str = ...,
+        erase_everywhere: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase_everywhere", b"erase_everywhere", "record_id", b"record_id", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1164,12 +1200,19 @@ Global___DeleteRecordRequest: _TypeAlias = DeleteRecordRequest  # noqa: Y015
 class DeleteRecordResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ERASED_EVERYWHERE_FIELD_NUMBER: _builtins.int
+    erased_everywhere: _builtins.bool
+    """True when the deleted value is erased from every database copy: the subject's old
+    key is destroyed (erase_everywhere, or an erase_on_change category).
+    """
     def __init__(
         self,
+        *,
+        erased_everywhere: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_everywhere", b"erased_everywhere"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -492,14 +492,19 @@ class RecordServiceServicer:
 
     def UpdateRecord(self, request, context):
         """Replaces a record's fields (rectification). Fails with ABORTED when
-        expected_version is not the record's current version.
+        expected_version is not the record's current version. For categories the catalog
+        marks erase_on_change, or with erase_everywhere, the replaced value is also erased
+        from every database copy (see UpdateRecordRequest.erase_everywhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRecord(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a record. For categories the catalog marks erase_on_change, or with
+        erase_everywhere, the deleted value is also erased from every database copy (see
+        DeleteRecordRequest.erase_everywhere).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

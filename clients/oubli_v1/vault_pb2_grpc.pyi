@@ -188,9 +188,15 @@ class RecordServiceStub:
     """Lists a subject's records (decrypted), optionally of one category."""
     UpdateRecord: _grpc.UnaryUnaryMultiCallable[_vault_pb2.UpdateRecordRequest, _vault_pb2.UpdateRecordResponse]
     """Replaces a record's fields (rectification). Fails with ABORTED when
-    expected_version is not the record's current version.
+    expected_version is not the record's current version. For categories the catalog
+    marks erase_on_change, or with erase_everywhere, the replaced value is also erased
+    from every database copy (see UpdateRecordRequest.erase_everywhere).
     """
     DeleteRecord: _grpc.UnaryUnaryMultiCallable[_vault_pb2.DeleteRecordRequest, _vault_pb2.DeleteRecordResponse]
+    """Deletes a record. For categories the catalog marks erase_on_change, or with
+    erase_everywhere, the deleted value is also erased from every database copy (see
+    DeleteRecordRequest.erase_everywhere).
+    """
     RecordEvent: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]
     """Records an event that starts the record's retention clock (e.g. "resolved" for
     a support ticket: kept 2 years after resolution). Answers the record's metadata
@@ -219,9 +225,15 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """Lists a subject's records (decrypted), optionally of one category."""
     UpdateRecord: _aio.UnaryUnaryMultiCallable[_vault_pb2.UpdateRecordRequest, _vault_pb2.UpdateRecordResponse]  # type: ignore[assignment]
     """Replaces a record's fields (rectification). Fails with ABORTED when
-    expected_version is not the record's current version.
+    expected_version is not the record's current version. For categories the catalog
+    marks erase_on_change, or with erase_everywhere, the replaced value is also erased
+    from every database copy (see UpdateRecordRequest.erase_everywhere).
     """
     DeleteRecord: _aio.UnaryUnaryMultiCallable[_vault_pb2.DeleteRecordRequest, _vault_pb2.DeleteRecordResponse]  # type: ignore[assignment]
+    """Deletes a record. For categories the catalog marks erase_on_change, or with
+    erase_everywhere, the deleted value is also erased from every database copy (see
+    DeleteRecordRequest.erase_everywhere).
+    """
     RecordEvent: _aio.UnaryUnaryMultiCallable[_vault_pb2.RecordEventRequest, _vault_pb2.RecordEventResponse]  # type: ignore[assignment]
     """Records an event that starts the record's retention clock (e.g. "resolved" for
     a support ticket: kept 2 years after resolution). Answers the record's metadata
@@ -271,7 +283,9 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.UpdateRecordResponse, _abc.Awaitable[_vault_pb2.UpdateRecordResponse]]:
         """Replaces a record's fields (rectification). Fails with ABORTED when
-        expected_version is not the record's current version.
+        expected_version is not the record's current version. For categories the catalog
+        marks erase_on_change, or with erase_everywhere, the replaced value is also erased
+        from every database copy (see UpdateRecordRequest.erase_everywhere).
         """
 
     @_abc_1.abstractmethod
@@ -279,7 +293,11 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _vault_pb2.DeleteRecordRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_vault_pb2.DeleteRecordResponse, _abc.Awaitable[_vault_pb2.DeleteRecordResponse]]: ...
+    ) -> _typing.Union[_vault_pb2.DeleteRecordResponse, _abc.Awaitable[_vault_pb2.DeleteRecordResponse]]:
+        """Deletes a record. For categories the catalog marks erase_on_change, or with
+        erase_everywhere, the deleted value is also erased from every database copy (see
+        DeleteRecordRequest.erase_everywhere).
+        """
 
     @_abc_1.abstractmethod
     def RecordEvent(

@@ -11,7 +11,8 @@ once it says SERVING, and before any call repeats anything:
   from OpenBao, none of its records reads (its invoice only for the accounting
   purposes of its legal hold), and a retried shred returns the receipt of that key;
 - a withdrawn consent's records are gone, the subject's other records read, the key
-  it left is gone;
+  it left is gone; the same for a card deleted with record-level erasure (the re-key's
+  path, with one record dropped);
 - a bucket due for destruction is destroyed, its records gone, its key gone;
 - every other subject is untouched: its records read back, its key is there.
 
@@ -46,7 +47,7 @@ from vault.vocabulary import BucketState
 
 #: (fault point, the call that reaches it). Every point, each through the RPCs whose
 #: path has it: unary and batch shred, the retention job (erasures and buckets),
-#: consent withdrawal (re-key).
+#: consent withdrawal (re-key), DeleteRecord of a card (record-level erasure: the re-key).
 CASES = [
     ("erasure.marked", "shred"),
     ("erasure.ledger_appended", "shred"),
@@ -57,6 +58,7 @@ CASES = [
     ("rekey.committed", "withdraw"),
     ("rekey.ledger_appended", "withdraw"),
     ("rekey.key_destroyed", "withdraw"),
+    ("rekey.committed", "delete_card"),
     ("retention.bucket_marked", "retention"),
     ("retention.bucket_key_destroyed", "retention"),
     ("kek_rotation.rotated", "rotate"),
@@ -139,8 +141,11 @@ class World:
     contacts: dict[str, str] = field(default_factory=dict)
     #: Subjects that must come out untouched, with their keys.
     untouched: dict[str, str] = field(default_factory=dict)
-    #: The consent withdrawal: subject, its card records, its key before the re-key.
+    #: The consent withdrawal (or the card's deletion): subject, its card records, its
+    #: key before the re-key.
     rekeyed: str = ""
+    #: The re-key is a DeleteRecord of the first card (record-level erasure).
+    deleted: bool = False
     cards: list[str] = field(default_factory=list)
     retired_key: str = ""
     #: The due expiry bucket: id, key, the record in it and its subject.
@@ -172,13 +177,14 @@ def _prepare(call: str, client: OubliClient, found: Deployment) -> World:
         for n in range(3):
             target = _subject(client, world, invoice=n == 0)
             world.erased[target] = found.key_of(target)
-    elif call == "withdraw":
+    elif call in ("withdraw", "delete_card"):
         world.rekeyed = _subject(client, world)
         client.grant_consent(world.rekeyed, "card_storage")
         world.cards = [
             client.create_record(world.rekeyed, "payment", CARD).record_id for _ in range(2)
         ]
         world.retired_key = found.key_of(world.rekeyed)
+        world.deleted = call == "delete_card"
     elif call == "retention":
         _past_work(found, world)
     elif call == "rotate_index":
@@ -238,6 +244,8 @@ def _crash(call: str, world: World, client: OubliClient) -> None:
             # Pass 1 rotates (trims nothing yet); pass 2 trims what pass 1 rotated.
             for _ in range(2):
                 client.rotate_keys("subjects", force=True)
+        elif call == "delete_card":
+            client.delete_record(world.rekeyed, world.cards[0])
         else:
             list(client.run_retention(timeout=WAIT_SECONDS))
 
@@ -273,14 +281,18 @@ def _check_recovered(point: str, world: World, client: OubliClient, found: Deplo
             assert invoice.fields["invoice_number"] == "F-1"
     if world.rekeyed:
         subject = client.get_subject(world.rekeyed)
-        assert subject.state == "active" and "card_storage" not in subject.consents
+        deleted = world.cards[:1] if world.deleted else world.cards
+        assert subject.state == "active"
+        assert ("card_storage" in subject.consents) == world.deleted
         assert not found.key_exists(world.retired_key)
         assert found.key_exists(found.key_of(world.rekeyed))
         read = client.get_record(world.rekeyed, world.contacts[world.rekeyed], "service")
         assert read.fields == CONTACT
-        for card in world.cards:
+        for card in deleted:
             with pytest.raises(NotFound):
                 client.get_record(world.rekeyed, card, "billing")
+        for card in world.cards[len(deleted) :]:  # the other card, under the new key
+            assert client.get_record(world.rekeyed, card, "billing").fields == CARD
     if world.bucket:
         bucket = found.storage.bucket(world.bucket)
         assert bucket is not None

@@ -47,6 +47,25 @@ def test_default_catalog_shapes() -> None:
     assert "card_number" in catalog.category("payment").fields
 
 
+def test_erase_on_change_categories_of_the_default_catalog() -> None:
+    """Identity documents, cards, payment methods and credentials: a changed or deleted
+    value must not survive in database copies (docs/keys.md, record-level erasure)."""
+    catalog = Catalog.load()
+    erased = {name for name, spec in catalog.categories.items() if spec.erase_on_change}
+    assert erased == {"identity", "payment", "payment_method", "credentials"}
+
+
+def test_erase_on_change_defaults_to_false(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[categories.a]\nfields = ["x"]\n'
+        '[categories.b]\nfields = ["x"]\nerase_on_change = true\n'
+        '[categories.c]\nfields = ["x"]\nerase_on_change = false\n',
+    )
+    catalog = Catalog.load(path)
+    assert [catalog.category(n).erase_on_change for n in "abc"] == [False, True, False]
+
+
 def test_catalog_from_a_file(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -118,6 +137,11 @@ fields = ["what"]
             '[categories.identity]\nfields = ["_hidden"]\n',
             "categories.identity.fields",
             id="field-starts-with-underscore",
+        ),
+        pytest.param(
+            '[categories.identity]\nfields = ["name"]\nerase_on_change = "yes"\n',
+            "categories.identity.erase_on_change",
+            id="erase-on-change-not-a-bool",
         ),
     ],
 )

@@ -86,14 +86,22 @@ class RecordServicer(pb_grpc.RecordServiceServicer):
             dict(request.fields),
             request.expected_version,
             request.origin,
+            erase_everywhere=request.erase_everywhere,
         )
-        return pb.UpdateRecordResponse(record=record_message(view))
+        return pb.UpdateRecordResponse(
+            record=record_message(view),
+            erased_everywhere=self._vault.erases_everywhere(
+                view.category, request.erase_everywhere
+            ),
+        )
 
     def DeleteRecord(
         self, request: pb.DeleteRecordRequest, context: grpc.ServicerContext
     ) -> pb.DeleteRecordResponse:
-        self._vault.delete_record(request.subject_id, request.record_id)
-        return pb.DeleteRecordResponse()
+        erased = self._vault.delete_record(
+            request.subject_id, request.record_id, erase_everywhere=request.erase_everywhere
+        )
+        return pb.DeleteRecordResponse(erased_everywhere=erased)
 
     def RecordEvent(
         self, request: pb.RecordEventRequest, context: grpc.ServicerContext

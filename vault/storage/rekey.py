@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
@@ -11,16 +12,37 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.orm import Session
 
 from vault.storage.base import Repository
 from vault.storage.engine import sqlite_writer
 from vault.storage.rows import StoredRecord, subject_info
-from vault.storage.statements import Changed, add_to_key_ledger, live_bucket_or_none, unchanged
+from vault.storage.statements import (
+    RECORDS,
+    Changed,
+    add_to_key_ledger,
+    live_bucket_or_none,
+    replace_index_rows,
+    unchanged,
+)
 from vault.storage.tables import (
     RecordRow,
     SubjectRow,
 )
 from vault.vocabulary import WRITABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """A record a re-key rewrites (record-level erasure of an UpdateRecord): its new
+    content sealed under the new key at the next version, the row as the caller read
+    it, and the blind-index tags of the new content (None: the category is not
+    indexed)."""
+
+    record: StoredRecord
+    expected: StoredRecord
+    #: {generation: {kind: tag}} under every live index key generation.
+    index_tags: Mapping[int, Mapping[str, int]] | None = None
 
 
 class RekeyRepository(Repository):
@@ -38,11 +60,14 @@ class RekeyRepository(Repository):
         now: datetime,
         *,
         withdrawn_consent: str | None = None,
+        rewritten: Sequence[Rewrite] = (),
     ) -> bool:
         """Switch a subject to a new key with its records re-encrypted, in one
         transaction; the old key goes into the ledger (to be destroyed next).
         ``withdrawn_consent`` is taken off the subject's consents as they stand in this
         transaction (not as the caller read them: a consent granted meanwhile stays).
+        ``rewritten`` records get new content (version, origin, time and all), their
+        blind-index rows replaced by the rewrite's tags in the same transaction.
 
         ``reencrypted`` carry the version, key scheme and bucket they were read with:
         if any record was written, moved or added since (or the subject's key or state
@@ -72,7 +97,10 @@ class RekeyRepository(Repository):
                         ).where(RecordRow.subject_id == subject_id, live_bucket_or_none())
                     )
                 }
-                read = {r.record_id: (r.version, r.key_scheme, r.bucket_id) for r in reencrypted}
+                read = {
+                    r.record_id: (r.version, r.key_scheme, r.bucket_id)
+                    for r in [*reencrypted, *(w.expected for w in rewritten)]
+                }
                 if set(current) != set(read) | set(deleted_record_ids) or any(
                     current[record_id] != seen for record_id, seen in read.items()
                 ):
@@ -96,6 +124,8 @@ class RekeyRepository(Repository):
                     )
                     if getattr(result, "rowcount", 0) != 1:  # a delete takes no subject lock
                         raise Changed
+                for rewrite in rewritten:
+                    self._rewrite(s, rewrite)
                 row.key_id = new_key_id
                 row.wrapped_dek = wrapped_dek
                 row.key_version = key_version
@@ -111,3 +141,32 @@ class RekeyRepository(Repository):
                 return True
         except Changed:
             return False
+
+    @staticmethod
+    def _rewrite(s: Session, rewrite: Rewrite) -> None:
+        """Write ``rewrite`` over its row as read (else Changed: roll back), and replace
+        the record's index rows as UpdateRecord does (Storage.update_record)."""
+        record = rewrite.record
+        result = s.execute(
+            update(RECORDS)
+            .where(
+                RECORDS.c.subject_id == record.subject_id,
+                RECORDS.c.record_id == record.record_id,
+                *unchanged(rewrite.expected),
+            )
+            .values(
+                version=record.version,
+                ciphertext=record.ciphertext,
+                origin=record.origin,
+                updated_at=record.updated_at,
+                key_scheme=record.key_scheme,
+                bucket_id=record.bucket_id,
+                retain_until=record.retain_until,
+            )
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            raise Changed
+        if rewrite.index_tags is not None:
+            replace_index_rows(
+                s.connection(), record.subject_id, record.record_id, rewrite.index_tags
+            )

@@ -23,6 +23,7 @@ from vault.crypto.blind_index import (
     DEFAULT_BITS,
     INDEXED_FIELDS,
     BlindIndex,
+    GenerationTags,
     indexed_values,
 )
 from vault.crypto.bucket_keys import add_months
@@ -48,6 +49,7 @@ from vault.usecases.purpose_check import (
     readable_categories,
     refuse_if_restricted,
 )
+from vault.usecases.rekey import RecordChange, Rekeying
 from vault.usecases.writable import decrypt_current, rekeyed_since, writable
 from vault.vocabulary import BucketKind, KeyScheme, SubjectState
 
@@ -148,6 +150,8 @@ class VaultService:
         self._lookup_bits = lookup_bits
         self._lookup: BlindIndex | None = None
         self._lookup_lock = threading.Lock()
+        #: Record-level erasure: DeleteRecord and UpdateRecord that erase everywhere.
+        self.rekeying = Rekeying(storage, crypto, ledger=ledger, clock=clock)
 
     def lookup_index(self) -> BlindIndex:
         """The blind index (e-mail, phone), its key unwrapped once and kept in memory."""
@@ -373,6 +377,12 @@ class VaultService:
             raise RecordNotFound("record not found", record_id=record_id)
         return info, stored
 
+    def erases_everywhere(self, category: str, erase_everywhere: bool = False) -> bool:
+        """Whether DeleteRecord or UpdateRecord of ``category`` erases the old value from
+        every database copy: asked for (``erase_everywhere``), or always for the
+        catalog's ``erase_on_change`` categories."""
+        return erase_everywhere or self.catalog.category(category).erase_on_change
+
     def update_record(
         self,
         subject_id: str,
@@ -380,7 +390,13 @@ class VaultService:
         fields: Mapping[str, str],
         expected_version: int,
         origin: str = "",
+        *,
+        erase_everywhere: bool = False,
     ) -> RecordView:
+        """Rectify a record. With ``erase_everywhere`` (always for ``erase_on_change``
+        categories) the replaced value is erased from every database copy: the rewrite
+        commits with the subject's move to a new key, the old key is then destroyed
+        (:meth:`Rekeying.erase_record`)."""
         if expected_version < 1:
             raise InvalidArgument("expected_version", "expected_version must be >= 1")
         # A failed compare-and-set reads again: a concurrent update shows as a version
@@ -392,14 +408,69 @@ class VaultService:
             checked = check_fields(fields, spec.fields)
             new_origin = check_origin(origin) if origin else current.origin
             authorize_write(spec, info)
-            if current.version != expected_version:
-                raise VersionConflict(
-                    "record was changed since it was read", current_version=str(current.version)
-                )
+            erasing = self.erases_everywhere(spec.name, erase_everywhere)
+            try:
+                if current.version != expected_version:
+                    raise VersionConflict(
+                        "record was changed since it was read",
+                        current_version=str(current.version),
+                    )
+                if erasing:
+                    return self._rectify_everywhere(
+                        spec,
+                        current,
+                        checked,
+                        expected_version,
+                        check_origin(origin) if origin else "",
+                    )
+            except VersionConflict:
+                if erasing:
+                    # Perhaps the retry of an erasing update that committed and then
+                    # failed to destroy the old key (KMS outage, crash): destroy it now.
+                    self.rekeying.destroy_retired_keys(current.subject_id)
+                raise
             view = self._rewrite(info, current, checked, new_origin)
             if view is not None:
                 return view
         raise Unavailable("the subject's key kept changing; retry")
+
+    def _rectify_everywhere(
+        self,
+        spec: Category,
+        current: StoredRecord,
+        fields: Mapping[str, str],
+        expected_version: int,
+        origin: str,
+    ) -> RecordView:
+        """UpdateRecord through the re-key: the new content written at
+        ``expected_version`` + 1 in the transaction that moves the subject to a new key
+        (the blind-index rows replaced there too), then the old key destroyed. An empty
+        ``origin`` keeps the record's."""
+
+        def erase(tags: GenerationTags | None) -> StoredRecord | None:
+            return self.rekeying.erase_record(
+                current.subject_id,
+                RecordChange(
+                    current.record_id,
+                    fields,
+                    expected_version,
+                    origin,
+                    tags,
+                    # The consent as each try reads the subject (a withdrawal may commit
+                    # first).
+                    check=lambda info, _: authorize_write(spec, info),
+                ),
+            )
+
+        # The index rows are replaced in the re-key's transaction, under every live index
+        # key generation (the whole erasure tried again if another replica rotated).
+        stored = (
+            self.lookup_index().write(indexed_values(spec.name, fields), erase)
+            if spec.name in INDEXED_FIELDS
+            else erase(None)
+        )
+        assert stored is not None
+        return record_view(stored, fields)
 
     def _rewrite(
         self,
@@ -444,13 +515,31 @@ class VaultService:
             return None
         return record_view(updated, fields)
 
-    def delete_record(self, subject_id: str, record_id: str) -> None:
+    def delete_record(
+        self, subject_id: str, record_id: str, *, erase_everywhere: bool = False
+    ) -> bool:
+        """Delete a record. With ``erase_everywhere`` (always for ``erase_on_change``
+        categories) the value is erased from every database copy: the delete commits
+        with the subject's move to a new key, the old key is then destroyed. Returns
+        whether it was (the old key is destroyed)."""
         self.writable_subject(subject_id)
-        category = self._stored(subject_id, record_id).category
-        caller_scope.check(category=self.catalog.category(category))
-        caller_scope.note(category)
-        if not self.storage.delete_record(subject_id, check_id("record_id", record_id)):
-            raise RecordNotFound("record not found", record_id=record_id)
+        try:
+            category = self._stored(subject_id, record_id).category
+            spec = self.catalog.category(category)
+            caller_scope.check(category=spec)
+            caller_scope.note(category)
+            if self.erases_everywhere(category, erase_everywhere):
+                self.rekeying.erase_record(subject_id, RecordChange(record_id))
+                return True
+            if not self.storage.delete_record(subject_id, record_id):
+                raise RecordNotFound("record not found", record_id=record_id)
+            return False
+        except RecordNotFound:
+            # Perhaps the retry of an erasing delete that committed and then failed to
+            # destroy the old key (KMS outage, crash): destroy it now. Only subjects
+            # that were re-keyed have keys to destroy again.
+            self.rekeying.destroy_retired_keys(subject_id)
+            raise
 
     def record_event(self, subject_id: str, record_id: str, event: str) -> RecordView:
         """Record an event that starts a record's retention clock (a ticket resolved).
