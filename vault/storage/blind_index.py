@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from vault.storage.base import Repository
 from vault.storage.engine import sqlite_writer
@@ -208,6 +208,36 @@ class BlindIndexRepository(Repository):
                 return True
         except Changed:
             return False
+
+    def drop_index_generations(self, lost: Mapping[int, str]) -> int:
+        """Forget the index key generations ``lost`` ({generation: KMS key id}) whose KMS
+        keys no longer exist (a database copy restored from before their retirement),
+        in one transaction: their ``service_keys`` rows go, and their rows are kept
+        under the negative of their generation — never live, so no lookup reads them,
+        while they still mark their records as indexed once (the backlog of the new
+        generation: :meth:`index_backlog`); re-indexing a record replaces them. Returns
+        how many generations were dropped (0 when another replica dropped them first)."""
+        names = {index_key_name(generation): key_id for generation, key_id in lost.items()}
+        with sqlite_writer(self.engine), self._session() as s:
+            c = s.connection()
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            gone = s.execute(
+                delete(ServiceKeyRow).where(
+                    or_(
+                        *(
+                            and_(ServiceKeyRow.name == name, ServiceKeyRow.key_id == key_id)
+                            for name, key_id in sorted(names.items())
+                        )
+                    )
+                )
+            )
+            s.execute(
+                update(BLIND_INDEX)
+                .where(BLIND_INDEX.c.generation.in_(list(lost)))
+                .values(generation=-BLIND_INDEX.c.generation)
+            )
+            return int(getattr(gone, "rowcount", 0) or 0)
 
 
 def _backlog(generation: int, categories: Collection[str]) -> Sequence[Any]:

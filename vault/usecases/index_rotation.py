@@ -34,13 +34,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from kms.base import KmsError
 from vault.crypto.blind_index import INDEXED_FIELDS, BlindIndex, IndexKeyStore, indexed_values
 from vault.crypto.key_destruction import destroy_key
-from vault.errors import IntegrityFailure, InvalidArgument, KeyDestroyedError
+from vault.errors import IntegrityFailure, InvalidArgument, KeyDestroyedError, kms_error
 from vault.fault_points import fault_point
 from vault.storage import StoredRecord
 from vault.storage.blind_index import index_key_name
 from vault.storage.erasure_ledger import NewLedgerEntry
+from vault.storage.service_keys import ServiceKey
 from vault.usecases.erasure_ledger import RETIRED
 from vault.usecases.key_rotation import RotationKind, RotationReport
 from vault.usecases.service import VaultService
@@ -100,8 +102,20 @@ class IndexKeyRotation:
         live = self._keys.index_keys()
         if not live:  # nothing was ever indexed: the first key is made on first use
             return RotationReport(RotationKind.INDEX, dry_run)
+        lost = {} if dry_run else self._lost(live)
+        if lost:
+            # A database copy restored from before a retirement: its generations' keys
+            # are destroyed, its tags match nothing. Forget them and index everything
+            # again under a new generation above them (a name never used before).
+            self.storage.drop_index_generations(
+                {generation: live[generation].key_id for generation in lost}
+            )
+            live = {g: key for g, key in live.items() if g not in lost}
+            if not live:
+                self._keys.load_or_create(self.crypto.kms, index_key_name(max(lost) + 1))
+                live = self._keys.index_keys()
         newest = max(live)
-        under_way = len(live) > 1
+        under_way = len(live) > 1 or bool(lost)
         age = self.clock() - (live[newest].rotated_at or live[newest].created_at)
         if not (force or under_way or age >= cryptoperiod):
             return RotationReport(RotationKind.INDEX, dry_run)
@@ -127,6 +141,7 @@ class IndexKeyRotation:
                 failed = 1
             else:
                 rotated, remaining = self._retire(index, target)
+                rotated = max(rotated, int(bool(lost) and not remaining))
         return RotationReport(
             RotationKind.INDEX,
             False,
@@ -139,6 +154,17 @@ class IndexKeyRotation:
         )
 
     # --- steps ----------------------------------------------------------------------
+
+    def _lost(self, live: dict[int, ServiceKey]) -> set[int]:
+        """The live generations whose KMS key no longer exists (one check each)."""
+        try:
+            return {
+                generation
+                for generation, key in live.items()
+                if not self.crypto.kms.key_exists(key.key_id)
+            }
+        except KmsError as e:
+            raise kms_error(e) from e
 
     def _backfill(
         self, index: BlindIndex, target: int, batch_size: int, limit: int | None
