@@ -9,12 +9,14 @@ its new one (the re-key's own crash guarantees, docs/keys.md#re-keying).
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from vault.errors import OubliError, SubjectNotFound, SubjectShredded
 from vault.storage import Storage
-from vault.usecases.kek_rotation import Pacer
+from vault.usecases.kek_rotation import PARALLEL_KEYS, Pacer
 from vault.usecases.key_rotation import RotationKind, RotationReport
 from vault.usecases.rekey import Rekeying
 
@@ -53,15 +55,30 @@ class DekRotation:
         rotated = failed = 0
         pacer = self._pacer(rate)
         due_ids = self.storage.deks_due(created_before, limit)
-        for subject_id in due_ids:
-            pacer.step()
+
+        def one(subject_id: str) -> int | None:
+            """1 re-keyed, 0 erased meanwhile (nothing left to rotate), None failed."""
             try:
                 self.rekeying.rekey(subject_id)
-                rotated += 1
             except (SubjectShredded, SubjectNotFound):
-                continue  # erased meanwhile: nothing left to rotate
+                return 0
             except OubliError:
-                failed += 1
+                return None
+            return 1
+
+        # Subjects are independent (each re-key locks its own row): PARALLEL_KEYS at a
+        # time, each thread in a copy of this context (the call's KMS budget).
+        with ThreadPoolExecutor(PARALLEL_KEYS, thread_name_prefix="oubli-rekey") as pool:
+            futures = []
+            for subject_id in due_ids:
+                pacer.step()
+                futures.append(pool.submit(contextvars.copy_context().run, one, subject_id))
+            for future in futures:
+                outcome = future.result()
+                if outcome is None:
+                    failed += 1
+                else:
+                    rotated += outcome
         return RotationReport(
             RotationKind.DEKS,
             False,
