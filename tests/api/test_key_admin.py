@@ -60,8 +60,14 @@ def test_a_subject_key_rotation_retires_every_old_version(stack: Stack) -> None:
 
 def test_bucket_keys_rotate_too(stack: Stack) -> None:
     made = populate(stack.client, 2)
+    log = stack.storage.record(made[0][0], made[0][2])
+    assert log is not None and log.bucket_id is not None
+    bucket = stack.storage.bucket(log.bucket_id)
+    assert bucket is not None
     done = stack.client.rotate_keys("buckets", force=True)
     assert done.rotated >= 1 and done.failed == 0 and done.remaining == 0
+    versions = stack.kms.key_versions(bucket.key_id)
+    assert versions.latest == versions.min_decryption == 2  # v1 below the minimum
     reads_back(stack, made)
 
 
