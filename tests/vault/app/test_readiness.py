@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kms.base import KmsAccessDenied, KmsUnavailable
-from kms.guard import GuardedKeyManager, KmsOverloaded
+from kms.guard import GuardedKeyManager
 from tests.memory_kms import InMemoryKeyManager
 from vault.app.readiness import Dependency, Readiness, kms_check
 from vault.errors import Unavailable
