@@ -35,7 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from enum import StrEnum
 
@@ -116,9 +116,6 @@ class Readiness:
         self._fence_passed = False
         self._ready: bool | None = None
         self._pending: dict[Dependency, Future[None]] = {}
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, len(self._checks)), thread_name_prefix="oubli-readiness-check"
-        )
         self._thread: threading.Thread | None = None
 
     # --- state ---------------------------------------------------------------------------
@@ -165,7 +162,7 @@ class Readiness:
             pending = self._pending.get(dependency)
             if pending is not None and not pending.done():
                 continue  # the last check still hangs: still unreachable
-            futures[dependency] = self._pending[dependency] = self._executor.submit(check)
+            futures[dependency] = self._pending[dependency] = _run_in_daemon(check, dependency)
         outcomes: dict[Dependency, tuple[bool | None, str]] = {}
         for dependency in self._checks:
             future = futures.get(dependency)
@@ -204,7 +201,23 @@ class Readiness:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_in_daemon(check: Check, dependency: Dependency) -> Future[None]:
+    """Run ``check`` in a daemon thread of its own: one that hangs (a database whose
+    connection attempt waits on a dead network) never holds up the process's exit."""
+    future: Future[None] = Future()
+
+    def run() -> None:
+        try:
+            check()
+        except BaseException as e:  # handed to the prober, which reads only its class
+            future.set_exception(e)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name=f"oubli-readiness-{dependency.value}", daemon=True).start()
+    return future
 
 
 def _outcome(future: Future[None], timeout: float) -> tuple[bool | None, str]:
