@@ -28,6 +28,10 @@ answers an unreachable KMS (UNAVAILABLE, safe to retry). Refusals of the guard i
 (no slot, no time left, failed before) are not failures of the KMS and do not move
 the breaker.
 
+The guard also times every call that reaches the backend (a latency histogram per
+operation) and counts its failures by kind (unavailable, refused, destroyed, other), for
+the metrics endpoint (:meth:`GuardedKeyManager.status`; no key ids).
+
 Why not ``pybreaker``: its ``CircuitBreaker.call`` holds one lock for the whole
 guarded call, which would serialize every KMS call of the server, and it reads the
 wall clock (``datetime.now``), which tests cannot move. See docs/dependencies.md.
@@ -38,11 +42,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from kms.base import DataKey, KeyManager, KeyVersions, KmsError, KmsUnavailable
+from kms.base import (
+    DataKey,
+    KeyDestroyed,
+    KeyManager,
+    KeyVersions,
+    KmsAccessDenied,
+    KmsError,
+    KmsUnavailable,
+)
 from kms.deadline import kms_failed, note_kms_unavailable, seconds_left, time_limit
 
 T = TypeVar("T")
@@ -152,6 +164,66 @@ class CircuitBreaker:
             self._on_change(changed)
 
 
+#: Upper bounds, in seconds, of the KMS call latency histogram's buckets (+Inf implied).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ErrorKind(StrEnum):
+    """How a KMS call that reached the backend failed."""
+
+    #: Unreachable, timed out, or a server error (what moves the breaker).
+    UNAVAILABLE = "unavailable"
+    #: Access denied: a token expired or revoked, a policy that does not allow it.
+    REFUSED = "refused"
+    #: The key is destroyed (an erased subject's key: expected after a shred).
+    DESTROYED = "destroyed"
+    #: Anything else.
+    OTHER = "other"
+
+
+def error_kind(error: BaseException) -> ErrorKind:
+    if isinstance(error, KmsUnavailable):
+        return ErrorKind.UNAVAILABLE
+    if isinstance(error, KmsAccessDenied):
+        return ErrorKind.REFUSED
+    if isinstance(error, KeyDestroyed):
+        return ErrorKind.DESTROYED
+    return ErrorKind.OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class Latencies:
+    """One operation's call durations: ``counts[i]`` calls took at most
+    ``LATENCY_BUCKETS[i]`` seconds and more than the bucket before (not cumulative);
+    ``count`` and ``total_seconds`` cover every call, the slowest included."""
+
+    counts: tuple[int, ...]
+    count: int
+    total_seconds: float
+
+
+class _LatencyCounter:
+    """A fixed-bucket histogram (callers hold the guard's counts lock)."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        self.count += 1
+        self.total += seconds
+
+    def snapshot(self) -> Latencies:
+        return Latencies(tuple(self.counts), self.count, self.total)
+
+
 @dataclass(frozen=True, slots=True)
 class GuardStatus:
     """What the metrics endpoint shows of a guard (no key ids, nothing personal)."""
@@ -162,6 +234,11 @@ class GuardStatus:
     #: Calls refused without reaching the KMS, by reason: circuit_open, overloaded,
     #: no_time_left, failed_before.
     refused: dict[str, int]
+    #: Durations of the calls that reached the backend, by operation (``unwrap``,
+    #: ``sign``, ...): only operations called at least once.
+    latencies: dict[str, Latencies] = field(default_factory=dict)
+    #: Calls that reached the backend and failed, by kind (every kind, 0 included).
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class GuardedKeyManager(KeyManager):
@@ -201,6 +278,8 @@ class GuardedKeyManager(KeyManager):
         self._counts_lock = threading.Lock()
         self._in_flight = 0
         self._refused = {"circuit_open": 0, "overloaded": 0, "no_time_left": 0, "failed_before": 0}
+        self._latencies: dict[str, _LatencyCounter] = {}
+        self._errors = dict.fromkeys((kind.value for kind in ErrorKind), 0)
 
     @property
     def calls(self) -> int:
@@ -209,7 +288,12 @@ class GuardedKeyManager(KeyManager):
     def status(self) -> GuardStatus:
         with self._counts_lock:
             return GuardStatus(
-                self.breaker.state, self._in_flight, self._max_in_flight, dict(self._refused)
+                self.breaker.state,
+                self._in_flight,
+                self._max_in_flight,
+                dict(self._refused),
+                {name: counter.snapshot() for name, counter in self._latencies.items()},
+                dict(self._errors),
             )
 
     def _refuse(self, reason: str, error: KmsUnavailable) -> KmsUnavailable:
@@ -232,7 +316,7 @@ class GuardedKeyManager(KeyManager):
             )
         return budget
 
-    def _guarded(self, key_id: str | None, operation: Callable[[], T]) -> T:
+    def _guarded(self, name: str, key_id: str | None, operation: Callable[[], T]) -> T:
         budget = self._budget(key_id)
         admission = self.breaker.admit()
         if admission is None:
@@ -248,77 +332,94 @@ class GuardedKeyManager(KeyManager):
         with self._counts_lock:
             self._in_flight += 1
         answered: bool | None = None
+        failed: ErrorKind | None = None
+        started = self._clock()
         try:
-            deadline = self._clock() + budget
+            deadline = started + budget
             with time_limit(lambda: deadline - self._clock()):
                 result = operation()
             answered = True
             return result
         except KmsUnavailable:
-            answered = False
+            answered, failed = False, ErrorKind.UNAVAILABLE
             note_kms_unavailable()
             raise
-        except KmsError:
-            answered = True  # the KMS answered, with a refusal: it is up
+        except KmsError as e:
+            answered, failed = True, error_kind(e)  # the KMS answered, with a refusal: it is up
+            raise
+        except Exception:
+            failed = ErrorKind.OTHER
             raise
         finally:
+            seconds = max(0.0, self._clock() - started)
             with self._counts_lock:
                 self._in_flight -= 1
+                self._latencies.setdefault(name, _LatencyCounter()).add(seconds)
+                if failed is not None:
+                    self._errors[failed.value] += 1
             self._slots.release()
             self.breaker.settle(admission, answered)
 
     # --- KeyManager, each call guarded ---------------------------------------------------
 
     def create_key(self, key_id: str) -> None:
-        self._guarded(key_id, lambda: self.backend.create_key(key_id))
+        self._guarded("create_key", key_id, lambda: self.backend.create_key(key_id))
 
     def generate_data_key(self, key_id: str) -> DataKey:
-        return self._guarded(key_id, lambda: self.backend.generate_data_key(key_id))
+        return self._guarded(
+            "generate_data_key", key_id, lambda: self.backend.generate_data_key(key_id)
+        )
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
-        return self._guarded(key_id, lambda: self.backend.unwrap(key_id, wrapped))
+        return self._guarded("unwrap", key_id, lambda: self.backend.unwrap(key_id, wrapped))
 
     def unwrap_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | KmsError]:
-        return self._guarded(None, lambda: self.backend.unwrap_many(items))
+        return self._guarded("unwrap_many", None, lambda: self.backend.unwrap_many(items))
 
     def destroy_key(self, key_id: str) -> None:
-        self._guarded(key_id, lambda: self.backend.destroy_key(key_id))
+        self._guarded("destroy_key", key_id, lambda: self.backend.destroy_key(key_id))
 
     def key_exists(self, key_id: str) -> bool:
-        return self._guarded(key_id, lambda: self.backend.key_exists(key_id))
+        return self._guarded("key_exists", key_id, lambda: self.backend.key_exists(key_id))
 
     def create_signing_key(self, key_id: str) -> None:
-        self._guarded(key_id, lambda: self.backend.create_signing_key(key_id))
+        self._guarded("create_signing_key", key_id, lambda: self.backend.create_signing_key(key_id))
 
     def sign(self, key_id: str, data: bytes) -> bytes:
-        return self._guarded(key_id, lambda: self.backend.sign(key_id, data))
+        return self._guarded("sign", key_id, lambda: self.backend.sign(key_id, data))
 
     def verify(self, key_id: str, data: bytes, signature: bytes) -> bool:
-        return self._guarded(key_id, lambda: self.backend.verify(key_id, data, signature))
+        return self._guarded("verify", key_id, lambda: self.backend.verify(key_id, data, signature))
 
     def public_key(self, key_id: str) -> bytes:
-        return self._guarded(key_id, lambda: self.backend.public_key(key_id))
+        return self._guarded("public_key", key_id, lambda: self.backend.public_key(key_id))
 
     def rotate_key(self, key_id: str) -> int:
-        return self._guarded(key_id, lambda: self.backend.rotate_key(key_id))
+        return self._guarded("rotate_key", key_id, lambda: self.backend.rotate_key(key_id))
 
     def rewrap(self, key_id: str, wrapped: bytes) -> bytes:
-        return self._guarded(key_id, lambda: self.backend.rewrap(key_id, wrapped))
+        return self._guarded("rewrap", key_id, lambda: self.backend.rewrap(key_id, wrapped))
 
     def wrapped_version(self, key_id: str, wrapped: bytes) -> int:
         return self.backend.wrapped_version(key_id, wrapped)  # no KMS call: unguarded
 
     def key_versions(self, key_id: str) -> KeyVersions:
-        return self._guarded(key_id, lambda: self.backend.key_versions(key_id))
+        return self._guarded("key_versions", key_id, lambda: self.backend.key_versions(key_id))
 
     def set_min_decryption_version(self, key_id: str, version: int) -> None:
-        self._guarded(key_id, lambda: self.backend.set_min_decryption_version(key_id, version))
+        self._guarded(
+            "set_min_decryption_version",
+            key_id,
+            lambda: self.backend.set_min_decryption_version(key_id, version),
+        )
 
     def trim_key(self, key_id: str, min_available_version: int) -> None:
-        self._guarded(key_id, lambda: self.backend.trim_key(key_id, min_available_version))
+        self._guarded(
+            "trim_key", key_id, lambda: self.backend.trim_key(key_id, min_available_version)
+        )
 
     def public_keys(self, key_id: str) -> dict[int, bytes]:
-        return self._guarded(key_id, lambda: self.backend.public_keys(key_id))
+        return self._guarded("public_keys", key_id, lambda: self.backend.public_keys(key_id))
 
     def close(self) -> None:
         self.backend.close()

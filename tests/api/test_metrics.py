@@ -47,8 +47,10 @@ def metrics_stack(sqlite_url: str) -> Iterator[MetricsStack]:
     config = ServerConfig(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
-        # No checkpoint (a KMS signature) may land between two counts.
+        # No checkpoint (a KMS signature) nor readiness probe (a key_exists) may land
+        # between two counts.
         audit_checkpoint_seconds=3600,
+        readiness_interval_seconds=3600,
     )
     server = start_server(config, vault=vault, auth=suite_auth())
     client = OubliClient(f"127.0.0.1:{server.port}", timeout=10, token=TEST_TOKEN)
@@ -135,8 +137,9 @@ def test_metrics_hold_no_personal_data_or_ids(metrics_stack: MetricsStack) -> No
     assert "oubli_kms_calls_total" in {s.name for s in every_sample}
     kinds = {"subjects", "buckets", "deks", "index", "signing"}
     for sample in every_sample:  # each sample, not one per name
-        assert set(sample.labels) <= {"backend", "kind"}
+        assert set(sample.labels) <= {"backend", "kind", "method", "code", "le", "dependency"}
         assert sample.labels.get("kind", "subjects") in kinds
+        assert sample.labels.get("method", "oubli.v1.").startswith("oubli.v1.")
 
 
 def test_metrics_endpoint_stops_with_the_server(sqlite_url: str) -> None:

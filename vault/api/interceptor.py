@@ -10,6 +10,8 @@
   else runs; once open, the check is one attribute read.
 - One structured log line per RPC: method, status, duration, request id. Never a
   request or response body.
+- With an ``observe`` hook (the metrics endpoint's, vault/app/metrics.py), each RPC's
+  method, status code and duration are handed to it once, when its status is known.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ else:  # grpc's runtime class is not generic
     _Interceptor = grpc.ServerInterceptor
 
 
+#: The metrics hook: (full method name, status code, seconds), once per RPC.
+RpcObserver = Callable[[str, grpc.StatusCode, float], None]
+
+
 class ServiceInterceptor(_Interceptor):
     """Parses, authenticates, authorizes the RPC, runs it, logs it, maps its errors.
 
@@ -121,6 +127,7 @@ class ServiceInterceptor(_Interceptor):
         policy: CallerPolicy | None = None,
         audit: AuditRecorder | None = None,
         gate: ServingGate | None = None,
+        observe: RpcObserver | None = None,
     ) -> None:
         if (authenticator is None) != (policy is None):
             raise ValueError("authenticator and policy go together")
@@ -128,6 +135,11 @@ class ServiceInterceptor(_Interceptor):
         self._policy = policy
         self._audit = audit
         self._gate = gate or _OPEN
+        self._observe = observe
+
+    def _observed(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        if self._observe is not None:
+            self._observe(method, code, time.perf_counter() - start)
 
     def _record(
         self,
@@ -202,8 +214,9 @@ class ServiceInterceptor(_Interceptor):
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         return request_id, log.bind(method=method, request_id=request_id), time.perf_counter()
 
-    @staticmethod
     def _fail(
+        self,
+        method: str,
         context: grpc.ServicerContext,
         error: BaseException | None,
         request_id: str,
@@ -222,6 +235,7 @@ class ServiceInterceptor(_Interceptor):
             # The exception's text could hold anything: log its type only.
             bound.error("rpc", code="INTERNAL", error_type=type(error).__name__, ms=_ms(start))
             status = _INTERNAL_STATUS
+        self._observed(method, status.code, start)
         context.abort_with_status(_with_request_id(status, request_id))
 
     def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -229,9 +243,9 @@ class ServiceInterceptor(_Interceptor):
             request_id, bound, start = self._begin(method, context)
             note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
-                self._fail(context, None, request_id, bound, start)
+                self._fail(method, context, None, request_id, bound, start)
             if self._gate.refusal is not None:
-                self._fail(context, self._gate.refusal, request_id, bound, start)
+                self._fail(method, context, self._gate.refusal, request_id, bound, start)
             # A read (vault.api.rpcs) is recorded once, before its response leaves; a change
             # is also recorded (STARTED) before it runs.
             read_only = ".".join(rpc_name(method)) in READ_ONLY
@@ -256,7 +270,7 @@ class ServiceInterceptor(_Interceptor):
                 self._record(
                     method, caller, request, note, outcome, request_id, bound, required=False
                 )
-                self._fail(context, error, request_id, bound, start)
+                self._fail(method, context, error, request_id, bound, start)
                 raise  # pragma: no cover - abort_with_status raises
             # A read's entry must exist before its data leaves (no audit, no access). A
             # change was recorded as STARTED already: if its outcome cannot be written,
@@ -266,8 +280,9 @@ class ServiceInterceptor(_Interceptor):
                     method, caller, request, note, "OK", request_id, bound, required=read_only
                 )
             except OubliError as error:
-                self._fail(context, error, request_id, bound, start)
+                self._fail(method, context, error, request_id, bound, start)
             bound.info("rpc", code="OK", ms=_ms(start))
+            self._observed(method, grpc.StatusCode.OK, start)
             return response
 
         return wrapped
@@ -277,9 +292,9 @@ class ServiceInterceptor(_Interceptor):
             request_id, bound, start = self._begin(method, context)
             note, caller = AccessNote(), "anonymous"
             if request is _MALFORMED:
-                self._fail(context, None, request_id, bound, start)
+                self._fail(method, context, None, request_id, bound, start)
             if self._gate.refusal is not None:
-                self._fail(context, self._gate.refusal, request_id, bound, start)
+                self._fail(method, context, self._gate.refusal, request_id, bound, start)
             try:
                 name = self._authenticate(context)
                 caller = name or "internal"
@@ -297,15 +312,17 @@ class ServiceInterceptor(_Interceptor):
                     method, caller, request, note, "CANCELLED", request_id, bound, required=False
                 )
                 bound.info("rpc", code="CANCELLED", ms=_ms(start))
+                self._observed(method, grpc.StatusCode.CANCELLED, start)
                 raise
             except Exception as error:
                 outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
                 self._record(
                     method, caller, request, note, outcome, request_id, bound, required=False
                 )
-                self._fail(context, error, request_id, bound, start)
+                self._fail(method, context, error, request_id, bound, start)
             self._record(method, caller, request, note, "OK", request_id, bound, required=False)
             bound.info("rpc", code="OK", ms=_ms(start))
+            self._observed(method, grpc.StatusCode.OK, start)
 
         return wrapped
 

@@ -13,6 +13,8 @@ Environment variables (all optional):
                           DIR/erasures.jsonl (to ship to write-once storage; default off)
     OUBLI_FENCE_INTERVAL_SECONDS  how often the restore fence runs again after the
                           first pass at start (default 300)
+    OUBLI_READINESS_INTERVAL_SECONDS  how often the readiness probe checks the database
+                          and the KMS for gRPC health (default 2)
     OUBLI_KMS             local | vault (default local)
     OUBLI_KEYSTORE_PATH   local keystore file (default DATA_DIR/keystore/keys.db)
     OUBLI_CATALOG         policy catalog TOML file (default: the shipped catalog)
@@ -120,6 +122,8 @@ class ServerConfig:
     ledger_mirror_dir: Path | None = None
     #: How often the restore fence runs again once it has passed at start.
     fence_interval_seconds: float = 300.0
+    #: How often the readiness probe checks the database and the KMS (vault/app/readiness.py).
+    readiness_interval_seconds: float = 2.0
     #: Serve although the ledger is behind the database (an operator's explicit
     #: acknowledgement that the ledger was lost or restored; a flag, no variable).
     accept_ledger_behind: bool = False
@@ -211,6 +215,8 @@ class ServerConfig:
             )
         if self.fence_interval_seconds <= 0:
             raise ConfigError("the restore fence interval must be > 0 seconds")
+        if not 0 < self.readiness_interval_seconds <= 3600:
+            raise ConfigError("the readiness probe interval must be in (0, 3600] seconds")
         if (
             min(
                 self.cryptoperiod_subject_keys_days,
@@ -333,6 +339,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_LEDGER_URL": ("ledger_url", str),
     "OUBLI_LEDGER_MIRROR_DIR": ("ledger_mirror_dir", Path),
     "OUBLI_FENCE_INTERVAL_SECONDS": ("fence_interval_seconds", float),
+    "OUBLI_READINESS_INTERVAL_SECONDS": ("readiness_interval_seconds", float),
     "OUBLI_CRYPTOPERIOD_SUBJECT_KEYS_DAYS": ("cryptoperiod_subject_keys_days", int),
     "OUBLI_CRYPTOPERIOD_BUCKET_KEYS_DAYS": ("cryptoperiod_bucket_keys_days", int),
     "OUBLI_CRYPTOPERIOD_DEKS_DAYS": ("cryptoperiod_deks_days", int),

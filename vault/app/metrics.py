@@ -1,7 +1,8 @@
-"""Prometheus metrics: live KMS and DEK-cache figures, read on every scrape.
+"""Prometheus metrics: live KMS, DEK-cache, RPC, database pool and readiness figures.
 
-oubli keeps its own ``CollectorRegistry`` (never prometheus_client's global one), with a
-single collector that reads the current values from the running vault when scraped:
+oubli keeps its own ``CollectorRegistry`` (never prometheus_client's global one), with
+collectors that read the current values from the running vault when scraped (the RPC
+figures alone are counted as each call ends, through the interceptor's hook):
 
     oubli_kms_calls_total{backend}     counter: KMS round trips made by this process
     oubli_kms_backend_info{backend}    gauge, always 1: which KMS backend is in use
@@ -16,6 +17,25 @@ and, when the KMS is behind the guard (kms/guard.py, as ``oubli serve`` wires it
     oubli_kms_refused_total{reason}    counter: calls refused without reaching the KMS
                                        (circuit_open, overloaded, no_time_left,
                                        failed_before)
+    oubli_kms_call_duration_seconds{operation}
+                                       histogram: time of each KMS call that reached the
+                                       backend (unwrap, sign, key_exists, ...)
+    oubli_kms_errors_total{kind}       counter: KMS calls that reached the backend and
+                                       failed (unavailable, refused, destroyed, other)
+
+and, from the gRPC server (oubli serve):
+
+    oubli_rpc_duration_seconds{method} histogram: time of each oubli RPC, from the
+                                       interceptor's start to its status
+    oubli_rpcs_total{method,code}      counter: RPCs answered, by gRPC status code
+    oubli_db_pool_size                 gauge: connections the database pool keeps
+    oubli_db_pool_checked_out          gauge: connections in use by transactions now
+    oubli_db_pool_overflow             gauge: connections open beyond the pool size now
+    oubli_db_pool_max_overflow         gauge: the most allowed beyond the pool size
+    oubli_dependency_up{dependency}    gauge: 1 when the last readiness probe reached
+                                       the database / the KMS, else 0
+    oubli_ready                        gauge: 1 when health says SERVING (fence passed,
+                                       both dependencies reachable)
 
 and, from the database (oubli serve):
 
@@ -23,9 +43,11 @@ and, from the database (oubli serve):
                                        (subjects, buckets, deks, index, signing)
     oubli_key_cryptoperiod_seconds{kind} gauge: the configured cryptoperiod of the kind
 
-Labels carry only the KMS backend's name (``local-keystore``, ``vault-transit``, ...)
-and the fixed state and reason names above: never a subject id, key id, caller, field
-name or value.
+Labels carry only the KMS backend's name (``local-keystore``, ``vault-transit``, ...),
+the fixed state, reason, kind, operation and dependency names above, oubli's own RPC
+names (``oubli.v1.SubjectService/CreateSubject``; only methods the server defines reach
+the hook) and gRPC status code names: never a subject id, key id, caller, field name or
+value.
 """
 
 from __future__ import annotations
@@ -35,15 +57,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from kms.base import KeyManager
-from kms.guard import BreakerState, GuardedKeyManager
+from kms.guard import LATENCY_BUCKETS, BreakerState, GuardedKeyManager
+from vault.app.readiness import Readiness
 from vault.clock import Clock, utc_now
 from vault.crypto.keycache import DataKeyCache
 from vault.errors import OubliError
+from vault.storage.base import PoolStatus
 from vault.usecases.key_rotation import KeyAge
 from vault.usecases.restore_fence import RestoreFence, ServingGate
 
@@ -109,6 +139,118 @@ def _guard_metrics(guard: GuardedKeyManager) -> Iterable[Metric]:
     for reason, count in sorted(status.refused.items()):
         refused.add_metric([reason], count)
     yield refused
+    durations = HistogramMetricFamily(
+        "oubli_kms_call_duration_seconds",
+        "Time of each KMS call that reached the backend, by operation (refusals of the "
+        "guard are not timed).",
+        labels=["operation"],
+    )
+    for operation, latencies in sorted(status.latencies.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip(LATENCY_BUCKETS, latencies.counts, strict=True):
+            cumulative += count
+            buckets.append((str(bound), cumulative))
+        buckets.append(("+Inf", latencies.count))
+        durations.add_metric([operation], buckets, latencies.total_seconds)
+    yield durations
+    errors = CounterMetricFamily(
+        "oubli_kms_errors",
+        "KMS calls that reached the backend and failed, by kind (unavailable: unreachable "
+        "or timed out; refused: access denied; destroyed: the key is gone; other).",
+        labels=["kind"],
+    )
+    for kind, count in sorted(status.errors.items()):
+        errors.add_metric([kind], count)
+    yield errors
+
+
+#: Upper bounds, in seconds, of the RPC duration histogram's buckets.
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RpcMetrics:
+    """RPC durations and status codes, fed by the interceptor's hook
+    (:meth:`observe`) and registered in the server's registry."""
+
+    def __init__(self) -> None:
+        self.duration = Histogram(
+            "oubli_rpc_duration_seconds",
+            "Time of each oubli RPC, from the interceptor's start to its status.",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=None,
+        )
+        self.handled = Counter(
+            "oubli_rpcs",
+            "oubli RPCs answered, by method and gRPC status code.",
+            ["method", "code"],
+            registry=None,
+        )
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """``method`` is grpc's full name (``/oubli.v1.SubjectService/CreateSubject``)
+        of a method the server defines: its set is fixed."""
+        name = method.lstrip("/")
+        self.duration.labels(name).observe(seconds)
+        self.handled.labels(name, code.name).inc()
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(self.duration)
+        registry.register(self.handled)
+
+
+class PoolCollector(Collector):
+    """The database connection pool's use, read per scrape (no round trip)."""
+
+    def __init__(self, pool_status: Callable[[], PoolStatus | None]) -> None:
+        self._pool_status = pool_status
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._pool_status()
+        if status is None:  # a pool without counts (in-memory SQLite)
+            return
+        yield GaugeMetricFamily(
+            "oubli_db_pool_size", "Connections the database pool keeps open.", value=status.size
+        )
+        yield GaugeMetricFamily(
+            "oubli_db_pool_checked_out",
+            "Database connections in use by transactions now.",
+            value=status.checked_out,
+        )
+        yield GaugeMetricFamily(
+            "oubli_db_pool_overflow",
+            "Database connections open beyond the pool size now.",
+            value=status.overflow,
+        )
+        yield GaugeMetricFamily(
+            "oubli_db_pool_max_overflow",
+            "The most database connections allowed beyond the pool size.",
+            value=status.max_overflow,
+        )
+
+
+class ReadinessCollector(Collector):
+    """Each dependency's state at the readiness probe's last check, and readiness."""
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "oubli_dependency_up",
+            "1 when the readiness probe's last check reached the dependency (database, "
+            "kms), else 0.",
+            labels=["dependency"],
+        )
+        for dependency, reachable in sorted(self._readiness.dependencies().items()):
+            up.add_metric([dependency.value], 1 if reachable else 0)
+        yield up
+        yield GaugeMetricFamily(
+            "oubli_ready",
+            "1 when gRPC health says SERVING (restore fence passed, database and KMS "
+            "reachable), else 0.",
+            value=1 if self._readiness.ready else 0,
+        )
 
 
 class KeyAgeCollector(Collector):
@@ -172,15 +314,26 @@ def build_registry(
     gate: ServingGate | None = None,
     key_ages: Callable[[], list[KeyAge]] | None = None,
     clock: Clock = utc_now,
+    *,
+    rpc: RpcMetrics | None = None,
+    pool_status: Callable[[], PoolStatus | None] | None = None,
+    readiness: Readiness | None = None,
 ) -> CollectorRegistry:
     """A registry of its own holding the vault collector and, when given, the restore
-    fence's and the key ages' (nothing process-global)."""
+    fence's, the key ages', the RPCs', the database pool's and readiness's (nothing
+    process-global)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(VaultCollector(kms, cache))
     if fence is not None and gate is not None:
         registry.register(FenceCollector(fence, gate))
     if key_ages is not None:
         registry.register(KeyAgeCollector(key_ages, clock))
+    if rpc is not None:
+        rpc.register(registry)
+    if pool_status is not None:
+        registry.register(PoolCollector(pool_status))
+    if readiness is not None:
+        registry.register(ReadinessCollector(readiness))
     return registry
 
 

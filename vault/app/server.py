@@ -4,6 +4,9 @@ Registers oubli's services, gRPC health checking and server reflection; with
 ``metrics_listen`` set, also serves Prometheus metrics over HTTP (vault/app/metrics.py).
 Health says SERVING, and the RPCs run, only once the restore fence has passed
 (vault/usecases/restore_fence.py); a ledger behind the database refuses the start.
+Health also says NOT_SERVING while the database or the KMS cannot be reached
+(vault/app/readiness.py); the ``oubli.liveness`` health name says SERVING until the
+server stops.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from vault.api.rights import RightsServicer
 from vault.api.subjects import SubjectServicer
 from vault.api.support import SupportServicer
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
-from vault.app.metrics import MetricsServer, build_registry, start_metrics_server
+from vault.app.metrics import MetricsServer, RpcMetrics, build_registry, start_metrics_server
+from vault.app.readiness import LIVENESS_SERVICE, Dependency, Readiness, kms_check
 from vault.audit.chain import AuditLog
 from vault.audit.recorder import SIGNING_KEY_NAME, AuditRecorder
 from vault.audit.signing import SigningKey
@@ -223,9 +227,13 @@ class RunningServer:
     fence: FenceRunner
     #: The Prometheus endpoint, when ``metrics_listen`` is set.
     metrics: MetricsServer | None = None
+    #: The database and KMS probes behind health.
+    readiness: Readiness | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
+        if self.readiness is not None:
+            self.readiness.stop()
         self.fence.stop()
         self.server.stop(grace).wait()
         if self.metrics is not None:
@@ -322,9 +330,18 @@ def start_server(
     )
     fence.check_positions()  # a ledger behind the database refuses the start
     gate = ServingGate()
+    rpc_metrics = RpcMetrics() if config.metrics_address is not None else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ServiceInterceptor(authenticator, policy, audit, gate)],
+        interceptors=[
+            ServiceInterceptor(
+                authenticator,
+                policy,
+                audit,
+                gate,
+                observe=rpc_metrics.observe if rpc_metrics is not None else None,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             # grpc turns SO_REUSEPORT on by default: a second server on the same port
@@ -358,7 +375,22 @@ def start_server(
             health_servicer.set(name, status)
 
     serving(False)
-    runner = FenceRunner(fence, gate, config.fence_interval_seconds, serving)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    # SERVING only with the fence passed and the database and KMS answering.
+    signing_key_id = audit.audit.signing_key_id
+    readiness = Readiness(
+        {
+            Dependency.DATABASE: vault.storage.ping,
+            Dependency.KMS: kms_check(
+                vault.crypto.kms, lambda: signing_key_id, config.kms_timeout_seconds
+            ),
+        },
+        serving,
+        interval=config.readiness_interval_seconds,
+        timeout=config.kms_timeout_seconds,
+    )
+    readiness.probe_once()
+    runner = FenceRunner(fence, gate, config.fence_interval_seconds, readiness.fence)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -377,14 +409,17 @@ def start_server(
         raise Unavailable(_cannot_listen(config.listen)) from e
     if port == 0:
         raise Unavailable(_cannot_listen(config.listen))
-    metrics = start_metrics(config, vault, fence, gate, rotation)
+    metrics = start_metrics(
+        config, vault, fence, gate, rotation, rpc=rpc_metrics, readiness=readiness
+    )
     audit.start_checkpoints(config.audit_checkpoint_seconds)
     # The first pass before the port answers: a fence that can finish (the KMS is up)
     # opens the gate before any call arrives; one that cannot keeps it closed, and the
     # runner tries again while health says NOT_SERVING.
     runner.start(passed=runner.pass_once())
+    readiness.start()
     server.start()
-    return RunningServer(server, port, vault, health_servicer, audit, runner, metrics)
+    return RunningServer(server, port, vault, health_servicer, audit, runner, metrics, readiness)
 
 
 def _cannot_listen(listen: str) -> str:
@@ -417,9 +452,12 @@ def start_metrics(
     fence: RestoreFence,
     gate: ServingGate,
     rotation: KeyRotation | None = None,
+    *,
+    rpc: RpcMetrics | None = None,
+    readiness: Readiness | None = None,
 ) -> MetricsServer | None:
-    """The Prometheus endpoint for ``vault`` and its restore fence, or None when
-    ``metrics_listen`` is empty."""
+    """The Prometheus endpoint for ``vault``, its restore fence, RPCs, database pool
+    and readiness, or None when ``metrics_listen`` is empty."""
     address = config.metrics_address
     if address is None:
         return None
@@ -431,6 +469,9 @@ def start_metrics(
             gate,
             key_ages=rotation.ages if rotation is not None else None,
             clock=vault.clock,
+            rpc=rpc,
+            pool_status=vault.storage.pool_status,
+            readiness=readiness,
         )
         return start_metrics_server(registry, *address)
     except OSError as e:  # taken, not a local address, or a host name that does not resolve

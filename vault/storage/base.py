@@ -1,18 +1,36 @@
 """Repository: the engine, sessions and connections every repository shares; each
-transaction translates database errors (vault.storage.engine)."""
+transaction translates database errors (vault.storage.engine). Also the readiness probe's
+``ping`` and the metrics' ``pool_status`` (vault/app/readiness.py, vault/app/metrics.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import (
     Connection,
     Engine,
+    QueuePool,
+    text,
 )
 from sqlalchemy.orm import Session, sessionmaker
 
 from vault.storage.engine import translate_db_errors
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """The connection pool's use now (read at each metrics scrape)."""
+
+    #: Connections the pool keeps open (``pool_size``).
+    size: int
+    #: Connections lent out to transactions now.
+    checked_out: int
+    #: Open connections beyond ``size`` now (0 when within it).
+    overflow: int
+    #: The most connections allowed beyond ``size``.
+    max_overflow: int
 
 
 class Repository:
@@ -33,3 +51,26 @@ class Repository:
         error translation as :meth:`_session`."""
         with translate_db_errors(), self.engine.begin() as connection:
             yield connection
+
+    def ping(self) -> None:
+        """One trivial round trip (``SELECT 1``) to the database.
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        with self._connection() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def pool_status(self) -> PoolStatus | None:
+        """The connection pool's use now; None for a pool that keeps no such counts
+        (an in-memory SQLite database's). No round trip to the database."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return None
+        return PoolStatus(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            # QueuePool counts from -size: connections opened beyond size are its excess.
+            overflow=max(0, pool.overflow()),
+            max_overflow=pool._max_overflow,
+        )
