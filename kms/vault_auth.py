@@ -395,7 +395,7 @@ class VaultAuth:
         return expires, (refresh if refresh < expires else None)
 
     def _login(self, now: float) -> _Token:
-        if now < self._next_login:
+        if now < self._next_login and not self.method.changed():
             raise AuthLost(self._lost_reason or "login failed")
         client = self._auth_client()
         client.token = ""
