@@ -42,6 +42,7 @@ from kms.base import (
 )
 from kms.deadline import seconds_left
 from kms.names import check_key_id
+from kms.vault_auth import StaticToken, VaultAuth, VaultTls
 
 #: Ciphertexts per batch decrypt: OpenBao refuses a request body holding more than 1 000
 #: JSON strings (``max_request_json_strings``); each item costs two.
@@ -85,7 +86,8 @@ def _translated(key_id: str | None) -> Iterator[None]:
 
 
 class DeadlineAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac is untyped
-    """hvac's JSON adapter, each request's timeout cut to the KMS call's time left.
+    """hvac's JSON adapter, each request's timeout cut to the KMS call's time left, and
+    each request carrying the token of the adapter's :class:`~kms.vault_auth.VaultAuth`.
 
     hvac sets one timeout on the client; a request made within a
     :func:`kms.deadline.time_limit` gets the smaller of it and the time left, and a
@@ -93,9 +95,34 @@ class DeadlineAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc]  # hvac 
     any timeout). ``requests`` applies a timeout to connecting and to each read apart:
     a KMS that accepts connections and then says nothing (a stopped process) fails
     within the time left; one that is slow at both could take up to twice that.
+
+    With ``auth`` set, the token is asked of it before each request (a login or a
+    renewal may happen first) and sent in the request's own header, so threads never
+    share a token through the adapter. A request answered 403 is sent once more when
+    ``auth`` found the token invalid and replaced it.
     """
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
+    auth: VaultAuth | None = None
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        auth = self.auth
+        if auth is None:
+            return self._send(method, url, *args, **kwargs)
+        token = auth.token()
+        try:
+            return self._send(method, url, *args, **self._with_token(kwargs, token))
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
+            if not auth.denied(token):
+                raise
+        return self._send(method, url, *args, **self._with_token(kwargs, auth.token()))
+
+    @staticmethod
+    def _with_token(kwargs: dict[str, Any], token: str) -> dict[str, Any]:
+        headers = dict(kwargs.get("headers") or {})
+        headers["X-Vault-Token"] = token
+        return {**kwargs, "headers": headers}
+
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
         left = seconds_left()
         if left is not None:
             if left <= 0:
@@ -110,17 +137,42 @@ class VaultTransitKeyManager(KeyManager):
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | None = None,
         *,
+        auth: VaultAuth | None = None,
+        tls: VaultTls | None = None,
+        namespace: str | None = None,
         mount_point: str = "transit",
         timeout: float = 10.0,
         client_factory: Callable[..., hvac.Client] = hvac.Client,
     ) -> None:
+        """Either a static ``token`` or an ``auth`` (kms/vault_auth.py); ``tls`` and
+        ``namespace`` apply to every request, logins included."""
         super().__init__()
+        if (token is None) == (auth is None):
+            raise ValueError("give either a token or an auth, not both")
         self.mount_point = mount_point
-        self._client = client_factory(
-            url=url, token=token, timeout=timeout, adapter=DeadlineAdapter
-        )
+        self.auth = auth if auth is not None else VaultAuth(StaticToken(token or ""))
+        tls = tls or VaultTls()
+
+        def client() -> hvac.Client:
+            # token="": hvac would otherwise pick VAULT_TOKEN or ~/.vault-token up.
+            return client_factory(
+                url=url,
+                token="",
+                verify=tls.verify,
+                cert=tls.cert,
+                namespace=namespace or None,
+                timeout=timeout,
+                adapter=DeadlineAdapter,
+            )
+
+        self._client = client()
+        self._client.adapter.auth = self.auth
+        # Logins, lookups and renewals go through a client of their own, which carries
+        # no auth hook (and is used under the auth's lock only).
+        self._auth_client = client()
+        self.auth.bind(self._auth_client)
         self._transit = self._client.secrets.transit
 
     def ensure_mount(self, *, cache_size: int = 0) -> None:
@@ -128,12 +180,18 @@ class VaultTransitKeyManager(KeyManager):
 
         ``cache_size`` > 0 bounds Transit's in-memory key cache (an LRU); 0 keeps the
         server default (unbounded).
+
+        A token under the least-privilege policy (deploy/vault/oubli-policy.hcl) may not
+        list or enable mounts: then the operator has enabled the mount, and only the
+        mount's settings are written (which fails if the mount is missing).
         """
         with _translated(None):
             self._count()
-            mounts = self._client.sys.list_mounted_secrets_engines()
-            data = mounts.get("data", mounts)
-            if f"{self.mount_point}/" not in data:
+            try:
+                mounts = self._client.sys.list_mounted_secrets_engines()
+            except hvac.exceptions.Forbidden:
+                mounts = None
+            if mounts is not None and f"{self.mount_point}/" not in mounts.get("data", mounts):
                 self._count()
                 self._client.sys.enable_secrets_engine("transit", path=self.mount_point)
             self._count()
@@ -460,6 +518,8 @@ class VaultTransitKeyManager(KeyManager):
         return base64.b64decode(latest["public_key"])
 
     def close(self) -> None:
-        adapter = getattr(self._client, "adapter", None)
-        if adapter is not None:
-            adapter.close()
+        self.auth.stop()
+        for client in (self._client, self._auth_client):
+            adapter = getattr(client, "adapter", None)
+            if adapter is not None:
+                adapter.close()

@@ -99,6 +99,32 @@ def serve(
         str | None, typer.Option(help="Vault token (prefer the VAULT_TOKEN variable)")
     ] = None,
     vault_mount: Annotated[str | None, typer.Option(help="Transit mount path")] = None,
+    vault_auth: Annotated[
+        str | None,
+        typer.Option(help="Vault auth: token (default) | token-file | approle | kubernetes"),
+    ] = None,
+    vault_token_file: Annotated[
+        Path | None, typer.Option(help="token file kept by a Vault/OpenBao Agent sink")
+    ] = None,
+    vault_role_id_file: Annotated[Path | None, typer.Option(help="AppRole role id file")] = None,
+    vault_secret_id_file: Annotated[
+        Path | None, typer.Option(help="AppRole secret id file (read at every login)")
+    ] = None,
+    vault_k8s_role: Annotated[str | None, typer.Option(help="Kubernetes auth role")] = None,
+    vault_k8s_jwt_file: Annotated[
+        Path | None, typer.Option(help="service-account JWT file (Kubernetes auth)")
+    ] = None,
+    vault_auth_mount: Annotated[
+        str | None, typer.Option(help="auth method mount (default approle / kubernetes)")
+    ] = None,
+    vault_cacert: Annotated[
+        Path | None, typer.Option(help="CA bundle verifying Vault's TLS certificate")
+    ] = None,
+    vault_client_cert: Annotated[
+        Path | None, typer.Option(help="client certificate for Vault (mTLS)")
+    ] = None,
+    vault_client_key: Annotated[Path | None, typer.Option(help="its key (mTLS)")] = None,
+    vault_namespace: Annotated[str | None, typer.Option(help="Vault namespace")] = None,
     catalog: Annotated[Path | None, typer.Option(help="policy catalog TOML")] = None,
     callers: Annotated[Path | None, typer.Option(help="caller policy TOML")] = None,
     tokens_file: Annotated[
@@ -152,6 +178,17 @@ def serve(
         vault_addr=vault_addr,
         vault_token=vault_token,
         vault_mount=vault_mount,
+        vault_auth=vault_auth,
+        vault_token_file=vault_token_file,
+        vault_role_id_file=vault_role_id_file,
+        vault_secret_id_file=vault_secret_id_file,
+        vault_k8s_role=vault_k8s_role,
+        vault_k8s_jwt_file=vault_k8s_jwt_file,
+        vault_auth_mount=vault_auth_mount,
+        vault_cacert=vault_cacert,
+        vault_client_cert=vault_client_cert,
+        vault_client_key=vault_client_key,
+        vault_namespace=vault_namespace,
         catalog_path=catalog,
     )
     configure_logging()

@@ -32,8 +32,27 @@ Environment variables (all optional):
     OUBLI_AUDIT_FULL_VERIFY_SECONDS  least pause between two full walks of the audit
                           chain (VerifyAudit full, or before any checkpoint; default 300,
                           0 = no limit)
-    VAULT_ADDR, VAULT_TOKEN, OUBLI_VAULT_MOUNT (default transit),
+    VAULT_ADDR            Vault / OpenBao address (https://... in production)
+    OUBLI_VAULT_MOUNT     the Transit mount (default transit)
     OUBLI_VAULT_CACHE_SIZE  Transit key cache (LRU) size set on the mount (default 10000)
+    OUBLI_VAULT_AUTH      how oubli gets its Vault token (docs/operations.md#vault-authentication):
+                          token (default: VAULT_TOKEN, renewed while renewable) |
+                          token-file (a Vault/OpenBao Agent sink, read again when it
+                          changes; the agent renews) | approle | kubernetes
+    VAULT_TOKEN           the token of OUBLI_VAULT_AUTH=token (only then)
+    OUBLI_VAULT_TOKEN_FILE  the agent's sink file (token-file)
+    OUBLI_VAULT_ROLE_ID_FILE, OUBLI_VAULT_SECRET_ID_FILE  AppRole role id and secret id
+                          files, read at every login (approle)
+    OUBLI_VAULT_K8S_ROLE  the Kubernetes auth role (kubernetes)
+    OUBLI_VAULT_K8S_JWT_FILE  the service-account JWT (kubernetes; default
+                          /var/run/secrets/kubernetes.io/serviceaccount/token)
+    OUBLI_VAULT_AUTH_MOUNT  the auth method's mount (default approle / kubernetes)
+    VAULT_CACERT          CA bundle (PEM) that Vault's TLS certificate is verified with
+                          (default: the system's CAs)
+    VAULT_CLIENT_CERT, VAULT_CLIENT_KEY  client certificate and key (PEM) when Vault
+                          requires mTLS (both or neither)
+    VAULT_NAMESPACE       Vault Enterprise / OpenBao namespace of the Transit and auth
+                          mounts (default: none, the root namespace)
     OUBLI_KMS_TIMEOUT_SECONDS  longest a KMS call may take, less when the caller's
                           deadline is nearer (default 2)
     OUBLI_KMS_MAX_IN_FLIGHT  KMS calls in flight at once; 0: half the worker threads
@@ -56,11 +75,22 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from kms.vault_auth import (
+    DEFAULT_K8S_JWT_FILE,
+    AppRole,
+    AuthMethod,
+    Kubernetes,
+    StaticToken,
+    TokenFile,
+    VaultTls,
+)
 from vault.crypto.keycache import MAX_TTL_SECONDS
 from vault.storage.engine import sqlite_file
 from vault.usecases.key_rotation import Cryptoperiods
 
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: A Vault mount path: segments of [A-Za-z0-9_.-], no leading or trailing slash.
+_MOUNT = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 #: host:port; a host name or IPv4 address, or an IPv6 address in brackets.
 _HOST_PORT = re.compile(
     r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})"
@@ -71,12 +101,106 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message says which setting and why."""
 
 
+VaultAuthMethod = Literal["token", "token-file", "approle", "kubernetes"]
+VAULT_AUTH_METHODS: tuple[str, ...] = ("token", "token-file", "approle", "kubernetes")
+
+
 @dataclass(frozen=True, slots=True)
 class VaultSettings:
     address: str
-    token: str = field(repr=False)
+    token: str = field(default="", repr=False)
     mount: str = "transit"
     cache_size: int = 0
+    #: How oubli gets its token (kms/vault_auth.py); "token" uses ``token`` above.
+    auth: VaultAuthMethod = "token"
+    token_file: Path | None = None
+    role_id_file: Path | None = None
+    secret_id_file: Path | None = None
+    k8s_role: str = ""
+    k8s_jwt_file: Path = DEFAULT_K8S_JWT_FILE
+    #: The auth method's mount (empty: the method's name, approle / kubernetes).
+    auth_mount: str = ""
+    #: TLS towards Vault: CA bundle, client certificate and key; and the namespace.
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    namespace: str = ""
+
+    def validate(self) -> VaultSettings:
+        """One clear error per bad combination (names the variable or flag)."""
+        if not self.address:
+            raise ConfigError(
+                "--kms vault needs a Vault address and token (or another --vault-auth): "
+                "VAULT_ADDR / --vault-addr is not set"
+            )
+        if self.auth not in VAULT_AUTH_METHODS:
+            raise ConfigError(
+                f"OUBLI_VAULT_AUTH / --vault-auth must be one of {', '.join(VAULT_AUTH_METHODS)}"
+            )
+        if self.auth == "token":
+            if not self.token:
+                raise ConfigError("--kms vault needs a Vault address and token")
+        elif self.token:
+            raise ConfigError(
+                f"VAULT_TOKEN / --vault-token is set but the Vault auth method is {self.auth}: "
+                "unset one of them"
+            )
+        if self.auth == "token-file" and self.token_file is None:
+            raise ConfigError(
+                "--vault-auth token-file needs OUBLI_VAULT_TOKEN_FILE / --vault-token-file"
+            )
+        if self.auth == "approle" and (self.role_id_file is None or self.secret_id_file is None):
+            raise ConfigError(
+                "--vault-auth approle needs OUBLI_VAULT_ROLE_ID_FILE / --vault-role-id-file "
+                "and OUBLI_VAULT_SECRET_ID_FILE / --vault-secret-id-file"
+            )
+        if self.auth == "kubernetes" and not self.k8s_role:
+            raise ConfigError(
+                "--vault-auth kubernetes needs OUBLI_VAULT_K8S_ROLE / --vault-k8s-role"
+            )
+        unused = {
+            "OUBLI_VAULT_TOKEN_FILE": self.auth != "token-file" and self.token_file is not None,
+            "OUBLI_VAULT_ROLE_ID_FILE / OUBLI_VAULT_SECRET_ID_FILE": self.auth != "approle"
+            and (self.role_id_file is not None or self.secret_id_file is not None),
+            "OUBLI_VAULT_K8S_ROLE": self.auth != "kubernetes" and bool(self.k8s_role),
+            "OUBLI_VAULT_AUTH_MOUNT": self.auth not in ("approle", "kubernetes")
+            and bool(self.auth_mount),
+        }
+        for name, set_in_vain in unused.items():
+            if set_in_vain:
+                raise ConfigError(f"{name} is set but the Vault auth method is {self.auth}")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ConfigError(
+                "a Vault client certificate needs its key (VAULT_CLIENT_CERT and "
+                "VAULT_CLIENT_KEY, or neither)"
+            )
+        if (self.ca_cert or self.client_cert) and not self.address.startswith("https://"):
+            raise ConfigError("VAULT_CACERT / VAULT_CLIENT_CERT need an https:// VAULT_ADDR")
+        if self.auth_mount and not _MOUNT.fullmatch(self.auth_mount):
+            raise ConfigError(
+                "OUBLI_VAULT_AUTH_MOUNT must be a mount path like approle or k8s/prod"
+            )
+        return self
+
+    @property
+    def resolved_auth_mount(self) -> str:
+        return self.auth_mount or self.auth
+
+    @property
+    def tls(self) -> VaultTls:
+        return VaultTls(self.ca_cert, self.client_cert, self.client_key)
+
+    def auth_method(self) -> AuthMethod:
+        """The configured way to get a token (validate() first)."""
+        if self.auth == "token-file":
+            assert self.token_file is not None
+            return TokenFile(self.token_file)
+        if self.auth == "approle":
+            assert self.role_id_file is not None and self.secret_id_file is not None
+            return AppRole(self.role_id_file, self.secret_id_file, self.resolved_auth_mount)
+        if self.auth == "kubernetes":
+            return Kubernetes(self.k8s_role, self.k8s_jwt_file, self.resolved_auth_mount)
+        return StaticToken(self.token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +369,9 @@ class ServerConfig:
         if metrics is not None and metrics[1] != 0 and self.metrics_listen == self.listen:
             raise ConfigError("the metrics address must differ from the gRPC listen address")
         if self.kms == "vault":
-            if self.vault is None or not self.vault.address or not self.vault.token:
+            if self.vault is None:
                 raise ConfigError("--kms vault needs a Vault address and token")
+            self.vault.validate()
         elif self.kms == "local":
             try:
                 database_file = sqlite_file(self.resolved_database_url)
@@ -271,19 +396,7 @@ class ServerConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         vault_values = {key: values.pop(key, None) for key in _VAULT_OVERRIDES}
         if values.get("kms", "local") == "vault":
-            try:
-                cache_size = int(
-                    str(vault_values["vault_cache_size"] or env.get("OUBLI_VAULT_CACHE_SIZE", ""))
-                    or DEFAULT_VAULT_CACHE_SIZE
-                )
-            except ValueError:
-                raise ConfigError("OUBLI_VAULT_CACHE_SIZE is not a valid value") from None
-            values["vault"] = VaultSettings(
-                address=str(vault_values["vault_addr"] or env.get("VAULT_ADDR", "")),
-                token=str(vault_values["vault_token"] or env.get("VAULT_TOKEN", "")),
-                mount=str(vault_values["vault_mount"] or env.get("OUBLI_VAULT_MOUNT", "transit")),
-                cache_size=cache_size,
-            )
+            values["vault"] = _vault_settings(env, vault_values)
         return cls(**values).validate()  # type: ignore[arg-type]
 
 
@@ -310,7 +423,60 @@ MAX_KMS_TIMEOUT_SECONDS = 60.0
 #: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
 DEFAULT_VAULT_CACHE_SIZE = 10_000
 
-_VAULT_OVERRIDES = ("vault_addr", "vault_token", "vault_mount", "vault_cache_size")
+#: Vault settings: the override (flag) name, its variable, and the VaultSettings field.
+_VAULT_SETTINGS: dict[str, tuple[str, str]] = {
+    "vault_addr": ("VAULT_ADDR", "address"),
+    "vault_token": ("VAULT_TOKEN", "token"),
+    "vault_mount": ("OUBLI_VAULT_MOUNT", "mount"),
+    "vault_cache_size": ("OUBLI_VAULT_CACHE_SIZE", "cache_size"),
+    "vault_auth": ("OUBLI_VAULT_AUTH", "auth"),
+    "vault_token_file": ("OUBLI_VAULT_TOKEN_FILE", "token_file"),
+    "vault_role_id_file": ("OUBLI_VAULT_ROLE_ID_FILE", "role_id_file"),
+    "vault_secret_id_file": ("OUBLI_VAULT_SECRET_ID_FILE", "secret_id_file"),
+    "vault_k8s_role": ("OUBLI_VAULT_K8S_ROLE", "k8s_role"),
+    "vault_k8s_jwt_file": ("OUBLI_VAULT_K8S_JWT_FILE", "k8s_jwt_file"),
+    "vault_auth_mount": ("OUBLI_VAULT_AUTH_MOUNT", "auth_mount"),
+    "vault_cacert": ("VAULT_CACERT", "ca_cert"),
+    "vault_client_cert": ("VAULT_CLIENT_CERT", "client_cert"),
+    "vault_client_key": ("VAULT_CLIENT_KEY", "client_key"),
+    "vault_namespace": ("VAULT_NAMESPACE", "namespace"),
+}
+_VAULT_OVERRIDES = tuple(_VAULT_SETTINGS)
+_VAULT_PATHS = frozenset(
+    {
+        "token_file",
+        "role_id_file",
+        "secret_id_file",
+        "k8s_jwt_file",
+        "ca_cert",
+        "client_cert",
+        "client_key",
+    }
+)
+
+
+def _vault_settings(env: Mapping[str, str], overrides: Mapping[str, object]) -> VaultSettings:
+    """VaultSettings from flags (``overrides``), else the environment, else defaults."""
+    values: dict[str, object] = {}
+    for override, (variable, attribute) in _VAULT_SETTINGS.items():
+        raw = overrides.get(override)
+        if raw is None or raw == "":
+            raw = env.get(variable, "")
+        if raw == "":
+            continue
+        if attribute == "cache_size":
+            try:
+                values[attribute] = int(str(raw))
+            except ValueError:
+                raise ConfigError(f"{variable} is not a valid value") from None
+        elif attribute in _VAULT_PATHS:
+            values[attribute] = raw if isinstance(raw, Path) else Path(str(raw))
+        else:
+            values[attribute] = str(raw)
+    values.setdefault("address", "")
+    values.setdefault("cache_size", DEFAULT_VAULT_CACHE_SIZE)
+    return VaultSettings(**values)  # type: ignore[arg-type]
+
 
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_LISTEN": ("listen", str),

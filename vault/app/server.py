@@ -32,6 +32,7 @@ from kms.absent import AbsentKeyManager
 from kms.base import KeyManager, KmsError
 from kms.guard import BreakerState, GuardedKeyManager
 from kms.local_keystore import LocalKeystore
+from kms.vault_auth import AuthLost, VaultAuth
 from kms.vault_transit import VaultTransitKeyManager
 from vault.access.authentication import Authenticator
 from vault.access.caller_policy import CallerPolicy
@@ -84,14 +85,31 @@ def build_kms(config: ServerConfig) -> KeyManager:
     """The configured backend behind the KMS guard (budget, calls in flight, breaker)."""
     backend: KeyManager
     if config.kms == "vault":
-        assert config.vault is not None
+        settings = config.vault
+        assert settings is not None
+
+        def auth_event(event: str, **fields: object) -> None:
+            # Never a credential: methods, ttls, reasons (kms/vault_auth.py).
+            lost = event in ("vault_auth_lost", "vault_token_max_ttl", "vault_token_invalid")
+            (log.warning if lost else log.info)(event, **fields)
+
+        auth = VaultAuth(settings.auth_method(), on_event=auth_event)
         transit = VaultTransitKeyManager(
-            config.vault.address, config.vault.token, mount_point=config.vault.mount
+            settings.address,
+            auth=auth,
+            tls=settings.tls,
+            namespace=settings.namespace,
+            mount_point=settings.mount,
         )
         try:
-            transit.ensure_mount(cache_size=config.vault.cache_size)
+            transit.ensure_mount(cache_size=settings.cache_size)
+        except AuthLost as e:
+            transit.close()
+            raise Unavailable(f"cannot log in to Vault: {e} ({e.reason})") from e
         except KmsError as e:
+            transit.close()
             raise Unavailable(f"cannot prepare the Transit mount: {e}") from e
+        auth.start()  # renews in the background: an idle server keeps its token
         backend = transit
     else:
         backend = LocalKeystore(config.resolved_keystore_path)
