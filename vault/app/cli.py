@@ -77,11 +77,44 @@ def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
         raise _fail("cannot start:", e) from None
 
 
-def _config(**overrides: object) -> ServerConfig:
+def _config(config_file: Path | None = None, **overrides: object) -> ServerConfig:
+    """Defaults, then ``config_file`` (if any), then the environment, then the flags."""
+    from vault.app.config_file import load_config
+
     try:
+        if config_file is not None:
+            return load_config(config_file, os.environ, **overrides)
         return ServerConfig.from_env(os.environ, **overrides)
     except ConfigError as e:
         raise _fail("invalid configuration:", e, code=2) from None
+
+
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="OUBLI_CONFIG",
+        help="TOML file of settings (keys: ServerConfig's field names, a [vault] table); "
+        "flags and the environment win over it (deploy/oubli.toml)",
+    ),
+]
+CheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="validate the configuration, print it (secrets redacted, each value's "
+        "source) and exit without serving",
+    ),
+]
+
+
+def _print_effective(
+    config: ServerConfig, config_file: Path | None, overrides: dict[str, object]
+) -> None:
+    from vault.app.config_file import effective_toml, read_config_file, setting_sources
+
+    file = read_config_file(config_file) if config_file is not None else None
+    sys.stdout.write(effective_toml(config, setting_sources(file, os.environ, overrides)))
 
 
 @app.command()
@@ -128,12 +161,19 @@ def serve(
             "or restored): the database's position is reset to the ledger's head",
         ),
     ] = False,
+    drain_seconds: Annotated[
+        float | None,
+        typer.Option(help="on SIGTERM, how long calls in flight may take to finish (default 5)"),
+    ] = None,
+    config_file: ConfigFileOption = None,
+    check: CheckOption = False,
 ) -> None:
     """Serve gRPC. Default: SQLite + local keystore under ./oubli-data; callers
     authenticate with bearer tokens (oubli token create CALLER) or client certificates.
     Calls are served once the restore fence has reconciled the erasure ledger, the KMS
-    and the database."""
-    config = _config(
+    and the database. SIGTERM drains: health NOT_SERVING, new calls refused, calls in
+    flight finish (up to --drain-seconds), exit 0."""
+    overrides: dict[str, object] = dict(
         ledger_url=ledger_url,
         ledger_mirror_dir=ledger_mirror_dir,
         fence_interval_seconds=fence_interval,
@@ -153,7 +193,12 @@ def serve(
         vault_token=vault_token,
         vault_mount=vault_mount,
         catalog_path=catalog,
+        drain_seconds=drain_seconds,
     )
+    config = _config(config_file, **overrides)
+    if check:
+        _print_effective(config, config_file, overrides)
+        return
     configure_logging()
     _run_server(config, ready_file)
 
