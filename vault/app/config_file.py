@@ -246,6 +246,8 @@ def _line(name: str, value: object, shown: str | None, sources: Mapping[str, str
     source = sources.get(key, "default")
     if value is None:
         return f"# {name}: not set ({source})"
+    if isinstance(value, Path):
+        value = value.absolute()  # read back from a file, a relative path would move
     text = _toml_value(redact_url(value) if isinstance(value, str) else value)
     return f"{name} = {_toml_value(shown) if shown else text}  # {source}"
 
@@ -329,18 +331,17 @@ def _suggestion(key: str, known: Mapping[str, object], prefix: str) -> str:
     """``; did you mean …?`` for the nearest known name (an environment variable's name
     or a Vault flag's name written as a key finds its setting too)."""
     candidates = [key, key.lower().removeprefix("oubli_")]
+    if not prefix:  # vault_addr, OUBLI_VAULT_MOUNT: a setting of the [vault] table
+        names = [f.name for f in fields(VaultSettings)]
+        for candidate in candidates:
+            rest = candidate.lower().removeprefix(f"{VAULT_TABLE}_")
+            close = difflib.get_close_matches(rest, names, n=1, cutoff=0.5)
+            if rest != candidate.lower() and close:
+                return f" (did you mean {close[0]} in the [{VAULT_TABLE}] table?)"
     for candidate in candidates:
         close = difflib.get_close_matches(candidate, list(known), n=1, cutoff=0.6)
         if close:
             return f" (did you mean {prefix}{close[0]}?)"
-    if not prefix:
-        for candidate in candidates:
-            rest = candidate.removeprefix(f"{VAULT_TABLE}_")
-            if rest != candidate:
-                names = [f.name for f in fields(VaultSettings)]
-                close = difflib.get_close_matches(rest, names, n=1, cutoff=0.5)
-                if close:
-                    return f" (did you mean {close[0]} in the [{VAULT_TABLE}] table?)"
     return ""
 
 
