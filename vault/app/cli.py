@@ -203,9 +203,26 @@ def serve(
     _run_server(config, ready_file)
 
 
+#: What `oubli dev` decides itself (throwaway data, its own OpenBao): the keys of a
+#: configuration file it ignores.
+_DEV_OWNED = frozenset(
+    [
+        "data_dir",
+        "database_url",
+        "ledger_url",
+        "ledger_mirror_dir",
+        "keystore_path",
+        "tokens_path",
+        "kms",
+        "vault.address",
+        "vault.token",
+    ]
+)
+
+
 @app.command()
 def dev(
-    listen: Annotated[str, typer.Option(help="host:port")] = "127.0.0.1:50051",
+    listen: Annotated[str | None, typer.Option(help="host:port (default 127.0.0.1:50051)")] = None,
     metrics_listen: Annotated[
         str | None, typer.Option(help="host:port for Prometheus metrics over HTTP (default off)")
     ] = None,
@@ -213,27 +230,50 @@ def dev(
     tokens_out: Annotated[
         Path | None, typer.Option(help="write one bearer token per default caller here")
     ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="take the other settings (tenant, callers, TLS, caches…) from this "
+            "file; its data, KMS and Vault address/token keys are ignored",
+        ),
+    ] = None,
 ) -> None:
     """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary).
-    Makes one bearer token per default caller, in files named CALLER.token."""
+    Makes one bearer token per caller of the caller policy, in files named
+    CALLER.token. The environment is not read."""
+    import dataclasses
+
     from vault.access.caller_policy import CallerPolicy
+    from vault.app.config_file import apply_config_file, read_config_file
     from vault.app.openbao_process import OpenBaoDevServer
     from vault.app.server import token_registry
     from vault.private_files import make_private_dir, write_private
 
-    if metrics_listen:  # refused before OpenBao starts, like serve's invalid settings
-        try:
+    file = None
+    try:  # refused before OpenBao starts, like serve's invalid settings
+        if metrics_listen:
             parse_host_port(metrics_listen, "--metrics-listen")
-        except ConfigError as e:
-            raise _fail("invalid configuration:", e, code=2) from None
+        if config_file is not None:
+            file = read_config_file(config_file)
+    except ConfigError as e:
+        raise _fail("invalid configuration:", e, code=2) from None
+    if file is not None:
+        ignored = [key for key in file.keys if key in _DEV_OWNED]
+        if ignored:
+            err.print(f"oubli dev ignores these keys of {config_file}: {', '.join(ignored)}")
+        file = dataclasses.replace(
+            file,
+            settings={k: v for k, v in file.settings.items() if k not in _DEV_OWNED},
+            vault={k: v for k, v in file.vault.items() if f"vault.{k}" not in _DEV_OWNED},
+        )
     configure_logging()
     with (
         tempfile.TemporaryDirectory(prefix="oubli-dev-") as tmp,
         OpenBaoDevServer(Path(tmp) / "openbao.log") as bao,
     ):
         err.print(f"OpenBao dev server at {bao.address}; data in {tmp} (deleted on exit)")
-        config = ServerConfig.from_env(
-            {},
+        settings: dict[str, object] = dict(
             listen=listen,
             metrics_listen=metrics_listen,
             data_dir=Path(tmp),
@@ -241,9 +281,16 @@ def dev(
             vault_addr=bao.address,
             vault_token=bao.token,
         )
+        try:
+            if file is not None:
+                config = apply_config_file(file, {}, **settings)
+            else:
+                config = ServerConfig.from_env({}, **settings)
+        except ConfigError as e:
+            raise _fail("invalid configuration:", e, code=2) from None
         token_dir = make_private_dir(tokens_out or Path(tmp) / "tokens")
         registry = token_registry(config)
-        for caller in CallerPolicy.load().callers:
+        for caller in CallerPolicy.load(config.callers_path).callers:
             write_private(token_dir / f"{caller}.token", registry.create(caller).token.encode())
         registry.table.engine.dispose()
         err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")

@@ -12,7 +12,6 @@ import errno
 import os
 import signal
 import socket
-import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -470,13 +469,25 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
         pid=os.getpid(),
         **({"metrics_port": running.metrics.port} if running.metrics else {}),
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready file: a SIGTERM drains
-        signal.signal(sig, lambda *_: stop.set())
-    if ready_file is not None:
-        write_private(ready_file, str(running.port).encode())
-    stop.wait()
-    log.info("draining", drain_seconds=config.drain_seconds)
+    # The signal wakes the main thread through a socket (signal.set_wakeup_fd), not an
+    # Event set from the handler: Event.set takes the lock Event.wait may hold at that
+    # instant, and the process then hung on SIGTERM. Installed before the ready file.
+    woken, wakeup = socket.socketpair()
+    wakeup.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wakeup.fileno())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        if ready_file is not None:
+            write_private(ready_file, str(running.port).encode())
+        received = woken.recv(1)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        woken.close()
+        wakeup.close()
+    log.info(
+        "draining", signal=signal.Signals(received[0]).name, drain_seconds=config.drain_seconds
+    )
     started = time.monotonic()
     running.stop(config.drain_seconds)
     log.info("stopped", seconds=round(time.monotonic() - started, 3))

@@ -355,3 +355,28 @@ def test_serve_refuses_a_bad_file_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner(env={"OUBLI_CONFIG": str(path)}).invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "unknown setting" in result.output and "max_workers" in result.output
+
+
+@pytest.mark.openbao  # `oubli dev` starts its own OpenBao
+def test_dev_takes_a_file_but_keeps_its_own_data_and_kms(tmp_path: Path) -> None:
+    from clients.oubli_client import OubliClient
+    from tests.integration.processes import ServerProcess
+
+    path = write(
+        tmp_path,
+        'tenant = "acme"\ndrain_seconds = 1\n'
+        f'database_url = "sqlite:///{tmp_path}/never.db"\nkms = "local"\n'
+        '[vault]\naddress = "http://nowhere:1"\nmount = "transit-dev"\n',
+    )
+    with (
+        ServerProcess(tmp_path / "dev", "dev", "--config", str(path)) as server,
+        OubliClient(server.target, token=server.token) as client,
+    ):
+        subject = client.create_subject()
+        assert client.shred_subject(subject.subject_id).kms_backend == "vault-transit"
+        code = server.stop()
+    assert code == 0
+    log = server.log()
+    assert "ignores these keys" in log and "database_url, kms, vault.address" in log
+    assert '"drain_seconds": 1.0' in log
+    assert not (tmp_path / "never.db").exists()
