@@ -77,11 +77,44 @@ def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
         raise _fail("cannot start:", e) from None
 
 
-def _config(**overrides: object) -> ServerConfig:
+def _config(config_file: Path | None = None, **overrides: object) -> ServerConfig:
+    """Defaults, then ``config_file`` (if any), then the environment, then the flags."""
+    from vault.app.config_file import load_config
+
     try:
+        if config_file is not None:
+            return load_config(config_file, os.environ, **overrides)
         return ServerConfig.from_env(os.environ, **overrides)
     except ConfigError as e:
         raise _fail("invalid configuration:", e, code=2) from None
+
+
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="OUBLI_CONFIG",
+        help="TOML file of settings (keys: ServerConfig's field names, a [vault] table); "
+        "flags and the environment win over it (deploy/oubli.toml)",
+    ),
+]
+CheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="validate the configuration, print it (secrets redacted, each value's "
+        "source) and exit without serving",
+    ),
+]
+
+
+def _print_effective(
+    config: ServerConfig, config_file: Path | None, overrides: dict[str, object]
+) -> None:
+    from vault.app.config_file import effective_toml, read_config_file, setting_sources
+
+    file = read_config_file(config_file) if config_file is not None else None
+    sys.stdout.write(effective_toml(config, setting_sources(file, os.environ, overrides)))
 
 
 @app.command()
@@ -154,12 +187,19 @@ def serve(
             "or restored): the database's position is reset to the ledger's head",
         ),
     ] = False,
+    drain_seconds: Annotated[
+        float | None,
+        typer.Option(help="on SIGTERM, how long calls in flight may take to finish (default 5)"),
+    ] = None,
+    config_file: ConfigFileOption = None,
+    check: CheckOption = False,
 ) -> None:
     """Serve gRPC. Default: SQLite + local keystore under ./oubli-data; callers
     authenticate with bearer tokens (oubli token create CALLER) or client certificates.
     Calls are served once the restore fence has reconciled the erasure ledger, the KMS
-    and the database."""
-    config = _config(
+    and the database. SIGTERM drains: health NOT_SERVING, new calls refused, calls in
+    flight finish (up to --drain-seconds), exit 0."""
+    overrides: dict[str, object] = dict(
         ledger_url=ledger_url,
         ledger_mirror_dir=ledger_mirror_dir,
         fence_interval_seconds=fence_interval,
@@ -190,14 +230,36 @@ def serve(
         vault_client_key=vault_client_key,
         vault_namespace=vault_namespace,
         catalog_path=catalog,
+        drain_seconds=drain_seconds,
     )
+    config = _config(config_file, **overrides)
+    if check:
+        _print_effective(config, config_file, overrides)
+        return
     configure_logging()
     _run_server(config, ready_file)
 
 
+#: What `oubli dev` decides itself (throwaway data, its own OpenBao): the keys of a
+#: configuration file it ignores.
+_DEV_OWNED = frozenset(
+    [
+        "data_dir",
+        "database_url",
+        "ledger_url",
+        "ledger_mirror_dir",
+        "keystore_path",
+        "tokens_path",
+        "kms",
+        "vault.address",
+        "vault.token",
+    ]
+)
+
+
 @app.command()
 def dev(
-    listen: Annotated[str, typer.Option(help="host:port")] = "127.0.0.1:50051",
+    listen: Annotated[str | None, typer.Option(help="host:port (default 127.0.0.1:50051)")] = None,
     metrics_listen: Annotated[
         str | None, typer.Option(help="host:port for Prometheus metrics over HTTP (default off)")
     ] = None,
@@ -205,27 +267,50 @@ def dev(
     tokens_out: Annotated[
         Path | None, typer.Option(help="write one bearer token per default caller here")
     ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="take the other settings (tenant, callers, TLS, caches…) from this "
+            "file; its data, KMS and Vault address/token keys are ignored",
+        ),
+    ] = None,
 ) -> None:
     """Start a throwaway OpenBao dev server and oubli wired to it (data is temporary).
-    Makes one bearer token per default caller, in files named CALLER.token."""
+    Makes one bearer token per caller of the caller policy, in files named
+    CALLER.token. The environment is not read."""
+    import dataclasses
+
     from vault.access.caller_policy import CallerPolicy
+    from vault.app.config_file import apply_config_file, read_config_file
     from vault.app.openbao_process import OpenBaoDevServer
     from vault.app.server import token_registry
     from vault.private_files import make_private_dir, write_private
 
-    if metrics_listen:  # refused before OpenBao starts, like serve's invalid settings
-        try:
+    file = None
+    try:  # refused before OpenBao starts, like serve's invalid settings
+        if metrics_listen:
             parse_host_port(metrics_listen, "--metrics-listen")
-        except ConfigError as e:
-            raise _fail("invalid configuration:", e, code=2) from None
+        if config_file is not None:
+            file = read_config_file(config_file)
+    except ConfigError as e:
+        raise _fail("invalid configuration:", e, code=2) from None
+    if file is not None:
+        ignored = [key for key in file.keys if key in _DEV_OWNED]
+        if ignored:
+            err.print(f"oubli dev ignores these keys of {config_file}: {', '.join(ignored)}")
+        file = dataclasses.replace(
+            file,
+            settings={k: v for k, v in file.settings.items() if k not in _DEV_OWNED},
+            vault={k: v for k, v in file.vault.items() if f"vault.{k}" not in _DEV_OWNED},
+        )
     configure_logging()
     with (
         tempfile.TemporaryDirectory(prefix="oubli-dev-") as tmp,
         OpenBaoDevServer(Path(tmp) / "openbao.log") as bao,
     ):
         err.print(f"OpenBao dev server at {bao.address}; data in {tmp} (deleted on exit)")
-        config = ServerConfig.from_env(
-            {},
+        settings: dict[str, object] = dict(
             listen=listen,
             metrics_listen=metrics_listen,
             data_dir=Path(tmp),
@@ -233,9 +318,16 @@ def dev(
             vault_addr=bao.address,
             vault_token=bao.token,
         )
+        try:
+            if file is not None:
+                config = apply_config_file(file, {}, **settings)
+            else:
+                config = ServerConfig.from_env({}, **settings)
+        except ConfigError as e:
+            raise _fail("invalid configuration:", e, code=2) from None
         token_dir = make_private_dir(tokens_out or Path(tmp) / "tokens")
         registry = token_registry(config)
-        for caller in CallerPolicy.load().callers:
+        for caller in CallerPolicy.load(config.callers_path).callers:
             write_private(token_dir / f"{caller}.token", registry.create(caller).token.encode())
         registry.table.engine.dispose()
         err.print(f"bearer tokens (OUBLI_TOKEN_FILE=...): {token_dir}/CALLER.token")

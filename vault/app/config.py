@@ -64,6 +64,13 @@ Environment variables (all optional):
                           finds it due (defaults 365, 365, 365, 730, 365; docs/keys.md)
     OUBLI_KEY_TRIM_AFTER_DAYS  days after a rotation before the KMS key's old versions
                           are trimmed (default: OUBLI_KMS_BACKUP_RETENTION_DAYS)
+    OUBLI_DRAIN_SECONDS   on SIGTERM/SIGINT, how long calls in flight may take to finish
+                          before they are cancelled (default 5)
+
+A configuration file (``oubli serve --config oubli.toml``, or OUBLI_CONFIG) holds any of
+these settings under the field names of ServerConfig, the Vault ones in a ``[vault]``
+table; precedence: flags > environment > file > defaults (vault/app/config_file.py,
+deploy/oubli.toml, docs/operations.md#configuration-file).
 """
 
 from __future__ import annotations
@@ -262,6 +269,9 @@ class ServerConfig:
     #: are trimmed (None: the KMS backup retention). Database copies older than the
     #: rotation can be opened until then, and never after.
     key_trim_after_days: int | None = None
+    #: On SIGTERM/SIGINT: how long calls in flight may take to finish (health says
+    #: NOT_SERVING and new calls are refused from the start) before they are cancelled.
+    drain_seconds: float = 5.0
 
     @property
     def cryptoperiods(self) -> Cryptoperiods:
@@ -354,6 +364,8 @@ class ServerConfig:
             raise ConfigError("every cryptoperiod must be at least 1 day")
         if self.key_trim_after_days is not None and self.key_trim_after_days < 0:
             raise ConfigError("the delay before trimming old key versions must be >= 0 days")
+        if not 0 <= self.drain_seconds <= MAX_DRAIN_SECONDS:
+            raise ConfigError(f"the drain period must be in [0, {MAX_DRAIN_SECONDS:g}] seconds")
         try:
             ledger_file = sqlite_file(self.resolved_ledger_url)
             database_file = sqlite_file(self.resolved_database_url)
@@ -419,6 +431,9 @@ def parse_host_port(value: str, setting: str) -> tuple[str, int]:
 #: one holds workers for longer than a client waits.
 MIN_KMS_TIMEOUT_SECONDS = 0.1
 MAX_KMS_TIMEOUT_SECONDS = 60.0
+
+#: Longest drain on SIGTERM: beyond it, an orchestrator's own grace period has long run out.
+MAX_DRAIN_SECONDS = 3600.0
 
 #: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
 DEFAULT_VAULT_CACHE_SIZE = 10_000
@@ -512,4 +527,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_CRYPTOPERIOD_INDEX_KEY_DAYS": ("cryptoperiod_index_key_days", int),
     "OUBLI_CRYPTOPERIOD_SIGNING_KEY_DAYS": ("cryptoperiod_signing_key_days", int),
     "OUBLI_KEY_TRIM_AFTER_DAYS": ("key_trim_after_days", int),
+    "OUBLI_DRAIN_SECONDS": ("drain_seconds", float),
 }

@@ -15,7 +15,7 @@ import errno
 import os
 import signal
 import socket
-import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
@@ -249,17 +249,38 @@ class RunningServer:
     readiness: Readiness | None = None
 
     def stop(self, grace: float = 5.0) -> None:
-        self.health.enter_graceful_shutdown()
+        """Drain, then release: health says NOT_SERVING and new calls are refused
+        (UNAVAILABLE) at once; calls in flight have ``grace`` seconds to finish, then
+        are cancelled; then the metrics endpoint, the checkpoint thread, the KMS client
+        and the database pools are closed."""
+        self.health.enter_graceful_shutdown()  # NOT_SERVING, sent to every Watch too
         if self.readiness is not None:
-            self.readiness.stop()
+            self.readiness.stop()  # its probes publish nothing more
+        drained = self.server.stop(grace)  # refuses new calls from now on
+        _end_health_watches(self.health)
         self.fence.stop()
-        self.server.stop(grace).wait()
+        drained.wait()
         if self.metrics is not None:
             self.metrics.stop()
         self.audit.stop()
         self.vault.crypto.kms.close()
         self.vault.storage.engine.dispose()
         self.vault.ledger.close()
+
+
+def _end_health_watches(servicer: health.HealthServicer) -> None:
+    """End every health Watch stream (status OK, after the NOT_SERVING it was sent):
+    left open, a load balancer's Watch would hold the drain until the grace period runs
+    out. grpc's HealthServicer keeps its watchers' callbacks in a private dict; without
+    it (another grpc version), the watches end with the grace period instead."""
+    callbacks = getattr(servicer, "_send_response_callbacks", None)
+    lock = getattr(servicer, "_lock", None)
+    if not isinstance(callbacks, dict) or lock is None:
+        return
+    with lock:
+        ending = [callback for watchers in callbacks.values() for callback in watchers]
+    for callback in ending:
+        callback(None)
 
 
 def token_registry(config: ServerConfig, clock: Clock = utc_now) -> TokenRegistry:
@@ -507,11 +528,25 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
         pid=os.getpid(),
         **({"metrics_port": running.metrics.port} if running.metrics else {}),
     )
-    if ready_file is not None:
-        write_private(ready_file, str(running.port).encode())
-    stop = threading.Event()
+    # The signal wakes the main thread through a socket (signal.set_wakeup_fd), not an
+    # Event set from the handler: Event.set takes the lock Event.wait may hold at that
+    # instant, and the process then hung on SIGTERM. Installed before the ready file.
+    woken, wakeup = socket.socketpair()
+    wakeup.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wakeup.fileno())
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("stopping")
-    running.stop()
+        signal.signal(sig, lambda *_: None)
+    try:
+        if ready_file is not None:
+            write_private(ready_file, str(running.port).encode())
+        received = woken.recv(1)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        woken.close()
+        wakeup.close()
+    log.info(
+        "draining", signal=signal.Signals(received[0]).name, drain_seconds=config.drain_seconds
+    )
+    started = time.monotonic()
+    running.stop(config.drain_seconds)
+    log.info("stopped", seconds=round(time.monotonic() - started, 3))
