@@ -35,6 +35,8 @@ class NetnsUnavailable(RuntimeError):
 
 def ip(*args: str) -> str:
     """Run ``ip ARGS``; raise with its stderr when it fails."""
+    if os.geteuid() != 0:
+        raise NetnsUnavailable("the cluster drill makes network namespaces: run it as root")
     binary = shutil.which("ip")
     if binary is None:
         raise NetnsUnavailable("iproute2's `ip` is missing: apt-get install iproute2")

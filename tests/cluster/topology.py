@@ -25,6 +25,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from tests.cluster.netns import Forwarder, Network, _Relay, socket_in
@@ -184,6 +186,7 @@ class Drill:
         self.balancer: ActiveNodeBalancer | None = None
         self.postgres: NamespacedPostgres | None = None
         self.replicas: list[Replica] = []
+        self.pg_forwarder: Forwarder | None = None
         self.mount = f"transit-{secrets.token_hex(4)}"
         #: Seconds each stage of start() took.
         self.timings: dict[str, float] = {}
@@ -241,6 +244,8 @@ class Drill:
         self.postgres.init().start()
         self.postgres.create_database("oubli")
         self.postgres.create_database("ledger")
+        self.pg_forwarder = Forwarder(net.namespace("pg"), PG_PORT)
+        self.forwarders.append(self.pg_forwarder)
         self.timings["postgres"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -260,6 +265,26 @@ class Drill:
             replica.start()
         self.timings["replicas"] = time.monotonic() - t
         self.timings["total"] = time.monotonic() - t0
+
+    @property
+    def database_url(self) -> str:
+        """The replicas' database, as the test process reaches it (a forwarder)."""
+        assert self.pg_forwarder is not None
+        return f"postgresql+psycopg://postgres@{self.pg_forwarder.address}/oubli"
+
+    def transit_key_status(self, node: OpenBaoRaftNode, key_id: str) -> int:
+        """HTTP status of reading Transit key ``key_id`` from ``node`` itself (standby
+        nodes answer reads from their own copy of the raft log)."""
+        assert self.cluster is not None
+        request = urllib.request.Request(
+            f"{node.probe_address}/v1/{self.mount}/keys/{key_id}",
+            headers={"X-Vault-Token": self.cluster.token},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
 
     def stop(self) -> None:
         for replica in self.replicas:
