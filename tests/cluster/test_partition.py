@@ -1,0 +1,75 @@
+"""(b) One oubli replica is cut off from OpenBao (its "kms" cable pulled; it keeps the
+database): calls that need the KMS fail UNAVAILABLE there, the other replicas serve,
+and the cut replica serves again once the cable is back.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.errors import Unavailable
+from clients.oubli_client import OubliClient
+from tests.cluster.topology import Drill, Replica
+
+pytestmark = [pytest.mark.openbao, pytest.mark.postgres]
+
+RECOVERY_BOUND = 30.0
+
+
+def health_of(replica: Replica) -> str:
+    with grpc.insecure_channel(replica.target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+def test_a_replica_cut_off_from_openbao_fails_unavailable_and_the_others_serve(
+    drill: Drill, capsys: pytest.CaptureFixture[str]
+) -> None:
+    *healthy, cut = drill.replicas
+    clients = {r.host: OubliClient(r.target, token=r.token, max_attempts=1) for r in drill.replicas}
+    try:
+        for client in clients.values():
+            client.create_subject()
+        drill.network.set_link(cut.host, "kms", up=False)
+        cut_at = time.monotonic()
+        try:
+            for _ in range(3):
+                with pytest.raises(Unavailable):
+                    clients[cut.host].create_subject()
+            for replica in healthy:
+                subject = clients[replica.host].create_subject()
+                clients[replica.host].create_record(
+                    subject.subject_id, "contact", {"email": "b@drill.test"}
+                )
+            # Health NOT_SERVING on KMS loss comes with readiness (issue 13, item 4, built
+            # by another helper): until it lands the cut replica still says SERVING, so
+            # the assertion `health_of(cut) == "NOT_SERVING"` is not made here yet.
+            health_while_cut = health_of(cut)
+            assert all(health_of(r) == "SERVING" for r in healthy)
+        finally:
+            drill.network.set_link(cut.host, "kms", up=True)
+        plugged_at = time.monotonic()
+        while True:
+            try:
+                clients[cut.host].create_subject()
+                break
+            except Unavailable:
+                assert time.monotonic() - plugged_at < RECOVERY_BOUND, "the replica stayed cut"
+                time.sleep(0.1)
+        recovered_after = time.monotonic() - plugged_at
+    finally:
+        for client in clients.values():
+            client.close()
+    with capsys.disabled():
+        print(
+            f"\n(b) {cut.host} cut off from OpenBao for {plugged_at - cut_at:.2f} s: "
+            f"calls UNAVAILABLE there, served by {', '.join(r.host for r in healthy)}; "
+            f"its health said {health_while_cut} while cut (readiness pending); "
+            f"served again {recovered_after:.2f} s after the cable was back"
+        )
