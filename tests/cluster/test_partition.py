@@ -20,12 +20,20 @@ pytestmark = [pytest.mark.openbao, pytest.mark.postgres]
 RECOVERY_BOUND = 30.0
 
 
-def health_of(replica: Replica) -> str:
+def health_of(replica: Replica, service: str = "") -> str:
     with grpc.insecure_channel(replica.target) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=5
+            health_pb2.HealthCheckRequest(service=service), timeout=5
         )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+def wait_for_health(replica: Replica, status: str, since: float) -> float:
+    """Seconds from ``since`` until the replica's health says ``status`` (bounded)."""
+    while health_of(replica) != status:
+        assert time.monotonic() - since < RECOVERY_BOUND, f"health never said {status}"
+        time.sleep(0.1)
+    return time.monotonic() - since
 
 
 def test_a_replica_cut_off_from_openbao_fails_unavailable_and_the_others_serve(
@@ -47,11 +55,12 @@ def test_a_replica_cut_off_from_openbao_fails_unavailable_and_the_others_serve(
                 clients[replica.host].create_record(
                     subject.subject_id, "contact", {"email": "b@drill.test"}
                 )
-            # Health NOT_SERVING on KMS loss comes with readiness (issue 13, item 4, built
-            # by another helper): until it lands the cut replica still says SERVING, so
-            # the assertion `health_of(cut) == "NOT_SERVING"` is not made here yet.
-            health_while_cut = health_of(cut)
+            # Readiness (vault/app/readiness.py) probes the KMS every 2 s: the cut replica
+            # turns NOT_SERVING, so a load balancer stops sending it calls; the others stay
+            # SERVING. Liveness stays up: the process is fine, only its KMS is out of reach.
+            not_serving_after = wait_for_health(cut, "NOT_SERVING", cut_at)
             assert all(health_of(r) == "SERVING" for r in healthy)
+            assert health_of(cut, "oubli.liveness") == "SERVING"
         finally:
             drill.network.set_link(cut.host, "kms", up=True)
         plugged_at = time.monotonic()
@@ -63,6 +72,7 @@ def test_a_replica_cut_off_from_openbao_fails_unavailable_and_the_others_serve(
                 assert time.monotonic() - plugged_at < RECOVERY_BOUND, "the replica stayed cut"
                 time.sleep(0.1)
         recovered_after = time.monotonic() - plugged_at
+        serving_after = wait_for_health(cut, "SERVING", plugged_at)
     finally:
         for client in clients.values():
             client.close()
@@ -70,6 +80,7 @@ def test_a_replica_cut_off_from_openbao_fails_unavailable_and_the_others_serve(
         print(
             f"\n(b) {cut.host} cut off from OpenBao for {plugged_at - cut_at:.2f} s: "
             f"calls UNAVAILABLE there, served by {', '.join(r.host for r in healthy)}; "
-            f"its health said {health_while_cut} while cut (readiness pending); "
-            f"served again {recovered_after:.2f} s after the cable was back"
+            f"its health NOT_SERVING {not_serving_after:.2f} s after the cut; "
+            f"served again {recovered_after:.2f} s and SERVING {serving_after:.2f} s after "
+            "the cable was back"
         )
