@@ -33,7 +33,6 @@ from vault.usecases.erasure import Erasure
 from vault.usecases.erasure_ledger import ErasureLedger
 from vault.usecases.kek_rotation import KekRotation
 from vault.usecases.key_rotation import Cryptoperiods, KeyRotation
-from vault.usecases.rekey import Rekeying
 from vault.usecases.service import VaultService
 
 
@@ -107,10 +106,7 @@ def key_rotation_of(
     without the service keys' rotations)."""
     return KeyRotation(
         keks=KekRotation(vault.storage, vault.crypto, trim_after=trim_after, clock=vault.clock),
-        deks=DekRotation(
-            vault.storage,
-            Rekeying(vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock),
-        ),
+        deks=DekRotation(vault.storage, vault.rekeying),
         service_keys={},
         periods=periods or Cryptoperiods(),
         clock=vault.clock,

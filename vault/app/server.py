@@ -68,7 +68,6 @@ from vault.usecases.kek_rotation import KekRotation
 from vault.usecases.key_rotation import KeyRotation, RotationKind, RotationReport
 from vault.usecases.lookup import SubjectFinder
 from vault.usecases.receipts import ReceiptSigner
-from vault.usecases.rekey import Rekeying
 from vault.usecases.restore_fence import FenceRunner, RestoreFence, ServingGate
 from vault.usecases.retention import RetentionJob
 from vault.usecases.rights import RightsService
@@ -224,10 +223,7 @@ def build_key_rotation(config: ServerConfig, vault: VaultService) -> KeyRotation
         keks=KekRotation(
             vault.storage, vault.crypto, trim_after=config.key_trim_after, clock=vault.clock
         ),
-        deks=DekRotation(
-            vault.storage,
-            Rekeying(vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock),
-        ),
+        deks=DekRotation(vault.storage, vault.rekeying),
         service_keys={RotationKind.SIGNING: signing_pass, RotationKind.INDEX: index_pass},
         periods=config.cryptoperiods,
         clock=vault.clock,

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from vault.errors import InvalidArgument
 from vault.storage import SubjectFlags
 from vault.usecases.flags import change_flags
-from vault.usecases.rekey import Rekeying
 from vault.usecases.service import SubjectView, VaultService
 
 
@@ -27,9 +26,7 @@ class Consents:
 
     def __init__(self, vault: VaultService) -> None:
         self.vault = vault
-        self._rekeying = Rekeying(
-            vault.storage, vault.crypto, ledger=vault.ledger, clock=vault.clock
-        )
+        self._rekeying = vault.rekeying
 
     def _known(self, name: str) -> str:
         if name not in self.vault.catalog.consents:
