@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from vault.storage.engine import translate_db_errors
+from vault.storage.engine import sqlite_writer, translate_db_errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +74,23 @@ class Repository:
             overflow=max(0, pool.overflow()),
             max_overflow=pool._max_overflow,
         )
+
+    @contextmanager
+    def _write_connection(self) -> Iterator[Connection]:
+        """A Core transaction that reads then writes on one consistent state: on SQLite
+        it holds the write lock from its start (``BEGIN IMMEDIATE``, queued behind this
+        process's other writers by :func:`sqlite_writer`); elsewhere a plain transaction
+        whose statements take their own row locks."""
+        with sqlite_writer(self.engine), self._connection() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+
+    @contextmanager
+    def _write_session(self) -> Iterator[Session]:
+        """:meth:`_write_connection` as an ORM session."""
+        with sqlite_writer(self.engine), self._session() as session:
+            connection = session.connection()
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield session

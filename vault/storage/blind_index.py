@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 
 from vault.storage.base import Repository
-from vault.storage.engine import sqlite_writer
 from vault.storage.rows import StoredRecord, stored_record
 from vault.storage.statements import (
     BLIND_INDEX,
@@ -76,9 +75,7 @@ class BlindIndexRepository(Repository):
         )
         if version is not None:
             record = record.where(RecordRow.version == version)
-        with sqlite_writer(self.engine), self._connection() as c:
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
+        with self._write_connection() as c:
             if c.execute(subject).first() is None:
                 return False
             if c.execute(record.with_for_update(read=True)).first() is None:
@@ -181,10 +178,8 @@ class BlindIndexRepository(Repository):
         """
         names = {index_key_name(generation): key_id for generation, key_id in retired.items()}
         try:
-            with sqlite_writer(self.engine), self._session() as s:
+            with self._write_session() as s:
                 c = s.connection()
-                if c.dialect.name == "sqlite":
-                    c.exec_driver_sql("BEGIN IMMEDIATE")
                 gone = s.execute(
                     delete(ServiceKeyRow).where(
                         or_(
@@ -218,10 +213,7 @@ class BlindIndexRepository(Repository):
         generation: :meth:`index_backlog`); re-indexing a record replaces them. Returns
         how many generations were dropped (0 when another replica dropped them first)."""
         names = {index_key_name(generation): key_id for generation, key_id in lost.items()}
-        with sqlite_writer(self.engine), self._session() as s:
-            c = s.connection()
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
+        with self._write_session() as s:
             gone = s.execute(
                 delete(ServiceKeyRow).where(
                     or_(

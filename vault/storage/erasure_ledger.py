@@ -41,7 +41,7 @@ from vault.private_files import (
     make_private_dir,
 )
 from vault.storage.base import Repository
-from vault.storage.engine import make_engine, sqlite_file, sqlite_writer, translate_db_errors
+from vault.storage.engine import make_engine, sqlite_file, translate_db_errors
 from vault.storage.groupcommit import GroupCommit
 
 #: The chain's first ``prev_hash``.
@@ -163,9 +163,7 @@ class LedgerRepository(Repository):
 
     def _write(self, items: list[NewLedgerEntry]) -> list[int]:
         written: list[LedgerEntry] = []
-        with sqlite_writer(self.engine), self._connection() as c:
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
+        with self._write_connection() as c:
             tip = c.execute(select(TIP.c.seq, TIP.c.hash).where(TIP.c.id == 1).with_for_update())
             row = tip.first()
             if row is None:

@@ -94,10 +94,8 @@ class ErasureRepository(Repository):
         """
         holds = holds or {}
         receipts: dict[str, Receipt] = {}
-        with sqlite_writer(self.engine), self._session() as s:
+        with self._write_session() as s:
             c = s.connection()
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
             for chunk in chunks(sorted(set(subject_ids))):
                 keys = dict(
                     c.execute(

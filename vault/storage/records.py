@@ -16,7 +16,6 @@ from sqlalchemy import (
 
 from vault.errors import OubliError
 from vault.storage.base import Repository
-from vault.storage.engine import sqlite_writer
 from vault.storage.groupcommit import GroupCommit
 from vault.storage.rows import RecordLike, StoredRecord, stored_record
 from vault.storage.statements import (
@@ -133,9 +132,7 @@ class RecordRepository(Repository):
         then. The subject rows are locked first (share lock on PostgreSQL, the write
         lock on SQLite), so a shred or re-key waits for this insert or goes first.
         """
-        with sqlite_writer(self.engine), self._connection() as c:
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
+        with self._write_connection() as c:
             current: dict[str, tuple[str, str]] = {}
             for chunk in chunks(sorted(key_ids)):
                 query = (
@@ -279,9 +276,7 @@ class RecordRepository(Repository):
         the record's row lock, PostgreSQL re-checks the record row only, not the subject
         row the subquery read before the wait.
         """
-        with sqlite_writer(self.engine), self._connection() as c:
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
+        with self._write_connection() as c:
             if not holds_key(c, record.subject_id, key_id):
                 return False
             result = c.execute(
@@ -322,9 +317,7 @@ class RecordRepository(Repository):
         not change it). False, and nothing written, when one changed or went meanwhile.
         """
         try:
-            with sqlite_writer(self.engine), self._connection() as c:
-                if c.dialect.name == "sqlite":
-                    c.exec_driver_sql("BEGIN IMMEDIATE")
+            with self._write_connection() as c:
                 for record in moved:
                     result = c.execute(
                         update(RECORDS)

@@ -15,7 +15,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from vault.storage.base import Repository
-from vault.storage.engine import sqlite_writer
 from vault.storage.rows import StoredRecord, subject_info
 from vault.storage.statements import (
     RECORDS,
@@ -77,10 +76,7 @@ class RekeyRepository(Repository):
         :meth:`insert_records`), so no write slips between this check and the commit.
         """
         try:
-            with sqlite_writer(self.engine), self._session() as s:
-                c = s.connection()
-                if c.dialect.name == "sqlite":
-                    c.exec_driver_sql("BEGIN IMMEDIATE")
+            with self._write_session() as s:
                 row = s.get(SubjectRow, subject_id, with_for_update=True)
                 if row is None or row.key_id != old_key_id or row.state not in WRITABLE:
                     return False

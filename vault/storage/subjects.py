@@ -14,7 +14,6 @@ from sqlalchemy import (
 
 from vault.errors import SubjectNotFound
 from vault.storage.base import Repository
-from vault.storage.engine import sqlite_writer
 from vault.storage.rows import (
     StoredRecord,
     SubjectFlags,
@@ -143,10 +142,7 @@ class SubjectRepository(Repository):
         this transaction, so two concurrent changes (a consent granted while another is
         withdrawn) both land. Returns the subject as changed; None when it is not
         writable (absent, erased or being erased)."""
-        with sqlite_writer(self.engine), self._session() as s:
-            c = s.connection()
-            if c.dialect.name == "sqlite":
-                c.exec_driver_sql("BEGIN IMMEDIATE")
+        with self._write_session() as s:
             row = s.get(SubjectRow, subject_id, with_for_update=True)
             if row is None or row.state not in WRITABLE:
                 return None
