@@ -55,3 +55,16 @@ class RequestState(StrEnum):
     OPEN = "open"
     COMPLETED = "completed"
     REJECTED = "rejected"
+
+
+class DestroyedKeyKind(StrEnum):
+    """What a destroyed KMS key protected: the kind of a key ledger and erasure ledger
+    entry."""
+
+    #: A subject's key, destroyed by its erasure.
+    SUBJECT = "subject"
+    #: A retention bucket's key, destroyed when its period ended.
+    BUCKET = "bucket"
+    #: A key a subject (re-key, DEK rotation, record erasure) or the blind index (index
+    #: key rotation) left: destroyed after the move committed.
+    RETIRED = "retired"

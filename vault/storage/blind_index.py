@@ -32,7 +32,7 @@ from vault.storage.statements import (
     replace_index_rows,
 )
 from vault.storage.tables import BlindIndexRow, RecordRow, ServiceKeyRow, SubjectRow
-from vault.vocabulary import WRITABLE
+from vault.vocabulary import WRITABLE, DestroyedKeyKind
 
 __all__ = [
     "INDEX_KEY_NAME",
@@ -199,7 +199,7 @@ class BlindIndexRepository(Repository):
                     raise Changed
                 s.execute(delete(BLIND_INDEX).where(BLIND_INDEX.c.generation.in_(list(retired))))
                 for key_id in sorted(retired.values()):
-                    add_to_key_ledger(s, key_id, "retired", now)
+                    add_to_key_ledger(s, key_id, DestroyedKeyKind.RETIRED, now)
                 return True
         except Changed:
             return False

@@ -19,7 +19,7 @@ from vault.storage.tables import (
     RetentionBucketRow,
     SubjectRow,
 )
-from vault.vocabulary import BucketState, SubjectState
+from vault.vocabulary import BucketState, DestroyedKeyKind, SubjectState
 
 
 class BucketRepository(Repository):
@@ -104,7 +104,7 @@ class BucketRepository(Repository):
             row.state = BucketState.DESTROYED
             row.wrapped_dek = None
             row.destroyed_at = now
-            add_to_key_ledger(s, row.key_id, "bucket", now)
+            add_to_key_ledger(s, row.key_id, DestroyedKeyKind.BUCKET, now)
             raise_ledger_position(s.connection(), ledger_seq)
             return (
                 int(getattr(deleted, "rowcount", 0) or 0),

@@ -35,7 +35,7 @@ from vault.storage.tables import (
     ShredReceiptRow,
     SubjectRow,
 )
-from vault.vocabulary import WRITABLE, KeyScheme, SubjectState
+from vault.vocabulary import WRITABLE, DestroyedKeyKind, KeyScheme, SubjectState
 
 
 class ErasureRepository(Repository):
@@ -175,7 +175,12 @@ class ErasureRepository(Repository):
             ).scalars()
         )
         ledger = [
-            {"key_id": keys[sid], "kind": "subject", "recorded_at": now, "subject_id": sid}
+            {
+                "key_id": keys[sid],
+                "kind": DestroyedKeyKind.SUBJECT,
+                "recorded_at": now,
+                "subject_id": sid,
+            }
             for sid in todo
             if keys[sid] not in ledgered
         ]

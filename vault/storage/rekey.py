@@ -28,7 +28,7 @@ from vault.storage.tables import (
     RecordRow,
     SubjectRow,
 )
-from vault.vocabulary import WRITABLE
+from vault.vocabulary import WRITABLE, DestroyedKeyKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class RekeyRepository(Repository):
                     consents = subject_info(row).consents
                     consents.pop(withdrawn_consent, None)
                     row.consents = json.dumps(consents, sort_keys=True)
-                add_to_key_ledger(s, old_key_id, "retired", now, subject_id)
+                add_to_key_ledger(s, old_key_id, DestroyedKeyKind.RETIRED, now, subject_id)
                 return True
         except Changed:
             return False

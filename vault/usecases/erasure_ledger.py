@@ -33,11 +33,12 @@ from vault.storage.erasure_ledger import (
     SignedHead,
     make_ledger_engine,
 )
+from vault.vocabulary import DestroyedKeyKind
 
-#: Kinds of entry: what the destroyed key protected.
-SUBJECT = "subject"
-BUCKET = "bucket"
-RETIRED = "retired"
+#: Kinds of entry: what the destroyed key protected (vault.vocabulary).
+SUBJECT = DestroyedKeyKind.SUBJECT
+BUCKET = DestroyedKeyKind.BUCKET
+RETIRED = DestroyedKeyKind.RETIRED
 
 ENTRY_CONTEXT = b"oubli-erasure-ledger-entry/v1\n"
 HEAD_CONTEXT = b"oubli-erasure-ledger-head/v1\n"
