@@ -85,6 +85,7 @@ def test_rpcs_are_traces_of_database_and_kms_spans_without_personal_data(
         "email": CANARY_EMAIL
     }
     key_id = traced.server.vault.subject_info(subject.subject_id).key_id
+    assert CANARY_EMAIL.encode() in b"".join(client.stream_export(subject.subject_id))
     client.shred_subject(subject.subject_id)
     spans = traced.exporter.get_finished_spans()
 
@@ -120,6 +121,9 @@ def test_rpcs_are_traces_of_database_and_kms_spans_without_personal_data(
 
     (store,) = rpc_spans(spans, "CreateRecord")
     assert any(s.name == "db.transaction" for s in children(spans, store))
+    (export,) = rpc_spans(spans, "StreamExport")  # a server stream: one span too
+    assert (export.attributes or {})["rpc.grpc.status_code"] == 0
+    assert any(s.name == "db.transaction" for s in children(spans, export))
     (shred,) = rpc_spans(spans, "ShredSubject")
     assert "kms.destroy_key" in {s.name for s in children(spans, shred)}
     assert any(s.name == "db.transaction" for s in children(spans, shred))
