@@ -34,8 +34,10 @@ class TracedStack:
 
 
 @pytest.fixture
-def traced(sqlite_url: str) -> Iterator[TracedStack]:
-    engine = make_engine(sqlite_url)
+def traced(database_url: str) -> Iterator[TracedStack]:
+    """The real gRPC server in process, on SQLite and on PostgreSQL, its KMS guarded, its
+    spans kept in memory."""
+    engine = make_engine(database_url)
     migrate(engine)
     vault = vault_service(Storage(engine), GuardedKeyManager(InMemoryKeyManager()))
     exporter = InMemorySpanExporter()
@@ -108,7 +110,8 @@ def test_rpcs_are_traces_of_database_and_kms_spans_without_personal_data(
     # RPC -> DB: its transactions (the audit append, the subject row) under it too.
     db = [s for s in children(spans, create[0]) if s.name == "db.transaction"]
     assert db
-    assert all(dict(s.attributes or {}) == {"db.system": "sqlite", **_outcome(s)} for s in db)
+    dialect = traced.server.vault.storage.engine.dialect.name  # sqlite, postgresql
+    assert all(dict(s.attributes or {}) == {"db.system": dialect, **_outcome(s)} for s in db)
 
     (read,) = rpc_spans(spans, "GetRecord")
     unwraps = [s for s in children(spans, read) if s.name == "kms.unwrap"]
