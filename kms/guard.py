@@ -342,37 +342,39 @@ class GuardedKeyManager(KeyManager):
             self._in_flight += 1
         answered: bool | None = None
         failed: ErrorKind | None = None
-        with self._span(name) as span:
-            started = self._clock()
-            try:
-                deadline = started + budget
-                with time_limit(lambda: deadline - self._clock()):
-                    result = operation()
-                answered = True
-                return result
-            except KmsUnavailable:
-                answered, failed = False, ErrorKind.UNAVAILABLE
-                note_kms_unavailable()
-                raise
-            except KmsError as e:
-                # The KMS answered, with a refusal: it is up.
-                answered, failed = True, error_kind(e)
-                raise
-            except Exception:
-                failed = ErrorKind.OTHER
-                raise
-            finally:
-                seconds = max(0.0, self._clock() - started)
-                with self._counts_lock:
-                    self._in_flight -= 1
-                    self._latencies.setdefault(name, _LatencyCounter()).add(seconds)
-                    if failed is not None:
-                        self._errors[failed.value] += 1
-                self._slots.release()
-                self.breaker.settle(admission, answered)
-                if span is not None:  # set while the span is open
-                    outcome = "ok" if failed is None else failed.value
-                    span.set_attribute("oubli.kms.outcome", outcome)
+        # Entered and left by hand: the try below keeps its place (no exception text
+        # is recorded on the span either way).
+        scope = self._span(name)
+        span = scope.__enter__()
+        started = self._clock()
+        try:
+            deadline = started + budget
+            with time_limit(lambda: deadline - self._clock()):
+                result = operation()
+            answered = True
+            return result
+        except KmsUnavailable:
+            answered, failed = False, ErrorKind.UNAVAILABLE
+            note_kms_unavailable()
+            raise
+        except KmsError as e:
+            answered, failed = True, error_kind(e)  # the KMS answered, with a refusal: it is up
+            raise
+        except Exception:
+            failed = ErrorKind.OTHER
+            raise
+        finally:
+            seconds = max(0.0, self._clock() - started)
+            with self._counts_lock:
+                self._in_flight -= 1
+                self._latencies.setdefault(name, _LatencyCounter()).add(seconds)
+                if failed is not None:
+                    self._errors[failed.value] += 1
+            self._slots.release()
+            self.breaker.settle(admission, answered)
+            if span is not None:  # set while the span is open
+                span.set_attribute("oubli.kms.outcome", "ok" if failed is None else failed.value)
+            scope.__exit__(None, None, None)
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
         """The backend call's span (nothing when tracing is off). Exceptions are not
