@@ -32,6 +32,11 @@ The guard also times every call that reaches the backend (a latency histogram pe
 operation) and counts its failures by kind (unavailable, refused, destroyed, other), for
 the metrics endpoint (:meth:`GuardedKeyManager.status`; no key ids).
 
+With a ``tracer`` (an OpenTelemetry Tracer, vault/app/tracing.py; None: off), every call
+that reaches the backend within a traced RPC is a ``kms.<operation>`` span, a child of
+the RPC's span (background calls are not traced); attributes: the backend's name and
+the outcome (``ok`` or an :class:`ErrorKind`), never a key id.
+
 Why not ``pybreaker``: its ``CircuitBreaker.call`` holds one lock for the whole
 guarded call, which would serialize every KMS call of the server, and it reads the
 wall clock (``datetime.now``), which tests cannot move. See docs/dependencies.md.
@@ -42,9 +47,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kms.base import (
     DataKey,
@@ -260,8 +266,11 @@ class GuardedKeyManager(KeyManager):
         min_call_seconds: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         on_breaker_change: Callable[[BreakerState], None] | None = None,
+        tracer: Any = None,
     ) -> None:
         super().__init__()
+        #: An OpenTelemetry Tracer, or None (tracing off); set by the server's wiring.
+        self.tracer = tracer
         if max_in_flight < 1 or not 0 < min_call_seconds <= max_call_seconds:
             raise ValueError("the guard needs max_in_flight >= 1 and 0 < min <= max seconds")
         self.backend = backend
@@ -333,6 +342,10 @@ class GuardedKeyManager(KeyManager):
             self._in_flight += 1
         answered: bool | None = None
         failed: ErrorKind | None = None
+        # Entered and left by hand: the try below keeps its place (no exception text
+        # is recorded on the span either way).
+        scope = self._span(name)
+        span = scope.__enter__()
         started = self._clock()
         try:
             deadline = started + budget
@@ -359,6 +372,26 @@ class GuardedKeyManager(KeyManager):
                     self._errors[failed.value] += 1
             self._slots.release()
             self.breaker.settle(admission, answered)
+            if span is not None:  # set while the span is open
+                span.set_attribute("oubli.kms.outcome", "ok" if failed is None else failed.value)
+            scope.__exit__(None, None, None)
+
+    def _span(self, name: str) -> AbstractContextManager[Any]:
+        """The backend call's span (nothing when tracing is off). Exceptions are not
+        recorded on it: their messages may name a key."""
+        if self.tracer is None:
+            return nullcontext()
+        from opentelemetry import trace  # installed: tracing is on
+
+        if not trace.get_current_span().is_recording():
+            return nullcontext()  # outside any RPC (readiness probes, checkpoints)
+        span: AbstractContextManager[Any] = self.tracer.start_as_current_span(
+            f"kms.{name}",
+            attributes={"oubli.kms.backend": self.backend_name},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        return span
 
     # --- KeyManager, each call guarded ---------------------------------------------------
 

@@ -64,6 +64,10 @@ Environment variables (all optional):
                           finds it due (defaults 365, 365, 365, 730, 365; docs/keys.md)
     OUBLI_KEY_TRIM_AFTER_DAYS  days after a rotation before the KMS key's old versions
                           are trimmed (default: OUBLI_KMS_BACKUP_RETENTION_DAYS)
+    OUBLI_TRACING         off | console | otlp: OpenTelemetry spans of RPCs, database
+                          transactions and KMS calls (vault/app/tracing.py; needs the
+                          ``tracing`` extra; otlp reads OTEL_EXPORTER_OTLP_ENDPOINT;
+                          default off)
     OUBLI_DRAIN_SECONDS   on SIGTERM/SIGINT, how long calls in flight may take to finish
                           before they are cancelled (default 5)
 
@@ -272,6 +276,9 @@ class ServerConfig:
     #: On SIGTERM/SIGINT: how long calls in flight may take to finish (health says
     #: NOT_SERVING and new calls are refused from the start) before they are cancelled.
     drain_seconds: float = 5.0
+    #: OpenTelemetry tracing (vault/app/tracing.py): off, console, or otlp (to the
+    #: standard OTEL_EXPORTER_OTLP_ENDPOINT).
+    tracing: Literal["off", "console", "otlp"] = "off"
 
     @property
     def cryptoperiods(self) -> Cryptoperiods:
@@ -366,6 +373,8 @@ class ServerConfig:
             raise ConfigError("the delay before trimming old key versions must be >= 0 days")
         if not 0 <= self.drain_seconds <= MAX_DRAIN_SECONDS:
             raise ConfigError(f"the drain period must be in [0, {MAX_DRAIN_SECONDS:g}] seconds")
+        if self.tracing not in ("off", "console", "otlp"):
+            raise ConfigError("tracing must be 'off', 'console' or 'otlp'")
         try:
             ledger_file = sqlite_file(self.resolved_ledger_url)
             database_file = sqlite_file(self.resolved_database_url)
@@ -528,4 +537,5 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_CRYPTOPERIOD_SIGNING_KEY_DAYS": ("cryptoperiod_signing_key_days", int),
     "OUBLI_KEY_TRIM_AFTER_DAYS": ("key_trim_after_days", int),
     "OUBLI_DRAIN_SECONDS": ("drain_seconds", float),
+    "OUBLI_TRACING": ("tracing", str),
 }

@@ -49,6 +49,7 @@ from vault.api.support import SupportServicer
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.metrics import MetricsServer, RpcMetrics, build_registry, start_metrics_server
 from vault.app.readiness import LIVENESS_SERVICE, Dependency, Readiness, kms_check
+from vault.app.tracing import Tracing, build_tracing, tracer_of
 from vault.audit.chain import AuditLog
 from vault.audit.recorder import SIGNING_KEY_NAME, AuditRecorder
 from vault.audit.signing import SigningKey
@@ -58,7 +59,7 @@ from vault.crypto.keycache import DataKeyCache
 from vault.crypto.record_crypto import RecordCrypto
 from vault.errors import FailedPrecondition, Unavailable
 from vault.private_files import make_private_dir, tighten, write_private
-from vault.storage import Storage, make_engine, migrate
+from vault.storage import Storage, make_engine, migrate, trace_transactions
 from vault.storage.bearer_tokens import BearerTokenRepository
 from vault.usecases.dek_rotation import DekRotation
 from vault.usecases.erasure import Erasure
@@ -243,6 +244,8 @@ class RunningServer:
     metrics: MetricsServer | None = None
     #: The database and KMS probes behind health.
     readiness: Readiness | None = None
+    #: OpenTelemetry tracing, when on (vault/app/tracing.py); flushed at stop.
+    tracing: Tracing | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Drain, then release: health says NOT_SERVING and new calls are refused
@@ -262,6 +265,8 @@ class RunningServer:
         self.vault.crypto.kms.close()
         self.vault.storage.engine.dispose()
         self.vault.ledger.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 def _end_health_watches(servicer: health.HealthServicer) -> None:
@@ -340,6 +345,7 @@ def start_server(
     audit: AuditRecorder | None = None,
     *,
     reuse_port: bool = False,
+    tracing: Tracing | None = None,
 ) -> RunningServer:
     """Build and start the gRPC server for ``config``.
 
@@ -366,6 +372,13 @@ def start_server(
     fence.check_positions()  # a ledger behind the database refuses the start
     gate = ServingGate()
     rpc_metrics = RpcMetrics() if config.metrics_address is not None else None
+    # Tracing (off unless configured; ``tracing`` given: tests' in-memory exporter).
+    tracing = tracing or build_tracing(config.tracing)
+    tracer = tracer_of(tracing)
+    if tracer is not None:
+        trace_transactions(vault.storage.engine, tracer)
+        if isinstance(vault.crypto.kms, GuardedKeyManager):
+            vault.crypto.kms.tracer = tracer
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[
@@ -375,6 +388,7 @@ def start_server(
                 audit,
                 gate,
                 observe=rpc_metrics.observe if rpc_metrics is not None else None,
+                tracer=tracer,
             )
         ],
         options=[
@@ -454,7 +468,9 @@ def start_server(
     runner.start(passed=runner.pass_once())
     readiness.start()
     server.start()
-    return RunningServer(server, port, vault, health_servicer, audit, runner, metrics, readiness)
+    return RunningServer(
+        server, port, vault, health_servicer, audit, runner, metrics, readiness, tracing
+    )
 
 
 def _cannot_listen(listen: str) -> str:

@@ -15,7 +15,13 @@ from __future__ import annotations
 from vault.storage.audit_log import AuditLogRepository
 from vault.storage.blind_index import BlindIndexRepository
 from vault.storage.buckets import BucketRepository
-from vault.storage.engine import make_engine, migrate, sqlite_writer, translate_db_errors
+from vault.storage.engine import (
+    make_engine,
+    migrate,
+    sqlite_writer,
+    trace_transactions,
+    translate_db_errors,
+)
 from vault.storage.erasures import ErasureRepository
 from vault.storage.key_rotation import KeyRotationRepository
 from vault.storage.records import RecordRepository
@@ -46,6 +52,7 @@ __all__ = [
     "make_engine",
     "migrate",
     "sqlite_writer",
+    "trace_transactions",
     "translate_db_errors",
 ]
 

@@ -57,6 +57,41 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+#: Where a connection keeps its open transaction's span (Connection.info).
+_SPAN = "oubli.span"
+
+
+def trace_transactions(engine: Engine, tracer: Any) -> None:
+    """One span per transaction on ``engine`` (vault/app/tracing.py), a child of the
+    span current when it begins (the RPC's; background work outside any RPC — readiness
+    probes, checkpoints — is not traced). Its attributes are the dialect and commit or
+    rollback: never SQL text, never parameters. ``tracer`` is an OpenTelemetry Tracer
+    (imported only when tracing is on)."""
+    from opentelemetry import trace
+
+    system = engine.dialect.name
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        if not trace.get_current_span().is_recording():
+            return
+        connection.info[_SPAN] = tracer.start_span(
+            "db.transaction", attributes={"db.system": system}
+        )
+
+    def _end(outcome: str) -> Any:
+        def end(connection: Any) -> None:
+            span = connection.info.pop(_SPAN, None)
+            if span is not None:
+                span.set_attribute("oubli.db.outcome", outcome)
+                span.end()
+
+        return end
+
+    event.listen(engine, "commit", _end("commit"))
+    event.listen(engine, "rollback", _end("rollback"))
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file a SQLite URL names (parsed, not prefix-matched:
     ``sqlite+pysqlite:///f.db?timeout=5`` is ``f.db``); None for another database or an
