@@ -18,7 +18,7 @@ no interface or route.
 OpenBao is set up as an operator would for oubli (:meth:`Drill.set_up_vault`): the
 Transit mount enabled, the shipped least-privilege policy deploy/vault/oubli-policy.hcl
 installed (its ``transit/`` prefix replaced by the drill's mount, as the file says to),
-AppRole enabled with a role whose tokens live 10 s and at most 30 s, so every replica
+AppRole enabled with a role whose tokens live 6 s and at most 18 s, so every replica
 renews and logs in again several times during a drill. Each replica logs in with its
 own secret id (files ``role-id`` and ``secret-id`` in its work directory); the root
 token is the operator's only, never a replica's.
@@ -53,8 +53,8 @@ POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "vault" / "oubli-
 #: The AppRole role (and policy) name every replica logs in with.
 ROLE = "oubli"
 #: Short enough that a drill sees several renewals and re-logins per replica.
-TOKEN_TTL = "10s"
-TOKEN_MAX_TTL = "30s"
+TOKEN_TTL = "6s"
+TOKEN_MAX_TTL = "18s"
 
 
 def policy_for_mount(mount: str) -> str:
@@ -397,6 +397,21 @@ class Drill:
                 return int(answer.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
+
+    def auth_events(self) -> dict[str, dict[str, int]]:
+        """Per replica, how many Vault logins, renewals and auth losses its log shows."""
+        counted = {}
+        for replica in self.replicas:
+            text = replica.log_path.read_text(errors="replace")
+            counted[replica.host] = {
+                name: text.count(f'"event": "vault_{event}"')
+                for name, event in (
+                    ("logins", "login"),
+                    ("renewals", "token_renewed"),
+                    ("lost", "auth_lost"),
+                )
+            }
+        return counted
 
     def stop(self) -> None:
         for replica in self.replicas:
