@@ -7,11 +7,12 @@ without them the fixture fails (an error, never a skip).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.topology import Drill
+from tests.cluster.topology import TOKEN_MAX_TTL, TOKEN_TTL, Drill
 
 
 @pytest.fixture(scope="session")
@@ -21,4 +22,14 @@ def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
     try:
         yield built
     finally:
+        with contextlib.suppress(OSError):
+            counts = built.auth_events()
+            print(
+                f"\ndrill AppRole tokens ({TOKEN_TTL} ttl, {TOKEN_MAX_TTL} max): "
+                + "; ".join(
+                    f"{host} {c['logins']} logins, {c['renewals']} renewals, "
+                    f"auth lost {c['lost']} time(s)"
+                    for host, c in counts.items()
+                )
+            )
         built.stop()

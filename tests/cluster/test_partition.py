@@ -7,33 +7,16 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.errors import Unavailable
 from clients.oubli_client import OubliClient
-from tests.cluster.topology import Drill, Replica
+from tests.cluster.health import health_of, wait_for_health
+from tests.cluster.topology import Drill
 
 pytestmark = [pytest.mark.openbao, pytest.mark.postgres]
 
 RECOVERY_BOUND = 30.0
-
-
-def health_of(replica: Replica, service: str = "") -> str:
-    with grpc.insecure_channel(replica.target) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5
-        )
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
-
-
-def wait_for_health(replica: Replica, status: str, since: float) -> float:
-    """Seconds from ``since`` until the replica's health says ``status`` (bounded)."""
-    while health_of(replica) != status:
-        assert time.monotonic() - since < RECOVERY_BOUND, f"health never said {status}"
-        time.sleep(0.1)
-    return time.monotonic() - since
 
 
 def test_a_replica_cut_off_from_openbao_fails_unavailable_and_the_others_serve(

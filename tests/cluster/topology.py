@@ -14,11 +14,20 @@ connection to the node whose ``/v1/sys/health`` says active (200), as an operato
 load balancer does with that health check. The test process reaches every host's
 loopback through forwarders on 127.0.0.1 of the root namespace; the root namespace gets
 no interface or route.
+
+OpenBao is set up as an operator would for oubli (:meth:`Drill.set_up_vault`): the
+Transit mount enabled, the shipped least-privilege policy deploy/vault/oubli-policy.hcl
+installed (its ``transit/`` prefix replaced by the drill's mount, as the file says to),
+AppRole enabled with a role whose tokens live 6 s and at most 18 s, so every replica
+renews and logs in again several times during a drill. Each replica logs in with its
+own secret id (files ``role-id`` and ``secret-id`` in its work directory); the root
+token is the operator's only, never a replica's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import subprocess
@@ -29,6 +38,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import hvac
+
 from tests.cluster.netns import Forwarder, Network, _Relay, socket_in
 from tests.integration.pg_cluster import PostgresCluster, _bin
 from tests.integration.processes import ServerProcess
@@ -38,6 +49,32 @@ KMS_SUBNET = "10.213.1"
 DB_SUBNET = "10.213.2"
 BAO_PORT = 8200
 PG_PORT = 5432
+POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "vault" / "oubli-policy.hcl"
+#: The AppRole role (and policy) name every replica logs in with.
+ROLE = "oubli"
+#: Short enough that a drill sees several renewals and re-logins per replica.
+TOKEN_TTL = "6s"
+TOKEN_MAX_TTL = "18s"
+
+
+def policy_for_mount(mount: str) -> str:
+    """deploy/vault/oubli-policy.hcl for the Transit mount ``mount`` (the file is written
+    for ``transit``; its header says to replace ``transit/`` for another mount)."""
+    text = POLICY_FILE.read_text()
+    paths = text.count('path "')
+    adapted = text.replace('path "transit/', f'path "{mount}/')
+    # Every path of the file is either on the mount or the token's own (auth/token/...).
+    assert adapted.count(f'path "{mount}/') + adapted.count('path "auth/token/') == paths
+    return adapted
+
+
+def write_private(path: Path, value: str) -> None:
+    """Write a credential file atomically (a reader never sees half of it), mode 0600."""
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    os.replace(partial, path)
 
 
 class ActiveNodeBalancer(_Relay):
@@ -143,6 +180,8 @@ class Replica(ServerProcess):
         self.network = network
         self.host = host
         self.forwarder: Forwarder | None = None
+        self.role_id_file = workdir / "role-id"
+        self.secret_id_file = workdir / "secret-id"
 
     def start(self, timeout: float = 60.0) -> Replica:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the child's exit
@@ -188,6 +227,7 @@ class Drill:
         self.replicas: list[Replica] = []
         self.pg_forwarder: Forwarder | None = None
         self.mount = f"transit-{secrets.token_hex(4)}"
+        self.role_id = ""
         #: Seconds each stage of start() took.
         self.timings: dict[str, float] = {}
 
@@ -237,6 +277,7 @@ class Drill:
         self.balancer = ActiveNodeBalancer(
             net, self.cluster, [net.address(f"bao{i}", "kms") for i in (1, 2, 3)]
         )
+        self.set_up_vault()
         self.timings["openbao"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -256,15 +297,86 @@ class Drill:
             "--kms", "vault",
             "--vault-addr", self.balancer.url,
             "--vault-mount", self.mount,
+            "--vault-auth", "approle",
         ]  # fmt: skip
-        env = {"VAULT_TOKEN": self.cluster.token}
+        env = {"VAULT_TOKEN": ""}  # never the root token
         for i in (1, 2, 3):
             host = f"oubli{i}"
-            replica = Replica(net, host, self.workdir / host, *args, env=env)
+            workdir = self.workdir / host
+            replica = Replica(
+                net, host, workdir, *args,
+                "--vault-role-id-file", str(workdir / "role-id"),
+                "--vault-secret-id-file", str(workdir / "secret-id"),
+                env=env,
+            )  # fmt: skip
+            write_private(replica.role_id_file, self.role_id)
+            self.new_secret_id(replica)
             self.replicas.append(replica)
             replica.start()
         self.timings["replicas"] = time.monotonic() - t
         self.timings["total"] = time.monotonic() - t0
+
+    def operator(self) -> hvac.Client:
+        """An hvac client with the root token, on the active OpenBao node (the operator's
+        view; replicas never hold this token)."""
+        assert self.cluster is not None
+        node = self.cluster.wait_for_active(timeout=30)
+        return hvac.Client(url=node.probe_address, token=self.cluster.token, timeout=10)
+
+    def set_up_vault(self) -> None:
+        """What the operator does once (docs/operations.md, "Vault authentication"): the
+        Transit mount, the policy file, AppRole and the role."""
+        root = self.operator()
+        root.sys.enable_secrets_engine("transit", path=self.mount)
+        root.sys.create_or_update_policy(ROLE, policy_for_mount(self.mount))
+        root.sys.enable_auth_method("approle", path="approle")
+        root.auth.approle.create_or_update_approle(
+            ROLE,
+            token_policies=[ROLE],
+            token_no_default_policy=True,  # the policy file alone must be enough
+            token_ttl=TOKEN_TTL,
+            token_max_ttl=TOKEN_MAX_TTL,
+            token_type="service",
+        )
+        self.role_id = str(root.auth.approle.read_role_id(ROLE)["data"]["role_id"])
+
+    def new_secret_id(self, replica: Replica) -> None:
+        """A fresh secret id for ``replica``, written to its file (read at its next login)."""
+        answer = self.operator().auth.approle.generate_secret_id(ROLE)
+        write_private(replica.secret_id_file, str(answer["data"]["secret_id"]))
+
+    def take_credentials_away(self) -> None:
+        """Every replica's secret id destroyed, then every token AppRole gave out revoked
+        (in that order: no replica can log in again in between)."""
+        root = self.operator()
+        for replica in self.replicas:
+            secret_id = replica.secret_id_file.read_text().strip()
+            root.auth.approle.destroy_secret_id(ROLE, secret_id)
+        root.sys.revoke_prefix("auth/approle/login")
+
+    def restore_credentials(self) -> bool:
+        """A new secret id for every replica, then the role unlocked if OpenBao locked it.
+
+        OpenBao's user lockout (on by default for AppRole: 5 failed logins lock the role
+        id for 15 minutes, whatever secret id comes next) is reached within seconds, as
+        every replica tries to log in again each second. So giving credentials back is
+        two steps for the operator: new secret ids, then ``sys/locked-users/ACCESSOR/
+        unlock/ROLE_ID``. True if the role was locked.
+        """
+        for replica in self.replicas:
+            self.new_secret_id(replica)
+        root = self.operator()
+        accessor = root.sys.list_auth_methods()["data"]["approle/"]["accessor"]
+        locked = root.adapter.get("/v1/sys/locked-users")["data"]["by_namespace"]
+        was_locked = any(
+            self.role_id in m.get("alias_identifiers", [])
+            for ns in locked
+            for m in ns.get("mount_accessors") or []
+            if m.get("mount_accessor") == accessor
+        )
+        if was_locked:
+            root.adapter.post(f"/v1/sys/locked-users/{accessor}/unlock/{self.role_id}")
+        return was_locked
 
     @property
     def database_url(self) -> str:
@@ -285,6 +397,21 @@ class Drill:
                 return int(answer.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
+
+    def auth_events(self) -> dict[str, dict[str, int]]:
+        """Per replica, how many Vault logins, renewals and auth losses its log shows."""
+        counted = {}
+        for replica in self.replicas:
+            text = replica.log_path.read_text(errors="replace")
+            counted[replica.host] = {
+                name: text.count(f'"event": "vault_{event}"')
+                for name, event in (
+                    ("logins", "login"),
+                    ("renewals", "token_renewed"),
+                    ("lost", "auth_lost"),
+                )
+            }
+        return counted
 
     def stop(self) -> None:
         for replica in self.replicas:
