@@ -24,8 +24,7 @@ from vault.storage.statements import (
     chunks,
     holds_key,
     live_bucket_or_none,
-    replace_index_rows,
-    unchanged,
+    rewrite_record,
 )
 from vault.storage.tables import (
     RecordRow,
@@ -279,28 +278,7 @@ class RecordRepository(Repository):
         with self._write_connection() as c:
             if not holds_key(c, record.subject_id, key_id):
                 return False
-            result = c.execute(
-                update(RECORDS)
-                .where(
-                    RECORDS.c.subject_id == record.subject_id,
-                    RECORDS.c.record_id == record.record_id,
-                    *unchanged(expected),
-                )
-                .values(
-                    version=record.version,
-                    ciphertext=record.ciphertext,
-                    origin=record.origin,
-                    updated_at=record.updated_at,
-                    key_scheme=record.key_scheme,
-                    bucket_id=record.bucket_id,
-                    retain_until=record.retain_until,
-                )
-            )
-            if not getattr(result, "rowcount", 0):
-                return False
-            if index_tags is not None:
-                replace_index_rows(c, record.subject_id, record.record_id, index_tags)
-            return True
+            return rewrite_record(c, record, expected, index_tags)
 
     def delete_record(self, subject_id: str, record_id: str) -> bool:
         with self._session() as s:

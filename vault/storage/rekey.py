@@ -17,11 +17,10 @@ from sqlalchemy.orm import Session
 from vault.storage.base import Repository
 from vault.storage.rows import StoredRecord, subject_info
 from vault.storage.statements import (
-    RECORDS,
     Changed,
     add_to_key_ledger,
     live_bucket_or_none,
-    replace_index_rows,
+    rewrite_record,
     unchanged,
 )
 from vault.storage.tables import (
@@ -142,27 +141,5 @@ class RekeyRepository(Repository):
     def _rewrite(s: Session, rewrite: Rewrite) -> None:
         """Write ``rewrite`` over its row as read (else Changed: roll back), and replace
         the record's index rows as UpdateRecord does (Storage.update_record)."""
-        record = rewrite.record
-        result = s.execute(
-            update(RECORDS)
-            .where(
-                RECORDS.c.subject_id == record.subject_id,
-                RECORDS.c.record_id == record.record_id,
-                *unchanged(rewrite.expected),
-            )
-            .values(
-                version=record.version,
-                ciphertext=record.ciphertext,
-                origin=record.origin,
-                updated_at=record.updated_at,
-                key_scheme=record.key_scheme,
-                bucket_id=record.bucket_id,
-                retain_until=record.retain_until,
-            )
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        if not rewrite_record(s.connection(), rewrite.record, rewrite.expected, rewrite.index_tags):
             raise Changed
-        if rewrite.index_tags is not None:
-            replace_index_rows(
-                s.connection(), record.subject_id, record.record_id, rewrite.index_tags
-            )

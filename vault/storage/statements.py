@@ -206,6 +206,39 @@ def replace_index_rows(
         c.execute(insert(BLIND_INDEX), rows)
 
 
+def rewrite_record(
+    c: Connection,
+    record: StoredRecord,
+    expected: StoredRecord,
+    index_tags: Mapping[int, Mapping[str, int]] | None,
+) -> bool:
+    """Write ``record`` over its row if the row is still as ``expected`` (version, key
+    scheme, bucket), and replace its blind-index rows with ``index_tags`` (when given)
+    in the caller's transaction; False, with nothing written, when the row changed."""
+    result = c.execute(
+        update(RECORDS)
+        .where(
+            RECORDS.c.subject_id == record.subject_id,
+            RECORDS.c.record_id == record.record_id,
+            *unchanged(expected),
+        )
+        .values(
+            version=record.version,
+            ciphertext=record.ciphertext,
+            origin=record.origin,
+            updated_at=record.updated_at,
+            key_scheme=record.key_scheme,
+            bucket_id=record.bucket_id,
+            retain_until=record.retain_until,
+        )
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    if index_tags is not None:
+        replace_index_rows(c, record.subject_id, record.record_id, index_tags)
+    return True
+
+
 #: A record to insert, its singleton (profile categories) and the subject's key id.
 
 
