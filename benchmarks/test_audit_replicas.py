@@ -1,11 +1,12 @@
-"""Audit appends with 1 and 3 replicas on one PostgreSQL: the "before" of issue 13,
-item 2 (every append takes the audit table's lock today).
+"""Audited calls with 1 and 3 replicas on one PostgreSQL, through the servers (the
+audit trail alone, before and after in one run: benchmarks/test_audit_appends.py).
 
 Three ``oubli serve`` processes on one database and Transit mount. The same audited
 calls (GetSubject: one audit entry each, appended by group commit) are driven by the
 same 6 client threads, first all against one replica, then 2 threads per replica.
 Meanwhile a sampler reads ``pg_stat_activity`` every 10 ms: how many backends wait on
-a lock (``wait_event_type = 'Lock'``), which is the audit chain's table lock.
+a lock (``wait_event_type = 'Lock'``): before issue 13 item 2, the audit chain's
+table lock, which every append took.
 
     .venv/bin/python -m pytest benchmarks/test_audit_replicas.py -s
 """

@@ -210,6 +210,7 @@ def test_a_truncated_tail_is_caught_by_the_export(clocked: tuple[Stack, FakeCloc
     exported = client.list_audit_checkpoints().checkpoints  # the copy, kept elsewhere
 
     # The newest entries go, down past the exported checkpoint, and the checkpoints too.
+    another_replica(stack).seal()  # what is cut is the chain's tail
     delete_checkpoints(stack)
     with stack.storage.engine.begin() as c:
         c.execute(text("DELETE FROM audit_entries WHERE seq >= :s"), {"s": checkpoint.seq - 2})

@@ -19,11 +19,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import text
 
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.local_keystore import LocalKeystore
+from tests.audit_tables import chain_rows
 from tests.callers_stack import CallersServer, start_callers_server
 from vault.audit.entries import INVALID
 
@@ -82,8 +82,7 @@ def _details(trailers: dict[str, Any]) -> tuple[error_details_pb2.ErrorInfo, lis
 
 
 def _audit_rows(served: CallersServer) -> list[Any]:
-    with served.storage.engine.connect() as c:
-        return list(c.execute(text("SELECT * FROM audit_entries ORDER BY seq")))
+    return chain_rows(served.storage)
 
 
 def test_an_unknown_purpose_is_invalid_before_the_callers_policy_is_asked(

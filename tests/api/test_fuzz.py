@@ -41,11 +41,11 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
 
 from clients.oubli_v1 import vault_pb2 as pb
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
+from tests.audit_tables import chain_rows
 from tests.callers_stack import CALLERS, POLICY, TOKENS, CallersServer, start_callers_server
 from vault.audit.entries import INVALID
 from vault.catalog import Catalog
@@ -402,13 +402,7 @@ class Fuzzed:
 
     def check_audit(self) -> None:
         """The entries the call added hold catalog names, ids and UUIDs: no canary."""
-        with self.served.storage.engine.connect() as c:
-            rows = list(
-                c.execute(
-                    text("SELECT * FROM audit_entries WHERE seq > :seq ORDER BY seq"),
-                    {"seq": self.audited},
-                )
-            )
+        rows = chain_rows(self.served.storage, self.audited)
         if rows:  # checked once: a bad entry fails the example that wrote it, no other
             self.audited = rows[-1].seq
         for row in rows:

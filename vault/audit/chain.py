@@ -1,9 +1,18 @@
 """The audit log: who touched which subject, hash-chained and signed (no audit, no access).
 
-:class:`AuditLog` appends entries (:mod:`vault.audit.entries` says what one holds and
-how it is hashed), signs the chain head as checkpoints with the KMS signing key
+:class:`AuditLog` records entries (:mod:`vault.audit.entries` says what one holds and
+how it is hashed), seals them into the hash chain, signs the chain head as checkpoints
+with the KMS signing key
 (:mod:`vault.audit.signing`), verifies the chain (:mod:`vault.audit.verification`) and
 answers queries. Its tables are :mod:`vault.storage.audit_log`'s.
+
+Recording and chaining are two steps, so that replicas scale out: an append is a plain
+insert into ``audit_pending`` (durable when it returns, no chain lock: replicas and
+worker processes record side by side), and a sealer — a background thread of every
+server, and every read of the chain before it reads — moves the pending rows into the
+chain in batches under the chain lock, giving them seqs and hashes. Until sealed (a
+fraction of a second, :data:`SEAL_INTERVAL_SECONDS`) an entry is recorded but not yet
+tamper-evident.
 
 Signing a checkpoint is what makes truncation and wholesale rewriting visible: so that
 anyone can check them, copy the checkpoints outside the database
@@ -12,6 +21,7 @@ anyone can check them, copy the checkpoints outside the database
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -22,8 +32,10 @@ from vault.audit.entries import (
     AuditEvent,
     Checkpoint,
     entry_hash,
+    pending_entry,
     read_checkpoint,
     read_entry,
+    read_pending,
     stored_checkpoint,
     stored_entry,
 )
@@ -33,18 +45,23 @@ from vault.audit.verification import ChainVerifier, VerifyResult
 from vault.clock import Clock
 from vault.errors import AuditChainBroken, InvalidArgument
 from vault.storage import Storage
-from vault.storage.audit_log import StoredAuditEntry
+from vault.storage.audit_log import PendingAuditEntry, StoredAuditEntry
 from vault.storage.groupcommit import GroupCommit
 
 MAX_QUERY_LIMIT = 10_000
+#: Pending entries sealed into the chain per transaction.
+SEAL_BATCH = 1000
+#: How often a server's sealer looks for pending entries.
+SEAL_INTERVAL_SECONDS = 0.2
 
 
 class AuditLog:
     """The tamper-evident audit trail over the ``audit_entries`` table.
 
     Safe to share between threads; several processes and replicas may append to one
-    database at once: appends are serialized by a database lock, so the chain never
-    forks and no seq is used twice.
+    database at once, without waiting for each other: an append records the entry, and
+    sealing (serialized by a database lock) chains what was recorded, so the chain
+    never forks and no seq is used twice.
 
     Args:
         storage: the oubli database.
@@ -68,10 +85,12 @@ class AuditLog:
         self._signing_key = SigningKey(kms, signing_key_id)
         self._verifier = ChainVerifier(storage, self._signing_key, full_walks)
         # Group commit: appends waiting while another thread writes go together in the
-        # next transaction (one lock, one commit, one fsync for all of them).
-        self._group: GroupCommit[AuditEvent, AuditEntry] = GroupCommit(
+        # next transaction (one commit, one fsync for all of them).
+        self._group: GroupCommit[AuditEvent, None] = GroupCommit(
             lambda events: self._write(events)  # looked up per batch (tests replace it)
         )
+        # One sealer per process at a time (others would only queue on the chain lock).
+        self._sealing = threading.Lock()
 
     @property
     def signing_key_id(self) -> str:
@@ -84,47 +103,78 @@ class AuditLog:
 
     # --- appending --------------------------------------------------------------------
 
-    def append(self, event: AuditEvent) -> AuditEntry:
-        """Append ``event`` as the next entry of the chain, in one transaction.
+    def append(self, event: AuditEvent) -> None:
+        """Record ``event``, durably, in one transaction; it joins the chain at the next
+        :meth:`seal`.
 
         Raises:
             Unavailable: the entry could not be written. The caller must then fail the
                 operation it was recording (no audit, no access).
         """
-        return self.append_many([event])[0]
+        self.append_many([event])
 
-    def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
-        """Append ``events`` as consecutive entries (a batch call's entries, one per
-        subject): all are written or none, and they are committed when this returns.
+    def append_many(self, events: Sequence[AuditEvent]) -> None:
+        """Record ``events`` (a batch call's entries, one per subject): all are written
+        or none, and they are committed when this returns; they join the chain, in
+        this order, at the next :meth:`seal`.
 
         Group commit: while one thread writes, the appends of other threads queue up;
         the next writer (the first of them, "leader") writes the whole queue in one
-        transaction and wakes the others with their entries or the shared error. Under
-        concurrent calls this turns n commits (n fsyncs) into a few; a lone call writes
-        at once, as before.
+        transaction and wakes the others with the shared outcome. Under concurrent
+        calls this turns n commits (n fsyncs) into a few; a lone call writes at once.
 
         Raises:
             Unavailable: as :meth:`append`.
         """
-        return self._group.submit(events)
+        self._group.submit(events)
 
-    def _write(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
-        """Write ``events`` as the next entries of the chain, in one transaction."""
-        entries: list[AuditEntry] = []
+    def _write(self, events: Sequence[AuditEvent]) -> list[None]:
+        """Record ``events`` as pending entries, in one transaction."""
+        at = self._now()
+        self._storage.add_pending_audit_entries([pending_entry(at, event) for event in events])
+        return [None] * len(events)
 
-        def chained(head: tuple[int, str] | None) -> list[StoredAuditEntry]:
-            seq, prev_hash = head or (0, GENESIS_HASH)
-            # Read under the chain lock, so that times never go backwards along one
-            # replica's appends.
-            at = self._now()
-            for event in events:
-                seq += 1
-                digest = entry_hash(prev_hash, seq, at, event)
-                entries.append(AuditEntry(seq, at, event, prev_hash, digest))
-                prev_hash = digest
-            return [stored_entry(entry) for entry in entries]
+    # --- sealing ----------------------------------------------------------------------
 
-        self._storage.append_audit_entries(chained)
+    def seal(self) -> int:
+        """Chain every entry recorded so far, oldest first, a batch per transaction;
+        how many were sealed. Any replica may seal any replica's entries.
+
+        Raises:
+            Unavailable: the database could not be reached (what was sealed stays).
+        """
+        sealed = 0
+        with self._sealing:
+            while True:
+                count = self._storage.seal_pending_audit_entries(self._chained, SEAL_BATCH)
+                sealed += count
+                if count < SEAL_BATCH:
+                    return sealed
+
+    def seal_if_pending(self) -> int:
+        """:meth:`seal`, after a lock-free look for pending entries (the background
+        sealer's tick: no chain lock while there is nothing to seal)."""
+        if not self._storage.has_pending_audit_entries():
+            return 0
+        return self.seal()
+
+    def pending(self) -> int:
+        """Entries recorded and not yet sealed."""
+        return self._storage.pending_audit_entries()
+
+    def _chained(
+        self, head: tuple[int, str] | None, pending: Sequence[PendingAuditEntry]
+    ) -> list[StoredAuditEntry]:
+        """``pending`` as the chain's next entries after ``head``."""
+        seq, prev_hash = head or (0, GENESIS_HASH)
+        sealed_at = self._now()
+        entries: list[StoredAuditEntry] = []
+        for row in pending:
+            at, event = read_pending(row, sealed_at)
+            seq += 1
+            digest = entry_hash(prev_hash, seq, at, event)
+            entries.append(stored_entry(AuditEntry(seq, at, event, prev_hash, digest)))
+            prev_hash = digest
         return entries
 
     # --- checkpoints ------------------------------------------------------------------
@@ -152,6 +202,7 @@ class AuditLog:
             Unavailable: the database or the KMS could not be reached.
             KmsRefused: the KMS refused oubli's credentials.
         """
+        self.seal()  # sign everything recorded so far
         # The checkpoint first: it can only name an entry that existed before the head
         # is read, so a checkpoint beyond the head means entries were removed.
         newest = self.checkpoints(limit=1)
@@ -207,7 +258,8 @@ class AuditLog:
         *,
         after_seq: int = 0,
     ) -> list[AuditEntry]:
-        """Entries in seq order matching every filter given.
+        """Entries in seq order matching every filter given, once everything recorded
+        so far is sealed.
 
         ``since`` is inclusive, ``until`` exclusive; ``after_seq`` pages on (pass the
         last seq of the previous page).
@@ -221,6 +273,8 @@ class AuditLog:
         for name, bound in (("since", since), ("until", until)):
             if bound is not None and bound.tzinfo is None:
                 raise InvalidArgument(name, f"{name} must carry a time zone")
+        if after_seq == 0:
+            self.seal()  # a first page shows every access recorded before the query
         found = self._storage.find_audit_entries(
             subject_id=subject_id,
             caller=caller,
@@ -253,8 +307,10 @@ class AuditLog:
         return [read_checkpoint(c) for c in stored]
 
     def verify(self, *, full: bool = True, exported: Sequence[Checkpoint] = ()) -> VerifyResult:
-        """Check the chain, incrementally or from seq 1, and against the checkpoints
-        kept outside the database: :meth:`ChainVerifier.verify`."""
+        """Seal what was recorded, then check the chain, incrementally or from seq 1,
+        and against the checkpoints kept outside the database:
+        :meth:`ChainVerifier.verify`."""
+        self.seal()
         return self._verifier.verify(full=full, exported=exported)
 
     def _now(self) -> datetime:

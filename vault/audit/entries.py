@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kms.signatures import signature_key_version
-from vault.storage.audit_log import StoredAuditEntry, StoredCheckpoint
+from vault.storage.audit_log import PendingAuditEntry, StoredAuditEntry, StoredCheckpoint
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
@@ -174,6 +174,46 @@ def stored_entry(entry: AuditEntry) -> StoredAuditEntry:
         prev_hash=entry.prev_hash,
         hash=entry.hash,
     )
+
+
+def pending_entry(at: datetime, event: AuditEvent) -> PendingAuditEntry:
+    """The columns ``event``, recorded at ``at``, waits in until it is sealed."""
+    return PendingAuditEntry(
+        at=at,
+        caller=event.caller,
+        action=event.action,
+        subject_id=event.subject_id,
+        categories=json.dumps(list(event.categories)),
+        fields=json.dumps(list(event.fields)),
+        purpose=event.purpose,
+        outcome=event.outcome,
+        request_id=event.request_id,
+    )
+
+
+def read_pending(pending: PendingAuditEntry, sealed_at: datetime) -> tuple[datetime, AuditEvent]:
+    """The time and event a pending row holds, to be sealed.
+
+    Lenient, unlike :func:`read_entry`: the row is not hashed yet, so whatever it holds
+    goes through the name filter again (an edit that put a value there is recorded as
+    :data:`INVALID`), and a time that cannot be read becomes ``sealed_at``. A row no
+    append could have written must not stop every later entry from being sealed.
+    """
+    event = AuditEvent(
+        caller=pending.caller,
+        action=pending.action,
+        subject_id=pending.subject_id,
+        categories=_stored_names(pending.categories, strict=False),
+        fields=_stored_names(pending.fields, strict=False),
+        purpose=pending.purpose,
+        outcome=pending.outcome,
+        request_id=pending.request_id,
+    )
+    try:
+        at = _stored_time(pending.at)
+    except Unreadable:
+        at = sealed_at
+    return at, event
 
 
 class Unreadable(Exception):

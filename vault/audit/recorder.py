@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ import structlog
 from kms.base import KeyManager
 from vault.access.caller_policy import rpc_name
 from vault.access.caller_scope import AccessNote
-from vault.audit.chain import AuditLog
+from vault.audit.chain import SEAL_INTERVAL_SECONDS, AuditLog
 from vault.audit.entries import INVALID, AuditEvent
 from vault.audit.throttle import Throttle
 from vault.catalog import Catalog
@@ -104,7 +104,7 @@ class AuditRecorder:
         self.audit = audit
         self._catalog = catalog
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     @classmethod
     def build(
@@ -154,20 +154,38 @@ class AuditRecorder:
         ]
         self.audit.append_many(events)
 
-    def start_checkpoints(self, every_seconds: float) -> None:
-        """Sign the chain head every ``every_seconds`` (any replica may; it is idempotent)."""
+    def start_checkpoints(
+        self, every_seconds: float, seal_every_seconds: float = SEAL_INTERVAL_SECONDS
+    ) -> None:
+        """Seal recorded entries into the chain every ``seal_every_seconds``, and sign
+        the chain head every ``every_seconds`` (any replica may do either: both are
+        idempotent and serialized by the database)."""
+        self._every(
+            seal_every_seconds, "audit-seal", "audit_seal_failed", self.audit.seal_if_pending
+        )
+        self._every(
+            every_seconds, "audit-checkpoints", "audit_checkpoint_failed", self.audit.checkpoint
+        )
 
+    def _every(self, seconds: float, name: str, failed: str, tick: Callable[[], object]) -> None:
         def loop() -> None:
-            while not self._stop.wait(every_seconds):
+            while not self._stop.wait(seconds):
                 try:
-                    self.audit.checkpoint()
+                    tick()
                 except Exception as e:  # keep serving; the next tick tries again
-                    log.error("audit_checkpoint_failed", error_type=type(e).__name__)
+                    log.error(failed, error_type=type(e).__name__)
 
-        self._thread = threading.Thread(target=loop, name="audit-checkpoints", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
+        """Stop the background work; seal what this server recorded (best effort: any
+        other replica's sealer, or the next start, seals what is left)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        try:
+            self.audit.seal()
+        except Exception as e:
+            log.warning("audit_seal_failed", error_type=type(e).__name__)

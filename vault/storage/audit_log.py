@@ -1,5 +1,5 @@
-"""The audit chain's tables: ``audit_entries`` (the hash chain) and
-``audit_checkpoints`` (signed chain heads).
+"""The audit chain's tables: ``audit_pending`` (entries recorded, not yet chained),
+``audit_entries`` (the hash chain) and ``audit_checkpoints`` (signed chain heads).
 
 The repository stores and reads columns; what they mean — the entry hash, the links,
 the signatures — is computed and checked in :mod:`vault.audit`. Database failures are
@@ -16,12 +16,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, func, insert, select, text, type_coerce
+from sqlalchemy import Connection, String, delete, exists, func, insert, select, text, type_coerce
 
 from vault.errors import AlreadyExists, Unavailable
 from vault.storage.base import Repository
 from vault.storage.engine import sqlite_writer
-from vault.storage.tables import AuditCheckpointRow, AuditEntryRow
+from vault.storage.tables import AuditCheckpointRow, AuditEntryRow, AuditPendingRow
 
 #: Entries (or seqs) read per statement by the walks.
 PAGE = 1000
@@ -51,6 +51,23 @@ class StoredAuditEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingAuditEntry:
+    """The columns of one ``audit_pending`` row: an entry without its place in the chain
+    (``id`` is None until it is stored)."""
+
+    at: datetime
+    caller: str
+    action: str
+    subject_id: str | None
+    categories: str
+    fields: str
+    purpose: str
+    outcome: str
+    request_id: str
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredCheckpoint:
     """The columns of one ``audit_checkpoints`` row."""
 
@@ -62,6 +79,9 @@ class StoredCheckpoint:
 
 
 _ENTRIES = AuditEntryRow.__table__.c
+_PENDING = AuditPendingRow.__table__.c
+_PENDING_NAMES = tuple(f.name for f in fields(PendingAuditEntry) if f.name != "id")
+_PENDING_COLUMNS = tuple(_PENDING[name] for name in _PENDING_NAMES)
 _CHECKPOINTS = AuditCheckpointRow.__table__.c
 _ENTRY_NAMES = tuple(f.name for f in fields(StoredAuditEntry))
 _ENTRY_COLUMNS = tuple(_ENTRIES[name] for name in _ENTRY_NAMES)
@@ -78,6 +98,8 @@ _LOCKED_HEAD = (
 )
 _HEAD = select(_ENTRIES.seq, _ENTRIES.hash).order_by(_ENTRIES.seq.desc()).limit(1)
 _INSERT_ENTRIES = insert(AuditEntryRow)
+_INSERT_PENDING = insert(AuditPendingRow)
+_ANY_PENDING = select(exists().select_from(AuditPendingRow))
 
 
 def _entry(row: Any) -> StoredAuditEntry:
@@ -99,7 +121,7 @@ def _audit_failure(what: str) -> Iterator[None]:
 
 
 def _lock_chain(connection: Connection) -> None:
-    """Serialize appenders until commit; readers are not blocked.
+    """Serialize sealers until commit; readers and appenders are not blocked.
 
     PostgreSQL: ``SELECT ... FOR UPDATE`` on the head row alone is not enough — it
     locks nothing while the table is empty, and under READ COMMITTED a waiter gets the
@@ -123,31 +145,83 @@ class AuditLogRepository(Repository):
 
     # --- entries ----------------------------------------------------------------------
 
-    def append_audit_entries(
-        self, next_entries: Callable[[tuple[int, str] | None], Sequence[StoredAuditEntry]]
-    ) -> None:
-        """Insert ``next_entries(head)`` in one transaction, under the chain lock.
+    def add_pending_audit_entries(self, entries: Sequence[PendingAuditEntry]) -> None:
+        """Record ``entries`` in one transaction, to be sealed into the chain later.
 
-        ``head`` is the newest entry's ``(seq, hash)`` (None while the chain is empty),
-        read once the lock is held: no other appender can take the seqs after it until
-        this commits, in this process, another, or another replica.
+        No chain lock: appenders in other threads, processes and replicas insert side
+        by side. Once this returns the entries are durable ("no audit, no access"
+        holds from here); :meth:`seal_pending_audit_entries` gives them their seqs.
 
         Raises:
             Unavailable: "audit log write failed: <exception class>"; nothing was written.
         """
+        if not entries:
+            return
+        with _audit_failure("audit log write failed"), self._write_connection() as connection:
+            connection.execute(
+                _INSERT_PENDING,
+                [{name: getattr(e, name) for name in _PENDING_NAMES} for e in entries],
+            )
+
+    def has_pending_audit_entries(self) -> bool:
+        """Whether any recorded entry waits to be sealed (no lock taken)."""
+        with _audit_failure("audit log read failed"), self._connection() as connection:
+            return bool(connection.execute(_ANY_PENDING).scalar())
+
+    def pending_audit_entries(self) -> int:
+        """How many recorded entries wait to be sealed."""
+        with _audit_failure("audit log read failed"), self._connection() as connection:
+            return int(
+                connection.execute(select(func.count()).select_from(AuditPendingRow)).scalar_one()
+            )
+
+    def seal_pending_audit_entries(
+        self,
+        chained: Callable[
+            [tuple[int, str] | None, Sequence[PendingAuditEntry]], Sequence[StoredAuditEntry]
+        ],
+        limit: int = PAGE,
+    ) -> int:
+        """Move the oldest ``limit`` pending entries into the chain, in one transaction
+        under the chain lock: ``chained(head, pending)`` gives their chain entries.
+
+        ``head`` is the newest entry's ``(seq, hash)`` (None while the chain is empty),
+        read once the lock is held: no other sealer can take the seqs after it until
+        this commits, in this process, another, or another replica. Only the rows read
+        here are removed from ``audit_pending`` (by id: a row another appender commits
+        meanwhile waits for the next seal, whatever its id). Returns how many were
+        sealed.
+
+        Raises:
+            Unavailable: "audit log seal failed: <exception class>"; nothing was moved.
+        """
         with (
-            _audit_failure("audit log write failed"),
+            _audit_failure("audit log seal failed"),
             sqlite_writer(self.engine),
             self._connection() as connection,
         ):
             _lock_chain(connection)
-            head = connection.execute(_LOCKED_HEAD).first()
-            entries = next_entries(None if head is None else (head.seq, head.hash))
-            if entries:
-                connection.execute(
-                    _INSERT_ENTRIES,
-                    [{name: getattr(e, name) for name in _ENTRY_NAMES} for e in entries],
+            rows = connection.execute(
+                select(_PENDING.id, *_PENDING_COLUMNS).order_by(_PENDING.id).limit(limit)
+            ).all()
+            if not rows:
+                return 0
+            pending = [
+                PendingAuditEntry(
+                    id=row.id, **{name: getattr(row, name) for name in _PENDING_NAMES}
                 )
+                for row in rows
+            ]
+            head = connection.execute(_LOCKED_HEAD).first()
+            entries = chained(None if head is None else (head.seq, head.hash), pending)
+            connection.execute(
+                _INSERT_ENTRIES,
+                [{name: getattr(e, name) for name in _ENTRY_NAMES} for e in entries],
+            )
+            connection.execute(
+                delete(AuditPendingRow).where(_PENDING.id.in_([p.id for p in pending]))
+            )
+        return len(pending)
 
     def audit_head(self) -> tuple[int, str] | None:
         """The newest entry's ``(seq, hash)``; None while the chain is empty."""

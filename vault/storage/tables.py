@@ -256,7 +256,7 @@ class AuditEntryRow(Base):
 
     __tablename__ = "audit_entries"
 
-    #: 1, 2, 3, ... assigned by the appender under the chain lock (no gaps).
+    #: 1, 2, 3, ... assigned by the sealer under the chain lock (no gaps).
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     caller: Mapped[str] = mapped_column(String(64), index=True)
@@ -272,6 +272,32 @@ class AuditEntryRow(Base):
     #: Hex SHA-256 of the previous entry (64 zeros for the first).
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditPendingRow(Base):
+    """An audit entry recorded but not yet sealed into the chain.
+
+    Appending is a plain insert here, without the chain lock, so that replicas and
+    worker processes record accesses side by side; a sealer (any of them) moves the
+    rows, oldest ``id`` first, into ``audit_entries`` in batches under the chain lock,
+    hashing them there (vault/audit/chain.py). Same names-only columns as an entry.
+    """
+
+    __tablename__ = "audit_pending"
+
+    #: Insertion order (the order in which they are sealed); gaps are normal.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    caller: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str | None] = mapped_column(String(26))
+    categories: Mapped[str] = mapped_column(Text)
+    fields: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
 
 
 class AuditCheckpointRow(Base):

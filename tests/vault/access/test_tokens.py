@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from kms.absent import AbsentKeyManager
+from tests.audit_tables import audit_dump
 from tests.clock import FakeClock
 from vault.access.authentication import Authenticator
 from vault.access.tokens import (
@@ -271,8 +272,7 @@ def test_lifecycle_is_audited_with_caller_names_and_token_ids_only(
         ("dpo", "token.import", (dpo.token_id,), "OK"),
     ]
     assert audit.verify().ok
-    with engine.connect() as c:
-        stored = " ".join(str(row) for row in c.execute(text("SELECT * FROM audit_entries")))
+    stored = audit_dump(Storage(engine))
     for secret in (first.token, second.token, rotation.issued.token, "t-dpo"):
         assert secret not in stored
         assert token_hash(secret).removeprefix("sha256:") not in stored

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -19,10 +20,11 @@ from kms.signatures import verify_offline
 from kms.vault_transit import VaultTransitKeyManager
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
-from vault.audit.chain import AuditLog
+from vault.audit.chain import MAX_QUERY_LIMIT, AuditLog
 from vault.audit.entries import (
     GENESIS_HASH,
     INVALID,
+    AuditEntry,
     AuditEvent,
     Checkpoint,
     checkpoint_message,
@@ -83,8 +85,19 @@ def event(
 
 
 def fill(audit: AuditLog, count: int) -> None:
+    """Record ``count`` entries and seal them into the chain."""
     for n in range(count):
         audit.append(event(n))
+    audit.seal()
+
+
+def chained(audit: AuditLog, recorded: AuditEvent) -> AuditEntry:
+    """Record ``recorded``, seal it, and return it as the chain holds it."""
+    audit.append(recorded)
+    assert audit.seal() == 1
+    head = audit.query(after_seq=0, limit=MAX_QUERY_LIMIT)[-1]
+    assert head.event.request_id == recorded.request_id
+    return head
 
 
 def sql(storage: Storage, statement: str, **params: object) -> None:
@@ -97,7 +110,7 @@ def sql(storage: Storage, statement: str, **params: object) -> None:
 
 
 def test_append_and_verify_round_trip(audit: AuditLog) -> None:
-    entries = [audit.append(event(n)) for n in range(5)]
+    entries = [chained(audit, event(n)) for n in range(5)]
 
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0].prev_hash == GENESIS_HASH
@@ -180,11 +193,11 @@ def test_every_column_is_covered_by_the_hash(
 def test_unreadable_lists_are_edits(audit: AuditLog, storage: Storage, stored: str) -> None:
     # The entry was written with a non-name (recorded as ~invalid): garbage written over
     # it must not read back as that same ~invalid and keep the hash intact.
-    audit.append(event(1))
-    audit.append(
-        AuditEvent(caller="billing", action="GetRecord", categories=("a b",), outcome="OK")
+    chained(audit, event(1))
+    chained(
+        audit, AuditEvent(caller="billing", action="GetRecord", categories=("a b",), outcome="OK")
     )
-    audit.append(event(3))
+    chained(audit, event(3))
     assert audit.verify().ok
     sql(storage, "UPDATE audit_entries SET categories = :stored WHERE seq = 2", stored=stored)
 
@@ -216,7 +229,7 @@ def test_unparsable_time_on_sqlite_is_an_edit(
 def test_edited_row_with_recomputed_hash_breaks_the_next_link(
     audit: AuditLog, storage: Storage
 ) -> None:
-    entries = [audit.append(event(n)) for n in range(5)]
+    entries = [chained(audit, event(n)) for n in range(5)]
     third = entries[2]
     forged = AuditEvent(
         caller=third.event.caller,
@@ -340,7 +353,7 @@ def test_checkpoint_of_a_signed_head_is_reused(
 
     assert audit.checkpoint() == first
     assert memory_kms.calls == calls
-    audit.append(event())
+    chained(audit, event())
     second = audit.checkpoint()
     assert second is not None and second.seq == 3
     assert [c.seq for c in audit.checkpoints()] == [3, 2]
@@ -395,7 +408,7 @@ def test_truncation_after_the_newest_checkpoint_is_invisible(
 
 
 def test_rewritten_chain_is_caught_by_the_checkpoint(audit: AuditLog, storage: Storage) -> None:
-    entries = [audit.append(event(n)) for n in range(5)]
+    entries = [chained(audit, event(n)) for n in range(5)]
     audit.checkpoint()
     # Rewrite entry 2 and recompute every hash after it: the chain is consistent again.
     prev_hash = entries[0].hash
@@ -489,7 +502,7 @@ def test_checkpoint_refuses_to_sign_a_broken_chain(audit: AuditLog, storage: Sto
 def test_checkpoint_rechecks_the_previously_signed_entry(audit: AuditLog, storage: Storage) -> None:
     fill(audit, 3)
     audit.checkpoint()
-    audit.append(event())
+    chained(audit, event())
     sql(storage, "UPDATE audit_entries SET purpose = 'marketing' WHERE seq = 3")
 
     with pytest.raises(AuditChainBroken):
@@ -498,7 +511,7 @@ def test_checkpoint_rechecks_the_previously_signed_entry(audit: AuditLog, storag
 
 def test_checkpoint_needs_the_signing_key(storage: Storage, memory_kms: InMemoryKeyManager) -> None:
     audit = AuditLog(storage, memory_kms, ticking_clock(), SIGNING_KEY)
-    audit.append(event())
+    chained(audit, event())
 
     with pytest.raises(FailedPrecondition) as caught:
         audit.checkpoint()
@@ -516,7 +529,7 @@ def test_checkpoint_when_the_kms_is_down(audit: AuditLog, memory_kms: InMemoryKe
     with pytest.raises(Unavailable):
         audit.checkpoint()
     # Appends do not need the KMS.
-    audit.append(event())
+    chained(audit, event())
 
 
 def test_verify_with_the_signing_key_gone(audit: AuditLog, memory_kms: InMemoryKeyManager) -> None:
@@ -867,7 +880,7 @@ def test_appends_waiting_on_a_write_share_the_next_commit(
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Group commit: while one append writes, the others queue and go in one
-    transaction; each caller still gets its own entry back."""
+    transaction; each caller's entry is recorded."""
     real_write = audit._write
     first = threading.Event()
     queued: list[bool] = []
@@ -882,7 +895,8 @@ def test_appends_waiting_on_a_write_share_the_next_commit(
     results: dict[int, str] = {}
 
     def appender(n: int) -> None:
-        results[n] = audit.append(event(n)).event.request_id
+        audit.append(event(n))
+        results[n] = "recorded"
 
     workers = [threading.Thread(target=appender, args=(n,)) for n in range(12)]
     workers[0].start()
@@ -893,8 +907,11 @@ def test_appends_waiting_on_a_write_share_the_next_commit(
         worker.join()
 
     assert queued == [True]
-    assert results == {n: f"req-{n}" for n in range(12)}
+    assert results == {n: "recorded" for n in range(12)}
     assert audit.transactions == 2  # the first alone, the 11 that queued together
+    assert sorted(e.event.request_id for e in audit.query()) == sorted(
+        f"req-{n}" for n in range(12)
+    )
     assert audit.verify().ok
 
 
@@ -936,7 +953,7 @@ def test_a_failed_group_commit_fails_every_waiter(
     assert outcomes == {0: "ok", **{n: "unavailable" for n in range(1, 6)}}
     assert [e.seq for e in audit.query(limit=10)] == [1]
     monkeypatch.undo()
-    audit.append(event(99))  # the log is usable again: no writer left stuck
+    chained(audit, event(99))  # the log is usable again: no writer left stuck
     assert audit.verify().ok
 
 
@@ -962,14 +979,199 @@ def test_concurrent_appends_from_two_audit_logs(storage: Storage) -> None:
         second_engine.dispose()
 
 
+# --- recording, then sealing ----------------------------------------------------------
+
+
+def _pending_rows(storage: Storage) -> list[Any]:
+    with storage.engine.connect() as c:
+        return list(c.execute(text("SELECT * FROM audit_pending ORDER BY id")))
+
+
+def _chain_length(storage: Storage) -> int:
+    with storage.engine.connect() as c:
+        return int(c.execute(text("SELECT count(*) FROM audit_entries")).scalar_one())
+
+
+def test_an_append_is_recorded_and_joins_the_chain_when_sealed(
+    audit: AuditLog, storage: Storage
+) -> None:
+    audit.append_many([event(1), event(2)])
+    audit.append(event(3))
+
+    assert [row.request_id for row in _pending_rows(storage)] == ["req-1", "req-2", "req-3"]
+    assert _chain_length(storage) == 0 and audit.pending() == 3
+
+    assert audit.seal() == 3
+    assert _pending_rows(storage) == [] and audit.pending() == 0
+    entries = audit.query()
+    assert [(e.seq, e.event.request_id) for e in entries] == [
+        (1, "req-1"),
+        (2, "req-2"),
+        (3, "req-3"),
+    ]
+    assert entries[0].prev_hash == GENESIS_HASH
+    assert [e.prev_hash for e in entries[1:]] == [e.hash for e in entries[:-1]]
+    assert audit.seal() == 0 and audit.seal_if_pending() == 0
+    assert audit.verify().ok
+
+
+def test_reads_of_the_chain_seal_first(audit: AuditLog, storage: Storage) -> None:
+    audit.append(event(1))
+    assert [e.event.request_id for e in audit.query()] == ["req-1"]
+    audit.append(event(2))
+    assert audit.verify().checked == 2
+    audit.append(event(3))
+    checkpoint = audit.checkpoint()
+    assert checkpoint is not None and checkpoint.seq == 3
+    assert _pending_rows(storage) == []
+
+
+def test_sealing_goes_in_batches(
+    audit: AuditLog, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("vault.audit.chain.SEAL_BATCH", 4)
+    audit.append_many([event(n) for n in range(10)])
+    transactions: list[int] = []
+    real = storage.seal_pending_audit_entries
+
+    def counted(chained, limit):  # type: ignore[no-untyped-def]
+        sealed = real(chained, limit)
+        transactions.append(sealed)
+        return sealed
+
+    monkeypatch.setattr(storage, "seal_pending_audit_entries", counted)
+    assert audit.seal() == 10
+    assert transactions == [4, 4, 2]
+    assert [e.event.request_id for e in audit.query()] == [f"req-{n}" for n in range(10)]
+
+
+def test_a_value_planted_in_a_pending_row_is_sealed_as_invalid(
+    audit: AuditLog, storage: Storage
+) -> None:
+    audit.append(event(1))
+    sql(
+        storage,
+        "UPDATE audit_pending SET purpose = 'jane@example.org', fields = :fields, "
+        "subject_id = 'not a subject'",
+        fields='["email", "+33 6 12 34 56 78"]',
+    )
+    audit.seal()
+
+    (entry,) = audit.query()
+    assert entry.event.purpose == INVALID and entry.event.subject_id == INVALID
+    assert entry.event.fields == ("email", INVALID)
+    assert audit.verify(full=True).ok
+
+
+def test_a_pending_row_that_cannot_be_read_does_not_stop_the_seal(
+    audit: AuditLog, storage: Storage
+) -> None:
+    audit.append(event(1))
+    sql(storage, "UPDATE audit_pending SET categories = 'not json'")
+    audit.append(event(2))
+    assert audit.seal() == 2
+    first, second = audit.query()
+    assert first.event.categories == (INVALID,)
+    assert second.event.categories == ("contact", "billing")
+    assert audit.verify(full=True).ok
+
+
+def test_a_failed_seal_moves_nothing(audit: AuditLog, storage: Storage) -> None:
+    audit.append_many([event(1), event(2)])
+
+    def broken(head, pending):  # type: ignore[no-untyped-def]
+        raise Unavailable("audit log seal failed: OperationalError")
+
+    with pytest.raises(Unavailable):
+        storage.seal_pending_audit_entries(broken)
+    assert len(_pending_rows(storage)) == 2 and _chain_length(storage) == 0
+    assert audit.seal() == 2
+
+
+def test_a_row_recorded_while_a_seal_runs_waits_for_the_next(pg_url: str) -> None:
+    """The sealer deletes the pending rows it read, by id: a row another appender
+    commits while the seal is running (PostgreSQL: appenders do not wait for the chain
+    lock) stays pending, whatever its id, and is sealed next time."""
+    engine = make_engine(pg_url)
+    migrate(engine)
+    storage = Storage(engine)
+    audit = AuditLog(storage, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY)
+    other = AuditLog(Storage(make_engine(pg_url)), InMemoryKeyManager(), ticking_clock(), "")
+    try:
+        audit.append(event(1))
+        real = audit._chained
+
+        def chained_while_another_records(head, pending):  # type: ignore[no-untyped-def]
+            other.append(event(2))  # committed while the seal holds the chain lock
+            return real(head, pending)
+
+        audit._chained = chained_while_another_records  # type: ignore[method-assign]
+        assert storage.seal_pending_audit_entries(audit._chained) == 1
+        assert [row.request_id for row in _pending_rows(storage)] == ["req-2"]
+        audit._chained = real  # type: ignore[method-assign]
+        assert audit.seal() == 1
+        assert [e.event.request_id for e in audit.query()] == ["req-1", "req-2"]
+        assert audit.verify(full=True).ok
+    finally:
+        other._storage.engine.dispose()
+        engine.dispose()
+
+
+def test_replicas_record_and_seal_side_by_side(storage: Storage) -> None:
+    """Two replicas (own engines) record from 4 threads each while both seal in a loop:
+    one chain, every entry once, in each appender's order."""
+    second_engine = make_engine(storage.engine.url.render_as_string(hide_password=False))
+    replicas = [
+        AuditLog(storage, InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
+        AuditLog(Storage(second_engine), InMemoryKeyManager(), ticking_clock(), SIGNING_KEY),
+    ]
+    appending = threading.Event()
+    appending.set()
+    errors: list[BaseException] = []
+
+    def appender(log: AuditLog, n: int) -> None:
+        try:
+            for i in range(20):
+                log.append(event(n * 100 + i, caller=f"caller-{n}"))
+        except BaseException as e:
+            errors.append(e)
+
+    def sealer(log: AuditLog) -> None:
+        try:
+            while appending.is_set():
+                log.seal()
+        except BaseException as e:
+            errors.append(e)
+
+    appenders = [threading.Thread(target=appender, args=(replicas[n % 2], n)) for n in range(8)]
+    sealers = [threading.Thread(target=sealer, args=(log,)) for log in replicas]
+    try:
+        for thread in appenders + sealers:
+            thread.start()
+        for thread in appenders:
+            thread.join()
+        appending.clear()
+        for thread in sealers:
+            thread.join()
+        assert errors == []
+        entries = replicas[1].query(limit=1000)
+        assert [e.seq for e in entries] == list(range(1, 161))
+        for n in range(8):
+            mine = [e.event.request_id for e in entries if e.event.caller == f"caller-{n}"]
+            assert mine == [f"req-{n * 100 + i}" for i in range(20)]
+        assert replicas[0].verify(full=True).ok
+    finally:
+        second_engine.dispose()
+
+
 # --- queries --------------------------------------------------------------------------
 
 
 def test_query_filters(audit: AuditLog) -> None:
-    a1 = audit.append(event(1, subject_id=SUBJECT_A, caller="billing"))
-    b1 = audit.append(event(2, subject_id=SUBJECT_B, caller="support"))
-    a2 = audit.append(event(3, subject_id=SUBJECT_A, caller="support"))
-    none = audit.append(event(4, subject_id=None, caller="retention-job"))
+    a1 = chained(audit, event(1, subject_id=SUBJECT_A, caller="billing"))
+    b1 = chained(audit, event(2, subject_id=SUBJECT_B, caller="support"))
+    a2 = chained(audit, event(3, subject_id=SUBJECT_A, caller="support"))
+    none = chained(audit, event(4, subject_id=None, caller="retention-job"))
 
     assert audit.query(subject_id=SUBJECT_A) == [a1, a2]
     assert audit.query(caller="support") == [b1, a2]
@@ -997,7 +1199,8 @@ def test_query_validates_its_arguments(audit: AuditLog) -> None:
 
 def test_values_that_are_not_names_are_never_stored(audit: AuditLog, storage: Storage) -> None:
     canaries = ["alice@example.com", "+33 6 12 34 56 78", "Alice Martin"]
-    entry = audit.append(
+    entry = chained(
+        audit,
         AuditEvent(
             caller="billing",
             action="GetRecord",
@@ -1007,7 +1210,7 @@ def test_values_that_are_not_names_are_never_stored(audit: AuditLog, storage: St
             purpose=canaries[0],
             outcome="OK",
             request_id=canaries[2],
-        )
+        ),
     )
 
     assert entry.event.subject_id == INVALID
@@ -1053,13 +1256,24 @@ def test_append_fails_when_the_database_is_unreachable(unreachable_audit: AuditL
     assert caught.value.message == "audit log write failed: OperationalError"
 
 
-@pytest.mark.parametrize("operation", ["query", "verify", "checkpoint", "checkpoints"])
+@pytest.mark.parametrize(
+    ("operation", "failure"),
+    [
+        # Reads of the chain seal what was recorded first.
+        ("query", "seal"),
+        ("verify", "seal"),
+        ("checkpoint", "seal"),
+        ("seal", "seal"),
+        ("checkpoints", "read"),
+        ("pending", "read"),
+    ],
+)
 def test_reads_fail_when_the_database_is_unreachable(
-    unreachable_audit: AuditLog, operation: str
+    unreachable_audit: AuditLog, operation: str, failure: str
 ) -> None:
     with pytest.raises(Unavailable) as caught:
         getattr(unreachable_audit, operation)()
-    assert caught.value.message == "audit log read failed: OperationalError"
+    assert caught.value.message == f"audit log {failure} failed: OperationalError"
 
 
 def test_append_fails_when_the_sqlite_file_is_gone(
