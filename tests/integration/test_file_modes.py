@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,11 @@ def test_dev_keeps_its_directory_tokens_and_openbao_log_private(tmp_path: Path) 
         found = re.search(r"data in (\S+)", server.log())
         assert found is not None
         dev_dir = Path(found[1])
-        assert (dev_dir / "openbao.log").read_text().count("Root Token:") == 1
+        # OpenBao prints its banner after it starts answering: wait for it.
+        log_file, deadline = dev_dir / "openbao.log", time.monotonic() + 30
+        while "Root Token:" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log_file.read_text().count("Root Token:") == 1
         assert {"openbao.log", "oubli.db"} <= {p.name for p in dev_dir.iterdir()}
         assert open_to_others(dev_dir) == {}
         assert open_to_others(server.tokens_dir) == {}
