@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from typer.testing import CliRunner
 
 from clients.errors import InvalidArgument, PermissionDenied, Unavailable
@@ -24,18 +27,20 @@ def test_every_rpc_touching_a_subject_is_audited_without_pii(stack: Stack) -> No
     client.shred_subject(sid)
     entries = client.query_audit(subject_id=sid)
     actions = [e.action for e in entries]
-    # Changes are recorded when they start and with their outcome; reads once.
+    # A change made in one transaction is recorded in it; one that destroys keys when
+    # it starts and with its outcome; reads once.
     assert actions == [
         "SubjectService.CreateSubject",
-        "RecordService.CreateRecord",
         "RecordService.CreateRecord",
         "RecordService.GetRecord",
         "SubjectService.ExportSubject",
         "SubjectService.ShredSubject",
         "SubjectService.ShredSubject",
     ]
-    assert [e.outcome for e in entries] == ["OK", "STARTED", "OK", "OK", "OK", "STARTED", "OK"]
-    read = entries[3]
+    assert [e.outcome for e in entries] == ["OK", "OK", "OK", "OK", "STARTED", "OK"]
+    written = entries[1]
+    assert written.categories == ("contact",) and set(written.fields) == {"email", "city"}
+    read = entries[2]
     assert read.caller == "test-admin" and read.purpose == "billing"
     assert read.categories == ("contact",) and set(read.fields) == {"email", "city"}
     # Entries survive the shred, and none holds a value.
@@ -138,7 +143,83 @@ def test_a_change_that_cannot_be_audited_is_not_made(
         raise DomainUnavailable("audit table unreachable")
 
     monkeypatch.setattr(stack.server.audit.audit, "append_many", broken)
+    # A change audited before it starts (an account closure): refused, nothing changed.
     with pytest.raises(Unavailable):
-        stack.client.create_record(sid, "contact", {"email": "d@example.org"})
+        stack.client.close_account(sid)
     monkeypatch.undo()
-    assert stack.client.get_subject(sid).record_count == 0
+    assert stack.client.get_subject(sid).state == "active"
+
+
+def _audit_table_gone(stack: Stack, gone: bool) -> None:
+    """Make the audit's pending table unreachable (or back): a real database failure
+    of the entry's insert, whatever writes it."""
+    old, new = ("audit_pending", "audit_pending_away")[:: 1 if gone else -1]
+    with stack.storage.engine.begin() as c:
+        c.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+def test_a_change_and_its_entry_in_one_transaction_fail_together(stack: Stack) -> None:
+    client = stack.client
+    sid = client.create_subject().subject_id
+    with stack.storage.engine.connect() as c:
+        subjects = c.execute(text("SELECT count(*) FROM subjects")).scalar_one()
+    _audit_table_gone(stack, True)
+    try:
+        with pytest.raises(Unavailable):
+            client.create_record(sid, "contact", {"email": "d@example.org"})
+        with pytest.raises(Unavailable):
+            client.create_subject()
+    finally:
+        _audit_table_gone(stack, False)
+    # Neither the record nor the subject was made.
+    assert client.get_subject(sid).record_count == 0
+    with stack.storage.engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM subjects")).scalar_one() == subjects
+    # The refusals' own entries could not be written either (they are logged): the
+    # trail shows the subject's creation and the read above only.
+    def changes_and_reads() -> list[str]:
+        entries = client.query_audit(subject_id=sid)
+        return [e.action for e in entries if e.action != "AuditService.QueryAudit"]
+
+    actions = ["SubjectService.CreateSubject", "SubjectService.GetSubject"]
+    assert changes_and_reads() == actions
+    # And with the table back, the same change goes through with its entry.
+    client.create_record(sid, "contact", {"email": "d@example.org"})
+    assert changes_and_reads() == [*actions, "RecordService.CreateRecord"]
+
+
+def test_a_change_in_one_transaction_costs_one_audited_commit(stack: Stack) -> None:
+    """A put commits once: the record and its entry together (no STARTED entry, no
+    separate outcome); a read commits its entry once. Counted: the transactions that
+    inserted a record or a recorded entry (not the sealer's, nor plain reads)."""
+    client = stack.client
+    sid = client.create_subject().subject_id
+    writing: set[int] = set()
+    commits: list[int] = []
+
+    def executed(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if re.match(r"\s*INSERT INTO (records|audit_pending)\b", statement):
+            writing.add(id(connection))
+
+    def committed(connection: Any) -> None:
+        if id(connection) in writing:
+            writing.discard(id(connection))
+            commits.append(1)
+
+    engine = stack.storage.engine
+    event.listen(engine, "before_cursor_execute", executed)
+    event.listen(engine, "commit", committed)
+    try:
+        record = client.create_record(sid, "contact", {"email": "e@example.org"})
+        puts = len(commits)
+        client.get_record(sid, record.record_id, "billing")
+        gets = len(commits) - puts
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+        event.remove(engine, "commit", committed)
+    assert (puts, gets) == (1, 1)
+    entries = client.query_audit(subject_id=sid)
+    assert [(e.action, e.outcome) for e in entries][1:] == [
+        ("RecordService.CreateRecord", "OK"),
+        ("RecordService.GetRecord", "OK"),
+    ]

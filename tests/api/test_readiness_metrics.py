@@ -112,7 +112,10 @@ def test_pool_kms_latency_errors_and_readiness_families(served: Served) -> None:
     subject = served.client.create_subject()
     assert served.value("oubli_db_pool_size") == 16  # SQLite's pool (vault/storage/engine.py)
     assert served.value("oubli_db_pool_max_overflow") == 16
-    assert served.value("oubli_db_pool_checked_out") == 0  # nothing in flight at the scrape
+    # Nothing in flight once the call is over: the background audit sealer holds a
+    # connection for a moment every 0.2 s, so a scrape may catch it; a leak stays.
+    checked_out = [served.value("oubli_db_pool_checked_out") for _ in range(20)]
+    assert 0 in checked_out and max(checked_out) <= 1, checked_out
     assert served.value("oubli_db_pool_overflow") == 0
     assert served.value("oubli_kms_call_duration_seconds_count", operation="create_key") >= 1
     assert served.value("oubli_kms_call_duration_seconds_count", operation="key_exists") >= 1

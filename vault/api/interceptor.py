@@ -35,10 +35,11 @@ from kms.deadline import time_limit
 from vault.access.authentication import Authenticator
 from vault.access.caller_policy import CallerPolicy, CallerRule, rpc_name
 from vault.access.caller_scope import AccessNote, acting_as, noting
-from vault.api.rpcs import READ_ONLY
+from vault.api.rpcs import AUDITED_IN_TRANSACTION, READ_ONLY
 from vault.api.status import error_status, plain_status, status_code_for
 from vault.audit.recorder import AuditRecorder
 from vault.errors import OubliError
+from vault.storage.audit_log import AuditRide, riding
 from vault.usecases.restore_fence import ServingGate
 
 log = structlog.get_logger("oubli.rpc")
@@ -225,6 +226,17 @@ class ServiceInterceptor(_Interceptor):
                 raise
             bound.error("audit_append_failed", outcome=outcome)
 
+    def _ride(
+        self, rpc: str, method: str, caller: str, request: Any, note: AccessNote, request_id: str
+    ) -> AuditRide | None:
+        """The audit ride of a change audited in its own transaction; None for any other
+        call (and for unaudited ones: anonymous, or no recorder)."""
+        if rpc not in AUDITED_IN_TRANSACTION or self._audit is None or caller == "anonymous":
+            return None
+        return self._audit.ride(
+            method=method, caller=caller, request=request, note=note, request_id=request_id
+        )
+
     def _authenticate(self, context: grpc.ServicerContext) -> str | None:
         """The caller's name; None when the server runs without authentication."""
         if self._authenticator is None:
@@ -299,8 +311,11 @@ class ServiceInterceptor(_Interceptor):
             if self._gate.refusal is not None:
                 self._fail(method, context, self._gate.refusal, request_id, bound, start)
             # A read (vault.api.rpcs) is recorded once, before its response leaves; a change
-            # is also recorded (STARTED) before it runs.
-            read_only = ".".join(rpc_name(method)) in READ_ONLY
+            # is recorded in its own transaction (AUDITED_IN_TRANSACTION), or else also
+            # (STARTED) before it runs.
+            name_of_rpc = ".".join(rpc_name(method))
+            read_only = name_of_rpc in READ_ONLY
+            ride: AuditRide | None = None
             # oubli's servicers never abort themselves: they raise domain errors, and
             # this is the one place that turns exceptions into statuses.
             try:
@@ -310,13 +325,21 @@ class ServiceInterceptor(_Interceptor):
                 self._traced_caller(caller)
                 rule = self._authorize(method, name)
                 if not read_only:
-                    # A change is recorded before it is made: if the audit cannot be
-                    # written, nothing is changed (no audit, no access).
-                    self._record(
-                        method, caller, request, note, "STARTED", request_id, bound, required=True
-                    )
+                    # A change is recorded with it, or before it is made: if the audit
+                    # cannot be written, nothing is changed (no audit, no access).
+                    ride = self._ride(name_of_rpc, method, caller, request, note, request_id)
+                    if ride is None:
+                        self._record(
+                            method, caller, request, note, "STARTED", request_id, bound,
+                            required=True,
+                        )  # fmt: skip
                 # KMS calls made for this RPC end before its deadline (kms/deadline.py).
-                with acting_as(rule), noting(note), time_limit(context.time_remaining):
+                with (
+                    acting_as(rule),
+                    noting(note),
+                    riding(ride),
+                    time_limit(context.time_remaining),
+                ):
                     response = behavior(request, context)
             except Exception as error:
                 outcome = error.reason if isinstance(error, OubliError) else "INTERNAL"
@@ -327,13 +350,17 @@ class ServiceInterceptor(_Interceptor):
                 raise  # pragma: no cover - abort_with_status raises
             # A read's entry must exist before its data leaves (no audit, no access). A
             # change was recorded as STARTED already: if its outcome cannot be written,
-            # the change stands and the client must not be told otherwise.
-            try:
-                self._record(
-                    method, caller, request, note, "OK", request_id, bound, required=read_only
-                )
-            except OubliError as error:
-                self._fail(method, context, error, request_id, bound, start)
+            # the change stands and the client must not be told otherwise. A change
+            # whose entry rode in its transaction is recorded (a ride the change did
+            # not take leaves its entry required here: there was no STARTED).
+            if ride is None or not ride.written:
+                try:
+                    self._record(
+                        method, caller, request, note, "OK", request_id, bound,
+                        required=read_only or ride is not None,
+                    )  # fmt: skip
+                except OubliError as error:
+                    self._fail(method, context, error, request_id, bound, start)
             bound.info("rpc", code="OK", ms=_ms(start))
             self._observed(method, grpc.StatusCode.OK, start)
             return response

@@ -137,6 +137,15 @@ SERVICES = frozenset(rpc.service for rpc in _TABLE)
 
 #: ``Service.Method`` of the RPCs that change nothing.
 READ_ONLY = frozenset(name for name, rpc in RPCS.items() if not rpc.changes)
+#: ``Service.Method`` of the changes made in one database transaction that never
+#: destroys a key: their OK entry is written in that transaction (an audit ride,
+#: vault.storage.audit_log.AuditRide) instead of a STARTED entry before and an outcome
+#: after — one commit instead of three, and no change without its entry. Changes that
+#: take several steps (an erasure destroys keys after its commit; a batch writes per
+#: group) keep STARTED: their entry must exist before the first step.
+AUDITED_IN_TRANSACTION = frozenset(
+    {"SubjectService.CreateSubject", "RecordService.CreateRecord", "RecordService.RecordEvent"}
+)
 #: ``Service.Method`` of the RPCs whose responses may carry stored field values: their
 #: callers are the data's recipients.
 DISCLOSING = frozenset(name for name, rpc in RPCS.items() if rpc.content.discloses)

@@ -128,6 +128,12 @@ class AuditLog:
         """
         self._group.submit(events)
 
+    def stamped(self, events: Sequence[AuditEvent]) -> list[PendingAuditEntry]:
+        """``events`` as the rows a change's own transaction records (an audit ride,
+        vault.storage.audit_log.AuditRide), stamped now."""
+        at = self._now()
+        return [pending_entry(at, event) for event in events]
+
     def _write(self, events: Sequence[AuditEvent]) -> list[None]:
         """Record ``events`` as pending entries, in one transaction."""
         at = self._now()

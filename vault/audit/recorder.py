@@ -30,6 +30,7 @@ from vault.clock import Clock
 from vault.errors import AlreadyExists
 from vault.ids import RandomBytes, new_id
 from vault.storage import Storage
+from vault.storage.audit_log import AuditRide
 from vault.storage.service_keys import ServiceKey
 
 log = structlog.get_logger("oubli.audit")
@@ -136,8 +137,55 @@ class AuditRecorder:
         outcome: str,
         request_id: str,
     ) -> None:
+        """Append the call's entries (one per subject it touched), in their own
+        transaction.
+
+        Raises:
+            Unavailable: they could not be written (no audit, no access).
+        """
+        self.audit.append_many(
+            self.events(
+                method=method,
+                caller=caller,
+                request=request,
+                note=note,
+                outcome=outcome,
+                request_id=request_id,
+            )
+        )
+
+    def ride(
+        self, *, method: str, caller: str, request: Any, note: AccessNote, request_id: str
+    ) -> AuditRide:
+        """The call's OK entries, to be written in the transaction of its change (the
+        repository that makes it calls vault.storage.audit_log.write_rides). They are
+        made when written: by then the call has noted what it touched."""
+        return AuditRide(
+            lambda: self.audit.stamped(
+                self.events(
+                    method=method,
+                    caller=caller,
+                    request=request,
+                    note=note,
+                    outcome="OK",
+                    request_id=request_id,
+                )
+            )
+        )
+
+    def events(
+        self,
+        *,
+        method: str,
+        caller: str,
+        request: Any,
+        note: AccessNote,
+        outcome: str,
+        request_id: str,
+    ) -> list[AuditEvent]:
+        """The call's entries: one per subject (and purpose) it touched."""
         action = ".".join(rpc_name(method))
-        events = [
+        return [
             AuditEvent(
                 caller=caller,
                 action=action,
@@ -152,7 +200,6 @@ class AuditRecorder:
                 self._catalog, _shares(request, note)
             )
         ]
-        self.audit.append_many(events)
 
     def start_checkpoints(
         self, every_seconds: float, seal_every_seconds: float = SEAL_INTERVAL_SECONDS

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -118,6 +119,66 @@ def _audit_failure(what: str) -> Iterator[None]:
         yield
     except (Unavailable, AlreadyExists) as e:
         raise Unavailable(f"{what}: {type(e.__cause__).__name__}") from e.__cause__
+
+
+class AuditRide:
+    """The audit entry of one change, written in the change's own transaction.
+
+    The interceptor opens a ride for an RPC whose change is one database transaction
+    (vault.api.rpcs.AUDITED_IN_TRANSACTION); the repository that writes the change
+    calls :func:`write_rides` inside its transaction, so the change and its entry
+    commit together or not at all (no audit, no change), in one commit.
+    ``entries()`` is called at write time, when the call has noted what it touched.
+    """
+
+    __slots__ = ("_entries", "written")
+
+    def __init__(self, entries: Callable[[], Sequence[PendingAuditEntry]]) -> None:
+        self._entries = entries
+        #: Set once the transaction holding the entries has committed.
+        self.written = False
+
+    def entries(self) -> Sequence[PendingAuditEntry]:
+        return self._entries()
+
+
+_RIDE: ContextVar[AuditRide | None] = ContextVar("oubli_audit_ride", default=None)
+
+
+@contextmanager
+def riding(ride: AuditRide | None) -> Iterator[None]:
+    """Makes ``ride`` the current call's (None: the call's changes carry no entry)."""
+    token = _RIDE.set(ride)
+    try:
+        yield
+    finally:
+        _RIDE.reset(token)
+
+
+def current_ride() -> AuditRide | None:
+    """The ride of the call running in this context, if any."""
+    return _RIDE.get()
+
+
+def write_rides(connection: Connection, rides: Iterable[AuditRide | None]) -> list[AuditRide]:
+    """Insert the entries of ``rides`` not yet written into ``audit_pending``, in the
+    transaction of ``connection``; the rides to mark with :func:`committed` once it has
+    committed. A failure fails the transaction, the change with it."""
+    taken = [ride for ride in dict.fromkeys(rides) if ride is not None and not ride.written]
+    rows = [
+        {name: getattr(entry, name) for name in _PENDING_NAMES}
+        for ride in taken
+        for entry in ride.entries()
+    ]
+    if rows:
+        connection.execute(_INSERT_PENDING, rows)
+    return taken
+
+
+def committed(rides: Iterable[AuditRide]) -> None:
+    """Mark ``rides`` written: their transaction committed."""
+    for ride in rides:
+        ride.written = True
 
 
 def _lock_chain(connection: Connection) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import cast
 
 from sqlalchemy import (
+    Connection,
     Engine,
     delete,
     insert,
@@ -15,6 +16,7 @@ from sqlalchemy import (
 )
 
 from vault.errors import OubliError
+from vault.storage.audit_log import AuditRide, committed, current_ride, write_rides
 from vault.storage.base import Repository
 from vault.storage.groupcommit import GroupCommit
 from vault.storage.rows import RecordLike, StoredRecord, stored_record
@@ -32,8 +34,9 @@ from vault.storage.tables import (
 )
 from vault.vocabulary import WRITABLE, KeyScheme
 
-#: A record to insert, its singleton (profile categories) and the subject's key id.
-_Insert = tuple["StoredRecord", str | None, str]
+#: A record to insert, its singleton (profile categories), the subject's key id and the
+#: audit ride of the call that inserts it (vault.storage.audit_log.AuditRide).
+_Insert = tuple["StoredRecord", str | None, str, AuditRide | None]
 
 
 class RecordRepository(Repository):
@@ -121,57 +124,72 @@ class RecordRepository(Repository):
         return found
 
     def insert_records(
-        self, records: Sequence[tuple[StoredRecord, str | None]], key_ids: Mapping[str, str]
+        self,
+        records: Sequence[tuple[StoredRecord, str | None]],
+        key_ids: Mapping[str, str],
+        rides: Sequence[AuditRide | None] = (),
     ) -> list[str]:
         """Insert ``records`` (each with its singleton) in one transaction, if and only
         if every subject is still writable under the key it was sealed with
-        (``key_ids``: subject id -> key id).
+        (``key_ids``: subject id -> key id), with the audit entries of ``rides`` (the
+        calls that made them): records and entries commit together or not at all.
 
         Returns the subjects whose state or key changed meanwhile; nothing is inserted
         then. The subject rows are locked first (share lock on PostgreSQL, the write
         lock on SQLite), so a shred or re-key waits for this insert or goes first.
         """
         with self._write_connection() as c:
-            current: dict[str, tuple[str, str]] = {}
-            for chunk in chunks(sorted(key_ids)):
-                query = (
-                    select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
-                    .where(SubjectRow.subject_id.in_(chunk))
-                    .with_for_update(read=True)
-                )
-                for row in c.execute(query):
-                    current[row.subject_id] = (row.key_id, row.state)
-            stale = [
-                subject_id
-                for subject_id, key_id in key_ids.items()
-                if subject_id not in current
-                or current[subject_id][0] != key_id
-                or current[subject_id][1] not in WRITABLE
-            ]
-            if stale:
-                return stale
-            # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
-            c.execute(
-                insert(RECORDS),
-                [
-                    {
-                        "subject_id": r.subject_id,
-                        "record_id": r.record_id,
-                        "category": r.category,
-                        "singleton": singleton,
-                        "version": r.version,
-                        "ciphertext": r.ciphertext,
-                        "origin": r.origin,
-                        "created_at": r.created_at,
-                        "updated_at": r.updated_at,
-                        "key_scheme": r.key_scheme,
-                        "bucket_id": r.bucket_id,
-                        "retain_until": r.retain_until,
-                    }
-                    for r, singleton in records
-                ],
+            stale = self._insert_if_writable(c, records, key_ids)
+            written = [] if stale else write_rides(c, rides)
+        committed(written)
+        return stale
+
+    @staticmethod
+    def _insert_if_writable(
+        c: Connection,
+        records: Sequence[tuple[StoredRecord, str | None]],
+        key_ids: Mapping[str, str],
+    ) -> list[str]:
+        current: dict[str, tuple[str, str]] = {}
+        for chunk in chunks(sorted(key_ids)):
+            query = (
+                select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
+                .where(SubjectRow.subject_id.in_(chunk))
+                .with_for_update(read=True)
             )
-            return []
+            for row in c.execute(query):
+                current[row.subject_id] = (row.key_id, row.state)
+        stale = [
+            subject_id
+            for subject_id, key_id in key_ids.items()
+            if subject_id not in current
+            or current[subject_id][0] != key_id
+            or current[subject_id][1] not in WRITABLE
+        ]
+        if stale:
+            return stale
+        # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
+        c.execute(
+            insert(RECORDS),
+            [
+                {
+                    "subject_id": r.subject_id,
+                    "record_id": r.record_id,
+                    "category": r.category,
+                    "singleton": singleton,
+                    "version": r.version,
+                    "ciphertext": r.ciphertext,
+                    "origin": r.origin,
+                    "created_at": r.created_at,
+                    "updated_at": r.updated_at,
+                    "key_scheme": r.key_scheme,
+                    "bucket_id": r.bucket_id,
+                    "retain_until": r.retain_until,
+                }
+                for r, singleton in records
+            ],
+        )
+        return []
 
     def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:
         """Insert a record if, and only if, its subject is still writable under ``key_id``
@@ -184,7 +202,7 @@ class RecordRepository(Repository):
         (a stale subject, a duplicate profile record) is retried without the stale
         subjects, then item by item.
         """
-        [result] = self._inserts.submit([(record, singleton, key_id)])
+        [result] = self._inserts.submit([(record, singleton, key_id, current_ride())])
         if isinstance(result, OubliError):
             raise result
         return result
@@ -192,11 +210,15 @@ class RecordRepository(Repository):
     def _insert_group(self, items: list[_Insert]) -> list[bool | OubliError]:
         key_ids: dict[str, str] = {}
         if len(items) == 1 or any(
-            key_ids.setdefault(record.subject_id, key_id) != key_id for record, _, key_id in items
+            key_ids.setdefault(r.subject_id, key_id) != key_id for r, _, key_id, _ in items
         ):
             return [self._insert_alone(item) for item in items]
         try:
-            stale = set(self.insert_records([(r, one) for r, one, _ in items], key_ids))
+            stale = set(
+                self.insert_records(
+                    [(r, one) for r, one, _, _ in items], key_ids, [ride for *_, ride in items]
+                )
+            )
         except OubliError:  # e.g. one duplicate profile record: each gets its own answer
             return [self._insert_alone(item) for item in items]
         if not stale:
@@ -207,9 +229,11 @@ class RecordRepository(Repository):
         return [False if item[0].subject_id in stale else next(done) for item in items]
 
     def _insert_alone(self, item: _Insert) -> bool | OubliError:
-        record, singleton, key_id = item
+        record, singleton, key_id, ride = item
         try:
-            return not self.insert_records([(record, singleton)], {record.subject_id: key_id})
+            return not self.insert_records(
+                [(record, singleton)], {record.subject_id: key_id}, [ride]
+            )
         except OubliError as e:
             return e
 
@@ -274,11 +298,18 @@ class RecordRepository(Repository):
         checking the key in a subquery is not enough on READ COMMITTED: after waiting on
         the record's row lock, PostgreSQL re-checks the record row only, not the subject
         row the subquery read before the wait.
+
+        The current call's audit ride (vault.storage.audit_log) is written in the same
+        transaction when the record is.
         """
         with self._write_connection() as c:
             if not holds_key(c, record.subject_id, key_id):
                 return False
-            return rewrite_record(c, record, expected, index_tags)
+            if not rewrite_record(c, record, expected, index_tags):
+                return False
+            written = write_rides(c, [current_ride()])
+        committed(written)
+        return True
 
     def delete_record(self, subject_id: str, record_id: str) -> bool:
         with self._session() as s:

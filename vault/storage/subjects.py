@@ -13,6 +13,7 @@ from sqlalchemy import (
 )
 
 from vault.errors import SubjectNotFound
+from vault.storage.audit_log import committed, current_ride, write_rides
 from vault.storage.base import Repository
 from vault.storage.rows import (
     StoredRecord,
@@ -40,6 +41,8 @@ class SubjectRepository(Repository):
     """Subjects: insert, read (alone, with a record, many), flags, state changes."""
 
     def insert_subject(self, info: SubjectKeyInfo) -> None:
+        """Insert the subject's row, with the current call's audit ride (one transaction:
+        vault.storage.audit_log)."""
         with self._session() as s:
             s.add(
                 SubjectRow(
@@ -58,6 +61,9 @@ class SubjectRepository(Repository):
                     consents="{}",
                 )
             )
+            s.flush()  # the subject first: a failed insert writes no entry
+            written = write_rides(s.connection(), [current_ride()])
+        committed(written)
 
     def subject(self, subject_id: str) -> SubjectKeyInfo:
         with self._connection() as c:

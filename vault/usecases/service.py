@@ -205,13 +205,14 @@ class VaultService:
             now,
             now,
         )
+        # Noted first: the audit entry written with the subject's row names it.
+        caller_scope.note_subject(subject_id)
         try:
             self.storage.insert_subject(info)
         except OubliError:
             self.crypto.discard_key(key_id)  # no subject row points at it: leave no orphan key
             raise
         self.crypto.cache.put(key_id, data_key.key_version, data_key.plaintext)
-        caller_scope.note_subject(subject_id)
         return subject_view(info, 0)
 
     def subject_info(self, subject_id: str) -> SubjectKeyInfo:
