@@ -175,6 +175,7 @@ def test_a_change_and_its_entry_in_one_transaction_fail_together(stack: Stack) -
     assert client.get_subject(sid).record_count == 0
     with stack.storage.engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM subjects")).scalar_one() == subjects
+
     # The refusals' own entries could not be written either (they are logged): the
     # trail shows the subject's creation and the read above only.
     def changes_and_reads() -> list[str]:
