@@ -121,12 +121,12 @@ def test_concurrent_record_inserts_are_grouped_and_each_answered(
     started = threading.Event()
     queued: list[bool] = []
 
-    def held_first(records, key_ids):  # type: ignore[no-untyped-def]
+    def held_first(records, key_ids, rides=()):  # type: ignore[no-untyped-def]
         sizes.append(len(records))
         if not started.is_set():  # the six other live subjects queue behind the first
             started.set()
             queued.append(storage._inserts.wait_until_queued(6, QUEUE_TIMEOUT))
-        return real(records, key_ids)
+        return real(records, key_ids, rides)
 
     storage.insert_records = held_first  # type: ignore[method-assign]
 
@@ -157,12 +157,12 @@ def test_a_duplicate_profile_record_fails_alone(
     started = threading.Event()
     queued: list[bool] = []
 
-    def held_first(records, key_ids):  # type: ignore[no-untyped-def]
+    def held_first(records, key_ids, rides=()):  # type: ignore[no-untyped-def]
         sizes.append(len(records))
         if not started.is_set():  # the duplicate queues with two good ones
             started.set()
             queued.append(storage._inserts.wait_until_queued(3, QUEUE_TIMEOUT))
-        return real(records, key_ids)
+        return real(records, key_ids, rides)
 
     storage.insert_records = held_first  # type: ignore[method-assign]
     order = [1, 0, 2, 3]  # subject 1 writes first; subject 0's duplicate waits with 2 and 3
