@@ -9,13 +9,13 @@ from typing import cast
 from sqlalchemy import (
     Engine,
     delete,
-    insert,
     select,
     update,
 )
 
 from vault.errors import OubliError
 from vault.storage.base import Repository
+from vault.storage.bulk_insert import insert_record_rows
 from vault.storage.groupcommit import GroupCommit
 from vault.storage.rows import RecordLike, StoredRecord, stored_record
 from vault.storage.statements import (
@@ -150,27 +150,8 @@ class RecordRepository(Repository):
             ]
             if stale:
                 return stale
-            # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
-            c.execute(
-                insert(RECORDS),
-                [
-                    {
-                        "subject_id": r.subject_id,
-                        "record_id": r.record_id,
-                        "category": r.category,
-                        "singleton": singleton,
-                        "version": r.version,
-                        "ciphertext": r.ciphertext,
-                        "origin": r.origin,
-                        "created_at": r.created_at,
-                        "updated_at": r.updated_at,
-                        "key_scheme": r.key_scheme,
-                        "bucket_id": r.bucket_id,
-                        "retain_until": r.retain_until,
-                    }
-                    for r, singleton in records
-                ],
-            )
+            # One COPY (PostgreSQL) / prepared executemany (SQLite): see bulk_insert.
+            insert_record_rows(c, records)
             return []
 
     def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:
