@@ -119,15 +119,18 @@ class RecordCipher:
         self._random_bytes = random_bytes
 
     def seal(
-        self, dek: bytes, key_version: int, place: RecordPlace, fields: Mapping[str, str]
+        self, dek: bytes | AESGCM, key_version: int, place: RecordPlace, fields: Mapping[str, str]
     ) -> bytes:
+        """``fields`` sealed; ``dek`` may be an ``AESGCM`` already made from the key, to
+        reuse it across many records (a batch put's records of one subject)."""
         plaintext = encode_fields(fields)
         if len(plaintext) > MAX_PLAINTEXT_BYTES:
             raise ValueError("record plaintext exceeds MAX_PLAINTEXT_BYTES")
         if not 0 <= key_version < 2**32:
             raise ValueError("key version out of range")
         nonce = self._random_bytes(NONCE_LEN)
-        sealed = AESGCM(dek).encrypt(nonce, plaintext, place.associated_data(key_version))
+        aead = dek if isinstance(dek, AESGCM) else AESGCM(dek)
+        sealed = aead.encrypt(nonce, plaintext, place.associated_data(key_version))
         return _HEADER.pack(FORMAT_VERSION, key_version) + nonce + sealed
 
     def open(self, dek: bytes | AESGCM, place: RecordPlace, blob: bytes) -> dict[str, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -183,6 +183,22 @@ class RecordCrypto:
         place = self._place(info, record_id, category, scheme, bucket_id)
         caller_scope.note(category, fields)
         return self._cipher.seal(key, info.key_version, place, fields)
+
+    def sealer(
+        self, info: SubjectKeyInfo, scheme: KeyScheme, bucket_id: str | None
+    ) -> Callable[[str, str, Mapping[str, str]], bytes]:
+        """:meth:`seal` for many records of one subject under one scheme (and bucket):
+        the key and its AES object are resolved once, not per record (batch puts)."""
+        version = info.key_version
+        aead = AESGCM(self.record_key(info, scheme, bucket_id, version))
+        cipher = self._cipher
+
+        def seal(record_id: str, category: str, fields: Mapping[str, str]) -> bytes:
+            place = self._place(info, record_id, category, scheme, bucket_id)
+            caller_scope.note(category, fields)
+            return cipher.seal(aead, version, place, fields)
+
+        return seal
 
     def decrypt(self, info: SubjectKeyInfo, stored: RecordLike) -> dict[str, str]:
         """A stored record's fields (noted nowhere: re-encryption, not a read)."""

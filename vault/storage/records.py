@@ -17,6 +17,7 @@ from vault.errors import OubliError
 from vault.storage.base import Repository
 from vault.storage.bulk_insert import insert_record_rows
 from vault.storage.groupcommit import GroupCommit
+from vault.storage.pair_lookup import rows_by_keys
 from vault.storage.rows import RecordLike, StoredRecord, stored_record
 from vault.storage.statements import (
     RECORDS,
@@ -47,17 +48,12 @@ class RecordRepository(Repository):
     def records_by_id(
         self, keys: Collection[tuple[str, str]]
     ) -> dict[tuple[str, str], StoredRecord]:
-        """The readable records among (subject_id, record_id) ``keys``, by key."""
-        wanted = set(keys)
-        found: dict[tuple[str, str], StoredRecord] = {}
-        table = RecordRow.__table__
+        """The readable records among (subject_id, record_id) ``keys``, by key: one
+        statement joining the pairs on the primary key (vault.storage.pair_lookup)."""
         with self._connection() as c:
-            for chunk in chunks(sorted({record_id for _, record_id in wanted})):
-                query = select(table).where(RecordRow.record_id.in_(chunk), live_bucket_or_none())
-                for row in c.execute(query):
-                    if (row.subject_id, row.record_id) in wanted:
-                        found[(row.subject_id, row.record_id)] = stored_record(row)
-        return found
+            return {
+                (row.subject_id, row.record_id): stored_record(row) for row in rows_by_keys(c, keys)
+            }
 
     def records_page(
         self, subject_id: str, category: str, after_record_id: str, limit: int

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vault.access import caller_scope
 from vault.catalog import Cardinality, Category
@@ -111,12 +111,20 @@ class BulkOps:
         vault = self.vault
         checked: list[_Checked] = []
         singletons: set[tuple[str, str]] = set()
+        # A batch names few subjects and categories many times: each is checked once.
+        subjects_seen: set[str] = set()
+        specs: dict[str, Category] = {}
         index = 0
         try:
             for index, item in enumerate(items):  # noqa: B007 - index names a failure
-                check_id("subject_id", item.subject_id)
-                spec = vault.catalog.category(item.category)
-                caller_scope.check(category=spec)
+                if item.subject_id not in subjects_seen:
+                    check_id("subject_id", item.subject_id)
+                    subjects_seen.add(item.subject_id)
+                spec = specs.get(item.category)
+                if spec is None:
+                    spec = vault.catalog.category(item.category)
+                    caller_scope.check(category=spec)
+                    specs[item.category] = spec
                 fields = check_fields(item.fields, spec.fields)
                 origin = check_origin(item.origin)
                 singleton = item.category if spec.cardinality is Cardinality.ONE else None
@@ -161,9 +169,12 @@ class BulkOps:
                     refuse_if_restricted(info)
                 vault.crypto.warm(list(infos.values()))
                 now = vault.clock()
+                sealers: dict[tuple[str, str, int, str], Any] = {}
                 for index, (item, spec, fields, origin, singleton) in enumerate(checked):
                     info = infos[item.subject_id]
-                    stored = vault.new_record(info, spec, record_ids[index], fields, origin, now)
+                    stored = vault.new_record(
+                        info, spec, record_ids[index], fields, origin, now, sealers
+                    )
                     rows.append((stored, singleton))
                     views.append(record_view(stored, fields))
             except OubliError as e:
