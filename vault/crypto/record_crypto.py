@@ -17,8 +17,11 @@ entry (vault.access.caller_scope).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -40,6 +43,15 @@ from vault.ids import RandomBytes, new_id
 from vault.storage import RecordLike, Storage, SubjectKeyInfo
 from vault.vocabulary import KeyScheme
 
+#: Cold subjects per ``unwrap_many`` when a batch warms the DEK cache.
+WARM_GROUP = 64
+#: Groups unwrapped side by side (each makes up to 8 Transit calls at once).
+WARM_WORKERS = 2
+
+
+def _nothing_to_wait_for() -> None:
+    return None
+
 
 class RecordCrypto:
     """Subject keys and records' envelopes, over the KMS and the shared DEK cache."""
@@ -59,6 +71,8 @@ class RecordCrypto:
         self.buckets = BucketKeys(storage, kms, self.cache, clock, random_bytes, kms_error)
         self._random_bytes = random_bytes
         self._cipher = RecordCipher(random_bytes)
+        self._warm_lock = threading.Lock()
+        self._warmers: ThreadPoolExecutor | None = None
 
     # --- subject keys ---------------------------------------------------------------
 
@@ -116,27 +130,59 @@ class RecordCrypto:
             raise kms_error(e) from e
 
     def warm(self, infos: Sequence[SubjectKeyInfo]) -> None:
-        """Unwrap the DEKs of the cold subjects among ``infos`` in one KMS batch.
+        """Unwrap the DEKs of the cold subjects among ``infos`` (see :meth:`start_warming`)
+        and wait for them."""
+        self.start_warming(infos)()
 
-        Failures are left for the item that needs the key: it tries again alone and
-        gets the error the unary call would have got.
+    def start_warming(self, infos: Sequence[SubjectKeyInfo]) -> Callable[[], None]:
+        """Start unwrapping the DEKs of the cold subjects among ``infos`` in the
+        background; returns the function that waits until they are in the cache.
+
+        Each subject has its own KMS key (what makes its erasure one key destruction),
+        and Transit batches only within one key: a cold subject costs one unwrap
+        whatever the grouping. So the unwraps go in groups of :data:`WARM_GROUP` (one
+        ``unwrap_many`` each, with its own KMS budget), :data:`WARM_WORKERS` groups at
+        a time, while the caller goes on with its database reads. Failures are left
+        for the item that needs the key: it tries again alone and gets the error the
+        unary call would have got.
         """
         cold: dict[str, SubjectKeyInfo] = {}
         for info in infos:
             if (
                 info.wrapped_dek is not None
+                and info.key_id not in cold
                 and self.cache.get(info.key_id, info.key_version) is None
             ):
                 cold[info.key_id] = info
         if not cold:
-            return
+            return _nothing_to_wait_for
+        pending = list(cold.values())
+        groups = [pending[i : i + WARM_GROUP] for i in range(0, len(pending), WARM_GROUP)]
+        pool = self._warm_pool()
+        # Each group runs in a copy of the caller's context: it keeps the call's KMS budget.
+        futures = [
+            pool.submit(contextvars.copy_context().run, self._unwrap_into_cache, group)
+            for group in groups
+        ]
+
+        def wait() -> None:
+            for future in futures:
+                future.result()
+
+        return wait
+
+    def _warm_pool(self) -> ThreadPoolExecutor:
+        with self._warm_lock:
+            if self._warmers is None:
+                self._warmers = ThreadPoolExecutor(WARM_WORKERS, thread_name_prefix="oubli-warm")
+            return self._warmers
+
+    def _unwrap_into_cache(self, cold: Sequence[SubjectKeyInfo]) -> None:
         try:
-            results = self.kms.unwrap_many(
-                [(i.key_id, i.wrapped_dek or b"") for i in cold.values()]
-            )
+            results = self.kms.unwrap_many([(i.key_id, i.wrapped_dek or b"") for i in cold])
         except KmsError:  # the KMS is down: each item reports it
             return
-        for info, result in zip(cold.values(), results, strict=True):
+        for info, result in zip(cold, results, strict=True):
             if isinstance(result, bytes):
                 self.cache.put(info.key_id, info.key_version, result)
 

@@ -3,10 +3,11 @@
 A billing run touches thousands of customers at once; one call per record would spend
 most of its time in round trips. Each batch:
 
-- reads every subject it names in one query and every record in one more;
-- unwraps the DEKs of cold subjects together before any decryption
-  (:meth:`vault.crypto.record_crypto.RecordCrypto.warm`), so cached subjects cost no
-  KMS call and cold ones are unwrapped side by side instead of one after the other;
+- reads every subject it names in one query and every record in one more (by primary
+  key pairs, vault.storage.pair_lookup);
+- unwraps the DEKs of cold subjects before any decryption, in groups side by side
+  (:meth:`vault.crypto.record_crypto.RecordCrypto.start_warming`): cached subjects cost
+  no KMS call, and a get's unwraps run while its records are read;
 - notes what each subject's items touched (:meth:`vault.access.caller_scope.AccessNote.item`),
   which the audit trail writes as one entry per subject.
 
@@ -208,19 +209,19 @@ class BulkOps:
         check_batch("requests", len(reads))
         vault = self.vault
         results: list[RecordView | OubliError | None] = [None] * len(reads)
-        keys: list[tuple[str, str]] = []
+        keys_of: dict[int, tuple[str, str]] = {}
         for index, read in enumerate(reads):
             try:
                 check_id("subject_id", read.subject_id)
                 check_id("record_id", read.record_id)
-                keys.append((read.subject_id, read.record_id))
+                keys_of[index] = (read.subject_id, read.record_id)
             except OubliError as e:
                 results[index] = e
-        infos = vault.storage.subjects({subject_id for subject_id, _ in keys})
-        stored = vault.storage.records_by_id(keys)
-        # Check every item first, so that refused items cost no KMS call.
+        infos = vault.storage.subjects({subject_id for subject_id, _ in keys_of.values()})
+        # Check every item on its subject first, so that refused subjects cost no KMS
+        # call; the cold DEKs of the others are unwrapped while their records are read.
         note = caller_scope.current_note()
-        allowed: list[tuple[int, SubjectKeyInfo, StoredRecord]] = []
+        admitted: list[tuple[int, SubjectKeyInfo]] = []
         for index, read in enumerate(reads):
             if results[index] is not None:
                 continue
@@ -231,6 +232,18 @@ class BulkOps:
                     raise SubjectNotFound("subject not found", subject_id=read.subject_id)
                 caller_scope.check(purpose=purpose)
                 authorize_subject(vault.catalog, read.purpose, info)
+                admitted.append((index, info))
+            except OubliError as e:
+                results[index] = _failed(note, read, e)
+        warmed = vault.crypto.start_warming([info for _, info in admitted])
+        try:
+            stored = vault.storage.records_by_id([keys_of[index] for index, _ in admitted])
+        finally:
+            warmed()  # the unwraps end with the call, whatever happened
+        allowed: list[tuple[int, SubjectKeyInfo, StoredRecord]] = []
+        for index, info in admitted:
+            read = reads[index]
+            try:
                 found = stored.get((read.subject_id, read.record_id))
                 if found is None:
                     raise RecordNotFound("record not found", record_id=read.record_id)
@@ -240,7 +253,6 @@ class BulkOps:
                 allowed.append((index, info, found))
             except OubliError as e:
                 results[index] = _failed(note, read, e)
-        vault.crypto.warm([info for _, info, _ in allowed])
         for index, info, found in allowed:
             read = reads[index]
             try:
