@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,7 +36,15 @@ from kms.base import (
 from vault.access import caller_scope
 from vault.clock import Clock, utc_now
 from vault.crypto.bucket_keys import BucketKeys, expiry_record_key, hold_record_key
-from vault.crypto.envelope import RecordCipher, RecordPlace, decode_fields, key_version_of
+from vault.crypto.envelope import (
+    RecordCipher,
+    RecordPlace,
+    associated_data_of_records,
+    decode_fields,
+    field_names_of,
+    key_version_of,
+    open_sealed,
+)
 from vault.crypto.keycache import DataKeyCache
 from vault.errors import IntegrityFailure, KeyDestroyedError, OubliError, kms_error
 from vault.ids import RandomBytes, new_id
@@ -264,34 +272,55 @@ class RecordCrypto:
         return fields
 
     def open_page(
-        self, info: SubjectKeyInfo, page: Sequence[RecordLike]
+        self,
+        info: SubjectKeyInfo,
+        page: Sequence[RecordLike],
+        field_names: Collection[str] = (),
     ) -> Iterator[tuple[RecordLike, str]]:
         """Decrypt a page of one subject's records (the caller has authorized the read):
-        each record with its fields' canonical JSON, checked to be a map of strings.
+        each record with its fields' canonical JSON as decrypted, for an export to
+        write as it is (no parse, no re-encoding).
 
-        Keys and AES objects are resolved once per (scheme, bucket, key version) of the
-        page rather than per record: exports open hundreds of thousands of records.
+        The plaintext is authenticated (AES-GCM, bound to the record's place), so it is
+        the canonical JSON :func:`~vault.crypto.envelope.encode_fields` sealed; the
+        field names read, for the audit entry, are found in it among ``field_names``
+        (the category's, from the catalog) without parsing
+        (:func:`~vault.crypto.envelope.field_names_of`); a record where that cannot tell
+        them is decoded and checked to be a map of strings, as every record was before.
+
+        Keys, AES objects and the associated data's shared parts are resolved once per
+        (category, scheme, bucket, key version) of the page rather than per record:
+        exports open hundreds of thousands of records.
         """
-        aeads: dict[tuple[str, str | None, int], AESGCM] = {}
+        openers: dict[tuple[str, str, str | None, int], tuple[AESGCM, Callable[[str], bytes]]] = {}
         names: set[str] = set()
         category = ""
         for stored in page:
-            version = key_version_of(stored.ciphertext)
-            slot = (stored.key_scheme, stored.bucket_id, version)
-            aead = aeads.get(slot)
-            if aead is None:
-                aead = aeads[slot] = AESGCM(
-                    self.record_key(info, stored.key_scheme, stored.bucket_id, version)
+            blob = stored.ciphertext
+            version = key_version_of(blob)
+            slot = (stored.category, stored.key_scheme, stored.bucket_id, version)
+            opener = openers.get(slot)
+            if opener is None:
+                key = self.record_key(info, stored.key_scheme, stored.bucket_id, version)
+                opener = openers[slot] = (
+                    AESGCM(key),
+                    associated_data_of_records(
+                        info.tenant,
+                        info.subject_id,
+                        stored.category,
+                        stored.key_scheme,
+                        stored.bucket_id or "",
+                        version,
+                    ),
                 )
-            place = self._place(
-                info, stored.record_id, stored.category, stored.key_scheme, stored.bucket_id
-            )
-            plaintext = self._cipher.open_plaintext(aead, place, stored.ciphertext)
-            names.update(decode_fields(plaintext))
+            aead, associated_data = opener
+            plaintext = open_sealed(aead, associated_data(stored.record_id), blob)
             if category and stored.category != category:
                 caller_scope.note(category, names)
                 names = set()
             category = stored.category
+            found = field_names_of(plaintext, field_names)
+            names.update(found if found is not None else decode_fields(plaintext))
             yield stored, plaintext.decode("utf-8")
         if category:
             caller_scope.note(category, names)

@@ -7,9 +7,11 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import cast
 
 from sqlalchemy import (
+    DateTime,
     Engine,
     delete,
     select,
+    type_coerce,
     update,
 )
 
@@ -60,7 +62,8 @@ class RecordRepository(Repository):
     ) -> Sequence[RecordLike]:
         """One page of a subject's records of one category in record-id order, as
         database rows (no ORM object, no dataclass per row: exports read hundreds of
-        thousands of them)."""
+        thousands of them). Their times are naive UTC, as stored: no time zone is
+        attached per row (the export writes them as UTC text, once per distinct time)."""
         c = RECORDS.c
         query = (
             select(
@@ -70,8 +73,8 @@ class RecordRepository(Repository):
                 c.version,
                 c.ciphertext,
                 c.origin,
-                c.created_at,
-                c.updated_at,
+                type_coerce(c.created_at, DateTime()).label("created_at"),
+                type_coerce(c.updated_at, DateTime()).label("updated_at"),
                 c.key_scheme,
                 c.bucket_id,
             )
