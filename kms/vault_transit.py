@@ -43,6 +43,7 @@ from kms.base import (
 from kms.deadline import seconds_left
 from kms.names import check_key_id
 from kms.vault_auth import StaticToken, VaultAuth, VaultTls
+from kms.vault_http import vault_session
 
 #: Ciphertexts per batch decrypt: OpenBao refuses a request body holding more than 1 000
 #: JSON strings (``max_request_json_strings``); each item costs two.
@@ -155,7 +156,7 @@ class VaultTransitKeyManager(KeyManager):
         self.auth = auth if auth is not None else VaultAuth(StaticToken(token or ""))
         tls = tls or VaultTls()
 
-        def client() -> hvac.Client:
+        def client(**pooled: Any) -> hvac.Client:
             # token="": hvac would otherwise pick VAULT_TOKEN or ~/.vault-token up.
             return client_factory(
                 url=url,
@@ -165,9 +166,13 @@ class VaultTransitKeyManager(KeyManager):
                 namespace=namespace or None,
                 timeout=timeout,
                 adapter=DeadlineAdapter,
+                **pooled,
             )
 
-        self._client = client()
+        # The Transit calls (one unwrap per cold subject) over urllib3 directly, unless
+        # a proxy is configured (kms/vault_http.py).
+        session = vault_session(url, tls.verify, tls.cert)
+        self._client = client() if session is None else client(session=session)
         self._client.adapter.auth = self.auth
         # Logins, lookups and renewals go through a client of their own, which carries
         # no auth hook (and is used under the auth's lock only).

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,50 @@ class RecordPlace:
         return bytes(out)
 
 
+def _length_prefixed(part: str) -> bytes:
+    raw = part.encode("utf-8")
+    return struct.pack(">I", len(raw)) + raw
+
+
+def associated_data_of_records(
+    tenant: str, subject_id: str, category: str, key_scheme: str, bucket_id: str, key_version: int
+) -> Callable[[str], bytes]:
+    """:meth:`RecordPlace.associated_data` for many records of one subject, category,
+    scheme and key version: the parts they share are encoded once, each record adds its
+    id (exports open hundreds of thousands of records)."""
+    head = b"".join(_length_prefixed(p) for p in (_AAD_LABEL, tenant, subject_id))
+    tail = _length_prefixed(category)
+    if key_scheme != KeyScheme.SUBJECT:
+        tail += _length_prefixed(key_scheme) + _length_prefixed(bucket_id)
+    tail += struct.pack(">I", key_version)
+    length = struct.Struct(">I").pack
+
+    def associated_data(record_id: str) -> bytes:
+        raw = record_id.encode("utf-8")
+        return head + length(len(raw)) + raw + tail
+
+    return associated_data
+
+
+def field_names_of(plaintext: bytes, candidates: Collection[str]) -> set[str] | None:
+    """The field names of a record's canonical JSON (:func:`encode_fields`), found
+    without parsing it: None when they cannot be told that way (then decode it).
+
+    In canonical JSON of a map of strings every quote inside a value is escaped (``\\"``)
+    and a value's closing quote is never followed by a colon, so ``"name":`` (a name of
+    ``[a-z][a-z0-9_]*``) occurs only where ``name`` is a key, and an unescaped ``":"``
+    once per key: ``":"`` counted less ``\\":"`` (an escaped quote inside a value) is
+    the number of keys. The names are the ``candidates`` found, provided they are as
+    many as the keys: a name outside ``candidates`` (a field since removed from the
+    catalog) makes the counts differ.
+    """
+    if not (plaintext.startswith(b'{"') and plaintext.endswith(b'"}')):
+        return None
+    found = {name for name in candidates if b'"' + name.encode("ascii") + b'":' in plaintext}
+    keys = plaintext.count(b'":"') - plaintext.count(b'\\":"')
+    return found if len(found) == keys else None
+
+
 def encode_fields(fields: Mapping[str, str]) -> bytes:
     return json.dumps(
         dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False
@@ -119,15 +163,18 @@ class RecordCipher:
         self._random_bytes = random_bytes
 
     def seal(
-        self, dek: bytes, key_version: int, place: RecordPlace, fields: Mapping[str, str]
+        self, dek: bytes | AESGCM, key_version: int, place: RecordPlace, fields: Mapping[str, str]
     ) -> bytes:
+        """``fields`` sealed; ``dek`` may be an ``AESGCM`` already made from the key, to
+        reuse it across many records (a batch put's records of one subject)."""
         plaintext = encode_fields(fields)
         if len(plaintext) > MAX_PLAINTEXT_BYTES:
             raise ValueError("record plaintext exceeds MAX_PLAINTEXT_BYTES")
         if not 0 <= key_version < 2**32:
             raise ValueError("key version out of range")
         nonce = self._random_bytes(NONCE_LEN)
-        sealed = AESGCM(dek).encrypt(nonce, plaintext, place.associated_data(key_version))
+        aead = dek if isinstance(dek, AESGCM) else AESGCM(dek)
+        sealed = aead.encrypt(nonce, plaintext, place.associated_data(key_version))
         return _HEADER.pack(FORMAT_VERSION, key_version) + nonce + sealed
 
     def open(self, dek: bytes | AESGCM, place: RecordPlace, blob: bytes) -> dict[str, str]:
@@ -135,17 +182,22 @@ class RecordCipher:
 
     @staticmethod
     def open_plaintext(dek: bytes | AESGCM, place: RecordPlace, blob: bytes) -> bytes:
-        """The authenticated canonical JSON of the fields, not yet decoded (an export
-        writes it as it is, after :func:`decode_fields` checked it). ``dek`` may be an
-        ``AESGCM`` already made from the key, to reuse it across many records."""
-        key_version = key_version_of(blob)
-        nonce = blob[_HEADER.size : _HEADER.size + NONCE_LEN]
-        aead = dek if isinstance(dek, AESGCM) else AESGCM(dek)
-        try:
-            return aead.decrypt(
-                nonce, blob[_HEADER.size + NONCE_LEN :], place.associated_data(key_version)
-            )
-        except InvalidTag:
-            raise IntegrityFailure(
-                "ciphertext failed authentication: tampered with or not from this place"
-            ) from None
+        """The authenticated canonical JSON of the fields, not yet decoded. ``dek`` may
+        be an ``AESGCM`` already made from the key, to reuse it across many records."""
+        return open_sealed(
+            dek if isinstance(dek, AESGCM) else AESGCM(dek),
+            place.associated_data(key_version_of(blob)),
+            blob,
+        )
+
+
+def open_sealed(aead: AESGCM, associated_data: bytes, blob: bytes) -> bytes:
+    """The authenticated plaintext of ``blob`` (its header checked by the caller,
+    :func:`key_version_of`), with the place's ``associated_data``."""
+    nonce = blob[_HEADER.size : _HEADER.size + NONCE_LEN]
+    try:
+        return aead.decrypt(nonce, blob[_HEADER.size + NONCE_LEN :], associated_data)
+    except InvalidTag:
+        raise IntegrityFailure(
+            "ciphertext failed authentication: tampered with or not from this place"
+        ) from None

@@ -8,17 +8,20 @@ from typing import cast
 
 from sqlalchemy import (
     Connection,
+    DateTime,
     Engine,
     delete,
-    insert,
     select,
+    type_coerce,
     update,
 )
 
 from vault.errors import OubliError
 from vault.storage.audit_log import AuditRide, committed, current_ride, write_rides
 from vault.storage.base import Repository
+from vault.storage.bulk_insert import insert_record_rows
 from vault.storage.groupcommit import GroupCommit
+from vault.storage.pair_lookup import rows_by_keys
 from vault.storage.rows import RecordLike, StoredRecord, stored_record
 from vault.storage.statements import (
     RECORDS,
@@ -50,24 +53,20 @@ class RecordRepository(Repository):
     def records_by_id(
         self, keys: Collection[tuple[str, str]]
     ) -> dict[tuple[str, str], StoredRecord]:
-        """The readable records among (subject_id, record_id) ``keys``, by key."""
-        wanted = set(keys)
-        found: dict[tuple[str, str], StoredRecord] = {}
-        table = RecordRow.__table__
+        """The readable records among (subject_id, record_id) ``keys``, by key: one
+        statement joining the pairs on the primary key (vault.storage.pair_lookup)."""
         with self._connection() as c:
-            for chunk in chunks(sorted({record_id for _, record_id in wanted})):
-                query = select(table).where(RecordRow.record_id.in_(chunk), live_bucket_or_none())
-                for row in c.execute(query):
-                    if (row.subject_id, row.record_id) in wanted:
-                        found[(row.subject_id, row.record_id)] = stored_record(row)
-        return found
+            return {
+                (row.subject_id, row.record_id): stored_record(row) for row in rows_by_keys(c, keys)
+            }
 
     def records_page(
         self, subject_id: str, category: str, after_record_id: str, limit: int
     ) -> Sequence[RecordLike]:
         """One page of a subject's records of one category in record-id order, as
         database rows (no ORM object, no dataclass per row: exports read hundreds of
-        thousands of them)."""
+        thousands of them). Their times are naive UTC, as stored: no time zone is
+        attached per row (the export writes them as UTC text, once per distinct time)."""
         c = RECORDS.c
         query = (
             select(
@@ -77,8 +76,8 @@ class RecordRepository(Repository):
                 c.version,
                 c.ciphertext,
                 c.origin,
-                c.created_at,
-                c.updated_at,
+                type_coerce(c.created_at, DateTime()).label("created_at"),
+                type_coerce(c.updated_at, DateTime()).label("updated_at"),
                 c.key_scheme,
                 c.bucket_id,
             )
@@ -168,27 +167,8 @@ class RecordRepository(Repository):
         ]
         if stale:
             return stale
-        # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
-        c.execute(
-            insert(RECORDS),
-            [
-                {
-                    "subject_id": r.subject_id,
-                    "record_id": r.record_id,
-                    "category": r.category,
-                    "singleton": singleton,
-                    "version": r.version,
-                    "ciphertext": r.ciphertext,
-                    "origin": r.origin,
-                    "created_at": r.created_at,
-                    "updated_at": r.updated_at,
-                    "key_scheme": r.key_scheme,
-                    "bucket_id": r.bucket_id,
-                    "retain_until": r.retain_until,
-                }
-                for r, singleton in records
-            ],
-        )
+        # One COPY (PostgreSQL) / prepared executemany (SQLite): see bulk_insert.
+        insert_record_rows(c, records)
         return []
 
     def insert_record(self, record: StoredRecord, singleton: str | None, key_id: str) -> bool:

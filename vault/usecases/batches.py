@@ -3,10 +3,11 @@
 A billing run touches thousands of customers at once; one call per record would spend
 most of its time in round trips. Each batch:
 
-- reads every subject it names in one query and every record in one more;
-- unwraps the DEKs of cold subjects together before any decryption
-  (:meth:`vault.crypto.record_crypto.RecordCrypto.warm`), so cached subjects cost no
-  KMS call and cold ones are unwrapped side by side instead of one after the other;
+- reads every subject it names in one query and every record in one more (by primary
+  key pairs, vault.storage.pair_lookup);
+- unwraps the DEKs of cold subjects before any decryption, in groups side by side
+  (:meth:`vault.crypto.record_crypto.RecordCrypto.start_warming`): cached subjects cost
+  no KMS call, and a get's unwraps run while its records are read;
 - notes what each subject's items touched (:meth:`vault.access.caller_scope.AccessNote.item`),
   which the audit trail writes as one entry per subject.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vault.access import caller_scope
 from vault.catalog import Cardinality, Category
@@ -111,12 +112,20 @@ class BulkOps:
         vault = self.vault
         checked: list[_Checked] = []
         singletons: set[tuple[str, str]] = set()
+        # A batch names few subjects and categories many times: each is checked once.
+        subjects_seen: set[str] = set()
+        specs: dict[str, Category] = {}
         index = 0
         try:
             for index, item in enumerate(items):  # noqa: B007 - index names a failure
-                check_id("subject_id", item.subject_id)
-                spec = vault.catalog.category(item.category)
-                caller_scope.check(category=spec)
+                if item.subject_id not in subjects_seen:
+                    check_id("subject_id", item.subject_id)
+                    subjects_seen.add(item.subject_id)
+                spec = specs.get(item.category)
+                if spec is None:
+                    spec = vault.catalog.category(item.category)
+                    caller_scope.check(category=spec)
+                    specs[item.category] = spec
                 fields = check_fields(item.fields, spec.fields)
                 origin = check_origin(item.origin)
                 singleton = item.category if spec.cardinality is Cardinality.ONE else None
@@ -161,9 +170,12 @@ class BulkOps:
                     refuse_if_restricted(info)
                 vault.crypto.warm(list(infos.values()))
                 now = vault.clock()
+                sealers: dict[tuple[str, str, int, str], Any] = {}
                 for index, (item, spec, fields, origin, singleton) in enumerate(checked):
                     info = infos[item.subject_id]
-                    stored = vault.new_record(info, spec, record_ids[index], fields, origin, now)
+                    stored = vault.new_record(
+                        info, spec, record_ids[index], fields, origin, now, sealers
+                    )
                     rows.append((stored, singleton))
                     views.append(record_view(stored, fields))
             except OubliError as e:
@@ -197,19 +209,19 @@ class BulkOps:
         check_batch("requests", len(reads))
         vault = self.vault
         results: list[RecordView | OubliError | None] = [None] * len(reads)
-        keys: list[tuple[str, str]] = []
+        keys_of: dict[int, tuple[str, str]] = {}
         for index, read in enumerate(reads):
             try:
                 check_id("subject_id", read.subject_id)
                 check_id("record_id", read.record_id)
-                keys.append((read.subject_id, read.record_id))
+                keys_of[index] = (read.subject_id, read.record_id)
             except OubliError as e:
                 results[index] = e
-        infos = vault.storage.subjects({subject_id for subject_id, _ in keys})
-        stored = vault.storage.records_by_id(keys)
-        # Check every item first, so that refused items cost no KMS call.
+        infos = vault.storage.subjects({subject_id for subject_id, _ in keys_of.values()})
+        # Check every item on its subject first, so that refused subjects cost no KMS
+        # call; the cold DEKs of the others are unwrapped while their records are read.
         note = caller_scope.current_note()
-        allowed: list[tuple[int, SubjectKeyInfo, StoredRecord]] = []
+        admitted: list[tuple[int, SubjectKeyInfo]] = []
         for index, read in enumerate(reads):
             if results[index] is not None:
                 continue
@@ -220,6 +232,18 @@ class BulkOps:
                     raise SubjectNotFound("subject not found", subject_id=read.subject_id)
                 caller_scope.check(purpose=purpose)
                 authorize_subject(vault.catalog, read.purpose, info)
+                admitted.append((index, info))
+            except OubliError as e:
+                results[index] = _failed(note, read, e)
+        warmed = vault.crypto.start_warming([info for _, info in admitted])
+        try:
+            stored = vault.storage.records_by_id([keys_of[index] for index, _ in admitted])
+        finally:
+            warmed()  # the unwraps end with the call, whatever happened
+        allowed: list[tuple[int, SubjectKeyInfo, StoredRecord]] = []
+        for index, info in admitted:
+            read = reads[index]
+            try:
                 found = stored.get((read.subject_id, read.record_id))
                 if found is None:
                     raise RecordNotFound("record not found", record_id=read.record_id)
@@ -229,7 +253,6 @@ class BulkOps:
                 allowed.append((index, info, found))
             except OubliError as e:
                 results[index] = _failed(note, read, e)
-        vault.crypto.warm([info for _, info, _ in allowed])
         for index, info, found in allowed:
             read = reads[index]
             try:

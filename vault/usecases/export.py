@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from vault.access import caller_scope
@@ -64,16 +64,25 @@ EXPORT_PAGE = 500
 
 @functools.lru_cache(maxsize=4096)
 def _time_json(value: datetime) -> str:
-    """A time as a JSON string (cached: records written together share their times)."""
-    return f'"{_time(value)}"'
+    """A time as a JSON string (cached: records written together share their times).
+    A naive time is UTC (export pages carry the stored form, Storage.records_page)."""
+    return f'"{_time(value if value.tzinfo is not None else value.replace(tzinfo=UTC))}"'
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin_json(origin: str) -> str:
+    """An origin as a JSON string (cached: a subject's records come from few origins)."""
+    return _dumps(origin)
 
 
 def _record_line(stored: RecordLike, fields_json: str) -> str:
     """One record of an export, as :func:`_record` would give it (without retention),
-    with the fields' canonical JSON written as decrypted (already checked)."""
+    with the fields' canonical JSON spliced in as decrypted (authenticated, never parsed
+    and re-encoded: RecordCrypto.open_page)."""
     return (
         f'{{"record_id": "{stored.record_id}", "version": {stored.version}, '
-        f'"origin": {_dumps(stored.origin)}, "created_at": {_time_json(stored.created_at)}, '
+        f'"origin": {_origin_json(stored.origin)}, '
+        f'"created_at": {_time_json(stored.created_at)}, '
         f'"updated_at": {_time_json(stored.updated_at)}, "fields": {fields_json}}}'
     )
 
@@ -110,14 +119,16 @@ def export_chunks(
     }
     pending = [_dumps(head)[:-1], ', "categories": {']
     for position, name in enumerate(categories):
-        meta = _dumps(_category(vault.catalog.categories.get(name)))[:-1]
+        spec = vault.catalog.categories.get(name)
+        field_names = spec.fields if spec is not None else frozenset[str]()
+        meta = _dumps(_category(spec))[:-1]
         pending.append(f'{", " if position else ""}{_dumps(name)}: {meta}, "records": [')
         after, first = "", True
         while True:
             page = vault.storage.records_page(subject_id, name, after, page_size)
             if not page:
                 break
-            opened = vault.crypto.open_page(info, page)
+            opened = vault.crypto.open_page(info, page, field_names)
             lines = [_record_line(stored, fields) for stored, fields in opened]
             pending.append(("\n" if first else ",\n") + ",\n".join(lines))
             first = False

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import NamedTuple
 
 from vault.access import caller_scope
 from vault.catalog import Cardinality, Catalog, Category, RetentionKind
@@ -56,6 +57,15 @@ from vault.vocabulary import BucketKind, KeyScheme, SubjectState
 #: Tries of a rewrite (UpdateRecord, RecordEvent) whose compare-and-set found the
 #: subject's key changed by a re-key: each seals again under the key read anew.
 REWRITE_ATTEMPTS = 3
+
+
+class _Sealer(NamedTuple):
+    """How a batch's records of one subject and category are sealed (VaultService.new_record)."""
+
+    seal: Callable[[str, str, Mapping[str, str]], bytes]
+    scheme: KeyScheme
+    bucket_id: str | None
+    retain_until: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,14 +251,27 @@ class VaultService:
         fields: Mapping[str, str],
         origin: str,
         now: datetime,
+        sealers: dict[tuple[str, str, int, str], _Sealer] | None = None,
     ) -> StoredRecord:
         """A new record of ``spec`` (version 1), sealed under the key its retention
-        calls for: an expiry bucket's (rolling retention) or the subject's."""
-        scheme, bucket_id, retain_until = KeyScheme.SUBJECT, None, None
-        if spec.retention.kind is RetentionKind.ROLLING:
-            bucket = self._expiry_bucket(spec.name, add_months(now, spec.retention.months))
-            scheme, bucket_id, retain_until = KeyScheme.EXPIRY, bucket.bucket_id, bucket.destroy_at
-        ciphertext = self.crypto.seal(info, record_id, spec.name, fields, scheme, bucket_id)
+        calls for: an expiry bucket's (rolling retention) or the subject's.
+
+        ``sealers``: a batch's memo (one ``now``), so that the records of one subject
+        and category share one key lookup, bucket lookup and AES object."""
+        slot = (info.subject_id, info.key_id, info.key_version, spec.name)
+        sealer = None if sealers is None else sealers.get(slot)
+        if sealer is None:
+            scheme, bucket_id, retain_until = KeyScheme.SUBJECT, None, None
+            if spec.retention.kind is RetentionKind.ROLLING:
+                bucket = self._expiry_bucket(spec.name, add_months(now, spec.retention.months))
+                scheme, bucket_id = KeyScheme.EXPIRY, bucket.bucket_id
+                retain_until = bucket.destroy_at
+            seal = self.crypto.sealer(info, scheme, bucket_id)
+            sealer = _Sealer(seal, scheme, bucket_id, retain_until)
+            if sealers is not None:
+                sealers[slot] = sealer
+        seal, scheme, bucket_id, retain_until = sealer
+        ciphertext = seal(record_id, spec.name, fields)
         return StoredRecord(
             info.subject_id,
             record_id,

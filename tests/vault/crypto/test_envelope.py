@@ -23,8 +23,10 @@ from vault.crypto.envelope import (
     TAG_LEN,
     RecordCipher,
     RecordPlace,
+    associated_data_of_records,
     decode_fields,
     encode_fields,
+    field_names_of,
     key_version_of,
 )
 from vault.errors import IntegrityFailure
@@ -373,3 +375,49 @@ def test_known_answer_matches_the_documented_format(vector: dict[str, Any]) -> N
     assert bytes.fromhex(vector["ciphertext"]) == (
         b"\x01" + vector["key_version"].to_bytes(4, "big") + nonce + body
     )
+
+
+# --- the export's fast paths (RecordCrypto.open_page) -------------------------------
+
+#: Values that look like JSON keys, escapes, quotes, non-ASCII and control characters.
+TRICKY = st.sampled_from(
+    ['"email":"x"', '\\"phone\\":', 'a"b', "\\", "\u00e9t\u00e9 \u2603", "\n\t\x00", '":"', "}{"]
+)
+
+
+@given(
+    st.dictionaries(field_names, st.one_of(field_values, TRICKY), min_size=1, max_size=12),
+    st.lists(field_names, max_size=6),
+)
+def test_field_names_of_agrees_with_decoding(fields: dict[str, str], extra: list[str]) -> None:
+    plaintext = encode_fields(fields)
+    assert field_names_of(plaintext, {*fields, *extra}) == set(fields)
+
+
+@given(st.dictionaries(field_names, st.one_of(field_values, TRICKY), min_size=1, max_size=12))
+def test_field_names_of_gives_up_on_names_it_was_not_given(fields: dict[str, str]) -> None:
+    plaintext = encode_fields(fields)
+    missing = sorted(fields)[0]
+    assert field_names_of(plaintext, set(fields) - {missing}) is None  # then: decode
+
+
+def test_field_names_of_gives_up_on_what_is_not_canonical_json() -> None:
+    assert field_names_of(b"[]", {"email"}) is None
+    assert field_names_of(b'{"email": "x"}', {"email"}) is None  # not canonical: spaces
+
+
+@given(
+    st.text(min_size=1, max_size=30),
+    st.sampled_from(["subject", "expiry", "hold"]),
+    st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_associated_data_of_records_is_the_places(
+    record_id: str, scheme: str, key_version: int
+) -> None:
+    place = dataclasses.replace(
+        PLACE, record_id=record_id, key_scheme=scheme, bucket_id="" if scheme == "subject" else "b"
+    )
+    make = associated_data_of_records(
+        place.tenant, place.subject_id, place.category, scheme, place.bucket_id, key_version
+    )
+    assert make(record_id) == place.associated_data(key_version)

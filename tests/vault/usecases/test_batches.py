@@ -291,3 +291,38 @@ def test_batch_shred_destroys_each_key_once_and_writes_the_ledger(
     assert memory_kms.calls - before == 5  # one destroy per subject key
     assert not any(memory_kms.key_exists(k) for k in keys)
     assert sorted(vault.storage.ledger_key_ids()) == sorted(keys)
+
+
+def test_export_splices_each_record_as_sealed(vault: VaultService) -> None:
+    """The export writes each record's decrypted canonical JSON as it is (no parse, no
+    re-encoding): the document is valid JSON, holds every value exactly, each record's
+    ``fields`` are byte for byte the canonical encoding, and the audit note names the
+    fields read — values that look like keys, quotes, escapes and non-ASCII included."""
+    sid = vault.create_subject().subject_id
+    values = ['"message":"x"', 'a"b\\', "\u00e9t\u00e9 \u2603", "tab\there\nnew", '":"', "}{"]
+    written = {
+        vault.create_record(sid, "support", {"message": v, "channel": f"c{i}"}, "c").record_id: {
+            "message": v,
+            "channel": f"c{i}",
+        }
+        for i, v in enumerate(values)
+    }
+    contact = {"email": "e@example.org", "city": 'Saint-"Quote"'}
+    written[vault.create_record(sid, "contact", contact, "c").record_id] = contact
+    note = caller_scope.AccessNote()
+    with caller_scope.noting(note):
+        raw = export_json(vault, sid, vault.clock())
+
+    document = json.loads(raw)  # valid JSON
+    got = {
+        r["record_id"]: r["fields"]
+        for category in document["categories"].values()
+        for r in category["records"]
+    }
+    assert got == written
+    for record_id, fields in written.items():
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert f'"record_id": "{record_id}"'.encode() in raw
+        assert f'"fields": {canonical}}}'.encode() in raw  # as sealed, not re-encoded
+    assert note.categories == {"support", "contact"}
+    assert note.fields == {"message", "channel", "email", "city"}
