@@ -8,6 +8,7 @@ from typing import cast
 
 from sqlalchemy import (
     Engine,
+    bindparam,
     delete,
     insert,
     select,
@@ -34,6 +35,14 @@ from vault.vocabulary import WRITABLE, KeyScheme
 
 #: A record to insert, its singleton (profile categories) and the subject's key id.
 _Insert = tuple["StoredRecord", str | None, str]
+
+#: Built once (every put runs them): the subjects' key and state, share-locked.
+_LOCK_SUBJECT_KEYS = (
+    select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
+    .where(SubjectRow.subject_id.in_(bindparam("subject_ids", expanding=True)))
+    .with_for_update(read=True)
+)
+_INSERT_RECORDS = insert(RECORDS)
 
 
 class RecordRepository(Repository):
@@ -134,12 +143,7 @@ class RecordRepository(Repository):
         with self._write_connection() as c:
             current: dict[str, tuple[str, str]] = {}
             for chunk in chunks(sorted(key_ids)):
-                query = (
-                    select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
-                    .where(SubjectRow.subject_id.in_(chunk))
-                    .with_for_update(read=True)
-                )
-                for row in c.execute(query):
+                for row in c.execute(_LOCK_SUBJECT_KEYS, {"subject_ids": list(chunk)}):
                     current[row.subject_id] = (row.key_id, row.state)
             stale = [
                 subject_id
@@ -152,7 +156,7 @@ class RecordRepository(Repository):
                 return stale
             # Core executemany (not the ORM's bulk insert): a batch's rows are plain dicts.
             c.execute(
-                insert(RECORDS),
+                _INSERT_RECORDS,
                 [
                     {
                         "subject_id": r.subject_id,
