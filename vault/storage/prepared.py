@@ -109,8 +109,11 @@ class PreparedRead:
                 return c.execute(self.statement, dict(params)).first()
         compiled = self._for(engine)
         dialect = engine.dialect
-        with translate_db_errors():  # the pool's own errors (checkout, pre-ping)
-            connection = engine.raw_connection()
+        try:  # the pool hands out the driver's errors of a connect or a pre-ping as they are
+            with translate_db_errors():
+                connection = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as e:
+            raise Unavailable(f"database error: {type(e).__name__}") from e
         try:
             cursor = connection.cursor()
             try:
