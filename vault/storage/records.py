@@ -37,11 +37,13 @@ from vault.vocabulary import WRITABLE, KeyScheme
 _Insert = tuple["StoredRecord", str | None, str]
 
 #: Built once (every put runs them): the subjects' key and state, share-locked.
-_LOCK_SUBJECT_KEYS = (
-    select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
-    .where(SubjectRow.subject_id.in_(bindparam("subject_ids", expanding=True)))
-    .with_for_update(read=True)
-)
+_SUBJECT_KEYS = select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
+_LOCK_SUBJECT_KEYS = _SUBJECT_KEYS.where(
+    SubjectRow.subject_id.in_(bindparam("subject_ids", expanding=True))
+).with_for_update(read=True)
+_LOCK_SUBJECT_KEY = _SUBJECT_KEYS.where(
+    SubjectRow.subject_id == bindparam("subject_id")
+).with_for_update(read=True)
 _INSERT_RECORDS = insert(RECORDS)
 
 
@@ -142,8 +144,16 @@ class RecordRepository(Repository):
         """
         with self._write_connection() as c:
             current: dict[str, tuple[str, str]] = {}
-            for chunk in chunks(sorted(key_ids)):
-                for row in c.execute(_LOCK_SUBJECT_KEYS, {"subject_ids": list(chunk)}):
+            # A unary put locks its one subject without an IN list to expand.
+            for statement, params in (
+                [(_LOCK_SUBJECT_KEY, {"subject_id": next(iter(key_ids))})]
+                if len(key_ids) == 1
+                else [
+                    (_LOCK_SUBJECT_KEYS, {"subject_ids": list(chunk)})
+                    for chunk in chunks(sorted(key_ids))
+                ]
+            ):
+                for row in c.execute(statement, params):
                     current[row.subject_id] = (row.key_id, row.state)
             stale = [
                 subject_id
