@@ -135,10 +135,12 @@ def oubli_instructions(work: Path, calls: int, warmup: int) -> tuple[float, floa
         "serve",
         "--data-dir",
         str(work / "oubli" / "data"),
-        # No restore fence pass in the counted window: it is not per-call work.
+        # No restore fence pass in a counted window: it is not per-call work.
         "--fence-interval",
         "86400",
         launcher=callgrind.launcher(),
+        # Nor a checkpoint (a signature every 300 s, landing in one window or another).
+        env={"OUBLI_AUDIT_CHECKPOINT_SECONDS": "86400"},
     )
     server.start(timeout=START_SECONDS)
     try:
