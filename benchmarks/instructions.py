@@ -7,9 +7,12 @@ call do not. Each server runs under ``valgrind --tool=callgrind --instr-atstart=
 (no counting while it starts), is warmed up with ``--warmup`` calls, then counted
 (``callgrind_control --instr=on``) over ``--calls`` calls and dumped
 (``callgrind_control --dump``): the dump's ``totals:`` line is every instruction the
-server process executed in that window, in all its threads (gRPC's, Python's, the
-background sealer's), divided by the calls. Only the server is counted: the client runs
-natively in this process, and oubli uses its local keystore (no OpenBao) on SQLite.
+server process executed in that window, in all its threads (gRPC's, Python's),
+divided by the calls. oubli's audit entries are sealed into the chain once each, in one
+batch at the end of the window (one QueryAudit, counted), not by the background sealer:
+how many of its ticks land in a window depends on how long the calls take. Only the
+server is counted: the client runs natively in this process, and oubli uses its local
+keystore (no OpenBao) on SQLite.
 
 Measured in one run: the bare gRPC echo (benchmarks/echo_server.py, sent a serialized
 ``CreateRecordRequest`` of a 1 KiB record), then one oubli server for GetRecord (one
@@ -67,12 +70,21 @@ class Callgrind:
             f"--callgrind-out-file={self.out_file}",
         )
 
-    def count(self, pid: int, calls: int, call: Callable[[], object]) -> float:
-        """Instructions the process ``pid`` executes per ``call()``, over ``calls`` calls."""
+    def count(
+        self,
+        pid: int,
+        calls: int,
+        call: Callable[[], object],
+        settle: Callable[[], object] = lambda: None,
+    ) -> float:
+        """Instructions the process ``pid`` executes per ``call()``, over ``calls`` calls
+        and one ``settle()`` after them (work the calls left to do: counted, once)."""
+        settle()  # what was left before the window is not counted
         _control("--zero", pid)
         _control("--instr=on", pid)
         for _ in range(calls):
             call()
+        settle()
         _control("--dump", pid)
         _control("--instr=off", pid)
         self._dumps += 1
@@ -143,11 +155,11 @@ def oubli_instructions(work: Path, calls: int, warmup: int) -> tuple[float, floa
         "--fence-interval",
         "86400",
         launcher=callgrind.launcher(),
-        # Nor a checkpoint (a signature every 300 s, landing in one window or another);
-        # the sealer's ticks (0.2 s by default) 30 s apart: each seals the entries of many
-        # calls, as on a busy server, and the count does not depend on how long the
-        # calls take under valgrind (a tick's fixed cost, per call, would).
-        env={"OUBLI_AUDIT_CHECKPOINT_SECONDS": "86400", "OUBLI_AUDIT_SEAL_SECONDS": "30"},
+        # Nor a checkpoint (a signature every 300 s, landing in one window or another),
+        # nor the sealer's ticks (0.2 s by default): how many land in a window depends
+        # on how long the calls take under valgrind. Each window's entries are sealed
+        # once, in one batch, by the QueryAudit that ends it (settle, below).
+        env={"OUBLI_AUDIT_CHECKPOINT_SECONDS": "86400", "OUBLI_AUDIT_SEAL_SECONDS": "86400"},
     )
     server.start(timeout=START_SECONDS)
     try:
@@ -163,10 +175,17 @@ def oubli_instructions(work: Path, calls: int, warmup: int) -> tuple[float, floa
             def put() -> object:
                 return client.create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
 
+            def seal() -> object:
+                # A first page of QueryAudit seals every entry recorded before it.
+                return client.query_audit(subject_id=subject_id, limit=1)
+
             for _ in range(warmup):
                 get()
                 put()
-            return callgrind.count(pid, calls, get), callgrind.count(pid, calls, put)
+            return (
+                callgrind.count(pid, calls, get, settle=seal),
+                callgrind.count(pid, calls, put, settle=seal),
+            )
     finally:
         server.stop()
 
