@@ -46,10 +46,13 @@ class ServerProcess:
         *args: str,
         env: dict[str, str] | None = None,
         umask: int = -1,
+        launcher: tuple[str, ...] = (),
     ) -> None:
-        """``umask``: the server's (-1: this process's)."""
+        """``umask``: the server's (-1: this process's); ``launcher``: a command the
+        server runs under (e.g. valgrind and its options; none: run directly)."""
         self.workdir = workdir
         self.umask = umask
+        self.launcher = launcher
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_file = workdir / f"ready-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
@@ -75,7 +78,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed by the child's exit
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vault.app.cli", *self.args],
+            [*self.launcher, sys.executable, "-m", "vault.app.cli", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

@@ -13,6 +13,7 @@ read by purpose is refused at load, not discovered at the first call.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -85,8 +86,10 @@ def check_rpcs(rpcs: frozenset[str], content: Content) -> None:
             )
 
 
+@functools.lru_cache(maxsize=256)
 def rpc_name(full_method: str) -> tuple[str, str]:
-    """'/oubli.v1.RecordService/GetRecord' -> ('RecordService', 'GetRecord')."""
+    """'/oubli.v1.RecordService/GetRecord' -> ('RecordService', 'GetRecord'); cached
+    (every call asks, several times, for one of a few dozen names)."""
     service, _, method = full_method.lstrip("/").partition("/")
     return service.rsplit(".", 1)[-1], method
 

@@ -111,8 +111,10 @@ _OPEN.open()
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:  # grpc's runtime class is not generic
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+else:  # grpc's runtime classes are not generic
     _Interceptor = grpc.ServerInterceptor
+    _Handler = grpc.RpcMethodHandler
 
 
 #: The metrics hook: (full method name, status code, seconds), once per RPC.
@@ -143,6 +145,12 @@ class ServiceInterceptor(_Interceptor):
         self._gate = gate or _OPEN
         self._observe = observe
         self._tracer = tracer
+        #: method -> (grpc's handler, the wrapped one): grpc asks intercept_service on
+        #: every call; the wrapper of a method is built once.
+        self._handlers: dict[str, tuple[_Handler, _Handler]] = {}
+        #: (caller, method) -> the caller's rule, for the RPCs the policy lets it call
+        #: (the policy is fixed for the server's life; a refusal is decided every time).
+        self._allowed: dict[tuple[str, str], CallerRule] = {}
 
     def _observed(self, method: str, code: grpc.StatusCode, start: float) -> None:
         if self._observe is not None:
@@ -246,7 +254,10 @@ class ServiceInterceptor(_Interceptor):
     def _authorize(self, method: str, caller: str | None) -> CallerRule | None:
         if caller is None or self._policy is None:
             return None
-        return self._policy.check_rpc(caller, method)
+        rule = self._allowed.get((caller, method))
+        if rule is None:
+            rule = self._allowed[(caller, method)] = self._policy.check_rpc(caller, method)
+        return rule
 
     def intercept_service(
         self,
@@ -258,6 +269,16 @@ class ServiceInterceptor(_Interceptor):
         # Only oubli's own services: health and reflection handle their own errors.
         if handler is None or handler.request_streaming or not method.startswith(OWN_PREFIX):
             return handler
+        built = self._handlers.get(method)
+        if built is not None and built[0] is handler:
+            return built[1]
+        wrapped = self._wrapped(method, handler)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrapped(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._traced_unary(method, self._wrap_unary(method, handler.unary_unary)),

@@ -29,6 +29,8 @@ Environment variables (all optional):
     OUBLI_TLS_CERT, OUBLI_TLS_KEY  serve TLS (1.3 negotiated) with this certificate
     OUBLI_TLS_CLIENT_CA   require client certificates signed by this CA (mTLS)
     OUBLI_AUDIT_CHECKPOINT_SECONDS  how often the audit chain head is signed (default 300)
+    OUBLI_AUDIT_SEAL_SECONDS  how often recorded audit entries are sealed into the chain
+                          (default 0.2)
     OUBLI_AUDIT_FULL_VERIFY_SECONDS  least pause between two full walks of the audit
                           chain (VerifyAudit full, or before any checkpoint; default 300,
                           0 = no limit)
@@ -241,6 +243,8 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     #: How often the audit chain's head is signed with the KMS signing key.
     audit_checkpoint_seconds: float = 300.0
+    #: How often this server's sealer moves recorded audit entries into the chain.
+    audit_seal_seconds: float = 0.2
     #: Least pause between two walks of the whole audit chain by this server (0: none).
     audit_full_verify_seconds: float = 300.0
     #: host:port of the Prometheus metrics endpoint (HTTP, ``/metrics``); empty = off.
@@ -337,6 +341,8 @@ class ServerConfig:
             raise ConfigError("mTLS (a client CA) needs the server's TLS certificate and key")
         if self.audit_checkpoint_seconds <= 0:
             raise ConfigError("the audit checkpoint interval must be > 0 seconds")
+        if self.audit_seal_seconds <= 0:
+            raise ConfigError("the audit seal interval must be > 0 seconds")
         if self.audit_full_verify_seconds < 0:
             raise ConfigError("the pause between full audit walks must be >= 0 seconds")
         if self.kms_backup_retention_days < 0:
@@ -521,6 +527,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_TLS_KEY": ("tls_key", Path),
     "OUBLI_TLS_CLIENT_CA": ("tls_client_ca", Path),
     "OUBLI_AUDIT_CHECKPOINT_SECONDS": ("audit_checkpoint_seconds", float),
+    "OUBLI_AUDIT_SEAL_SECONDS": ("audit_seal_seconds", float),
     "OUBLI_KMS_TIMEOUT_SECONDS": ("kms_timeout_seconds", float),
     "OUBLI_KMS_MAX_IN_FLIGHT": ("kms_max_in_flight", int),
     "OUBLI_KMS_BREAKER_FAILURES": ("kms_breaker_failures", int),

@@ -461,7 +461,7 @@ def start_server(
     metrics = start_metrics(
         config, vault, fence, gate, rotation, rpc=rpc_metrics, readiness=readiness
     )
-    audit.start_checkpoints(config.audit_checkpoint_seconds)
+    audit.start_checkpoints(config.audit_checkpoint_seconds, config.audit_seal_seconds)
     # The first pass before the port answers: a fence that can finish (the KMS is up)
     # opens the gate before any call arrives; one that cannot keeps it closed, and the
     # runner tries again while health says NOT_SERVING.

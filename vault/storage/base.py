@@ -4,6 +4,7 @@ transaction translates database errors (vault.storage.engine). Also the readines
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from vault.errors import Unavailable
 from vault.storage.engine import sqlite_writer, translate_db_errors
 
 
@@ -31,6 +33,22 @@ class PoolStatus:
     overflow: int
     #: The most connections allowed beyond ``size``.
     max_overflow: int
+
+
+def begin_immediate(connection: Connection) -> None:
+    """``BEGIN IMMEDIATE`` on a SQLite connection's driver connection: the write lock
+    from the transaction's start. Sent to the driver itself, as Core's
+    ``exec_driver_sql`` would send it, without an execution context and a result for a
+    statement that has neither parameters nor rows (every write transaction runs it).
+
+    Raises:
+        Unavailable: the lock was not had (``database is locked`` after the busy
+            timeout), or the database failed; the driver's exception is the cause.
+    """
+    try:
+        connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    except sqlite3.Error as e:
+        raise Unavailable(f"database error: {type(e).__name__}") from e
 
 
 class Repository:
@@ -83,7 +101,7 @@ class Repository:
         whose statements take their own row locks."""
         with sqlite_writer(self.engine), self._connection() as connection:
             if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                begin_immediate(connection)
             yield connection
 
     @contextmanager
@@ -92,5 +110,5 @@ class Repository:
         with sqlite_writer(self.engine), self._session() as session:
             connection = session.connection()
             if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                begin_immediate(connection)
             yield session

@@ -13,11 +13,13 @@ from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, 
 
 from vault.storage.base import Repository
 from vault.storage.engine import sqlite_writer, translate_db_errors
+from vault.storage.prepared import PreparedRead
 from vault.storage.statements import chunks
 from vault.storage.tables import BearerTokenRow
 
 TOKENS = cast(Table, BearerTokenRow.__table__)
-_FIND = select(TOKENS).where(TOKENS.c.token_hash == bindparam("token_hash"))
+#: Read on every call: compiled once, run on the driver's cursor (vault.storage.prepared).
+_FIND = PreparedRead(select(TOKENS).where(TOKENS.c.token_hash == bindparam("token_hash")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +71,7 @@ class BearerTokenRepository(Repository):
 
     def token_by_hash(self, token_hash: str) -> StoredToken | None:
         """The token whose hash is ``token_hash``, whatever its status (one indexed read)."""
-        with translate_db_errors(), self.engine.connect() as c:
-            row = c.execute(_FIND, {"token_hash": token_hash}).first()
+        row = _FIND.first(self.engine, {"token_hash": token_hash})
         return None if row is None else _stored_token(row)
 
     def token(self, token_id: str) -> StoredToken | None:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    bindparam,
     delete,
     select,
     type_coerce,
@@ -40,6 +41,15 @@ from vault.vocabulary import WRITABLE, KeyScheme
 #: A record to insert, its singleton (profile categories), the subject's key id and the
 #: audit ride of the call that inserts it (vault.storage.audit_log.AuditRide).
 _Insert = tuple["StoredRecord", str | None, str, AuditRide | None]
+
+#: Built once (every put runs them): the subjects' key and state, share-locked.
+_SUBJECT_KEYS = select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
+_LOCK_SUBJECT_KEYS = _SUBJECT_KEYS.where(
+    SubjectRow.subject_id.in_(bindparam("subject_ids", expanding=True))
+).with_for_update(read=True)
+_LOCK_SUBJECT_KEY = _SUBJECT_KEYS.where(
+    SubjectRow.subject_id == bindparam("subject_id")
+).with_for_update(read=True)
 
 
 class RecordRepository(Repository):
@@ -150,13 +160,16 @@ class RecordRepository(Repository):
         key_ids: Mapping[str, str],
     ) -> list[str]:
         current: dict[str, tuple[str, str]] = {}
-        for chunk in chunks(sorted(key_ids)):
-            query = (
-                select(SubjectRow.subject_id, SubjectRow.key_id, SubjectRow.state)
-                .where(SubjectRow.subject_id.in_(chunk))
-                .with_for_update(read=True)
-            )
-            for row in c.execute(query):
+        # A unary put locks its one subject without an IN list to expand.
+        for statement, params in (
+            [(_LOCK_SUBJECT_KEY, {"subject_id": next(iter(key_ids))})]
+            if len(key_ids) == 1
+            else [
+                (_LOCK_SUBJECT_KEYS, {"subject_ids": list(chunk)})
+                for chunk in chunks(sorted(key_ids))
+            ]
+        ):
+            for row in c.execute(statement, params):
                 current[row.subject_id] = (row.key_id, row.state)
         stale = [
             subject_id

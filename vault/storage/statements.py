@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from vault.storage.prepared import PreparedRead
 from vault.storage.rows import StoredRecord
 from vault.storage.tables import (
     BlindIndexRow,
@@ -70,8 +71,11 @@ def _subject_and_record() -> Any:
     )
 
 
-SUBJECT_AND_RECORD = _subject_and_record()
-SUBJECT_BY_ID = select(SUBJECTS).where(SUBJECTS.c.subject_id == bindparam("subject_id"))
+#: The read path's reads: compiled once, run on the driver's cursor (vault.storage.prepared).
+SUBJECT_AND_RECORD = PreparedRead(_subject_and_record())
+SUBJECT_BY_ID = PreparedRead(
+    select(SUBJECTS).where(SUBJECTS.c.subject_id == bindparam("subject_id"))
+)
 
 #: Ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
 IN_CHUNK = 500

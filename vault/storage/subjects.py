@@ -66,11 +66,10 @@ class SubjectRepository(Repository):
         committed(written)
 
     def subject(self, subject_id: str) -> SubjectKeyInfo:
-        with self._connection() as c:
-            row = c.execute(SUBJECT_BY_ID, {"subject_id": subject_id}).first()
-            if row is None:
-                raise SubjectNotFound("subject not found", subject_id=subject_id)
-            return subject_info(row)
+        row = SUBJECT_BY_ID.first(self.engine, {"subject_id": subject_id})
+        if row is None:
+            raise SubjectNotFound("subject not found", subject_id=subject_id)
+        return subject_info(row)
 
     def subject_and_record(
         self, subject_id: str, record_id: str
@@ -78,26 +77,25 @@ class SubjectRepository(Repository):
         """The subject and one of its readable records, in one statement (the read
         path: one round trip instead of two)."""
         params = {"subject_id": subject_id, "record_id": record_id}
-        with self._connection() as c:
-            row = c.execute(SUBJECT_AND_RECORD, params).first()
-            if row is None:
-                raise SubjectNotFound("subject not found", subject_id=subject_id)
-            subject = subject_info(row)
-            if row.r_record_id is None:
-                return subject, None
-            return subject, StoredRecord(
-                row.subject_id,
-                row.r_record_id,
-                row.r_category,
-                row.r_version,
-                row.r_ciphertext,
-                row.r_origin,
-                row.r_created_at,
-                row.r_updated_at,
-                row.r_key_scheme,
-                row.r_bucket_id,
-                row.r_retain_until,
-            )
+        row = SUBJECT_AND_RECORD.first(self.engine, params)
+        if row is None:
+            raise SubjectNotFound("subject not found", subject_id=subject_id)
+        subject = subject_info(row)
+        if row.r_record_id is None:
+            return subject, None
+        return subject, StoredRecord(
+            row.subject_id,
+            row.r_record_id,
+            row.r_category,
+            row.r_version,
+            row.r_ciphertext,
+            row.r_origin,
+            row.r_created_at,
+            row.r_updated_at,
+            row.r_key_scheme,
+            row.r_bucket_id,
+            row.r_retain_until,
+        )
 
     def record_count(self, subject_id: str) -> int:
         with self._session() as s:
@@ -187,7 +185,7 @@ class SubjectRepository(Repository):
             if c.dialect.name == "sqlite":
                 c.exec_driver_sql("BEGIN")  # pysqlite would not begin before a SELECT
             row = c.execute(
-                SUBJECT_BY_ID.with_for_update(read=True), {"subject_id": subject_id}
+                SUBJECT_BY_ID.statement.with_for_update(read=True), {"subject_id": subject_id}
             ).first()
             if row is None:
                 raise SubjectNotFound("subject not found", subject_id=subject_id)

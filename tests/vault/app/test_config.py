@@ -128,6 +128,13 @@ def test_cache_ttl_out_of_bounds_is_refused(ttl: float) -> None:
     assert "TTL" in str(caught.value)
 
 
+def test_audit_seal_interval_from_the_environment() -> None:
+    assert ServerConfig.from_env({}).audit_seal_seconds == 0.2
+    assert ServerConfig.from_env({"OUBLI_AUDIT_SEAL_SECONDS": "30"}).audit_seal_seconds == 30
+    with pytest.raises(ConfigError, match="seal interval"):
+        ServerConfig.from_env({"OUBLI_AUDIT_SEAL_SECONDS": "0"})
+
+
 def test_cache_ttl_at_the_cap_is_accepted() -> None:
     config = ServerConfig.from_env({}, cache_ttl_seconds=MAX_TTL_SECONDS)
     assert config.cache_ttl_seconds == MAX_TTL_SECONDS
