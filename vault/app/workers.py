@@ -166,6 +166,7 @@ def serve_workers(config: ServerConfig, ready_file: Path | None = None) -> int:
         else:
             for sentinel in woken:
                 gone = by_sentinel[sentinel]  # type: ignore[index]
+                gone.process.join()  # reaped: its exit code is known
                 log.error(
                     "worker_exited",
                     worker=gone.index,
