@@ -17,7 +17,6 @@ import queue
 import re
 import signal
 import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -31,7 +30,7 @@ from sqlalchemy import create_engine, text
 from clients.oubli_client import OubliClient
 from clients.oubli_v1 import vault_pb2 as pb
 from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
-from tests.integration.processes import ServerProcess
+from tests.integration.processes import ServerProcess, metric_per_worker, own_channel
 from vault.app.openbao_process import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -55,32 +54,12 @@ class WorkersServer(ServerProcess):
             *args,
         )
 
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return str(response.read().decode())
-
     def per_worker(self, metric: str, **labels: str) -> dict[str, float]:
         """``metric``'s value per worker (samples with these labels, summed)."""
-        values: dict[str, float] = {}
-        for line in self.metrics().splitlines():
-            name, _, rest = line.partition("{")
-            if name != metric:
-                continue
-            found = dict(re.findall(r'(\w+)="([^"]*)"', rest.rpartition("}")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                worker = found["worker"]
-                values[worker] = values.get(worker, 0.0) + float(line.rsplit(" ", 1)[1])
-        return values
+        return metric_per_worker(self.metrics_port, metric, **labels)
 
     def worker_pids(self) -> dict[str, int]:
         return {w: int(pid) for w, pid in self.per_worker("oubli_worker_pid").items()}
-
-
-def _own_channel(target: str) -> grpc.Channel:
-    """A channel with a connection of its own (grpc shares connections between
-    channels of one process with the same settings)."""
-    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def channels_on_each_worker(
@@ -92,7 +71,7 @@ def channels_on_each_worker(
     for _ in range(60):
         if all(len(c) >= per_worker for c in found.values()):
             return found
-        channel = stack.enter_context(_own_channel(server.target))
+        channel = stack.enter_context(own_channel(server.target))
         before = server.per_worker("oubli_rpcs_total", method=GET_SUBJECT)
         OubliClient(server.target, token=server.token, channel=channel).get_subject(subject_id)
         after = server.per_worker("oubli_rpcs_total", method=GET_SUBJECT)

@@ -1,0 +1,137 @@
+"""Worker processes: `oubli serve --workers 2` under 8 client threads, beside the bare
+gRPC echo with 2 worker processes, driven the same way (docs/performance.md,
+"Worker processes").
+
+Each client thread has its own connection, and each worker gets half of them: the
+kernel hands each new connection to one of the processes sharing the port
+(SO_REUSEPORT, by a hash of the addresses), so the benchmark opens connections until
+it holds 4 on each worker, for oubli (which worker counted the call, from the
+supervisor's metrics) and for the echo (its Pid method) alike. What is compared is
+then the server's work per call, not the luck of the hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+
+import grpc
+import pytest
+
+from benchmarks.helpers import CATEGORY, FIELD, MESSAGE, ORIGIN, PURPOSE, Deployment, MeteredServer
+from clients.oubli_client import OubliClient
+from clients.oubli_v1 import vault_pb2 as pb
+from tests.integration.processes import metric_per_worker, own_channel
+
+WORKERS = 2
+THREADS = 8
+CALLS_PER_THREAD = 50
+GET_SUBJECT = "oubli.v1.SubjectService/GetSubject"
+
+
+def _in_parallel(calls: list[Callable[[], object]], calls_per_thread: int) -> int:
+    """Each of ``calls`` ``calls_per_thread`` times, each in its own thread."""
+
+    def worker(call: Callable[[], object]) -> int:
+        for _ in range(calls_per_thread):
+            call()
+        return calls_per_thread
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return sum(pool.map(worker, calls))
+
+
+def _balanced(
+    target: str, worker_of: Callable[[grpc.Channel], str], stack: ExitStack
+) -> list[grpc.Channel]:
+    """THREADS channels, THREADS / WORKERS on each worker."""
+    per_worker: dict[str, list[grpc.Channel]] = {}
+    for _ in range(20 * THREADS):
+        channel = stack.enter_context(own_channel(target))
+        per_worker.setdefault(worker_of(channel), []).append(channel)
+        balanced = [c[: THREADS // WORKERS] for c in per_worker.values()]
+        if len(per_worker) == WORKERS and all(len(c) == THREADS // WORKERS for c in balanced):
+            return [channel for channels in balanced for channel in channels]
+    raise RuntimeError(f"no balanced connections after {20 * THREADS}: {per_worker.keys()}")
+
+
+@pytest.fixture(scope="module")
+def calls_per_thread(request: pytest.FixtureRequest) -> int:
+    return 2 if request.config.getoption("benchmark_disable") else CALLS_PER_THREAD
+
+
+@pytest.fixture(scope="module")
+def workers_server(oubli_deployment: Deployment) -> Iterator[MeteredServer]:
+    server = oubli_deployment.server("workers", "--workers", str(WORKERS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def subject_id(workers_server: MeteredServer) -> str:
+    with OubliClient(workers_server.target, token=workers_server.token) as client:
+        return client.create_subject().subject_id
+
+
+@pytest.fixture(scope="module")
+def clients(workers_server: MeteredServer, subject_id: str) -> Iterator[list[OubliClient]]:
+    """THREADS clients, each on its own connection, half on each worker."""
+    server = workers_server
+
+    def worker_of(channel: grpc.Channel) -> str:
+        before = metric_per_worker(server.metrics_port, "oubli_rpcs_total", method=GET_SUBJECT)
+        OubliClient(server.target, token=server.token, channel=channel).get_subject(subject_id)
+        after = metric_per_worker(server.metrics_port, "oubli_rpcs_total", method=GET_SUBJECT)
+        (grew,) = [w for w, n in after.items() if n > before.get(w, 0.0)]
+        return grew
+
+    with ExitStack() as stack:
+        channels = _balanced(server.target, worker_of, stack)
+        yield [OubliClient(server.target, token=server.token, channel=c) for c in channels]
+
+
+def test_ceiling_echo_workers(benchmark, echo_workers_target: str, calls_per_thread: int) -> None:  # type: ignore[no-untyped-def]
+    payload = pb.CreateRecordRequest(
+        subject_id="a" * 26, category=CATEGORY, fields={FIELD: MESSAGE}, origin=ORIGIN
+    ).SerializeToString()
+
+    def worker_of(channel: grpc.Channel) -> str:
+        return str(channel.unary_unary("/bench.Echo/Pid")(b"", timeout=10))
+
+    with ExitStack() as stack:
+        channels = _balanced(echo_workers_target, worker_of, stack)
+        echoes = [channel.unary_unary("/bench.Echo/Echo") for channel in channels]
+        calls = [lambda echo=echo: echo(payload, timeout=10) for echo in echoes]
+        benchmark.extra_info["items"] = THREADS * calls_per_thread
+        benchmark.extra_info["ceiling"] = "echo_workers"
+        done = benchmark(_in_parallel, calls, calls_per_thread)
+    assert done == THREADS * calls_per_thread
+
+
+def test_oubli_workers_put(  # type: ignore[no-untyped-def]
+    benchmark, clients: list[OubliClient], subject_id: str, calls_per_thread: int
+) -> None:
+    calls = [
+        lambda c=client: c.create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
+        for client in clients
+    ]
+    benchmark.extra_info["items"] = THREADS * calls_per_thread
+    benchmark.extra_info["ceiling"] = "echo_workers"
+    benchmark.extra_info["workers"] = WORKERS
+    assert benchmark(_in_parallel, calls, calls_per_thread) == THREADS * calls_per_thread
+
+
+def test_oubli_workers_get(  # type: ignore[no-untyped-def]
+    benchmark, clients: list[OubliClient], subject_id: str, calls_per_thread: int
+) -> None:
+    record = clients[0].create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
+
+    def get(client: OubliClient) -> None:
+        assert client.get_record(subject_id, record.record_id, PURPOSE).fields == record.fields
+
+    calls = [lambda c=client: get(c) for client in clients]
+    benchmark.extra_info["items"] = THREADS * calls_per_thread
+    benchmark.extra_info["ceiling"] = "echo_workers"
+    benchmark.extra_info["workers"] = WORKERS
+    assert benchmark(_in_parallel, calls, calls_per_thread) == THREADS * calls_per_thread
