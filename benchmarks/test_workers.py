@@ -12,9 +12,12 @@ then the server's work per call, not the luck of the hash.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,7 +33,39 @@ CALLS_PER_THREAD = 50
 GET_SUBJECT = "oubli.v1.SubjectService/GetSubject"
 
 
-def _in_parallel(calls: list[Callable[[], object]], calls_per_thread: int) -> int:
+class ServerCpu:
+    """CPU time the server's processes (all their threads) spend while the benchmark
+    runs: per call, and as cores kept busy over the wall-clock time. On a loaded
+    machine wall time wobbles; CPU per call says what the server's work costs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.calls = 0
+        self._started = (0.0, 0.0)
+
+    def seconds(self) -> float:
+        total = 0
+        for pid in self.pids:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> ServerCpu:
+        self._started = (self.seconds(), time.monotonic())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        cpu, wall = self.seconds() - self._started[0], time.monotonic() - self._started[1]
+        self.cpu_ms_per_call = round(1000 * cpu / max(1, self.calls), 3)
+        self.cores_busy = round(cpu / wall, 2)
+
+    def note(self, extra_info: dict[str, object]) -> None:
+        extra_info["server_cpu_ms_per_call"] = self.cpu_ms_per_call
+        extra_info["server_cores_busy"] = self.cores_busy
+
+
+def _in_parallel(calls: list[Callable[[], object]], calls_per_thread: int, cpu: ServerCpu) -> int:
     """Each of ``calls`` ``calls_per_thread`` times, each in its own thread."""
 
     def worker(call: Callable[[], object]) -> int:
@@ -39,7 +74,9 @@ def _in_parallel(calls: list[Callable[[], object]], calls_per_thread: int) -> in
         return calls_per_thread
 
     with ThreadPoolExecutor(len(calls)) as pool:
-        return sum(pool.map(worker, calls))
+        done = sum(pool.map(worker, calls))
+    cpu.calls += done
+    return done
 
 
 def _balanced(
@@ -75,6 +112,13 @@ def subject_id(workers_server: MeteredServer) -> str:
 
 
 @pytest.fixture(scope="module")
+def oubli_pids(workers_server: MeteredServer) -> list[int]:
+    """The supervisor's and the workers' pids."""
+    workers = metric_per_worker(workers_server.metrics_port, "oubli_worker_pid")
+    return [workers_server.pid, *(int(pid) for pid in workers.values())]
+
+
+@pytest.fixture(scope="module")
 def clients(workers_server: MeteredServer, subject_id: str) -> Iterator[list[OubliClient]]:
     """THREADS clients, each on its own connection, half on each worker."""
     server = workers_server
@@ -105,12 +149,19 @@ def test_ceiling_echo_workers(benchmark, echo_workers_target: str, calls_per_thr
         calls = [lambda echo=echo: echo(payload, timeout=10) for echo in echoes]
         benchmark.extra_info["items"] = THREADS * calls_per_thread
         benchmark.extra_info["ceiling"] = "echo_workers"
-        done = benchmark(_in_parallel, calls, calls_per_thread)
+        pids = {int(worker_of(channel)) for channel in channels}
+        with ServerCpu(sorted(pids)) as cpu:
+            done = benchmark(_in_parallel, calls, calls_per_thread, cpu)
+        cpu.note(benchmark.extra_info)
     assert done == THREADS * calls_per_thread
 
 
 def test_oubli_workers_put(  # type: ignore[no-untyped-def]
-    benchmark, clients: list[OubliClient], subject_id: str, calls_per_thread: int
+    benchmark,
+    clients: list[OubliClient],
+    subject_id: str,
+    calls_per_thread: int,
+    oubli_pids: list[int],
 ) -> None:
     calls = [
         lambda c=client: c.create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
@@ -119,11 +170,18 @@ def test_oubli_workers_put(  # type: ignore[no-untyped-def]
     benchmark.extra_info["items"] = THREADS * calls_per_thread
     benchmark.extra_info["ceiling"] = "echo_workers"
     benchmark.extra_info["workers"] = WORKERS
-    assert benchmark(_in_parallel, calls, calls_per_thread) == THREADS * calls_per_thread
+    with ServerCpu(oubli_pids) as cpu:
+        done = benchmark(_in_parallel, calls, calls_per_thread, cpu)
+    cpu.note(benchmark.extra_info)
+    assert done == THREADS * calls_per_thread
 
 
 def test_oubli_workers_get(  # type: ignore[no-untyped-def]
-    benchmark, clients: list[OubliClient], subject_id: str, calls_per_thread: int
+    benchmark,
+    clients: list[OubliClient],
+    subject_id: str,
+    calls_per_thread: int,
+    oubli_pids: list[int],
 ) -> None:
     record = clients[0].create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
 
@@ -134,4 +192,7 @@ def test_oubli_workers_get(  # type: ignore[no-untyped-def]
     benchmark.extra_info["items"] = THREADS * calls_per_thread
     benchmark.extra_info["ceiling"] = "echo_workers"
     benchmark.extra_info["workers"] = WORKERS
-    assert benchmark(_in_parallel, calls, calls_per_thread) == THREADS * calls_per_thread
+    with ServerCpu(oubli_pids) as cpu:
+        done = benchmark(_in_parallel, calls, calls_per_thread, cpu)
+    cpu.note(benchmark.extra_info)
+    assert done == THREADS * calls_per_thread
