@@ -141,7 +141,8 @@ def test_ceiling_echo_workers(benchmark, echo_workers_target: str, calls_per_thr
     ).SerializeToString()
 
     def worker_of(channel: grpc.Channel) -> str:
-        return str(channel.unary_unary("/bench.Echo/Pid")(b"", timeout=10))
+        pid: bytes = channel.unary_unary("/bench.Echo/Pid")(b"", timeout=10)
+        return pid.decode()
 
     with ExitStack() as stack:
         channels = _balanced(echo_workers_target, worker_of, stack)
