@@ -7,7 +7,11 @@ kernel hands each new connection to one of the processes sharing the port
 (SO_REUSEPORT, by a hash of the addresses), so the benchmark opens connections until
 it holds 4 on each worker, for oubli (which worker counted the call, from the
 supervisor's metrics) and for the echo (its Pid method) alike. What is compared is
-then the server's work per call, not the luck of the hash.
+then the server's work per call, not the luck of the hash. The same oubli as one
+process (no ``--workers``), driven by the same 8 connections, is measured beside it:
+what the second process buys. Beside each figure, the CPU time the server's processes
+spent per call and the cores they kept busy (from /proc): on a loaded machine these
+say more than wall time.
 """
 
 from __future__ import annotations
@@ -98,9 +102,17 @@ def calls_per_thread(request: pytest.FixtureRequest) -> int:
     return 2 if request.config.getoption("benchmark_disable") else CALLS_PER_THREAD
 
 
+@pytest.fixture(scope="module", params=[WORKERS, 1], ids=lambda n: f"{n}w")
+def workers(request: pytest.FixtureRequest) -> int:
+    """oubli's worker processes: WORKERS, and 1 (a lone server, as before) to compare
+    with in the same run, driven the same way."""
+    return int(request.param)
+
+
 @pytest.fixture(scope="module")
-def workers_server(oubli_deployment: Deployment) -> Iterator[MeteredServer]:
-    server = oubli_deployment.server("workers", "--workers", str(WORKERS))
+def workers_server(oubli_deployment: Deployment, workers: int) -> Iterator[MeteredServer]:
+    flags = ["--workers", str(workers)] if workers > 1 else []
+    server = oubli_deployment.server(f"workers-{workers}", *flags)
     yield server
     server.stop()
 
@@ -112,16 +124,25 @@ def subject_id(workers_server: MeteredServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def oubli_pids(workers_server: MeteredServer) -> list[int]:
-    """The supervisor's and the workers' pids."""
-    workers = metric_per_worker(workers_server.metrics_port, "oubli_worker_pid")
-    return [workers_server.pid, *(int(pid) for pid in workers.values())]
+def oubli_pids(workers_server: MeteredServer, workers: int) -> list[int]:
+    """The server's pid; with workers, the supervisor's and the workers'."""
+    if workers == 1:
+        return [workers_server.pid]
+    found = metric_per_worker(workers_server.metrics_port, "oubli_worker_pid")
+    return [workers_server.pid, *(int(pid) for pid in found.values())]
 
 
 @pytest.fixture(scope="module")
-def clients(workers_server: MeteredServer, subject_id: str) -> Iterator[list[OubliClient]]:
-    """THREADS clients, each on its own connection, half on each worker."""
+def clients(
+    workers_server: MeteredServer, subject_id: str, workers: int
+) -> Iterator[list[OubliClient]]:
+    """THREADS clients, each on its own connection, as many on each worker."""
     server = workers_server
+    if workers == 1:
+        with ExitStack() as stack:
+            channels = [stack.enter_context(own_channel(server.target)) for _ in range(THREADS)]
+            yield [OubliClient(server.target, token=server.token, channel=c) for c in channels]
+        return
 
     def worker_of(channel: grpc.Channel) -> str:
         before = metric_per_worker(server.metrics_port, "oubli_rpcs_total", method=GET_SUBJECT)
@@ -163,6 +184,7 @@ def test_oubli_workers_put(  # type: ignore[no-untyped-def]
     subject_id: str,
     calls_per_thread: int,
     oubli_pids: list[int],
+    workers: int,
 ) -> None:
     calls = [
         lambda c=client: c.create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
@@ -170,7 +192,7 @@ def test_oubli_workers_put(  # type: ignore[no-untyped-def]
     ]
     benchmark.extra_info["items"] = THREADS * calls_per_thread
     benchmark.extra_info["ceiling"] = "echo_workers"
-    benchmark.extra_info["workers"] = WORKERS
+    benchmark.extra_info["workers"] = workers
     with ServerCpu(oubli_pids) as cpu:
         done = benchmark(_in_parallel, calls, calls_per_thread, cpu)
     cpu.note(benchmark.extra_info)
@@ -183,6 +205,7 @@ def test_oubli_workers_get(  # type: ignore[no-untyped-def]
     subject_id: str,
     calls_per_thread: int,
     oubli_pids: list[int],
+    workers: int,
 ) -> None:
     record = clients[0].create_record(subject_id, CATEGORY, {FIELD: MESSAGE}, ORIGIN)
 
@@ -192,7 +215,7 @@ def test_oubli_workers_get(  # type: ignore[no-untyped-def]
     calls = [lambda c=client: get(c) for client in clients]
     benchmark.extra_info["items"] = THREADS * calls_per_thread
     benchmark.extra_info["ceiling"] = "echo_workers"
-    benchmark.extra_info["workers"] = WORKERS
+    benchmark.extra_info["workers"] = workers
     with ServerCpu(oubli_pids) as cpu:
         done = benchmark(_in_parallel, calls, calls_per_thread, cpu)
     cpu.note(benchmark.extra_info)
