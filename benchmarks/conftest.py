@@ -34,11 +34,11 @@ from vault.app.openbao_process import OpenBaoDevServer
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
-@pytest.fixture(scope="session")
-def echo_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port_file = tmp_path_factory.mktemp("echo") / "port"
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_server", str(port_file)])
-    deadline = time.monotonic() + 30
+def _echo_server(port_file: Path, *args: str) -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo_server", str(port_file), *args]
+    )
+    deadline = time.monotonic() + 60
     while not port_file.exists():
         if time.monotonic() > deadline or process.poll() is not None:
             process.kill()
@@ -46,7 +46,18 @@ def echo_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         time.sleep(0.05)
     yield f"127.0.0.1:{port_file.read_text()}"
     process.terminate()
-    process.wait(timeout=10)
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def echo_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _echo_server(tmp_path_factory.mktemp("echo") / "port")
+
+
+@pytest.fixture(scope="session")
+def echo_workers_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The echo with as many worker processes as benchmarks/test_workers.py's oubli."""
+    yield from _echo_server(tmp_path_factory.mktemp("echo-workers") / "port", "--workers", "2")
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +144,8 @@ def _rows(benchmarks: list[Any]) -> list[dict[str, Any]]:
     ``naive_encrypt`` (one Transit encrypt per record: puts) or ``naive_decrypt`` (one
     Transit decrypt per record: gets, export), none for shred and retention; its
     ``extra_info["ceiling"]`` the echo it compares to (``echo_unary``, one call at a
-    time, by default; ``echo_concurrent`` for the concurrent runs).
+    time, by default; ``echo_concurrent`` for the concurrent runs; ``echo_workers`` for
+    the runs against ``--workers 2``, benchmarks/test_workers.py).
     """
     measured = [b for b in benchmarks if getattr(b, "stats", None) and b.stats.mean]
 
@@ -146,6 +158,7 @@ def _rows(benchmarks: list[Any]) -> list[dict[str, Any]]:
     ceilings = {
         "echo_unary": rate_of("ceiling_echo_unary"),
         "echo_concurrent": rate_of("ceiling_echo_concurrent"),
+        "echo_workers": rate_of("ceiling_echo_workers"),
     }
     naive = {
         "naive_encrypt": rate_of("naive_vault_encrypt_per_record"),
@@ -156,7 +169,8 @@ def _rows(benchmarks: list[Any]) -> list[dict[str, Any]]:
         info = dict(b.extra_info)
         items = info.pop("items", 1)
         baseline = info.pop("baseline", None)
-        # Concurrent runs compare to the echo driven the same way (8 client threads).
+        # Concurrent runs compare to the echo driven the same way (8 client threads;
+        # with worker processes, an echo with as many).
         echo = ceilings[info.pop("ceiling", "echo_unary")]
         rate = items / b.stats.mean
         base = naive.get(baseline) if baseline else None

@@ -115,9 +115,10 @@ class Deployment:
     workdir: Path
     started: list[MeteredServer] = field(default_factory=list)
 
-    def server(self, name: str) -> MeteredServer:
-        """A new server process on this database and mount (stopped by ``stop_all``)."""
-        server = MeteredServer(self.workdir / name, "serve", *self.flags, env=self.env)
+    def server(self, name: str, *extra: str) -> MeteredServer:
+        """A new server process on this database and mount, with ``extra`` flags
+        (stopped by ``stop_all``)."""
+        server = MeteredServer(self.workdir / name, "serve", *self.flags, *extra, env=self.env)
         self.started.append(server)
         server.start()
         return server

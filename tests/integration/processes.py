@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+import grpc
 
 from tests.conftest import SESSION_LOGS
 from tests.stack import TEST_POLICY_TOML, TEST_TOKEN
@@ -35,6 +39,31 @@ def replica_args(database_url: str, vault_addr: str) -> list[str]:
         "--vault-mount",
         f"transit-{secrets.token_hex(4)}",
     ]
+
+
+def own_channel(target: str) -> grpc.Channel:
+    """A channel with a connection of its own: grpc shares connections between the
+    channels of one process that have the same settings, and with ``--workers`` each
+    connection reaches one worker."""
+    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def metric_per_worker(metrics_port: int, metric: str, **labels: str) -> dict[str, float]:
+    """``metric``'s value per worker (its samples with these labels, summed), from the
+    metrics of ``oubli serve --workers N``."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = response.read().decode()
+    values: dict[str, float] = {}
+    for line in body.splitlines():
+        name, _, rest = line.partition("{")
+        if name != metric:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest.rpartition("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            worker = found["worker"]
+            values[worker] = values.get(worker, 0.0) + float(line.rsplit(" ", 1)[1])
+    return values
 
 
 class ServerProcess:

@@ -65,7 +65,7 @@ def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
     from vault.app.server import serve
 
     try:
-        serve(config, ready_file)
+        code = serve(config, ready_file)
     except (
         OubliError,
         CatalogError,
@@ -75,6 +75,8 @@ def _run_server(config: ServerConfig, ready_file: Path | None) -> None:
         OpenToOthers,
     ) as e:
         raise _fail("cannot start:", e) from None
+    if code:
+        raise typer.Exit(code)
 
 
 def _config(config_file: Path | None = None, **overrides: object) -> ServerConfig:
@@ -191,6 +193,13 @@ def serve(
         float | None,
         typer.Option(help="on SIGTERM, how long calls in flight may take to finish (default 5)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="server processes sharing the port (SO_REUSEPORT), each with its own DEK "
+            "cache and database pool (default 1)"
+        ),
+    ] = None,
     config_file: ConfigFileOption = None,
     check: CheckOption = False,
 ) -> None:
@@ -198,7 +207,9 @@ def serve(
     authenticate with bearer tokens (oubli token create CALLER) or client certificates.
     Calls are served once the restore fence has reconciled the erasure ledger, the KMS
     and the database. SIGTERM drains: health NOT_SERVING, new calls refused, calls in
-    flight finish (up to --drain-seconds), exit 0."""
+    flight finish (up to --drain-seconds), exit 0. With --workers N, this process
+    supervises N server processes: SIGTERM drains them all; if one dies, the others
+    are stopped and the exit code is 1."""
     overrides: dict[str, object] = dict(
         ledger_url=ledger_url,
         ledger_mirror_dir=ledger_mirror_dir,
@@ -231,6 +242,7 @@ def serve(
         vault_namespace=vault_namespace,
         catalog_path=catalog,
         drain_seconds=drain_seconds,
+        workers=workers,
     )
     config = _config(config_file, **overrides)
     if check:

@@ -21,7 +21,9 @@ Environment variables (all optional):
     OUBLI_TENANT          tenant/namespace bound into every ciphertext (default "default")
     OUBLI_CACHE_ENTRIES   DEK cache bound (default 10000 subjects)
     OUBLI_CACHE_TTL_SECONDS  DEK cache TTL, at most 60 (default 60)
-    OUBLI_MAX_WORKERS     gRPC worker threads (default 16)
+    OUBLI_MAX_WORKERS     gRPC worker threads, per process (default 16)
+    OUBLI_WORKERS         server processes sharing the listen port (SO_REUSEPORT; default
+                          1: one process, no supervisor; vault/app/workers.py)
     OUBLI_KMS_BACKUP_RETENTION_DAYS  how long KMS backups are kept (default 7)
     OUBLI_CALLERS         caller policy TOML (default: the shipped default_callers.toml)
     OUBLI_TOKENS_FILE     pre-0007 bearer token hashes, imported at start (default
@@ -228,7 +230,11 @@ class ServerConfig:
     tenant: str = "default"
     cache_entries: int = 10_000
     cache_ttl_seconds: float = MAX_TTL_SECONDS
+    #: gRPC handler threads, in each server process.
     max_workers: int = 16
+    #: Server processes on the one listen port (SO_REUSEPORT), supervised by the
+    #: process started (vault/app/workers.py); 1: that process serves itself.
+    workers: int = 1
     #: How long backups of the KMS (Vault snapshots, keystore file copies) are kept;
     #: shred receipts say when the last copy holding an erased key expires.
     kms_backup_retention_days: int = 7
@@ -335,6 +341,8 @@ class ServerConfig:
             raise ConfigError("tenant must match [a-z0-9][a-z0-9_-]{0,63}")
         if self.cache_entries < 1 or self.max_workers < 1:
             raise ConfigError("cache entries and worker count must be >= 1")
+        if not 1 <= self.workers <= MAX_WORKER_PROCESSES:
+            raise ConfigError(f"the worker process count must be in [1, {MAX_WORKER_PROCESSES}]")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and its key")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -450,6 +458,10 @@ MAX_KMS_TIMEOUT_SECONDS = 60.0
 #: Longest drain on SIGTERM: beyond it, an orchestrator's own grace period has long run out.
 MAX_DRAIN_SECONDS = 3600.0
 
+#: Most server processes: each holds its own DEK cache, database pool and KMS client,
+#: and beyond the cores there are to run them more only cost memory and connections.
+MAX_WORKER_PROCESSES = 64
+
 #: Bounded Transit key cache (an LRU in Vault): its default is unbounded.
 DEFAULT_VAULT_CACHE_SIZE = 10_000
 
@@ -520,6 +532,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OUBLI_CACHE_ENTRIES": ("cache_entries", int),
     "OUBLI_CACHE_TTL_SECONDS": ("cache_ttl_seconds", float),
     "OUBLI_MAX_WORKERS": ("max_workers", int),
+    "OUBLI_WORKERS": ("workers", int),
     "OUBLI_KMS_BACKUP_RETENTION_DAYS": ("kms_backup_retention_days", int),
     "OUBLI_CALLERS": ("callers_path", Path),
     "OUBLI_TOKENS_FILE": ("tokens_path", Path),

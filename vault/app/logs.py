@@ -8,18 +8,36 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
 
-def configure_logging(stream: TextIO = sys.stderr, level: int = logging.INFO) -> None:
+def configure_logging(
+    stream: TextIO = sys.stderr,
+    level: int = logging.INFO,
+    fields: Mapping[str, object] | None = None,
+) -> None:
+    """JSON lines to ``stream``; ``fields`` are added to every line (a worker process
+    names itself, ``worker=1``, in every thread)."""
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fields:
+        constant = dict(fields)
+
+        def add_fields(
+            _logger: object, _name: str, event: MutableMapping[str, Any]
+        ) -> MutableMapping[str, Any]:
+            for key, value in constant.items():
+                event.setdefault(key, value)
+            return event
+
+        processors.append(add_fields)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(sort_keys=True),
-        ],
+        processors=[*processors, structlog.processors.JSONRenderer(sort_keys=True)],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,

@@ -43,6 +43,14 @@ and, from the database (oubli serve):
                                        (subjects, buckets, deks, index, signing)
     oubli_key_cryptoperiod_seconds{kind} gauge: the configured cryptoperiod of the kind
 
+With worker processes (``oubli serve --workers N``, vault/app/workers.py) the process
+started serves the endpoint: each worker's figures above, read from the worker when
+scraped, with a ``worker`` label (0..N-1), and:
+
+    oubli_worker_pid{worker}           gauge: the worker's process id
+    oubli_worker_up{worker}            gauge: 1 when the worker's figures were read
+                                       in this scrape, else 0
+
 Labels carry only the KMS backend's name (``local-keystore``, ``vault-transit``, ...),
 the fixed state, reason, kind, operation and dependency names above, oubli's own RPC
 names (``oubli.v1.SubjectService/CreateSubject``; only methods the server defines reach
@@ -53,7 +61,8 @@ value.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -65,6 +74,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from kms.base import KeyManager
@@ -305,6 +315,72 @@ class FenceCollector(Collector):
             "1 once the restore fence has passed and RPCs are served, else 0.",
             value=0 if self._gate.refusal is not None else 1,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEndpoint:
+    """Where one worker process serves its own figures (loopback, a port it picked)."""
+
+    index: int
+    pid: int
+    metrics_port: int
+
+
+#: How long a scrape waits for one worker's figures (a busy worker answers late).
+WORKER_SCRAPE_SECONDS = 5.0
+
+
+class WorkersCollector(Collector):
+    """The figures of every worker process, read per scrape over loopback HTTP and
+    labelled ``worker``; a family every worker reports becomes one family.
+
+    Why not prometheus_client's multiprocess mode: it shares only Counter, Gauge and
+    Histogram values (through files in a directory), and most of oubli's figures are
+    read live when scraped (DEK cache size, KMS breaker and calls in flight, database
+    pool, readiness, the fence), which that mode cannot carry across processes.
+    """
+
+    def __init__(self, workers: Callable[[], Sequence[WorkerEndpoint]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        pids = GaugeMetricFamily("oubli_worker_pid", "The worker's process id.", labels=["worker"])
+        up = GaugeMetricFamily(
+            "oubli_worker_up",
+            "1 when the worker's figures were read in this scrape, else 0.",
+            labels=["worker"],
+        )
+        for worker in self._workers():
+            label = str(worker.index)
+            pids.add_metric([label], worker.pid)
+            try:
+                text = _scrape(worker.metrics_port)
+            except OSError:  # exited, or too busy to answer in time: no figures
+                up.add_metric([label], 0)
+                continue
+            up.add_metric([label], 1)
+            for family in text_string_to_metric_families(text):
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    merged.add_sample(
+                        sample.name,
+                        {**sample.labels, "worker": label},
+                        sample.value,
+                        sample.timestamp,
+                        sample.exemplar,
+                    )
+        yield pids
+        yield up
+        yield from families.values()
+
+
+def _scrape(port: int) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=WORKER_SCRAPE_SECONDS) as response:
+        return str(response.read().decode())
 
 
 def build_registry(

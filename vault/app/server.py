@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,6 +49,7 @@ from vault.api.support import SupportServicer
 from vault.app.config import ConfigError, ServerConfig, parse_host_port
 from vault.app.metrics import MetricsServer, RpcMetrics, build_registry, start_metrics_server
 from vault.app.readiness import LIVENESS_SERVICE, Dependency, Readiness, kms_check
+from vault.app.stop_signals import StopSignals
 from vault.app.tracing import Tracing, build_tracing, tracer_of
 from vault.audit.chain import AuditLog
 from vault.audit.recorder import SIGNING_KEY_NAME, AuditRecorder
@@ -476,12 +477,19 @@ def start_server(
 def _cannot_listen(listen: str) -> str:
     """Why ``listen`` could not be bound, as far as a plain bind can tell (grpc says
     only that it failed)."""
+    return listen_refusal(listen) or f"cannot listen on {listen}"
+
+
+def listen_refusal(listen: str) -> str | None:
+    """Why a plain bind of ``listen`` (SO_REUSEADDR, as grpc sets, never SO_REUSEPORT)
+    fails, or None when it succeeds: so a port any other socket listens on, whether
+    or not that one allows sharing it, is found taken."""
     try:
         host, port = parse_host_port(listen, "--listen")
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (ConfigError, OSError):
         return f"cannot listen on {listen}: not a host:port this machine can resolve"
-    reason = ""
+    reason = None
     for family, kind, proto, _, address in addresses:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
@@ -493,8 +501,8 @@ def _cannot_listen(listen: str) -> str:
                         f"cannot listen on {listen}: the port is in use (another oubli "
                         "server, or another program, listens there)"
                     )
-                reason = reason or f": {e.strerror}"
-    return f"cannot listen on {listen}{reason}"
+                reason = reason or f"cannot listen on {listen}: {e.strerror}"
+    return reason
 
 
 def start_metrics(
@@ -529,8 +537,16 @@ def start_metrics(
         raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e
 
 
-def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight calls and stop."""
+def serve(config: ServerConfig, ready_file: Path | None = None) -> int:
+    """Run until SIGINT/SIGTERM, then drain in-flight calls and stop; the exit code.
+
+    With ``config.workers`` > 1 this process supervises that many server processes on
+    the one port instead (vault/app/workers.py).
+    """
+    if config.workers > 1:
+        from vault.app.workers import serve_workers
+
+        return serve_workers(config, ready_file)
     running = start_server(config)
     log.info(
         "serving",
@@ -540,25 +556,24 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> None:
         pid=os.getpid(),
         **({"metrics_port": running.metrics.port} if running.metrics else {}),
     )
-    # The signal wakes the main thread through a socket (signal.set_wakeup_fd), not an
-    # Event set from the handler: Event.set takes the lock Event.wait may hold at that
-    # instant, and the process then hung on SIGTERM. Installed before the ready file.
-    woken, wakeup = socket.socketpair()
-    wakeup.setblocking(False)
-    previous_fd = signal.set_wakeup_fd(wakeup.fileno())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    try:
+
+    def ready() -> None:
         if ready_file is not None:
             write_private(ready_file, str(running.port).encode())
-        received = woken.recv(1)
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        woken.close()
-        wakeup.close()
-    log.info(
-        "draining", signal=signal.Signals(received[0]).name, drain_seconds=config.drain_seconds
-    )
+
+    serve_until_stopped(running, config.drain_seconds, ready)
+    return 0
+
+
+def serve_until_stopped(
+    running: RunningServer, drain_seconds: float, ready: Callable[[], None]
+) -> None:
+    """Tell ``ready`` (the stop signals are caught by then), wait for SIGINT/SIGTERM,
+    then drain ``running`` for up to ``drain_seconds``."""
+    with StopSignals() as stop:
+        ready()
+        received = stop.wait()
+    log.info("draining", signal=received.name, drain_seconds=drain_seconds)
     started = time.monotonic()
-    running.stop(config.drain_seconds)
+    running.stop(drain_seconds)
     log.info("stopped", seconds=round(time.monotonic() - started, 3))

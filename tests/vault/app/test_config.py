@@ -285,3 +285,15 @@ def test_cryptoperiods_and_the_trim_delay_come_from_the_environment() -> None:
 def test_bad_cryptoperiods_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         ServerConfig.from_env(env)
+
+
+def test_worker_processes_from_the_environment_and_the_flag() -> None:
+    assert ServerConfig.from_env({}).workers == 1  # one process: no supervisor
+    assert ServerConfig.from_env({"OUBLI_WORKERS": "4"}).workers == 4
+    assert ServerConfig.from_env({"OUBLI_WORKERS": "4"}, workers=2).workers == 2
+
+
+@pytest.mark.parametrize("workers", [0, -1, 65])
+def test_worker_processes_out_of_bounds_are_refused(workers: int) -> None:
+    with pytest.raises(ConfigError, match="worker process count"):
+        ServerConfig.from_env({}, workers=workers)

@@ -55,6 +55,7 @@ def test_every_type_is_read_as_declared(tmp_path: Path) -> None:
         """
         listen = "0.0.0.0:6000"            # str
         max_workers = 4                    # int
+        workers = 2                        # int
         cache_ttl_seconds = 30             # float, from a TOML integer
         drain_seconds = 12.5               # float
         accept_ledger_behind = true        # bool
@@ -66,6 +67,7 @@ def test_every_type_is_read_as_declared(tmp_path: Path) -> None:
     )
     assert config.listen == "0.0.0.0:6000"
     assert config.max_workers == 4
+    assert config.workers == 2
     assert config.cache_ttl_seconds == 30.0 and isinstance(config.cache_ttl_seconds, float)
     assert config.drain_seconds == 12.5
     assert config.accept_ledger_behind is True
