@@ -22,6 +22,7 @@ def test_transit_scale_benchmark_reports_every_number(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["complete"] is True
     assert result["config"]["transit_key_cache_size"] == 10
+    assert result["config"]["cache_config_read_before_restart"]["size"] == 10
     assert result["config"]["openbao"].startswith("OpenBao v")
     assert result["config"]["writes_per_key"] == 2
     assert [size["keys"] for size in result["sizes"]] == [100, 200]
@@ -30,12 +31,14 @@ def test_transit_scale_benchmark_reports_every_number(tmp_path: Path) -> None:
         assert size["raft_disk"]["total_mib"] > 0 and size["raft_disk_bytes_per_key"] > 0
         assert "vault.db" in size["raft_disk"]["parts_mib"]
         for moment in ("after_restart", "after_cold_unwraps", "after_warm_unwraps"):
-            assert size["openbao_memory_mib"][moment]["rss_mib"] > 0
+            memory = size["openbao_memory_mib"][moment]
+            assert memory["rss_mib"] > 0 and memory["anon_mib"] > 0 and memory["file_mib"] >= 0
         for kind in ("unwrap_cold", "unwrap_warm"):
             stats = size[kind]
             assert stats["samples"] == 20
             assert 0 < stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
         assert size["restart_seconds"] > 0
+        assert size["transit_cache_config"] == {"size": 10, "warnings": []}
 
 
 def test_a_run_cut_short_measures_the_size_it_reached(tmp_path: Path) -> None:
