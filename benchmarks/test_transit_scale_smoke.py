@@ -30,7 +30,9 @@ def test_transit_scale_benchmark_reports_every_number(tmp_path: Path) -> None:
         assert size["creation"]["keys_per_s"] > 0
         assert size["raft_disk"]["total_mib"] > 0 and size["raft_disk_bytes_per_key"] > 0
         assert "vault.db" in size["raft_disk"]["parts_mib"]
-        for moment in ("after_restart", "after_cold_unwraps", "after_warm_unwraps"):
+        assert size["keys_read_to_fill_cache"] == 20  # twice the cache
+        moments = ("after_restart", "after_cold_unwraps", "after_warm_unwraps")
+        for moment in (*moments, "after_cache_filled"):
             memory = size["openbao_memory_mib"][moment]
             assert memory["rss_mib"] > 0 and memory["anon_mib"] > 0 and memory["file_mib"] >= 0
         for kind in ("unwrap_cold", "unwrap_warm"):
