@@ -1,7 +1,8 @@
 """Transit at scale (issue 14): 10^6 Transit keys in a raft OpenBao with a bounded key cache.
 
     nice -n 15 .venv/bin/python -m benchmarks.transit_scale --keys 1000000 \\
-        --measure-at 100000 --out docs/perf/transit-scale-2026-12-02.json
+        --measure-at 100000 300000 600000 --threads 32 \\
+        --out docs/perf/transit-scale-2026-12-02.json [--stop-creating-at UNIX_TIME]
 
 OpenBao only, no oubli process: one single-node OpenBao on Integrated Storage (raft,
 OpenBaoRaftServer, in a temporary directory unless --work-dir), Transit mounted with the
@@ -13,16 +14,21 @@ warnings (a read warns, and re-applies, when the size in use differs from the st
 
 Keys are made the way oubli makes a subject's key (kms/vault_transit.py): a random
 26-character name, ``aes256-gcm96``, not exportable, no plaintext backup, then a
-``/config`` write for ``deletion_allowed`` — two raft writes per key — by --threads
-concurrent HTTP requests over one keep-alive session. For --samples keys spread evenly
-over each measured size, a 32-byte DEK is wrapped at creation (``datakey/plaintext``, as
-oubli does). At each size of --measure-at and at --keys, OpenBao is restarted (so the key
-cache is empty: every sample is a cold key) and the benchmark records OpenBao's resident
-memory after the restart, after the cold unwraps and after the warm ones (VmRSS / VmHWM),
-the raft disk (allocated blocks of every file under the raft directory: the FSM's
-vault.db, the log store raft/raft.db, raft/snapshots), the restart time, and the unwrap
-latency (``decrypt`` of one sample DEK, one call at a time): each sample once with a cold
-cache, then each again (warm). Each unwrapped DEK is checked against the one created.
+``/config`` write for ``deletion_allowed`` — two raft writes per key, one with
+--no-deletion-config — by --threads concurrent HTTP requests over one keep-alive
+session. For --samples keys spread evenly over each measured size, a 32-byte DEK is
+wrapped at creation (``datakey/plaintext``, as oubli does). At each size of --measure-at
+and at --keys, OpenBao is restarted (so the key cache is empty: every sample is a cold
+key) and the benchmark records OpenBao's resident memory after the restart, after the
+cold unwraps, after the warm ones, and after reading twice --key-cache keys (the cache
+full and evicting) — VmRSS / VmHWM, and RssAnon (the heap) / RssFile (raft's
+memory-mapped bbolt files) — the raft disk (allocated blocks of every file under the
+raft directory: the FSM's vault.db, the log store raft/raft.db, raft/snapshots), the
+restart time, and the unwrap latency (``decrypt`` of one sample DEK, one call at a
+time): each sample once with a cold cache, then each again (warm). Each unwrapped DEK is
+checked against the one created. With --stop-creating-at, creation stops at that time
+and the size reached is measured (with the wrapped samples nearest to even steps over
+it).
 
 Progress goes to stderr, the JSON to --out (rewritten after every measured size, so a run
 cut short keeps what it measured), the markdown table for docs/performance.md to stdout.
