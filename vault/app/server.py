@@ -537,6 +537,18 @@ def start_metrics(
         raise Unavailable(f"cannot listen on {config.metrics_listen} for metrics") from e
 
 
+def log_serving(running: RunningServer) -> None:
+    """The ``serving`` log line: where the server listens and on what it runs."""
+    log.info(
+        "serving",
+        port=running.port,
+        kms=running.vault.crypto.kms.backend_name,
+        database=running.vault.storage.engine.dialect.name,
+        pid=os.getpid(),
+        **({"metrics_port": running.metrics.port} if running.metrics else {}),
+    )
+
+
 def serve(config: ServerConfig, ready_file: Path | None = None) -> int:
     """Run until SIGINT/SIGTERM, then drain in-flight calls and stop; the exit code.
 
@@ -548,14 +560,7 @@ def serve(config: ServerConfig, ready_file: Path | None = None) -> int:
 
         return serve_workers(config, ready_file)
     running = start_server(config)
-    log.info(
-        "serving",
-        port=running.port,
-        kms=running.vault.crypto.kms.backend_name,
-        database=running.vault.storage.engine.dialect.name,
-        pid=os.getpid(),
-        **({"metrics_port": running.metrics.port} if running.metrics else {}),
-    )
+    log_serving(running)
 
     def ready() -> None:
         if ready_file is not None:

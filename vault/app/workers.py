@@ -55,6 +55,7 @@ from vault.app.metrics import WorkerEndpoint, WorkersCollector, start_metrics_se
 from vault.app.server import (
     build_kms,
     listen_refusal,
+    log_serving,
     open_database,
     serve_until_stopped,
     start_server,
@@ -266,13 +267,7 @@ def run_worker(index: int, config: ServerConfig, pipe: Connection) -> None:
     except Exception as e:  # unforeseen: say what kind, then fail loudly (traceback)
         pipe.send(("failed", type(e).__name__))
         raise
-    log.info(
-        "serving",
-        port=running.port,
-        kms=running.vault.crypto.kms.backend_name,
-        database=running.vault.storage.engine.dialect.name,
-        pid=os.getpid(),
-    )
+    log_serving(running)
 
     def ready() -> None:
         metrics_port = running.metrics.port if running.metrics is not None else 0
