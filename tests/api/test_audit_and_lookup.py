@@ -219,8 +219,14 @@ def test_a_change_in_one_transaction_costs_one_audited_commit(stack: Stack) -> N
         event.remove(engine, "before_cursor_execute", executed)
         event.remove(engine, "commit", committed)
     assert (puts, gets) == (1, 1)
+    # Starting a retention clock re-encrypts the record: one transaction, one entry too.
+    ticket = client.create_record(sid, "support", {"message": "help"}, "customer")
+    client.record_event(sid, ticket.record_id, "resolved")
     entries = client.query_audit(subject_id=sid)
     assert [(e.action, e.outcome) for e in entries][1:] == [
         ("RecordService.CreateRecord", "OK"),
         ("RecordService.GetRecord", "OK"),
+        ("RecordService.CreateRecord", "OK"),
+        ("RecordService.RecordEvent", "OK"),
     ]
+    assert entries[-1].categories == ("support",)
