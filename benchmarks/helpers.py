@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.oubli_client import NewRecord, OubliClient, Record
+from oubli_client import NewRecord, OubliClient, Record
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import free_port
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import grpc
 
 from benchmarks.helpers import CATEGORY, FIELD, MESSAGE, ORIGIN, PURPOSE
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client import OubliClient
+from oubli_client.v1 import vault_pb2 as pb
 from tests.integration.processes import ServerProcess
 
 #: Calls counted, and calls made before counting starts (caches, lazy imports).

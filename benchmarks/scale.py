@@ -45,8 +45,8 @@ import hvac
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from clients.errors import OubliClientError
-from clients.oubli_client import NewRecord, OubliClient
+from oubli_client import NewRecord, OubliClient
+from oubli_client.errors import OubliClientError
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
 from vault.app.config import ServerConfig

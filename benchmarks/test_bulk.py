@@ -26,7 +26,7 @@ from benchmarks.helpers import (
     new_record,
     subjects_with_records,
 )
-from clients.oubli_client import OubliClient, Record, ShredReceipt
+from oubli_client import OubliClient, Record, ShredReceipt
 
 pytestmark = pytest.mark.timeout(3600)  # full-size fills (thousands of subjects)
 

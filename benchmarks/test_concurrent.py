@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from benchmarks.helpers import MESSAGE, MeteredServer
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client import OubliClient
+from oubli_client.v1 import vault_pb2 as pb
 
 THREADS = 8
 CALLS_PER_THREAD = 50

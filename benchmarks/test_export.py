@@ -25,7 +25,7 @@ from benchmarks.helpers import (
     new_record,
     store,
 )
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
 
 pytestmark = pytest.mark.timeout(3600)  # the full-size fill
 

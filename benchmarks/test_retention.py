@@ -26,7 +26,7 @@ from benchmarks.helpers import (
     client_for,
     subjects_with_records,
 )
-from clients.oubli_client import RetentionAction, RetentionSummary
+from oubli_client import RetentionAction, RetentionSummary
 from vault.storage.tables import SubjectRow
 
 pytestmark = pytest.mark.timeout(3600)  # the full-size fill: 10 000 subjects

@@ -13,8 +13,8 @@ import hvac
 import pytest
 
 from benchmarks.helpers import CATEGORY, FIELD, MESSAGE, ORIGIN, PURPOSE, client_for
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client import OubliClient
+from oubli_client.v1 import vault_pb2 as pb
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import OpenBaoDevServer
 

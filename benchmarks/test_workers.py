@@ -27,8 +27,8 @@ import grpc
 import pytest
 
 from benchmarks.helpers import CATEGORY, FIELD, MESSAGE, ORIGIN, PURPOSE, Deployment, MeteredServer
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client import OubliClient
+from oubli_client.v1 import vault_pb2 as pb
 from tests.integration.processes import metric_per_worker, own_channel
 
 WORKERS = 2

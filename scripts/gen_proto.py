@@ -1,4 +1,4 @@
-"""Generate the Python gRPC stubs in clients/oubli_v1/ from proto/.
+"""Generate the Python gRPC stubs in clients/python/oubli_client/v1/ from proto/.
 
 Usage: python scripts/gen_proto.py [--check]
 
@@ -20,7 +20,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUT = ROOT / "clients" / "oubli_v1"
+OUT = ROOT / "clients" / "python" / "oubli_client" / "v1"
 PROTOS = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
 
 HEADER = '"""Generated from proto/ by scripts/gen_proto.py. Do not edit."""\n'
@@ -65,7 +65,7 @@ def main() -> int:
         generate(OUT)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp) / "oubli_v1"
+        fresh = Path(tmp) / "v1"
         generate(fresh)
         cmp = filecmp.dircmp(fresh, OUT, ignore=["__pycache__"])
         drift = cmp.diff_files + cmp.left_only + cmp.right_only

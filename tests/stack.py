@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from clients.oubli_client import OubliClient
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
+from oubli_client import OubliClient
 from vault.access.authentication import Authenticator, token_hash
 from vault.access.caller_policy import CallerPolicy, CallerRule
 from vault.api.rpcs import SERVICES

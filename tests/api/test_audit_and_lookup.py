@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event, text
 from typer.testing import CliRunner
 
-from clients.errors import InvalidArgument, PermissionDenied, Unavailable
+from oubli_client.errors import InvalidArgument, PermissionDenied, Unavailable
 from tests.audit_tables import audit_dump, seal
 from tests.stack import TEST_TOKEN, Stack
 from vault.app.cli import app

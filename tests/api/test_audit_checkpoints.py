@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from clients.errors import ResourceExhausted
-from clients.oubli_client import OubliClient
 from kms.signatures import verify_offline
+from oubli_client import OubliClient
+from oubli_client.errors import ResourceExhausted
 from tests.clock import FakeClock
 from tests.stack import TEST_TOKEN, Stack, stack_fixture
 from vault.app.cli import app

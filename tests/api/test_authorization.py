@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from clients.errors import OubliClientError, PermissionDenied, Unavailable
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError, PermissionDenied, Unavailable
+from oubli_client.v1 import vault_pb2 as pb
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import vault_service
 from vault.access.authentication import Authenticator, token_hash

@@ -22,16 +22,24 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from clients.errors import (
+from oubli_client import (
+    BATCH_MAX,
+    AuditEntry,
+    BatchIncomplete,
+    NewRecord,
+    OubliClient,
+    Record,
+    ShredReceipt,
+)
+from oubli_client.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
     OubliClientError,
     PermissionDenied,
 )
-from clients.oubli_client import AuditEntry, NewRecord, OubliClient, Record, ShredReceipt
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from tests.audit_tables import audit_dump
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, Stack, vault_service
@@ -256,21 +264,86 @@ def test_invalid_item_is_named_by_its_index(
     assert stack.client.get_subject(subject_id).record_count == 0
 
 
+def _raw_status(call: Any, request: Any) -> tuple[grpc.StatusCode, str, str]:
+    """A batch call that must fail: its code, message and BadRequest field."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call(request, metadata=AUTH, timeout=30)
+    return raised.value.code(), raised.value.details() or "", _details(raised.value)[1]
+
+
 @pytest.mark.parametrize("size", [0, MAX_BATCH_ITEMS + 1])
-def test_batches_hold_1_to_1000_items(stack: Stack, size: int) -> None:
+def test_the_server_takes_1_to_1000_items_a_call(
+    stack: Stack,
+    stubs: tuple[pb_grpc.SubjectServiceStub, pb_grpc.RecordServiceStub],
+    size: int,
+) -> None:
+    subjects, records = stubs
+    subject_id = stack.client.create_subject().subject_id
+    put = pb.BatchCreateRecordsRequest(
+        requests=[
+            pb.CreateRecordRequest(
+                subject_id=subject_id, category="support", fields={"message": "m"}
+            )
+        ]
+        * size
+    )
+    get = pb.BatchGetRecordsRequest(
+        requests=[
+            pb.GetRecordRequest(subject_id=subject_id, record_id=_fake_id(n), purpose="support")
+            for n in range(size)
+        ]
+    )
+    shred = pb.BatchShredSubjectsRequest(subject_ids=[_fake_id(n) for n in range(size)])
+    for call, request, field in (
+        (records.BatchCreateRecords, put, "requests"),
+        (records.BatchGetRecords, get, "requests"),
+        (subjects.BatchShredSubjects, shred, "subject_ids"),
+    ):
+        code, message, violation = _raw_status(call, request)
+        assert (code, violation) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+        assert str(MAX_BATCH_ITEMS) in message
+    assert stack.client.get_subject(subject_id).record_count == 0
+
+
+def test_the_client_splits_at_the_servers_maximum(stack: Stack) -> None:
+    """The typed client sends 1 001 items as 1 000 + 1 (the server's maximum per call,
+    the client's BATCH_MAX), and nothing for none."""
+    client = stack.client
+    assert BATCH_MAX == MAX_BATCH_ITEMS
+    subject_id = client.create_subject().subject_id
+    made = client.batch_create_records(
+        [NewRecord(subject_id, "support", {"message": f"m{n}"}) for n in range(BATCH_MAX + 1)]
+    )
+    assert [r.fields["message"] for r in made] == [f"m{n}" for n in range(BATCH_MAX + 1)]
+    assert client.get_subject(subject_id).record_count == BATCH_MAX + 1
+    reads = [(subject_id, r.record_id, "support") for r in made]
+    got = client.batch_get_records(reads)
+    assert [r.record_id for r in got if isinstance(r, Record)] == [r.record_id for r in made]
+    ids = [client.create_subject().subject_id for _ in range(2)]
+    ids += [_fake_id(n) for n in range(BATCH_MAX - 1)]
+    results = client.shred_subjects(ids)
+    assert [type(r) for r in results[:2]] == [ShredReceipt, ShredReceipt]
+    assert {type(r) for r in results[2:]} == {NotFound} and len(results) == BATCH_MAX + 1
+    assert client.batch_create_records([]) == []
+    assert client.batch_get_records([]) == [] and client.shred_subjects([]) == []
+
+
+def test_a_later_chunk_that_fails_says_what_was_stored(stack: Stack) -> None:
+    """Chunks are atomic one by one: when the second is refused, BatchIncomplete holds
+    the first chunk's records (stored) and counts the rest (not stored)."""
     client = stack.client
     subject_id = client.create_subject().subject_id
-    with pytest.raises(InvalidArgument) as put:
-        client.batch_create_records([NewRecord(subject_id, "support", {"message": "m"})] * size)
-    assert put.value.field == "requests"
-    with pytest.raises(InvalidArgument) as get:
-        client.batch_get_records([(subject_id, _fake_id(n), "support") for n in range(size)])
-    assert get.value.field == "requests"
-    with pytest.raises(InvalidArgument) as shred:
-        client.shred_subjects([_fake_id(n) for n in range(size)])
-    assert shred.value.field == "subject_ids"
-    assert str(MAX_BATCH_ITEMS) in put.value.message
-    assert client.get_subject(subject_id).record_count == 0
+    good = [NewRecord(subject_id, "support", {"message": "m"})] * BATCH_MAX
+    bad = [NewRecord(subject_id, "no-such-category", {"message": "m"})]
+    with pytest.raises(BatchIncomplete) as raised:
+        client.batch_create_records(good + bad)
+    assert len(raised.value.done) == BATCH_MAX and raised.value.remaining == 1
+    assert isinstance(raised.value.cause, InvalidArgument)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.get_subject(subject_id).record_count == BATCH_MAX
+    with pytest.raises(InvalidArgument):  # a first chunk that fails is the plain error
+        client.batch_create_records(bad + good)
+    assert client.get_subject(subject_id).record_count == BATCH_MAX
 
 
 def test_a_batch_of_1000_items_is_accepted(stack: Stack) -> None:

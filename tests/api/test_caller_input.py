@@ -20,9 +20,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.local_keystore import LocalKeystore
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from tests.audit_tables import chain_rows
 from tests.callers_stack import CallersServer, start_callers_server
 from vault.audit.entries import INVALID

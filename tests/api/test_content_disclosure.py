@@ -39,10 +39,10 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
+from oubli_client import OubliClient
+from oubli_client.v1 import vault_pb2 as pb
 from tests.clock import FakeClock
 from tests.stack import ALL_SERVICES, start_stack
 from vault.access.authentication import Authenticator, token_hash

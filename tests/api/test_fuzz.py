@@ -42,9 +42,9 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.oubli_v1 import vault_pb2 as pb
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
+from oubli_client.v1 import vault_pb2 as pb
 from tests.audit_tables import chain_rows
 from tests.callers_stack import CALLERS, POLICY, TOKENS, CallersServer, start_callers_server
 from vault.audit.entries import INVALID

@@ -12,7 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clients.errors import (
+from oubli_client import OubliClient
+from oubli_client.errors import (
     AlreadyExists,
     Conflict,
     InvalidArgument,
@@ -20,8 +21,7 @@ from clients.errors import (
     OubliClientError,
     Unavailable,
 )
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2 as pb
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, Stack, start_stack
 from vault.app.openbao_process import free_port
@@ -269,7 +269,7 @@ def test_database_outage_is_unavailable(pg_url: str) -> None:
 
 
 def test_request_id_is_returned_on_success_and_on_error(stack: Stack) -> None:
-    from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+    from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 
     ok_id, error_id = str(uuid.uuid4()), str(uuid.uuid4())  # canonical UUIDs only
 

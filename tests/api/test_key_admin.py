@@ -10,10 +10,10 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from clients.errors import InvalidArgument
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client import OubliClient
+from oubli_client.errors import InvalidArgument
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from tests.stack import TEST_TOKEN, Stack
 from vault.app.cli import app
 

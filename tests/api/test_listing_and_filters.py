@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.base import KeyManager
 from kms.local_keystore import LocalKeystore
+from oubli_client import OubliClient
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from tests.clock import FakeClock
 from tests.stack import ALL_SERVICES, TEST_TOKEN, Stack, start_stack
 from vault.access.authentication import Authenticator, token_hash

@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth, vault_service
 from vault.app.cli import app

@@ -28,8 +28,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from clients.errors import Conflict, NotFound, OubliClientError
-from clients.oubli_client import OubliClient, Record
+from oubli_client import OubliClient, Record
+from oubli_client.errors import Conflict, NotFound, OubliClientError
 from tests.stack import Stack
 
 RACES = int(os.environ.get("OUBLI_RACES", "8"))

@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from clients.errors import NotFound, Unavailable
-from clients.oubli_client import OubliClient
 from kms.guard import GuardedKeyManager
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound, Unavailable
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth, vault_service
 from vault.app.config import ServerConfig

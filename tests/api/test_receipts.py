@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from clients.oubli_client import ShredReceipt
 from kms.local_keystore import LocalKeystore
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import ShredReceipt
 from tests.stack import TEST_TOKEN, Stack
 from vault.usecases.receipts import receipt_text, verify_receipt_text
 

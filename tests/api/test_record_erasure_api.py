@@ -12,10 +12,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from clients.errors import NotFound, OubliClientError
-from clients.oubli_client import OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound, OubliClientError
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from tests.stack import TEST_TOKEN, Stack
 
 CARD = {"card_holder": "Ada Lovelace", "card_number": "4111111111111111", "card_expiry": "12/29"}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.errors import NotFound, PermissionDenied
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound, PermissionDenied
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import vault_service
 from vault.access.authentication import Authenticator, token_hash

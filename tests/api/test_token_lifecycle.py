@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError
 from tests.clock import FakeClock
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import vault_service

@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from clients.oubli_client import OubliClient
 from kms.guard import GuardedKeyManager
+from oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth, vault_service
 from vault.app.config import ConfigError, ServerConfig
@@ -178,7 +178,7 @@ class Refuse:
             raise ImportError("opentelemetry is not installed")
         return None
 sys.meta_path.insert(0, Refuse())
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth, vault_service
 from kms.guard import GuardedKeyManager

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError
 from tests.cluster.topology import Replica
 
 

@@ -14,8 +14,8 @@ import time
 import grpc
 import pytest
 
-from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError
 from tests.cluster.health import health_of, wait_for_health
 from tests.cluster.load import WriteLoad
 from tests.cluster.topology import Drill

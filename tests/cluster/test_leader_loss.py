@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
 from tests.cluster.load import WriteLoad
 from tests.cluster.topology import Drill
 

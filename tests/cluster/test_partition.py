@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from clients.errors import Unavailable
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import Unavailable
 from tests.cluster.health import health_of, wait_for_health
 from tests.cluster.topology import Drill
 

@@ -12,8 +12,8 @@ import time
 import pytest
 from sqlalchemy import create_engine, select
 
-from clients.errors import NotFound, Unavailable
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound, Unavailable
 from tests.cluster.topology import Drill
 from vault.storage.tables import SubjectRow
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clients.errors import NotFound
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound
 from tests.cluster.topology import Drill
 
 pytestmark = [pytest.mark.openbao, pytest.mark.postgres]

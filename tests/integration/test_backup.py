@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from clients.errors import NotFound
-from clients.oubli_client import OubliClient
 from kms.base import KeyDestroyed
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import OpenBaoDevServer

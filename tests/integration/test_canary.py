@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import OpenBaoDevServer
 

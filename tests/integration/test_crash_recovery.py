@@ -34,9 +34,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vault.fault_points
-from clients.errors import NotFound, OubliClientError
-from clients.oubli_client import OubliClient, RetentionSummary, ShredReceipt
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient, RetentionSummary, ShredReceipt
+from oubli_client.errors import NotFound, OubliClientError
 from tests.clock import FakeClock
 from tests.integration.processes import ServerProcess, replica_args
 from tests.stack import vault_service

@@ -41,8 +41,8 @@ from typing import TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.errors import OubliClientError, Unavailable
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError, Unavailable
 from tests.integration.pg_cluster import PostgresCluster
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import OpenBaoDevServer, OpenBaoRaftServer

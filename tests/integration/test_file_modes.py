@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
 from tests.file_modes import mode, open_to_others
 from tests.integration.processes import ServerProcess
 from vault.access.caller_policy import CallerPolicy

@@ -23,8 +23,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.errors import OubliClientError
-from clients.oubli_client import NewRecord, OubliClient
+from oubli_client import NewRecord, OubliClient
+from oubli_client.errors import OubliClientError
 from tests.integration.processes import ServerProcess
 from vault.usecases.export import EXPORT_PAGE
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
 from tests.integration.processes import ServerProcess
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import suite_auth, vault_service

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from clients.errors import Unavailable
-from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
+from oubli_client.errors import Unavailable
 from tests.stack import TEST_TOKEN, start_stack
 from vault.app.openbao_process import OpenBaoDevServer
 from vault.storage.tables import SubjectRow

@@ -18,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.errors import Unavailable
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import Unavailable
 from tests.integration.pg_cluster import PostgresCluster
 from tests.stack import TEST_TOKEN, suite_auth
 from vault.app.config import ServerConfig

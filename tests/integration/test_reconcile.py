@@ -15,8 +15,8 @@ import hvac
 import pytest
 from typer.testing import CliRunner
 
-from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
 from tests.stack import TEST_TOKEN, start_stack, vault_service
 from vault.app.cli import app
 from vault.app.config import ServerConfig

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from clients.oubli_client import OubliClient
 from kms.base import KeyDestroyed
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.test_backup import _pg_copy, _sqlite_copy
 from tests.stack import Stack, stack_fixture, vault_service

@@ -43,9 +43,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from clients.errors import OubliClientError, Unavailable
-from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError, Unavailable
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import OpenBaoRaftServer

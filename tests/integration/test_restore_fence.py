@@ -23,9 +23,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from clients.errors import NotFound, Unavailable
-from clients.oubli_client import OubliClient
 from kms.base import KmsUnavailable
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound, Unavailable
 from tests.conftest import PG_ADMIN_URL
 from tests.memory_kms import InMemoryKeyManager
 from tests.stack import TEST_TOKEN, suite_auth, vault_service

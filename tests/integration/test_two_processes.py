@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.errors import NotFound
-from clients.oubli_client import OubliClient
+from oubli_client import OubliClient
+from oubli_client.errors import NotFound
 from tests.integration.processes import ServerProcess, replica_args
 from vault.app.openbao_process import OpenBaoDevServer
 

@@ -25,11 +25,11 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from clients.errors import OubliClientError
-from clients.oubli_client import OubliClient
 from kms.base import KmsAccessDenied
 from kms.vault_auth import AppRole, VaultAuth
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
+from oubli_client.errors import OubliClientError
 from tests.integration.processes import ServerProcess
 from vault.app.openbao_process import OpenBaoDevServer
 

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from clients.oubli_client import OubliClient
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client import OubliClient
 from tests.clock import FakeClock
 from tests.conftest import PG_ADMIN_URL
 from tests.stack import TEST_TOKEN, suite_auth, vault_service

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from clients.errors import NotFound, PermissionDenied
-from clients.oubli_client import RetentionAction, RetentionSummary
+from oubli_client import RetentionAction, RetentionSummary
+from oubli_client.errors import NotFound, PermissionDenied
 from tests.scenarios.conftest import Scenario
 from vault.errors import KeyDestroyedError, RecordNotFound, SubjectShredded
 

@@ -9,8 +9,8 @@ from datetime import UTC
 
 import grpc
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from vault.access.caller_policy import CALLER_NAME
 from vault.api.messages import request_time, timestamp
 from vault.audit.chain import AuditLog

@@ -10,8 +10,8 @@ from datetime import timedelta
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from vault.api.messages import maybe_timestamp, request_time, timestamp
 from vault.errors import InvalidArgument
 from vault.usecases.key_rotation import KeyRotation, RotationKind

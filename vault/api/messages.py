@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2 as pb
 from vault.api.status import status_code_for
 from vault.errors import InvalidArgument, OubliError
 from vault.storage import RightsRequest

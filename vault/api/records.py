@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import grpc
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from vault.api.messages import item_error, record_message
 from vault.errors import OubliError
 from vault.usecases.batches import BulkOps, NewRecord, RecordRead

@@ -9,8 +9,8 @@ import json
 
 import grpc
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from vault.api.messages import request_json, request_message, subject_message
 from vault.api.rpcs import DISCLOSING
 from vault.audit.chain import AuditLog

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from vault.api.messages import item_error, receipt_message, subject_message
 from vault.clock import Clock
 from vault.errors import OubliError

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.errors import OubliClientError
-from clients.oubli_client import AuditCheckpoint, OubliClient, RetentionSummary
 from kms.base import KmsError
 from kms.signatures import PublishedKey
+from oubli_client import AuditCheckpoint, OubliClient, RetentionSummary
+from oubli_client.errors import OubliClientError
 from vault.access.caller_policy import CallerPolicyError
 from vault.app import key_rotation_cli  # noqa: F401 - registers `keys rotate` and `keys ages`
 from vault.app.config import ConfigError, ServerConfig, parse_host_port

@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from clients.errors import OubliClientError
-from clients.oubli_client import KEY_KINDS, RotationPass
+from oubli_client import KEY_KINDS, RotationPass
+from oubli_client.errors import OubliClientError
 from vault.app.receipt_cli import keys_app
 
 err = Console(stderr=True)

@@ -26,14 +26,14 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
 from kms.absent import AbsentKeyManager
 from kms.base import KeyManager, KmsError
 from kms.guard import BreakerState, GuardedKeyManager
 from kms.local_keystore import LocalKeystore
 from kms.vault_auth import AuthLost, VaultAuth
 from kms.vault_transit import VaultTransitKeyManager
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 from vault.access.authentication import Authenticator
 from vault.access.caller_policy import CallerPolicy
 from vault.access.tokens import TokenRegistry

@@ -79,7 +79,7 @@ class ShredReceipt:
 
 class ReceiptFields(Protocol):
     """What the document is made of: the server's :class:`ShredReceipt` and the
-    client's (``clients.oubli_client.ShredReceipt``) both have it."""
+    client's (``oubli_client.ShredReceipt``) both have it."""
 
     @property
     def subject_id(self) -> str: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor
 
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2 as pb
 from vault.api import rpcs
 from vault.api.rpcs import RPCS, Content
 

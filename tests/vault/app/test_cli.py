@@ -12,9 +12,9 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from clients.errors import OubliClientError
-from clients.oubli_client import NewRecord, OubliClient
-from clients.oubli_v1 import vault_pb2 as pb
+from oubli_client import NewRecord, OubliClient
+from oubli_client.errors import OubliClientError
+from oubli_client.v1 import vault_pb2 as pb
 from tests.clock import FakeClock
 from tests.integration.processes import ServerProcess
 from tests.stack import TEST_TOKEN, Stack, stack_fixture

@@ -364,7 +364,7 @@ def test_serve_refuses_a_bad_file_with_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.openbao  # `oubli dev` starts its own OpenBao
 def test_dev_takes_a_file_but_keeps_its_own_data_and_kms(tmp_path: Path) -> None:
-    from clients.oubli_client import OubliClient
+    from oubli_client import OubliClient
     from tests.integration.processes import ServerProcess
 
     path = write(

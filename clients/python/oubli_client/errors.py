@@ -47,7 +47,20 @@ class Conflict(OubliClientError):
 
 
 class PermissionDenied(OubliClientError):
-    pass
+    """The caller's policy does not allow the call or the purpose (or the subject has
+    restricted processing: reason RESTRICTED)."""
+
+
+class Unauthenticated(OubliClientError):
+    """No credentials, unknown ones, or an expired token (reason TOKEN_EXPIRED)."""
+
+
+class FailedPrecondition(OubliClientError):
+    """The call does not fit the current state (e.g. ACCOUNT_NOT_OPEN, SUBJECT_CHANGED)."""
+
+
+class DeadlineExceeded(OubliClientError):
+    """The call's deadline passed; it may or may not have been applied."""
 
 
 class Unavailable(OubliClientError):
@@ -68,6 +81,9 @@ _BY_CODE: dict[grpc.StatusCode, type[OubliClientError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.ABORTED: Conflict,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DATA_LOSS: DataLoss,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,

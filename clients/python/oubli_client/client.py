@@ -1,327 +1,73 @@
 """Typed Python client for oubli.
 
-    with OubliClient("127.0.0.1:50051") as client:
+    with OubliClient("127.0.0.1:50051", token="oubli_...") as client:
         subject = client.create_subject()
         record = client.create_record(subject.subject_id, "contact", {"email": "..."})
-        document = client.export_subject(subject.subject_id)
+        client.get_record(subject.subject_id, record.record_id, purpose="service")
+        client.export_to_file(subject.subject_id, "export.json")
         receipt = client.shred_subject(subject.subject_id)
 
-Every call has a deadline. Idempotent calls (reads, export, shred) are retried with
-exponential backoff and jitter on UNAVAILABLE; calls that create or change data are
-not, since a retry could apply them twice. gRPC errors become the exceptions of
-:mod:`clients.errors`.
+Every call has a deadline. Idempotent calls (reads, export, shred) are retried on
+UNAVAILABLE with exponential backoff and jitter (:mod:`oubli_client.retry`); calls that
+create or change data are not, since a retry could apply them twice. gRPC errors become
+the exceptions of :mod:`oubli_client.errors`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.errors import OubliClientError, error_for, from_rpc_error, grpc_code
-from clients.oubli_v1 import vault_pb2 as pb
-from clients.oubli_v1 import vault_pb2_grpc as pb_grpc
+from oubli_client.batches import BATCH_MAX, BatchIncomplete, chunks
+from oubli_client.channel import bearer_metadata, open_channel
+from oubli_client.errors import OubliClientError, error_for, from_rpc_error
+from oubli_client.models import (
+    KEY_KIND_NAMES,
+    KEY_KINDS,
+    STATE_NAMES,
+    AuditCheckpoint,
+    AuditCheckpointPage,
+    AuditEntry,
+    AuditVerification,
+    KeyAge,
+    NewRecord,
+    Record,
+    RetentionAction,
+    RetentionSummary,
+    RightsRequest,
+    RotationPass,
+    ShredReceipt,
+    Subject,
+    SupportGrant,
+    grant_of,
+    item_error_of,
+    receipt_of,
+    record_of,
+    request_of,
+    subject_of,
+    time_of,
+    timestamp_of,
+)
+from oubli_client.retry import RetryPolicy, call_with_retries
+from oubli_client.v1 import vault_pb2 as pb
+from oubli_client.v1 import vault_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+R = TypeVar("R")
 
-#: Exports of large subjects exceed gRPC's default 4 MiB receive limit.
-MAX_RESPONSE_BYTES = 256 * 1024 * 1024
-
-_STATES = {
-    pb.SUBJECT_STATE_ACTIVE: "active",
-    pb.SUBJECT_STATE_CLOSED: "closed",
-    pb.SUBJECT_STATE_SHREDDING: "shredding",
-    pb.SUBJECT_STATE_HELD: "held",
-    pb.SUBJECT_STATE_SHREDDED: "shredded",
-}
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _time(message: Any, name: str) -> datetime | None:
-    if not message.HasField(name):
-        return None
-    stamp: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
-    return stamp
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    subject_id: str
-    state: str
-    created_at: datetime
-    updated_at: datetime
-    record_count: int
-    restricted: bool = False
-    objections: tuple[str, ...] = ()
-    consents: tuple[str, ...] = ()
-    closed_at: datetime | None = None
-    scheduled_erasure_at: datetime | None = None
-    hold_until: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    subject_id: str
-    record_id: str
-    category: str
-    fields: dict[str, str]
-    version: int
-    origin: str
-    created_at: datetime
-    updated_at: datetime
-    retain_until: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ShredReceipt:
-    subject_id: str
-    key_id: str
-    shredded_at: datetime
-    records_deleted: int
-    kms_backend: str
-    residual_risk: str
-    residual_copies_expire_at: datetime
-    records_retained: int = 0
-    retained_until: datetime | None = None
-    #: The seq of the erasure ledger's entry naming the destroyed key.
-    ledger_position: int = 0
-    #: Ed25519 signature (64 bytes) of the receipt document by the KMS signing key
-    #: (docs/keys.md, "Checking a receipt").
-    signature: bytes = b""
-    signing_key_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RightsRequest:
-    request_id: str
-    subject_id: str
-    kind: str
-    status: str
-    received_at: datetime
-    due_at: datetime
-    completed_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionAction:
-    kind: str
-    target: str
-    due_at: datetime
-    records: int
-    done: int
-    total: int
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionSummary:
-    dry_run: bool
-    subjects_erased: int
-    buckets_destroyed: int
-    records_destroyed: int
-    ran_at: datetime
-    failures: int = 0
-
-
-#: Kinds of keys ``rotate_keys`` handles (proto KeyKind).
-KEY_KINDS = {
-    "subjects": pb.KEY_KIND_SUBJECTS,
-    "buckets": pb.KEY_KIND_BUCKETS,
-    "deks": pb.KEY_KIND_DEKS,
-    "index": pb.KEY_KIND_INDEX,
-    "signing": pb.KEY_KIND_SIGNING,
-}
-_KEY_KIND_NAMES = {value: name for name, value in KEY_KINDS.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class RotationPass:
-    """One pass of a key rotation (KeyAdminService.RotateKeys)."""
-
-    kind: str
-    dry_run: bool
-    due: int
-    rotated: int
-    trimmed: int
-    failed: int
-    remaining: int
-    records: int
-    kms_calls: int
-    #: The cut-off the pass used: give it to the next pass.
-    rotated_before: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class KeyAge:
-    kind: str
-    oldest: datetime | None
-    cryptoperiod: timedelta
-    due: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    seq: int
-    at: datetime
-    caller: str
-    action: str
-    subject_id: str
-    categories: tuple[str, ...]
-    fields: tuple[str, ...]
-    purpose: str
-    outcome: str
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class AuditVerification:
-    ok: bool
-    #: Entries walked.
-    checked: int
-    first_broken_seq: int | None
-    reason: str
-    checkpoint_seq: int | None
-    #: The whole chain was walked (asked for, or no checkpoint yet).
-    full: bool = False
-    #: One sentence for people, naming seqs only.
-    detail: str = ""
-    #: Exported checkpoints compared with the chain.
-    exported_checked: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AuditCheckpoint:
-    """A signed chain head, to keep outside the server's database.
-
-    ``signature`` is in the KMS backend's format; it signs
-    ``b"oubli-audit-checkpoint/v1\\n" + seq + b"\\n" + hash`` (ASCII).
-    """
-
-    seq: int
-    hash: str
-    at: datetime
-    signature: bytes
-    key_id: str
-    key_version: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuditCheckpointPage:
-    checkpoints: list[AuditCheckpoint]
-    #: Raw 32-byte Ed25519 public key of the signing key's latest version.
-    public_key: bytes
-    key_id: str
-    #: Every version of the signing key still held: version -> raw public key.
-    public_keys: dict[int, bytes] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SupportGrant:
-    grant_id: str
-    subject_id: str
-    ticket_record_id: str
-    granted_by: str
-    created_at: datetime
-    expires_at: datetime
-    status: str
-
-
-def _grant(m: pb.SupportGrant) -> SupportGrant:
-    return SupportGrant(
-        m.grant_id,
-        m.subject_id,
-        m.ticket_record_id,
-        m.granted_by,
-        m.create_time.ToDatetime(tzinfo=UTC),
-        m.expire_time.ToDatetime(tzinfo=UTC),
-        m.status,
-    )
-
-
-def _request(m: pb.RightsRequest) -> RightsRequest:
-    return RightsRequest(
-        m.request_id,
-        m.subject_id,
-        m.kind,
-        m.status,
-        m.receive_time.ToDatetime(tzinfo=UTC),
-        m.due_time.ToDatetime(tzinfo=UTC),
-        _time(m, "complete_time"),
-    )
-
-
-def _subject(m: pb.Subject) -> Subject:
-    return Subject(
-        m.subject_id,
-        _STATES.get(m.state, "unspecified"),
-        m.create_time.ToDatetime(tzinfo=UTC),
-        m.update_time.ToDatetime(tzinfo=UTC),
-        m.record_count,
-        m.restricted,
-        tuple(m.objections),
-        tuple(m.consents),
-        _time(m, "close_time"),
-        _time(m, "scheduled_erasure_time"),
-        _time(m, "hold_until_time"),
-    )
-
-
-def _receipt(r: pb.ShredReceipt) -> ShredReceipt:
-    return ShredReceipt(
-        r.subject_id,
-        r.key_id,
-        r.shred_time.ToDatetime(tzinfo=UTC),
-        r.records_deleted,
-        r.kms_backend,
-        r.residual_risk,
-        r.residual_copies_expire_time.ToDatetime(tzinfo=UTC),
-        r.records_retained,
-        _time(r, "retained_until_time"),
-        r.ledger_position,
-        r.signature,
-        r.signing_key_id,
-    )
-
-
-def _item_error(m: pb.ItemError) -> OubliClientError:
-    return error_for(grpc_code(m.code), m.message, m.reason)
-
-
-@dataclass(frozen=True, slots=True)
-class NewRecord:
-    """One record of a batch put."""
-
-    subject_id: str
-    category: str
-    fields: Mapping[str, str]
-    origin: str = "customer"
-
-
-def _record(m: pb.Record) -> Record:
-    return Record(
-        m.subject_id,
-        m.record_id,
-        m.category,
-        dict(m.fields),
-        m.version,
-        m.origin,
-        m.create_time.ToDatetime(tzinfo=UTC),
-        m.update_time.ToDatetime(tzinfo=UTC),
-        _time(m, "retain_until_time"),
-    )
+#: Deadline of a streaming call (export, retention run) unless the caller gives one.
+STREAM_TIMEOUT = 3600.0
 
 
 class OubliClient:
@@ -329,29 +75,36 @@ class OubliClient:
         self,
         target: str,
         *,
+        token: str | None = None,
         timeout: float = 10.0,
         max_attempts: int = 4,
         initial_backoff: float = 0.1,
         max_backoff: float = 2.0,
-        channel: grpc.Channel | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        token: str | None = None,
         root_certificates: bytes | None = None,
         client_cert: bytes | None = None,
         client_key: bytes | None = None,
+        channel: grpc.Channel | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ) -> None:
-        """``token``: bearer token (embedded default). ``root_certificates``: the CA
-        that signed the server's certificate, to use TLS; with ``client_cert`` and
-        ``client_key`` for mTLS, where the certificate names the caller."""
-        options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
-        if channel is None and root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
-            channel = grpc.secure_channel(target, credentials, options=options)
-        self._channel = channel or grpc.insecure_channel(target, options=options)
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        """``target``: "host:port". ``token``: the caller's bearer token.
+        ``timeout``: each attempt's deadline, in seconds. ``max_attempts``,
+        ``initial_backoff``, ``max_backoff``: retries of idempotent calls on UNAVAILABLE
+        (:class:`~oubli_client.retry.RetryPolicy`). ``root_certificates``: the CA that
+        signed the server's certificate, to speak TLS; with ``client_cert`` and
+        ``client_key`` for mTLS. ``channel``: one of the caller's own instead (the client
+        does not close it)."""
+        if timeout <= 0:
+            raise ValueError("timeout must be positive: every call has a deadline")
+        self.retry = RetryPolicy(max_attempts, initial_backoff, max_backoff)
+        self._metadata = bearer_metadata(token)
         self._owns_channel = channel is None
+        self._channel = channel or open_channel(
+            target,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
         self._subjects = pb_grpc.SubjectServiceStub(self._channel)
         self._records = pb_grpc.RecordServiceStub(self._channel)
         self._rights = pb_grpc.RightsServiceStub(self._channel)
@@ -361,10 +114,8 @@ class OubliClient:
         self._support = pb_grpc.SupportServiceStub(self._channel)
         self._key_admin = pb_grpc.KeyAdminServiceStub(self._channel)
         self.timeout = timeout
-        self.max_attempts = max_attempts
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
         self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
 
     def __enter__(self) -> OubliClient:
         return self
@@ -389,18 +140,26 @@ class OubliClient:
         idempotent: bool,
         timeout: float | None = None,
     ) -> T:
-        attempts = self.max_attempts if idempotent else 1
-        backoff = self._initial_backoff
-        for attempt in range(1, attempts + 1):
+        deadline = timeout or self.timeout
+        return call_with_retries(
+            lambda: rpc(request, timeout=deadline, metadata=self._metadata),
+            self.retry,
+            idempotent=idempotent,
+            rng=self._rng,
+            sleep=self._sleep,
+        )
+
+    def _in_chunks(self, items: Sequence[T], call: Callable[[Sequence[T]], list[R]]) -> list[R]:
+        """``call`` on each chunk of at most BATCH_MAX items, results in input order."""
+        done: list[R] = []
+        for chunk in chunks(items, BATCH_MAX):
             try:
-                return rpc(request, timeout=timeout or self.timeout, metadata=self._metadata)
-            except grpc.RpcError as e:
-                retry = attempt < attempts and e.code() == grpc.StatusCode.UNAVAILABLE
-                if not retry:
-                    raise from_rpc_error(e) from None
-                self._sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
-                backoff = min(backoff * 2, self._max_backoff)
-        raise AssertionError("unreachable")
+                done.extend(call(chunk))
+            except OubliClientError as e:
+                if not done:
+                    raise
+                raise BatchIncomplete(e, done, len(items) - len(done)) from e
+        return done
 
     # --- subjects -------------------------------------------------------------------
 
@@ -408,13 +167,13 @@ class OubliClient:
         response = self._call(
             self._subjects.CreateSubject, pb.CreateSubjectRequest(), idempotent=False
         )
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def get_subject(self, subject_id: str) -> Subject:
         response = self._call(
             self._subjects.GetSubject, pb.GetSubjectRequest(subject_id=subject_id), idempotent=True
         )
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def shred_subject(self, subject_id: str) -> ShredReceipt:
         response = self._call(
@@ -422,7 +181,7 @@ class OubliClient:
             pb.ShredSubjectRequest(subject_id=subject_id),
             idempotent=True,
         )
-        return _receipt(response.receipt)
+        return receipt_of(response.receipt)
 
     def export_subject(self, subject_id: str, purpose: str = "portability") -> dict[str, Any]:
         response = self._call(
@@ -434,10 +193,11 @@ class OubliClient:
         return document
 
     def stream_export(
-        self, subject_id: str, purpose: str = "portability", *, timeout: float | None = 3600.0
+        self, subject_id: str, purpose: str = "portability", *, timeout: float = STREAM_TIMEOUT
     ) -> Iterator[bytes]:
         """The export document's bytes, chunk by chunk, as the server streams them
-        (bounded memory on both sides: write them to a file as they come)."""
+        (bounded memory on both sides). Not retried: a stream cut midway has already
+        yielded its first chunks; :meth:`export_to_file` retries whole."""
         stream = self._subjects.StreamExport(
             pb.StreamExportRequest(subject_id=subject_id, purpose=purpose),
             timeout=timeout,
@@ -449,26 +209,76 @@ class OubliClient:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def shred_subjects(self, subject_ids: Sequence[str]) -> list[ShredReceipt | OubliClientError]:
-        """Erase up to 1 000 subjects; per subject, in order, its receipt or its error."""
-        response = self._call(
-            self._subjects.BatchShredSubjects,
-            pb.BatchShredSubjectsRequest(subject_ids=list(subject_ids)),
-            idempotent=True,
+    def export_to_file(
+        self,
+        subject_id: str,
+        path: str | os.PathLike[str],
+        purpose: str = "portability",
+        *,
+        timeout: float = STREAM_TIMEOUT,
+    ) -> int:
+        """Stream the subject's export document into ``path`` and return its size in
+        bytes. The file appears whole or not at all: the stream goes to a temporary file
+        beside it (mode 0600: it holds personal data), flushed to disk, then renamed over
+        ``path``. A stream cut by UNAVAILABLE is started again from the beginning, as any
+        idempotent call."""
+        target = Path(path)
+
+        def attempt() -> int:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                size = 0
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in self.stream_export(subject_id, purpose, timeout=timeout):
+                        out.write(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return size
+
+        return call_with_retries(
+            attempt, self.retry, idempotent=True, rng=self._rng, sleep=self._sleep
         )
-        return [
-            _receipt(r.receipt) if r.HasField("receipt") else _item_error(r.error)
-            for r in response.results
-        ]
+
+    def shred_subjects(self, subject_ids: Sequence[str]) -> list[ShredReceipt | OubliClientError]:
+        """Erase the subjects, BATCH_MAX per call; per subject, in order, its receipt or
+        its error. The ids must be distinct (InvalidArgument, field ``subject_ids``, and
+        nothing erased)."""
+        if len(set(subject_ids)) != len(subject_ids):
+            # What the server answers for one call, for the whole input.
+            raise error_for(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "subject_ids must be distinct",
+                field="subject_ids",
+            )
+
+        def shred(chunk: Sequence[str]) -> list[ShredReceipt | OubliClientError]:
+            response = self._call(
+                self._subjects.BatchShredSubjects,
+                pb.BatchShredSubjectsRequest(subject_ids=list(chunk)),
+                idempotent=True,
+            )
+            return [
+                receipt_of(r.receipt) if r.HasField("receipt") else item_error_of(r.error)
+                for r in response.results
+            ]
+
+        return self._in_chunks(subject_ids, shred)
 
     def close_account(self, subject_id: str) -> Subject:
         request = pb.CloseAccountRequest(subject_id=subject_id)
-        return _subject(self._call(self._subjects.CloseAccount, request, idempotent=False).subject)
+        return subject_of(
+            self._call(self._subjects.CloseAccount, request, idempotent=False).subject
+        )
 
     def reopen_account(self, subject_id: str) -> Subject:
         request = pb.ReopenAccountRequest(subject_id=subject_id)
         response = self._call(self._subjects.ReopenAccount, request, idempotent=False)
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     # --- records --------------------------------------------------------------------
 
@@ -479,47 +289,58 @@ class OubliClient:
             subject_id=subject_id, category=category, fields=dict(fields), origin=origin
         )
         response = self._call(self._records.CreateRecord, request, idempotent=False)
-        return _record(response.record)
+        return record_of(response.record)
 
     def get_record(self, subject_id: str, record_id: str, purpose: str) -> Record:
         request = pb.GetRecordRequest(subject_id=subject_id, record_id=record_id, purpose=purpose)
-        return _record(self._call(self._records.GetRecord, request, idempotent=True).record)
+        return record_of(self._call(self._records.GetRecord, request, idempotent=True).record)
 
     def batch_create_records(self, records: Sequence[NewRecord]) -> list[Record]:
-        """Store up to 1 000 records (any subjects) atomically: all of them or none."""
-        request = pb.BatchCreateRecordsRequest(
-            requests=[
-                pb.CreateRecordRequest(
-                    subject_id=r.subject_id,
-                    category=r.category,
-                    fields=dict(r.fields),
-                    origin=r.origin,
-                )
-                for r in records
+        """Store the records (any subjects), BATCH_MAX per call; each call is atomic, all
+        of its records or none. If a call after the first fails, :class:`BatchIncomplete`
+        says which records were stored (``done``): the rest were not."""
+
+        def create(chunk: Sequence[NewRecord]) -> list[Record]:
+            request = pb.BatchCreateRecordsRequest(
+                requests=[
+                    pb.CreateRecordRequest(
+                        subject_id=r.subject_id,
+                        category=r.category,
+                        fields=dict(r.fields),
+                        origin=r.origin,
+                    )
+                    for r in chunk
+                ]
+            )
+            response = self._call(self._records.BatchCreateRecords, request, idempotent=False)
+            # The server does not send the fields back: they are the ones sent.
+            return [
+                replace(record_of(m), fields=dict(r.fields))
+                for m, r in zip(response.records, chunk, strict=True)
             ]
-        )
-        response = self._call(self._records.BatchCreateRecords, request, idempotent=False)
-        # The server does not send the fields back: they are the ones sent.
-        return [
-            replace(_record(m), fields=dict(r.fields))
-            for m, r in zip(response.records, records, strict=True)
-        ]
+
+        return self._in_chunks(records, create)
 
     def batch_get_records(
         self, reads: Sequence[tuple[str, str, str]]
     ) -> list[Record | OubliClientError]:
-        """Read up to 1 000 records given as (subject_id, record_id, purpose); per read,
-        in order, the record or the error the unary GetRecord would have raised."""
-        request = pb.BatchGetRecordsRequest(
-            requests=[
-                pb.GetRecordRequest(subject_id=s, record_id=r, purpose=p) for s, r, p in reads
+        """Read records given as (subject_id, record_id, purpose), BATCH_MAX per call;
+        per read, in order, the record or the error the unary GetRecord would have
+        raised."""
+
+        def get(chunk: Sequence[tuple[str, str, str]]) -> list[Record | OubliClientError]:
+            request = pb.BatchGetRecordsRequest(
+                requests=[
+                    pb.GetRecordRequest(subject_id=s, record_id=r, purpose=p) for s, r, p in chunk
+                ]
+            )
+            response = self._call(self._records.BatchGetRecords, request, idempotent=True)
+            return [
+                record_of(r.record) if r.HasField("record") else item_error_of(r.error)
+                for r in response.results
             ]
-        )
-        response = self._call(self._records.BatchGetRecords, request, idempotent=True)
-        return [
-            _record(r.record) if r.HasField("record") else _item_error(r.error)
-            for r in response.results
-        ]
+
+        return self._in_chunks(reads, get)
 
     def list_records(
         self, subject_id: str, category: str = "", page_size: int = 0, *, purpose: str
@@ -536,7 +357,7 @@ class OubliClient:
                 purpose=purpose,
             )
             response = self._call(self._records.ListRecords, request, idempotent=True)
-            records.extend(_record(m) for m in response.records)
+            records.extend(record_of(m) for m in response.records)
             token = response.next_page_token
             if not token:
                 return records
@@ -562,7 +383,7 @@ class OubliClient:
             origin=origin,
             erase_everywhere=erase_everywhere,
         )
-        return _record(self._call(self._records.UpdateRecord, request, idempotent=False).record)
+        return record_of(self._call(self._records.UpdateRecord, request, idempotent=False).record)
 
     def delete_record(
         self, subject_id: str, record_id: str, *, erase_everywhere: bool = False
@@ -582,7 +403,7 @@ class OubliClient:
         always empty: recording an event is not a read.
         """
         request = pb.RecordEventRequest(subject_id=subject_id, record_id=record_id, event=event)
-        return _record(self._call(self._records.RecordEvent, request, idempotent=False).record)
+        return record_of(self._call(self._records.RecordEvent, request, idempotent=False).record)
 
     # --- rights ---------------------------------------------------------------------
 
@@ -595,43 +416,43 @@ class OubliClient:
     def restrict(self, subject_id: str) -> Subject:
         request = pb.RestrictProcessingRequest(subject_id=subject_id)
         response = self._call(self._rights.RestrictProcessing, request, idempotent=True)
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def lift_restriction(self, subject_id: str) -> Subject:
         request = pb.LiftRestrictionRequest(subject_id=subject_id)
         response = self._call(self._rights.LiftRestriction, request, idempotent=True)
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def object_to(self, subject_id: str, purpose: str) -> Subject:
         request = pb.ObjectToPurposeRequest(subject_id=subject_id, purpose=purpose)
         response = self._call(self._rights.ObjectToPurpose, request, idempotent=True)
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def withdraw_objection(self, subject_id: str, purpose: str) -> Subject:
         request = pb.WithdrawObjectionRequest(subject_id=subject_id, purpose=purpose)
         response = self._call(self._rights.WithdrawObjection, request, idempotent=True)
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def grant_consent(self, subject_id: str, consent: str) -> Subject:
         request = pb.GrantConsentRequest(subject_id=subject_id, consent=consent)
         response = self._call(self._rights.GrantConsent, request, idempotent=True)
-        return _subject(response.subject)
+        return subject_of(response.subject)
 
     def withdraw_consent(self, subject_id: str, consent: str) -> tuple[Subject, int]:
         """The subject, and how many records stored under the consent were destroyed."""
         request = pb.WithdrawConsentRequest(subject_id=subject_id, consent=consent)
         response = self._call(self._rights.WithdrawConsent, request, idempotent=True)
-        return _subject(response.subject), response.records_destroyed
+        return subject_of(response.subject), response.records_destroyed
 
     def create_rights_request(self, subject_id: str, kind: str) -> RightsRequest:
         request = pb.CreateRightsRequestRequest(subject_id=subject_id, kind=kind)
         response = self._call(self._rights.CreateRightsRequest, request, idempotent=False)
-        return _request(response.request)
+        return request_of(response.request)
 
     def close_rights_request(self, request_id: str, status: str = "completed") -> RightsRequest:
         request = pb.CloseRightsRequestRequest(request_id=request_id, status=status)
         response = self._call(self._rights.CloseRightsRequest, request, idempotent=False)
-        return _request(response.request)
+        return request_of(response.request)
 
     def list_rights_requests(
         self, subject_id: str = "", *, open_only: bool = False, overdue_only: bool = False
@@ -640,12 +461,12 @@ class OubliClient:
             subject_id=subject_id, open_only=open_only, overdue_only=overdue_only
         )
         response = self._call(self._rights.ListRightsRequests, request, idempotent=True)
-        return [_request(m) for m in response.requests]
+        return [request_of(m) for m in response.requests]
 
     # --- retention ------------------------------------------------------------------
 
     def run_retention(
-        self, *, dry_run: bool = False, timeout: float | None = 3600.0
+        self, *, dry_run: bool = False, timeout: float = STREAM_TIMEOUT
     ) -> Iterator[RetentionAction | RetentionSummary]:
         """Each action as it is carried out (or planned, on a dry run), then the summary."""
         stream = self._retention.RunRetention(
@@ -688,7 +509,7 @@ class OubliClient:
         limit: int = 0,
         rotated_before: datetime | None = None,
         rate: float = 0.0,
-        timeout: float | None = 3600.0,
+        timeout: float = STREAM_TIMEOUT,
     ) -> RotationPass:
         """One pass of the rotation of ``kind`` (subjects, buckets, deks, index,
         signing). Retried on UNAVAILABLE only with ``rotated_before`` set (a forced pass
@@ -700,7 +521,7 @@ class OubliClient:
             dry_run=dry_run,
             force=force,
             limit=limit,
-            rotated_before=_timestamp(rotated_before) if rotated_before else None,
+            rotated_before=timestamp_of(rotated_before) if rotated_before else None,
             rate=rate,
         )
         m = self._call(
@@ -710,7 +531,7 @@ class OubliClient:
             timeout=timeout,
         )
         return RotationPass(
-            _KEY_KIND_NAMES[m.kind],
+            KEY_KIND_NAMES[m.kind],
             m.dry_run,
             m.due,
             m.rotated,
@@ -727,8 +548,8 @@ class OubliClient:
         m = self._call(self._key_admin.GetKeyAges, pb.GetKeyAgesRequest(), idempotent=True)
         return [
             KeyAge(
-                _KEY_KIND_NAMES[a.kind],
-                _time(a, "oldest_time"),
+                KEY_KIND_NAMES[a.kind],
+                time_of(a, "oldest_time"),
                 a.cryptoperiod.ToTimedelta(),
                 a.due,
             )
@@ -787,7 +608,7 @@ class OubliClient:
                 pb.AuditCheckpoint(
                     seq=c.seq,
                     hash=c.hash,
-                    time=_timestamp(c.at),
+                    time=timestamp_of(c.at),
                     signature=c.signature,
                     key_id=c.key_id,
                     key_version=c.key_version,
@@ -838,12 +659,12 @@ class OubliClient:
             subject_id=subject_id, ticket_record_id=ticket_record_id, hours=hours
         )
         response = self._call(self._support.GrantSupportAccess, request, idempotent=False)
-        return _grant(response.grant)
+        return grant_of(response.grant)
 
     def revoke_support_access(self, grant_id: str) -> SupportGrant:
         request = pb.RevokeSupportAccessRequest(grant_id=grant_id)
         response = self._call(self._support.RevokeSupportAccess, request, idempotent=False)
-        return _grant(response.grant)
+        return grant_of(response.grant)
 
     def support_overview(self, subject_id: str) -> dict[str, Any]:
         """Metadata only: per category record count, ciphertext bytes, dates; live grants."""
@@ -851,7 +672,7 @@ class OubliClient:
         response = self._call(self._support.GetOverview, request, idempotent=True)
         return {
             "subject_id": response.subject_id,
-            "state": _STATES.get(response.state, "unspecified"),
+            "state": STATE_NAMES.get(response.state, "unspecified"),
             "categories": {
                 c.category: {
                     "record_count": c.record_count,
@@ -861,10 +682,10 @@ class OubliClient:
                 }
                 for c in response.categories
             },
-            "live_grants": [_grant(g) for g in response.live_grants],
+            "live_grants": [grant_of(g) for g in response.live_grants],
         }
 
     def read_under_grant(self, subject_id: str, grant_id: str) -> list[Record]:
         request = pb.ReadUnderGrantRequest(subject_id=subject_id, grant_id=grant_id)
         response = self._call(self._support.ReadUnderGrant, request, idempotent=True)
-        return [_record(m) for m in response.records]
+        return [record_of(m) for m in response.records]
