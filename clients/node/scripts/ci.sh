@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI for the Node client (clients/node): install exactly the lockfile, check that the
 # generated code matches proto/, typecheck and build, then run the tests against a real
-# `oubli serve`. Needs node >= 20, npm, and the repository's .venv/bin/oubli (or OUBLI_BIN).
+# `oubli serve`. Needs node >= 20, npm, openssl (the TLS tests issue a throwaway CA) and
+# the repository's .venv/bin/oubli (or OUBLI_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
