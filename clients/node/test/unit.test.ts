@@ -1,15 +1,15 @@
 /**
- * Without a server: decoding of the google.rpc details, batch splitting, and retries
- * against a port nothing listens on (UNAVAILABLE).
+ * Without a server: decoding of the google.rpc details, batch splitting, retries against
+ * a port nothing listens on (UNAVAILABLE), deadlines against one that never answers.
  */
 
 import assert from "node:assert/strict";
-import { createServer } from "node:net";
+import { createServer, type Socket } from "node:net";
 import { describe, test } from "node:test";
 
 import { Metadata } from "@grpc/grpc-js";
 
-import { chunked, decodeStatusDetails, Unavailable, OubliClient, Status } from "../src/index";
+import { chunked, DeadlineExceeded, decodeStatusDetails, Unavailable, OubliClient, Status } from "../src/index";
 import { fromServiceError, InvalidArgument, NotFound, ResourceExhausted } from "../src/errors";
 import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details";
 import { Status as RpcStatus } from "../src/gen/google/rpc/status";
@@ -102,7 +102,7 @@ describe("batches", () => {
   });
 });
 
-describe("retries on UNAVAILABLE", () => {
+describe("the channel: retries on UNAVAILABLE, deadlines, credentials", () => {
   async function clientOnClosedPort() {
     const waits: number[] = [];
     const client = new OubliClient(`127.0.0.1:${await closedPort()}`, {
@@ -152,6 +152,35 @@ describe("retries on UNAVAILABLE", () => {
       assert.equal(waits.length, 2);
     } finally {
       client.close();
+    }
+  });
+
+  test("a server that never answers: DEADLINE_EXCEEDED after timeoutMs, not retried", async () => {
+    // Accepts TCP connections and says nothing: no HTTP/2, so no gRPC status ever comes.
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const { port } = silent.address() as { port: number };
+    const waits: number[] = [];
+    const client = new OubliClient(`127.0.0.1:${port}`, {
+      timeoutMs: 300,
+      streamTimeoutMs: 300,
+      sleep: async (ms) => {
+        waits.push(ms);
+      },
+    });
+    try {
+      const started = Date.now();
+      await assert.rejects(client.getSubject("a".repeat(26)), DeadlineExceeded);
+      await assert.rejects(async () => {
+        for await (const _ of client.streamExport("a".repeat(26))) assert.fail("no chunk expected");
+      }, DeadlineExceeded);
+      assert.ok(Date.now() - started < 5_000, "two deadlines of 300 ms");
+      assert.deepEqual(waits, []);
+    } finally {
+      client.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
     }
   });
 
