@@ -37,6 +37,7 @@ import {
   toReceipt,
   toRecord,
   toSubject,
+  type ExportDocument,
   type NewRecord,
   type RecordRead,
   type ShredReceipt,
@@ -273,14 +274,21 @@ export class OubliClient {
 
   // --- export -----------------------------------------------------------------------
 
-  /** The subject's records readable for `purpose`, decrypted, as the parsed JSON document. */
-  async exportSubject(subjectId: string, purpose = "portability", settings?: CallSettings): Promise<unknown> {
+  /**
+   * The subject's records readable for `purpose` (`"portability"`: the subject's own
+   * export), decrypted, as the parsed JSON document.
+   */
+  async exportSubject(
+    subjectId: string,
+    purpose = "portability",
+    settings?: CallSettings,
+  ): Promise<ExportDocument> {
     const response = await this.unary<pb.ExportSubjectResponse>(
       (md, opts, cb) => this.subjects.exportSubject({ subjectId, purpose }, md, opts, cb),
       true,
       settings,
     );
-    return JSON.parse(response.json.toString("utf8"));
+    return JSON.parse(response.json.toString("utf8")) as ExportDocument;
   }
 
   /**

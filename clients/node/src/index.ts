@@ -26,6 +26,16 @@ export {
   errorFor,
   type OubliErrorDetails,
 } from "./errors";
-export type { NewRecord, RecordRead, ShredReceipt, StoredRecord, Subject, SubjectState } from "./types";
+export type {
+  ExportDocument,
+  ExportedCategory,
+  ExportedRecord,
+  NewRecord,
+  RecordRead,
+  ShredReceipt,
+  StoredRecord,
+  Subject,
+  SubjectState,
+} from "./types";
 /** The generated messages and service clients, for RPCs this class does not wrap. */
 export * as proto from "./gen/oubli/v1/vault";

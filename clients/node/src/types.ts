@@ -132,3 +132,30 @@ export function toReceipt(m: pb.ShredReceipt | undefined): ShredReceipt {
     signingKeyId: m.signingKeyId,
   };
 }
+
+/**
+ * The export document (ExportSubject, StreamExport): vault/schemas/export.v1.schema.json,
+ * with the schema's snake_case names. Times are RFC 3339 strings in UTC.
+ */
+export interface ExportDocument {
+  format: "oubli.export.v1";
+  exported_at: string;
+  subject: { subject_id: string; state: "active" | "closed" | "held"; created_at: string };
+  categories: Record<string, ExportedCategory>;
+}
+
+export interface ExportedCategory {
+  description: string;
+  purposes: string[];
+  legal_basis: "contract" | "consent" | "legal_obligation" | "legitimate_interest" | "unknown";
+  records: ExportedRecord[];
+}
+
+export interface ExportedRecord {
+  record_id: string;
+  version: number;
+  origin: string;
+  created_at: string;
+  updated_at: string;
+  fields: Record<string, string>;
+}

@@ -71,11 +71,17 @@ export class OubliServer {
     throw new Error(`oubli serve did not start within ${START_TIMEOUT_MS} ms:\n${output}`);
   }
 
-  /** A bearer token for `caller` (a caller of vault/access/default_callers.toml). */
-  async token(caller: string): Promise<string> {
-    const { stdout } = await run(OUBLI_BIN, ["token", "create", caller, "--data-dir", this.dataDir], {
-      timeout: 60_000,
-    });
+  /**
+   * A bearer token for `caller` (a caller of vault/access/default_callers.toml), valid for
+   * `expiresIn` (`oubli token create --expires-in`, e.g. "1s"; default 90 days).
+   */
+  async token(caller: string, expiresIn?: string): Promise<string> {
+    const lifetime = expiresIn ? ["--expires-in", expiresIn] : [];
+    const { stdout } = await run(
+      OUBLI_BIN,
+      ["token", "create", caller, "--data-dir", this.dataDir, ...lifetime],
+      { timeout: 60_000 },
+    );
     const token = stdout.split("\n")[0]?.trim();
     if (!token) throw new Error(`oubli token create ${caller} printed no token`);
     return token;

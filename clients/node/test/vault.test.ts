@@ -82,9 +82,12 @@ describe("OubliClient against oubli serve", () => {
 
   test("exports a subject: unary JSON and streamed to a file give the same document", async () => {
     const { subjectId, record } = await subjectWithContact();
-    const document = (await panel.exportSubject(subjectId)) as Record<string, unknown>;
-    assert.ok(JSON.stringify(document).includes(record.recordId));
-    assert.ok(JSON.stringify(document).includes(CONTACT.email));
+    const document = await panel.exportSubject(subjectId);
+    assert.equal(document.format, "oubli.export.v1");
+    assert.equal(document.subject.subject_id, subjectId);
+    const [exported] = document.categories["contact"]?.records ?? [];
+    assert.equal(exported?.record_id, record.recordId);
+    assert.deepEqual(exported?.fields, CONTACT);
 
     const chunks: Buffer[] = [];
     for await (const chunk of panel.streamExport(subjectId)) chunks.push(chunk);
@@ -159,6 +162,21 @@ describe("OubliClient against oubli serve", () => {
       } finally {
         client.close();
       }
+    }
+  });
+
+  test("an expired token: UNAUTHENTICATED / TOKEN_EXPIRED, naming the token", async () => {
+    const client = new OubliClient(server.target, { token: await server.token("control-panel", "1s") });
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      await assert.rejects(client.createSubject(), (error) => {
+        assert.ok(error instanceof Unauthenticated, String(error));
+        assert.equal(error.reason, "TOKEN_EXPIRED");
+        assert.match(error.metadata["token_id"] ?? "", /^tok_/);
+        return true;
+      });
+    } finally {
+      client.close();
     }
   });
 
