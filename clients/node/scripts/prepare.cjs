@@ -6,7 +6,7 @@
 "use strict";
 
 const { execFileSync } = require("node:child_process");
-const { existsSync } = require("node:fs");
+const { existsSync, rmSync } = require("node:fs");
 const path = require("node:path");
 
 const root = path.resolve(__dirname, "..");
@@ -20,4 +20,6 @@ if (!existsSync(tsc)) {
     stdio: "inherit",
   });
 }
+// From scratch, so no file of an older build (a module since removed) is shipped.
+rmSync(path.join(root, "dist"), { recursive: true, force: true });
 execFileSync(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: root, stdio: "inherit" });
