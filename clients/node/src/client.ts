@@ -11,7 +11,7 @@
  * Every call has a deadline. Idempotent calls (reads, export, shred) are retried with
  * exponential backoff and full jitter on UNAVAILABLE; calls that create or change data
  * are not, since a retry could apply them twice. gRPC errors become the OubliError
- * classes of ./errors (the Python client, clients/oubli_client.py, behaves the same).
+ * classes of ./errors (the Python client, clients/python/oubli_client, behaves the same).
  */
 
 import { randomBytes } from "node:crypto";
@@ -161,10 +161,13 @@ export class OubliClient {
     return metadata;
   }
 
-  /** The random wait before retry `retry` (1 for the first): full jitter. */
-  private backoffMs(retry: number): number {
+  /** The random wait before retry `retry` (1 for the first): full jitter, and never
+   * shorter than the server's google.rpc.RetryInfo, when it sent one. */
+  private backoffMs(retry: number, error: unknown): number {
     const bound = Math.min(this.initialBackoffMs * 2 ** (retry - 1), this.maxBackoffMs);
-    return Math.random() * bound;
+    const translated = fromServiceError(error);
+    const floorMs = translated instanceof OubliError ? (translated.retryAfter ?? 0) * 1000 : 0;
+    return Math.max(Math.random() * bound, floorMs);
   }
 
   private retryable(error: unknown, attempt: number, idempotent: boolean): boolean {
@@ -190,7 +193,7 @@ export class OubliClient {
         });
       } catch (error) {
         if (!this.retryable(error, attempt, idempotent)) throw fromServiceError(error);
-        await this.sleep(this.backoffMs(attempt));
+        await this.sleep(this.backoffMs(attempt, error));
       }
     }
   }
@@ -310,6 +313,7 @@ export class OubliClient {
         { deadline: new Date(Date.now() + timeoutMs) },
       );
       let chunks = 0;
+      let failure: unknown;
       try {
         for await (const message of call as AsyncIterable<pb.StreamExportResponse>) {
           chunks++;
@@ -318,10 +322,11 @@ export class OubliClient {
         return;
       } catch (error) {
         if (chunks > 0 || !this.retryable(error, attempt, true)) throw fromServiceError(error);
+        failure = error;
       } finally {
         call.cancel();
       }
-      await this.sleep(this.backoffMs(attempt));
+      await this.sleep(this.backoffMs(attempt, failure));
     }
   }
 
@@ -329,7 +334,7 @@ export class OubliClient {
    * Streams the export into `filePath`: written to a temporary file beside it (mode
    * 0600: it holds personal data), flushed to disk, then renamed over `filePath`, so the
    * path holds either the whole document or what it held before. Returns the bytes
-   * written.
+   * written. A stream cut by UNAVAILABLE midway starts the whole export again.
    */
   async exportToFile(
     subjectId: string,
@@ -337,17 +342,36 @@ export class OubliClient {
     purpose = "portability",
     settings?: CallSettings,
   ): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      const progress = { written: 0 };
+      try {
+        return await this.exportOnce(subjectId, filePath, purpose, settings, progress);
+      } catch (error) {
+        // streamExport already retried a stream that failed before its first chunk; one
+        // cut midway starts the whole export again, into a fresh temporary file.
+        if (progress.written === 0 || !this.retryable(error, attempt, true)) throw error;
+        await this.sleep(this.backoffMs(attempt, error));
+      }
+    }
+  }
+
+  private async exportOnce(
+    subjectId: string,
+    filePath: string,
+    purpose: string,
+    settings: CallSettings | undefined,
+    progress: { written: number },
+  ): Promise<number> {
     const directory = path.dirname(path.resolve(filePath));
     const temporary = path.join(
       directory,
       `.${path.basename(filePath)}.${randomBytes(6).toString("hex")}.partial`,
     );
     const file = await open(temporary, "wx", 0o600);
-    let written = 0;
     try {
       for await (const chunk of this.streamExport(subjectId, purpose, settings)) {
         await file.write(chunk);
-        written += chunk.length;
+        progress.written += chunk.length;
       }
       await file.sync();
       await file.close();
@@ -357,7 +381,7 @@ export class OubliClient {
       await unlink(temporary).catch(() => undefined);
       throw error;
     }
-    return written;
+    return progress.written;
   }
 
   // --- records ----------------------------------------------------------------------

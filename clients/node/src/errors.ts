@@ -1,6 +1,6 @@
 /**
  * Client-side errors, one class per gRPC status the API documents (mirrors the Python
- * client's `clients/errors.py`).
+ * client's `oubli_client.errors`, clients/python).
  *
  * Each carries the status code, the server's message (never personal data) and what the
  * `grpc-status-details-bin` trailer holds: the `reason` of the google.rpc.ErrorInfo

@@ -4,15 +4,19 @@
  */
 
 import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { createServer, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { describe, test } from "node:test";
 
-import { Metadata } from "@grpc/grpc-js";
+import { Metadata, Server, ServerCredentials, type ServiceError } from "@grpc/grpc-js";
 
 import { chunked, DeadlineExceeded, decodeStatusDetails, Unavailable, OubliClient, Status } from "../src/index";
 import { fromServiceError, InvalidArgument, NotFound, ResourceExhausted } from "../src/errors";
 import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details";
 import { Status as RpcStatus } from "../src/gen/google/rpc/status";
+import { GetSubjectResponse, SubjectServiceService } from "../src/gen/oubli/v1/vault";
 
 function any(typeName: string, value: Uint8Array) {
   return { typeUrl: `type.googleapis.com/${typeName}`, value: Buffer.from(value) };
@@ -152,6 +156,80 @@ describe("the channel: retries on UNAVAILABLE, deadlines, credentials", () => {
       assert.equal(waits.length, 2);
     } finally {
       client.close();
+    }
+  });
+
+  test("the server's RetryInfo is a floor under the jittered wait", async () => {
+    // A gRPC server whose GetSubject is UNAVAILABLE twice with RetryInfo 3 s, then answers.
+    let calls = 0;
+    const server = new Server();
+    server.addService(SubjectServiceService, {
+      getSubject: (_call: unknown, callback: (error: Partial<ServiceError> | null, value?: GetSubjectResponse) => void) => {
+        calls++;
+        if (calls > 2) {
+          callback(null, GetSubjectResponse.fromPartial({ subject: { subjectId: "a".repeat(26) } }));
+          return;
+        }
+        const status: RpcStatus = {
+          code: Status.UNAVAILABLE,
+          message: "busy",
+          details: [any("google.rpc.RetryInfo", RetryInfo.encode({ retryDelay: { seconds: 3, nanos: 0 } }).finish())],
+        };
+        const metadata = new Metadata();
+        metadata.set("grpc-status-details-bin", Buffer.from(RpcStatus.encode(status).finish()));
+        callback({ code: Status.UNAVAILABLE, details: "busy", metadata });
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    );
+    const waits: number[] = [];
+    const client = new OubliClient(`127.0.0.1:${port}`, {
+      initialBackoffMs: 10,
+      sleep: async (ms) => {
+        waits.push(ms);
+      },
+    });
+    try {
+      const subject = await client.getSubject("a".repeat(26));
+      assert.equal(subject.subjectId, "a".repeat(26));
+      assert.deepEqual(waits, [3000, 3000], "the jitter alone would wait at most 10 and 20 ms");
+      assert.equal(calls, 3);
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
+  });
+
+  test("exportToFile starts again when the stream is cut midway; the file holds the second", async () => {
+    const streams: Array<Array<Buffer | Error>> = [
+      [Buffer.from('{"partial": '), new Unavailable(Status.UNAVAILABLE, "cut")],
+      [Buffer.from("{}")],
+    ];
+    const waits: number[] = [];
+    const client = new OubliClient(`127.0.0.1:${await closedPort()}`, {
+      sleep: async (ms) => {
+        waits.push(ms);
+      },
+    });
+    Object.assign(client, {
+      async *streamExport(): AsyncGenerator<Buffer> {
+        for (const item of streams.shift()!) {
+          if (item instanceof Error) throw item;
+          yield item;
+        }
+      },
+    });
+    const directory = await mkdtemp(path.join(tmpdir(), "oubli-export-"));
+    try {
+      const target = path.join(directory, "export.json");
+      assert.equal(await client.exportToFile("a".repeat(26), target), 2);
+      assert.equal(await readFile(target, "utf8"), "{}");
+      assert.equal(waits.length, 1);
+      assert.deepEqual(await readdir(directory), ["export.json"]);
+    } finally {
+      client.close();
+      await rm(directory, { recursive: true, force: true });
     }
   });
 
