@@ -254,6 +254,21 @@ class KeyManager(abc.ABC):
             KmsUnavailable: the KMS could not be reached.
         """
 
+    def sign_many(self, key_id: str, items: Sequence[bytes]) -> list[bytes]:
+        """Sign each of ``items`` with the latest version of signing key ``key_id``:
+        the signatures, as :meth:`sign` returns them, in the order of ``items``.
+
+        All or nothing: one item that cannot be signed fails the whole call, with the
+        error :meth:`sign` would raise. Backends that can batch override this; the
+        default makes one call per item.
+
+        Raises:
+            KeyDestroyed: ``key_id`` does not exist.
+            KmsError: ``key_id`` is not a signing key.
+            KmsUnavailable: the KMS could not be reached.
+        """
+        return [self.sign(key_id, data) for data in items]
+
     @abc.abstractmethod
     def verify(self, key_id: str, data: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is a valid signature of ``data`` by ``key_id``.

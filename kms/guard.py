@@ -421,6 +421,9 @@ class GuardedKeyManager(KeyManager):
     def sign(self, key_id: str, data: bytes) -> bytes:
         return self._guarded("sign", key_id, lambda: self.backend.sign(key_id, data))
 
+    def sign_many(self, key_id: str, items: Sequence[bytes]) -> list[bytes]:
+        return self._guarded("sign_many", key_id, lambda: self.backend.sign_many(key_id, items))
+
     def verify(self, key_id: str, data: bytes, signature: bytes) -> bool:
         return self._guarded("verify", key_id, lambda: self.backend.verify(key_id, data, signature))
 

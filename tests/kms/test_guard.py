@@ -281,6 +281,7 @@ def test_outside_a_call_every_kms_call_is_tried(
         lambda g: g.key_exists("k1"),
         lambda g: g.create_signing_key("s1"),
         lambda g: g.sign("s1", b"m"),
+        lambda g: g.sign_many("s1", [b"m", b"n"]),
         lambda g: g.verify("s1", b"m", b"s"),
         lambda g: g.public_key("s1"),
         lambda g: g.rotate_key("k1"),
@@ -302,6 +303,20 @@ def test_every_method_is_guarded(
     with pytest.raises(KmsCircuitOpen):
         call(guard)
     assert backend.calls == calls
+
+
+def test_sign_many_reaches_the_backend_as_one_guarded_call(
+    guard: GuardedKeyManager, backend: ScriptedKms
+) -> None:
+    guard.create_signing_key("s1")
+    calls = backend.calls
+
+    signatures = guard.sign_many("s1", [b"m", b"n", b"o"])
+
+    assert len(signatures) == 3
+    assert backend.calls - calls == 1  # the backend's batch, not three guarded signs
+    latencies = guard.status().latencies
+    assert latencies["sign_many"].count == 1 and "sign" not in latencies
 
 
 def test_invalid_settings_are_refused(backend: ScriptedKms) -> None:

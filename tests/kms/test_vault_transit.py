@@ -249,6 +249,7 @@ UNREACHABLE_OPERATIONS: list[tuple[str, Callable[[VaultTransitKeyManager, str], 
     ("unwrap_many", lambda kms, key_id: kms.unwrap_many([(key_id, b"vault:v1:AAAA")])),
     ("destroy_key", lambda kms, key_id: kms.destroy_key(key_id)),
     ("key_exists", lambda kms, key_id: kms.key_exists(key_id)),
+    ("sign_many", lambda kms, key_id: kms.sign_many(key_id, [b"head"])),
     ("ensure_mount", lambda kms, key_id: kms.ensure_mount()),
 ]
 
@@ -264,3 +265,28 @@ def test_unreachable_kms_raises_unavailable(
     with pytest.raises(KmsUnavailable):
         operation(unreachable_kms, new_key_id())
     assert unreachable_kms.calls >= 1, name
+
+
+# --- batch sign: what Transit may answer --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch_results",
+    [
+        pytest.param([{"signature": "vault:v1:AAAA"}, {"error": "refused"}], id="item-error"),
+        pytest.param([{"signature": "vault:v1:AAAA"}], id="one-result-short"),
+        pytest.param([{"signature": "vault:v1:AAAA"}] * 3, id="one-result-over"),
+    ],
+)
+def test_sign_many_refuses_an_answer_that_does_not_sign_every_item(
+    unreachable_kms: VaultTransitKeyManager, batch_results: list[dict[str, str]]
+) -> None:
+    def answer(*args: object, **kwargs: object) -> dict[str, object]:
+        return {"data": {"batch_results": batch_results}}
+
+    unreachable_kms._transit.sign_data = answer  # type: ignore[method-assign]
+    with pytest.raises(KmsError) as caught:
+        unreachable_kms.sign_many("signing", [b"one", b"two"])
+    assert not isinstance(caught.value, KmsUnavailable | KeyDestroyed)
+    assert caught.value.key_id == "signing"
+    assert unreachable_kms.calls == 1
