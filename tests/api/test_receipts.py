@@ -102,3 +102,20 @@ def test_every_receipt_of_a_batch_shred_is_signed(stack: Stack) -> None:
     for receipt in receipts:
         assert verify_receipt_text(receipt_text(receipt), public_key)["subject_id"] in sids
     assert len({r.ledger_position for r in receipts}) == 4
+
+
+@pytest.mark.parametrize("stack", ["postgresql+vault"], indirect=True)
+def test_a_batch_shred_signs_its_receipts_in_one_kms_call(stack: Stack) -> None:
+    """N subjects: N key destructions and one batch sign, not N + N."""
+    sids = [stack.client.create_subject().subject_id for _ in range(12)]  # > 8 workers
+
+    before = stack.kms.calls
+    results = stack.client.shred_subjects(sids)
+    calls = stack.kms.calls - before
+
+    assert calls == len(sids) + 1
+    receipts = [r for r in results if isinstance(r, ShredReceipt)]
+    assert [r.subject_id for r in receipts] == sids
+    public_key = stack.kms.public_key(receipts[0].signing_key_id)
+    for receipt in receipts:
+        assert verify_receipt_text(receipt_text(receipt), public_key)["subject_id"] in sids

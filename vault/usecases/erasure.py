@@ -119,10 +119,10 @@ class Erasure:
     ) -> list[ShredReceipt | OubliError]:
         """Erase each subject (BatchShredSubjects, the retention job): per subject, in
         request order, its receipt or its error. One failure stops nothing; each
-        subject's audit entry names its failure. With ``signer``, each receipt is
-        signed (one KMS call each, side by side); a subject whose receipt cannot be
-        signed is erased all the same, has the signing error as its result, and a retry
-        returns its receipt signed."""
+        subject's audit entry names its failure. With ``signer``, the receipts are
+        signed together (one KMS call for them all; Transit: one per 400); if they
+        cannot be signed, each subject is erased all the same, has the signing error as
+        its result, and a retry returns its receipt signed."""
         check_batch("subject_ids", len(subject_ids))
         if len(set(subject_ids)) != len(subject_ids):
             raise InvalidArgument("subject_ids", "a subject id appears twice")
@@ -289,13 +289,18 @@ class Erasure:
     def _signed(
         self, results: list[ShredReceipt | OubliError], signer: ReceiptSigner | None
     ) -> list[ShredReceipt | OubliError]:
-        """``results`` with every receipt signed by ``signer`` (side by side); a receipt
-        that cannot be signed is replaced by the error."""
+        """``results`` with every receipt signed by ``signer``, all in one batch; if the
+        batch cannot be signed, each receipt is replaced by the error."""
         if signer is None:
             return results
         receipts = [r for r in results if isinstance(r, ShredReceipt)]
-        signed = iter(self._side_by_side(signer.sign, receipts))
-        return [next(signed) if isinstance(r, ShredReceipt) else r for r in results]
+        signed: list[ShredReceipt | OubliError]
+        try:
+            signed = list(signer.sign_many(receipts))
+        except OubliError as e:
+            signed = [e] * len(receipts)
+        each = iter(signed)
+        return [next(each) if isinstance(r, ShredReceipt) else r for r in results]
 
     def _side_by_side(
         self, task: Callable[[_Item], _Result], items: Sequence[_Item]

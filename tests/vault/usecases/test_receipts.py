@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -14,6 +15,7 @@ import pytest
 from kms.signatures import verify_ed25519
 from tests.memory_kms import InMemoryKeyManager
 from vault.audit.signing import SigningKey
+from vault.errors import InvalidArgument, Unavailable
 from vault.storage import Storage
 from vault.usecases.erasure import Erasure
 from vault.usecases.receipts import (
@@ -218,20 +220,49 @@ def test_a_receipt_that_cannot_be_signed_is_an_error_and_a_retry_signs_it(
     key = SigningKey(memory_kms, "audit-signing")
     key.ensure()
     signer = ReceiptSigner(key)
-    sid = vault.create_subject().subject_id
-    real_sign = memory_kms.sign
+    sids = [vault.create_subject().subject_id for _ in range(3)]
+    real_sign_many = memory_kms.sign_many
 
-    def refuse(key_id: str, data: bytes) -> bytes:
+    def refuse(key_id: str, items: Sequence[bytes]) -> list[bytes]:
         memory_kms.unavailable = True
         try:
-            return real_sign(key_id, data)
+            return real_sign_many(key_id, items)
         finally:
             memory_kms.unavailable = False
 
-    memory_kms.sign = refuse  # type: ignore[method-assign]
-    [failed] = erasure.shred_many([sid], signer)
-    memory_kms.sign = real_sign  # type: ignore[method-assign]
-    assert isinstance(failed, Exception)
-    assert vault.storage.receipt(sid) is not None  # erased all the same
-    retried = erasure.shred(sid, signer)
-    assert verify_receipt_text(receipt_text(retried), key.public_key())
+    memory_kms.sign_many = refuse  # type: ignore[method-assign]
+    failed = erasure.shred_many([*sids, "not-an-id"], signer)
+    memory_kms.sign_many = real_sign_many  # type: ignore[method-assign]
+    assert all(isinstance(f, Unavailable) for f in failed[:3])  # each has the batch's error
+    assert isinstance(failed[3], InvalidArgument)  # its own error, untouched
+    for sid in sids:
+        assert vault.storage.receipt(sid) is not None  # erased all the same
+    retried = erasure.shred_many(sids, signer)
+    for receipt in retried:
+        assert isinstance(receipt, ShredReceipt)
+        assert verify_receipt_text(receipt_text(receipt), key.public_key())
+
+
+def test_a_batch_signs_its_receipts_in_one_kms_call(
+    vault: VaultService, erasure: Erasure, memory_kms: InMemoryKeyManager
+) -> None:
+    key = SigningKey(memory_kms, "audit-signing")
+    key.ensure()
+    signer = ReceiptSigner(key)
+    sids = [vault.create_subject().subject_id for _ in range(12)]
+    signs: list[int] = []
+    real_sign, real_sign_many = memory_kms.sign, memory_kms.sign_many
+
+    def sign(key_id: str, data: bytes) -> bytes:
+        signs.append(1)
+        return real_sign(key_id, data)
+
+    def sign_many(key_id: str, items: Sequence[bytes]) -> list[bytes]:
+        signs.append(len(items))
+        return real_sign_many(key_id, items)
+
+    memory_kms.sign, memory_kms.sign_many = sign, sign_many  # type: ignore[method-assign]
+    results = erasure.shred_many(sids, signer)
+
+    assert signs == [12]
+    assert [r.subject_id for r in results if isinstance(r, ShredReceipt)] == sids
