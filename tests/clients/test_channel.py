@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from oubli_client import OubliClient
@@ -37,3 +38,9 @@ def test_the_token_travels_as_a_bearer_header() -> None:
 def test_every_call_has_a_deadline() -> None:
     with pytest.raises(ValueError, match="deadline"):
         OubliClient("127.0.0.1:1", timeout=0)
+
+
+def test_tls_settings_beside_a_channel_of_ones_own_are_refused() -> None:
+    """They would be ignored silently: the caller's channel has its own credentials."""
+    with grpc.insecure_channel("127.0.0.1:1") as channel, pytest.raises(ValueError, match="TLS"):
+        OubliClient("127.0.0.1:1", channel=channel, root_certificates=b"ca")

@@ -96,6 +96,8 @@ class OubliClient:
         does not close it)."""
         if timeout <= 0:
             raise ValueError("timeout must be positive: every call has a deadline")
+        if channel is not None and (root_certificates or client_cert or client_key):
+            raise ValueError("pass TLS settings or a channel of your own, not both")
         self.retry = RetryPolicy(max_attempts, initial_backoff, max_backoff)
         self._metadata = bearer_metadata(token)
         self._owns_channel = channel is None
